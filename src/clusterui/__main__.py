@@ -1,0 +1,3 @@
+from clusterui.cli.main import main
+
+raise SystemExit(main())
