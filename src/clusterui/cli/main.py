@@ -1,0 +1,467 @@
+"""`clusterui`: the command line (DESIGN §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clusterui import __version__
+from clusterui.cli import render
+from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
+from clusterui.core import config
+from clusterui.core.home import Home
+
+ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
+VERBS = {
+    "attach",
+    "up",
+    "ls",
+    "start",
+    "stop",
+    "restart",
+    "reload",
+    "delete",
+    "scale",
+    "logs",
+    "describe",
+    "check",
+    "down",
+    "watch",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clusterui",
+        description="Process manager with round-robin dispatch and a terminal dashboard.",
+    )
+    p.add_argument("--version", action="version", version=f"clusterui {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    def file_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("file", nargs="?", help="ecosystem file (default ./ecosystem.yaml)")
+        sp.add_argument("--only", help="comma-separated app names to load")
+        sp.add_argument("--env", help="use env_NAME from each app")
+
+    sp = sub.add_parser("dashboard", help="the dashboard on FILE's apps (the default verb)")
+    file_opts(sp)
+    sub.add_parser("attach", aliases=["monit"], help="dashboard for the running supervisor")
+    sp = sub.add_parser("up", help="start FILE's apps headless")
+    file_opts(sp)
+    sp.add_argument("-d", "--detach", action="store_true", help="return once started")
+    sp = sub.add_parser("ls", aliases=["list"], help="list workers")
+    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
+    sp.add_argument("what", nargs="+", metavar="SCRIPT|TARGET")
+    sp.add_argument("-i", "--instances", help="number of instances (0 or max = CPU count)")
+    sp.add_argument("--name")
+    sp.add_argument("--listen", help="cluster mode: port, host:port or unix:/path")
+    sp.add_argument("--dispatch", help="round-robin, least-connections, shared or proxy")
+    sp.add_argument("--watch", action="store_true")
+    sp.add_argument("--interpreter")
+    for verb in ("stop", "restart", "reload", "delete"):
+        sp = sub.add_parser(verb, help=f"{verb} apps or workers")
+        sp.add_argument("targets", nargs="+", metavar="TARGET")
+    sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
+    sp.add_argument("app")
+    sp.add_argument("count")
+    sp = sub.add_parser("logs", aliases=["log"], help="recent log lines; -f to follow")
+    sp.add_argument("target", nargs="?")
+    sp.add_argument("--lines", type=int, default=15)
+    sp.add_argument("-f", "--follow", action="store_true")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--time", action="store_true", help="prefix each line with its time")
+    sp = sub.add_parser("describe", aliases=["show"], help="everything about one target")
+    sp.add_argument("target")
+    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("check", help="validate an ecosystem file")
+    file_opts(sp)
+    sub.add_parser("down", aliases=["kill"], help="stop every app and the supervisor")
+    sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
+    sp.add_argument("app")
+    sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    argv = list(argv)
+    # `clusterui [FILE]`: anything that is not a verb (or an option) means the dashboard.
+    head = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if head is None:
+        if not any(a in ("-h", "--help", "--version") for a in argv):
+            argv.insert(0, "dashboard")
+    elif argv[head] not in VERBS and argv[head] not in ALIASES:
+        argv.insert(head, "dashboard")
+    if "--" in argv:  # `start SCRIPT -- ARGS`: everything after -- is the script's
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    else:
+        extra = []
+    opts = build_parser().parse_args(argv)
+    opts.verb = ALIASES.get(opts.verb, opts.verb)
+    opts.extra = extra
+    if extra and opts.verb != "start":
+        raise UsageError("'--' arguments only go with `clusterui start SCRIPT`")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        opts = parse(argv)
+        return asyncio.run(dispatch(opts))
+    except UsageError as exc:
+        print(f"clusterui: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"clusterui: {exc.message}", file=sys.stderr)
+        return exc.code
+    except config.ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"clusterui: internal error: {exc!r} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+async def dispatch(opts: argparse.Namespace) -> int:
+    home = Home.from_env()
+    verb = opts.verb
+    if verb == "check":
+        return cmd_check(opts)
+    if verb in ("dashboard", "attach"):
+        return await cmd_dashboard(opts, home)
+    if verb == "up":
+        return await cmd_up(opts, home)
+    if verb == "start":
+        ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
+    client = await Client.connect(home)
+    try:
+        return await run_verb(client, opts, home)
+    finally:
+        await client.close()
+
+
+def resolve_file(file: str | None) -> Path:
+    if file:
+        return Path(file)
+    return config.find_default_file(Path.cwd())
+
+
+def cmd_check(opts: argparse.Namespace) -> int:
+    path = resolve_file(opts.file)
+    only = opts.only.split(",") if opts.only else None
+    try:
+        result = config.load_ecosystem(path, env_name=opts.env, only=only)
+    except config.ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    for warning in result.warnings:
+        print(str(warning), file=sys.stderr)
+    names = ", ".join(a.name for a in result.apps)
+    print(f"{path}: OK, {len(result.apps)} app(s): {names}")
+    return 0
+
+
+def load_args(opts: argparse.Namespace) -> tuple[str, list[str] | None]:
+    path = resolve_file(opts.file)
+    # Validate here too, so a broken file says FILE:LINE without starting a supervisor.
+    only = [n.strip() for n in opts.only.split(",") if n.strip()] if opts.only else None
+    result = config.load_ecosystem(path, env_name=opts.env, only=only)
+    for warning in result.warnings:
+        print(str(warning), file=sys.stderr)
+    return str(path.absolute()), only
+
+
+async def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
+    try:
+        from clusterui.dashboard import run_dashboard
+    except ImportError:
+        raise ClientError(
+            "the dashboard is not built yet; use `clusterui up -d` and `ls`"
+        ) from None
+    file = None
+    if opts.verb == "dashboard":
+        file, only = load_args(opts)
+        started = ensure_supervisor(home)
+        client = await Client.connect(home)
+        try:
+            result = await client.load(file, env=opts.env, only=only)
+        finally:
+            await client.close()
+        report_load(result)
+    else:
+        started = False
+        if not (home.socket.exists()):
+            raise ClientError(f"no supervisor is running (home {home.root})", 3)
+    return await run_dashboard(lambda: Client.connect(home), file=file, started_supervisor=started)
+
+
+def report_load(result: dict[str, Any]) -> None:
+    for line in result.get("warnings", []):
+        print(line, file=sys.stderr)
+    for line in result.get("errors", []):
+        print(f"clusterui: {line}", file=sys.stderr)
+    if result.get("kept"):
+        print(f"already loaded, left as is: {', '.join(result['kept'])}", file=sys.stderr)
+
+
+async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
+    file, only = load_args(opts)
+    started = ensure_supervisor(home)
+    client = await Client.connect(home)
+    try:
+        if not opts.detach:
+            await client.subscribe(state=False, logs=True)
+        result = await client.load(file, env=opts.env, only=only)
+        report_load(result)
+        if opts.detach:
+            verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
+            state = await client.state(history=False)
+            print(render.worker_table(state["workers"], render.use_colour()))
+            failed = {k: v for k, v in verdicts.items() if v != "ok"}
+            for wid, why in failed.items():
+                row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
+                label = f"{row['app']}:{row['instance']}" if row else wid
+                print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
+            return 1 if failed or result["errors"] else 0
+        return await follow_up(client, result, started)
+    finally:
+        await client.close()
+
+
+async def follow_up(client: Client, result: dict[str, Any], started: bool) -> int:
+    """Foreground `up`: print prefixed logs until Ctrl-C/SIGTERM, then stop everything."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    colour = render.use_colour()
+    lost = False
+
+    async def pump() -> None:
+        nonlocal lost
+        async for event in client.events():
+            if event["event"] == "logs":
+                for line in event["lines"]:
+                    print(render.log_line(line, colour), flush=False)
+                sys.stdout.flush()
+            elif event["event"] == "notice":
+                print(f"clusterui: {event['message']}", file=sys.stderr)
+        lost = True
+        stop.set()
+
+    task = asyncio.ensure_future(pump())
+    await stop.wait()
+    if lost:
+        print("clusterui: lost the connection to the supervisor", file=sys.stderr)
+        return 1
+    print("clusterui: stopping...", file=sys.stderr)
+    names = result["started"]
+    if started:
+        await client.shutdown()
+    elif names:
+        await client.delete(names)
+    task.cancel()
+    return 0
+
+
+async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
+    verb = opts.verb
+    if verb == "ls":
+        state = await client.state(history=False)
+        if opts.json:
+            keys = (
+                "id",
+                "app",
+                "instance",
+                "pid",
+                "status",
+                "restarts",
+                "uptime",
+                "cpu",
+                "memory",
+                "connections",
+                "active",
+                "conn_rate",
+                "exit_code",
+                "exit_signal",
+            )
+            print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
+        else:
+            print(render.worker_table(state["workers"], render.use_colour()))
+        return 0
+    if verb == "start":
+        return await cmd_start(client, opts)
+    if verb in ("stop", "restart", "reload", "delete"):
+        result = await getattr(client, verb)(opts.targets)
+        print(result["message"])
+        return 0
+    if verb == "scale":
+        print((await client.scale(opts.app, opts.count))["message"])
+        return 0
+    if verb == "logs":
+        return await cmd_logs(client, opts)
+    if verb == "describe":
+        info = await client.describe(opts.target)
+        print(json.dumps(info, indent=2) if opts.json else render_describe(info))
+        return 0
+    if verb == "down":
+        return await cmd_down(client, home)
+    if verb == "watch":
+        on = {"on": True, "off": False}.get(opts.state)
+        print((await client.watch(opts.app, on))["message"])
+        return 0
+    raise UsageError(f"unknown verb {verb}")
+
+
+async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
+    what = opts.what
+    scripted = (
+        any(v is not None for v in (opts.instances, opts.name, opts.listen, opts.dispatch))
+        or opts.watch
+        or opts.extra
+        or opts.interpreter
+    )
+    first = Path(what[0])
+    if len(what) == 1 and first.suffix in (".yaml", ".yml") and first.is_file():
+        result = await client.load(str(first.absolute()))
+        report_load(result)
+        print(f"started {', '.join(result['started']) or 'nothing new'}")
+        return 1 if result["errors"] else 0
+    if len(what) == 1 and (scripted or first.is_file()):
+        mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
+        if opts.name:
+            mapping["name"] = opts.name
+        if opts.instances is not None:
+            inst = opts.instances
+            mapping["instances"] = int(inst) if inst.lstrip("-").isdigit() else inst
+        if opts.listen:
+            mapping["listen"] = opts.listen
+            mapping["exec_mode"] = "cluster"
+        if opts.dispatch:
+            mapping["dispatch"] = opts.dispatch
+        if opts.watch:
+            mapping["watch"] = True
+        if opts.interpreter:
+            mapping["interpreter"] = opts.interpreter
+        spec = config.spec_from_mapping(mapping, base_dir=str(Path.cwd()), source="command line")
+        result = await client.call("start_script", spec=spec.to_dict())
+        print(result["message"])
+        return 0
+    if scripted:
+        raise UsageError("options like -i/--name/--listen go with a single SCRIPT")
+    result = await client.start(what)
+    print(result["message"])
+    return 0
+
+
+async def cmd_logs(client: Client, opts: argparse.Namespace) -> int:
+    colour = render.use_colour()
+    if opts.follow:
+        await client.subscribe(state=False, logs=True)
+    lines = await client.logs(opts.target, opts.lines)
+    ids = None
+    if opts.target:
+        ids = set(await client.call("resolve", targets=[opts.target]))
+
+    def emit(line: dict[str, Any]) -> None:
+        if opts.json:
+            print(json.dumps(line))
+        else:
+            print(render.log_line(line, colour, with_time=opts.time))
+
+    for line in lines:
+        emit(line)
+    sys.stdout.flush()
+    if not opts.follow:
+        return 0
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def pump() -> None:
+        async for event in client.events():
+            if event["event"] != "logs":
+                continue
+            for line in event["lines"]:
+                if ids is None or line["worker"] in ids:
+                    emit(line)
+            sys.stdout.flush()
+        stop.set()
+
+    task = asyncio.ensure_future(pump())
+    await stop.wait()
+    task.cancel()
+    return 0
+
+
+async def cmd_down(client: Client, home: Home) -> int:
+    pid = supervisor_pid(home)
+    await client.shutdown()
+    # Wait until it is really gone, so its ports are free when we return.
+    deadline = time.monotonic() + 30
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    print("stopped every app and the supervisor")
+    return 0
+
+
+def render_describe(info: dict[str, Any]) -> str:
+    app = info["app"]
+    spec = info["spec"]
+    command = " ".join([spec["interpreter"] or "", spec["script"], *spec["args"]]).strip()
+    lines = [
+        f"app        {app['name']}  ({app['exec_mode']}"
+        + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),
+        f"source     {app['source']}",
+        f"command    {command}",
+        f"cwd        {spec['cwd']}",
+        f"env        {', '.join(app['env_names']) or '-'}",
+        f"watch      {'on' if app['watch'] else 'off'}"
+        + (f" ({', '.join(app['watch_paths'])})" if app["watch_paths"] else ""),
+        f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
+        f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
+        f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
+    ]
+    for w in info["workers"]:
+        last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
+        lines += [
+            "",
+            f"worker {w['id']}  {w['app']}:{w['instance']}  pid {w['pid'] or '-'}  {w['status']}",
+            f"  restarts {w['restarts']}  uptime {render.human_duration(w['uptime'])}  "
+            f"cpu {w['cpu']:.1f}%  memory {render.human_size(w['memory'])}  "
+            f"connections {w['connections']} (open {w['active']})",
+            f"  last exit  {last}" + (f"  error: {w['error']}" if w["error"] else ""),
+            f"  out log    {w['out_file']}",
+            f"  err log    {w['err_file']}",
+        ]
+        for r in w["restart_history"][-5:]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+            why = r["signal"] or (f"code {r['exit_code']}" if r["exit_code"] is not None else "")
+            lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
+        if w["metrics"]:
+            lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
+    return "\n".join(lines)

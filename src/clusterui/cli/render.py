@@ -1,0 +1,84 @@
+"""Plain-text output for the CLI verbs: tables, durations, sizes, log lines."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
+STATUS_COLOURS = {
+    "online": "32",
+    "launching": "36",
+    "draining": "33",
+    "stopping": "33",
+    "waiting-restart": "33",
+    "stopped": "90",
+    "errored": "31",
+}
+
+
+def use_colour(stream=sys.stdout) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def human_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n}"
+
+
+def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
+    rows = []
+    for w in workers:
+        online = w["pid"] is not None
+        rows.append(
+            (
+                str(w["id"]),
+                w["app"],
+                str(w["instance"]),
+                str(w["pid"] or "-"),
+                w["status"],
+                str(w["restarts"]),
+                human_duration(w["uptime"]) if online else "-",
+                f"{w['cpu']:.1f}%" if online else "-",
+                human_size(w["memory"]) if online else "-",
+                f"{w['connections']}/{w['active']}" if w["connections"] else "-",
+            )
+        )
+    if not rows:
+        return "no apps loaded"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(COLUMNS)]
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(COLUMNS)).rstrip()]
+    for r in rows:
+        cells = [c.ljust(widths[i]) for i, c in enumerate(r)]
+        if colour:
+            code = STATUS_COLOURS.get(r[4], "0")
+            cells[4] = f"\x1b[{code}m{cells[4]}\x1b[0m"
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def log_line(line: dict[str, Any], colour: bool = False, with_time: bool = False) -> str:
+    prefix = f"{line['app']}:{line['instance']}"
+    stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""
+    sep = "|" if line["stream"] == "out" else ("!" if line["stream"] == "err" else "*")
+    text = line["text"]
+    if colour:
+        code = {"out": "36", "err": "31", "sys": "35"}.get(line["stream"], "0")
+        return f"{stamp}\x1b[{code}m{prefix} {sep}\x1b[0m {text}"
+    return f"{stamp}{prefix} {sep} {text}"

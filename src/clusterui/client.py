@@ -1,0 +1,250 @@
+"""The client API: what the CLI verbs and the dashboard use to talk to the supervisor.
+
+Newline-delimited JSON over CLUSTERUI_HOME/supervisor.sock (see core/control.py).
+`ensure_supervisor` starts one in the background when none is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from clusterui.core.control import MAX_REQUEST, encode
+from clusterui.core.home import Home
+
+START_TIMEOUT = 10.0
+
+
+class ClientError(Exception):
+    """One sentence for the user, and the CLI exit code (1 failed, 2 usage, 3 no supervisor)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future] = {}
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._next = 0
+        self._closed = False
+        self._task = asyncio.ensure_future(self._read_loop())
+
+    @classmethod
+    async def connect(cls, home: Home | Path | str | None = None) -> Client:
+        home = home if isinstance(home, Home) else Home.from_env(home)
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                str(home.socket), limit=64 * MAX_REQUEST
+            )
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ClientError(f"no supervisor is running (home {home.root})", 3) from None
+        except OSError as exc:
+            raise ClientError(f"cannot reach the supervisor: {exc.strerror or exc}", 3) from None
+        return cls(reader, writer)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                if "event" in msg:
+                    self._events.put_nowait(msg)
+                    continue
+                fut = self._pending.pop(msg.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (ConnectionError, OSError, ValueError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._closed = True
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ClientError("lost the connection to the supervisor", 3))
+            self._pending.clear()
+            self._events.put_nowait(None)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        if self._closed:
+            raise ClientError("lost the connection to the supervisor", 3)
+        self._next += 1
+        rid = self._next
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._writer.write(encode({"id": rid, "op": op, "args": args}))
+        await self._writer.drain()
+        msg = await fut
+        if not msg.get("ok"):
+            raise ClientError(msg.get("error") or "the operation failed", int(msg.get("code", 1)))
+        return msg.get("result")
+
+    # ---- convenience ---------------------------------------------------------------------
+
+    async def state(self, history: bool = True) -> dict[str, Any]:
+        return await self.call("state", history=history)
+
+    async def load(
+        self, file: str, env: str | None = None, only: list[str] | None = None
+    ) -> dict[str, Any]:
+        return await self.call("load", file=str(Path(file).absolute()), env=env, only=only)
+
+    async def start(self, targets: list[str]) -> dict[str, Any]:
+        return await self.call("start", targets=list(targets))
+
+    async def stop(self, targets: list[str]) -> dict[str, Any]:
+        return await self.call("stop", targets=list(targets))
+
+    async def restart(self, targets: list[str]) -> dict[str, Any]:
+        return await self.call("restart", targets=list(targets))
+
+    async def reload(self, targets: list[str]) -> dict[str, Any]:
+        return await self.call("reload", targets=list(targets))
+
+    async def delete(self, targets: list[str]) -> dict[str, Any]:
+        return await self.call("delete", targets=list(targets))
+
+    async def scale(self, app: str, count: str) -> dict[str, Any]:
+        return await self.call("scale", app=app, count=str(count))
+
+    async def watch(self, app: str, on: bool | None = None) -> dict[str, Any]:
+        return await self.call("watch", app=app, on=on)
+
+    async def logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
+        return await self.call("logs", target=target, lines=lines)
+
+    async def describe(self, target: str) -> dict[str, Any]:
+        return await self.call("describe", target=target)
+
+    async def shutdown(self) -> None:
+        await self.call("shutdown")
+
+    async def subscribe(self, state: bool = True, logs: bool = True) -> None:
+        await self.call("subscribe", state=state, logs=logs)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            yield event
+
+
+def supervisor_pid(home: Home) -> int | None:
+    try:
+        return int(home.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_supervisor(home: Home) -> bool:
+    """Start a supervisor for `home` unless one answers; True if we started it."""
+    if _answers(home):
+        return False
+    try:
+        home.ensure()
+    except OSError as exc:
+        raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", 1) from None
+    r, w = os.pipe()
+    log = open(home.supervisor_log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clusterui.core.supervisor",
+                "--home",
+                str(home.root),
+                "--ready-fd",
+                str(w),
+                "--daemonize",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            pass_fds=(w,),
+            start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"},
+        )
+    finally:
+        os.close(w)
+        log.close()
+    launcher.wait()
+    message = _read_ready(r, START_TIMEOUT)
+    if message == "ok":
+        return True
+    if message == "":
+        tail = _tail(home.supervisor_log)
+        raise ClientError(f"the supervisor did not start{': ' + tail if tail else ''}", 1)
+    if message is None:
+        raise ClientError(f"the supervisor did not start within {START_TIMEOUT:g} s", 1)
+    if message.startswith("another supervisor") and _answers(home):
+        return False  # a concurrent start won the race: fine
+    raise ClientError(f"the supervisor could not start: {message}", 1)
+
+
+def _answers(home: Home) -> bool:
+    import socket
+
+    if not home.socket.exists():
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(2.0)
+        s.connect(str(home.socket))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _read_ready(fd: int, timeout: float) -> str | None:
+    """The supervisor's first line on the ready pipe; '' on EOF, None on timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

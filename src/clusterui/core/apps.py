@@ -1,0 +1,568 @@
+"""Desired state per app: worker slots, restart policy, stop, scale and rolling reload.
+
+An App has instance slots 0..N-1. A Slot keeps its id, counters and history across
+replacements; the OS process in it (a Proc) comes and goes. During a rolling reload
+a slot briefly has two processes: the new one (slot.proc) and the old one draining
+(slot.retiring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusterui.core.control import OpError
+from clusterui.core.listener import Listener
+from clusterui.core.policy import RestartTracker
+from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
+from clusterui.core.spec import AppSpec
+
+HISTORY = 120  # samples (one per second) kept per slot
+HANDOFF_MODES = ("round-robin", "least-connections")
+
+
+@dataclass
+class Context:
+    """What every app needs from the supervisor around it."""
+
+    logs: Any  # clusterui.core.logs.LogHub
+    notice: Callable[[str, str], None]  # (level, message)
+    next_id: Callable[[str, int], int]  # stable worker id for (app, instance)
+    next_serial: Callable[[], int]
+
+
+class Proc:
+    """One OS process in a slot."""
+
+    def __init__(self, serial: int, pid: int, port: int | None):
+        self.serial = serial  # unique per process; the dispatcher's worker id
+        self.pid = pid
+        self.port = port  # proxy mode: the worker's own $PORT
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.status = "launching"
+        self.ready = asyncio.get_running_loop().create_future()
+        self.exited: asyncio.Future[tuple[int | None, str | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.stop_requested = False
+        self.watcher: ExitWatcher | None = None
+        self.logs: Any = None
+        self.kill_timer: asyncio.TimerHandle | None = None
+        self.channel: socket.socket | None = None  # fork/shared wait_ready: our end
+        self.handed = 0  # connections handed to this process (from the dispatcher)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def mark_ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+
+@dataclass
+class Series:
+    cpu: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    memory: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    conn_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    time: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def to_dict(self) -> dict[str, list]:
+        return {
+            "cpu": list(self.cpu),
+            "memory": list(self.memory),
+            "conn_rate": list(self.conn_rate),
+            "time": list(self.time),
+        }
+
+
+class Slot:
+    def __init__(self, wid: int, app: str, instance: int):
+        self.id = wid
+        self.app = app
+        self.instance = instance
+        self.proc: Proc | None = None
+        self.retiring: list[Proc] = []
+        self.idle_status = "stopped"  # status when there is no process
+        self.restarts = 0
+        self.tracker = RestartTracker()
+        self.restart_timer: asyncio.TimerHandle | None = None
+        self.last_exit: tuple[int | None, str | None] = (None, None)
+        self.last_error: str | None = None
+        self.history = Series()
+        self.restart_history: deque[dict[str, Any]] = deque(maxlen=20)
+        self.cpu = 0.0
+        self.memory = 0
+        self.connections = 0
+        self.active = 0
+        self.conn_rate = 0.0
+        self.last_connections = 0  # at the previous tick, for conn_rate
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def status(self) -> str:
+        return self.proc.status if self.proc else self.idle_status
+
+    def cancel_restart(self) -> None:
+        if self.restart_timer is not None:
+            self.restart_timer.cancel()
+            self.restart_timer = None
+
+
+class App:
+    def __init__(self, spec: AppSpec, ctx: Context):
+        self.spec = spec
+        self.ctx = ctx
+        self.slots: dict[int, Slot] = {}
+        self.listener: Listener | None = None
+        self.watch_on = bool(spec.watch)
+        self.last_watch_event: str | None = None
+        self.reload_lock = asyncio.Lock()
+        self.removed = False
+        self._by_serial: dict[int, Proc] = {}
+        self._next_port = 0
+
+    # ---- lifecycle of the whole app -------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def signals_ready(self) -> bool:
+        """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
+        dispatched = self.listener is not None and self.spec.dispatch != "shared"
+        return dispatched or self.spec.wait_ready
+
+    @property
+    def handoff(self) -> bool:
+        return self.listener is not None and self.spec.dispatch in HANDOFF_MODES
+
+    def open_listener(self) -> None:
+        """Bind before any worker starts, so a taken port fails this app alone."""
+        if self.spec.exec_mode == "cluster" and self.spec.listen and self.listener is None:
+            self.listener = Listener(self.spec, self._on_dispatch_event, self._on_dispatcher_exit)
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    def ensure_slots(self, count: int) -> list[Slot]:
+        for i in range(count):
+            if i not in self.slots:
+                self.slots[i] = Slot(self.ctx.next_id(self.name, i), self.name, i)
+        return [self.slots[i] for i in sorted(self.slots)]
+
+    def start_all(self) -> list[Slot]:
+        self.open_listener()
+        slots = self.ensure_slots(self.spec.instances)
+        for slot in slots:
+            self.start_slot(slot, manual=True)
+        return slots
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop_slot(s) for s in list(self.slots.values())))
+
+    # ---- one slot ------------------------------------------------------------------
+
+    def start_slot(self, slot: Slot, *, manual: bool = False, reason: str = "") -> Proc | None:
+        slot.cancel_restart()
+        if slot.proc is not None:
+            return slot.proc
+        if manual:
+            slot.tracker.reset()
+        proc = self._spawn(slot)
+        if proc is None:
+            return None
+        slot.proc = proc
+        if reason:
+            slot.restarts += 1
+            slot.restart_history.append(
+                {
+                    "time": time.time(),
+                    "reason": reason,
+                    "exit_code": slot.last_exit[0],
+                    "signal": slot.last_exit[1],
+                }
+            )
+        return proc
+
+    def _spawn(self, slot: Slot) -> Proc | None:
+        spec = self.spec
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.update(
+            CLUSTERUI_APP=spec.name,
+            CLUSTERUI_INSTANCE=str(slot.instance),
+            NODE_APP_INSTANCE=str(slot.instance),
+        )
+        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            env.pop(key, None)
+        fds: dict[int, int] = {}
+        listen_pid = False
+        port = None
+        dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
+        our_channel: socket.socket | None = None
+        worker_end: socket.socket | None = None
+        mode = spec.dispatch if self.listener else None
+        if mode in HANDOFF_MODES:
+            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            worker_end = dispatcher_pair[1]
+        elif spec.wait_ready and mode != "proxy":
+            our_channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if mode == "shared":
+            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
+            fds[3] = self.listener.sock.fileno()
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
+            listen_pid = True
+        if worker_end is not None:
+            channel_fd = 4 if mode == "shared" else 3
+            fds[channel_fd] = worker_end.fileno()
+            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
+        if mode == "proxy":
+            port = _free_port()
+            env["PORT"] = str(port)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = spawn(
+                SpawnSpec(
+                    argv=spec.argv(),
+                    cwd=spec.cwd,
+                    env=env,
+                    stdout=out_w,
+                    stderr=err_w,
+                    fds=fds,
+                    listen_pid=listen_pid,
+                )
+            )
+        except SpawnError as exc:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            for s in (*(dispatcher_pair or ()), our_channel):
+                if s is not None:
+                    s.close()
+            if worker_end is not None and dispatcher_pair is None:
+                worker_end.close()
+            slot.idle_status = "errored"
+            slot.last_error = str(exc)
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
+            self.ctx.notice("error", f"{self.name}:{slot.instance} failed to start: {exc}")
+            return None
+        finally:
+            for fd in (out_w, err_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        proc = Proc(self.ctx.next_serial(), pid, port)
+        slot.last_error = None
+        proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
+        loop = asyncio.get_running_loop()
+        proc.watcher = ExitWatcher(loop, pid, lambda c, s: self._on_exit(slot, proc, c, s))
+        self._by_serial[proc.serial] = proc
+        if dispatcher_pair is not None:
+            ours, theirs = dispatcher_pair
+            self.listener.send({"t": "add", "id": proc.serial}, [ours.fileno(), theirs.fileno()])
+            ours.close()
+            theirs.close()
+        elif mode == "proxy":
+            self.listener.send({"t": "add", "id": proc.serial, "port": port})
+        if our_channel is not None:
+            worker_end.close()
+            proc.channel = our_channel
+            our_channel.setblocking(False)
+            loop.add_reader(our_channel.fileno(), self._read_channel, slot, proc)
+        needs_ready = mode in HANDOFF_MODES or mode == "proxy" or spec.wait_ready
+        if needs_ready:
+            if mode not in HANDOFF_MODES and mode != "proxy":
+                # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
+                loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
+        else:
+            self._ready(slot, proc)
+        return proc
+
+    def _read_channel(self, slot: Slot, proc: Proc) -> None:
+        assert proc.channel is not None
+        try:
+            data = proc.channel.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_channel(proc)
+            return
+        if b'"ready"' in data:
+            self._ready(slot, proc)
+
+    def _close_channel(self, proc: Proc) -> None:
+        if proc.channel is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(proc.channel.fileno())
+            proc.channel.close()
+            proc.channel = None
+
+    def _ready(self, slot: Slot, proc: Proc) -> None:
+        if proc.exited.done() or proc.ready.done():
+            return
+        proc.mark_ready()
+        if proc.status == "launching":
+            proc.status = "online"
+
+    def _on_exit(self, slot: Slot, proc: Proc, code: int | None, sig: str | None) -> None:
+        if proc.kill_timer is not None:
+            proc.kill_timer.cancel()
+        self._close_channel(proc)
+        self._by_serial.pop(proc.serial, None)
+        if self.listener is not None and self.spec.dispatch != "shared":
+            self.listener.send({"t": "remove", "id": proc.serial})
+        if not proc.ready.done():
+            proc.ready.set_result(False)
+        proc.exited.set_result((code, sig))
+        what = f"exited with code {code}" if sig is None else f"killed by {sig}"
+        if proc in slot.retiring:
+            slot.retiring.remove(proc)
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, f"old worker {proc.pid} {what}")
+            return
+        if slot.proc is not proc:
+            return
+        slot.proc = None
+        slot.last_exit = (code, sig)
+        if proc.stop_requested:
+            slot.idle_status = "stopped"
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, f"stopped ({what})")
+            return
+        self._unexpected_exit(slot, proc, what)
+
+    def _unexpected_exit(self, slot: Slot, proc: Proc, what: str) -> None:
+        decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
+        label = f"{self.name}:{slot.instance}"
+        if self.removed:
+            slot.idle_status = "stopped"
+            return
+        if decision.action == "restart":
+            slot.idle_status = "waiting-restart"
+            delay = decision.delay_ms
+            self.ctx.logs.emit(
+                slot.id, self.name, slot.instance, f"{what}; restarting in {delay} ms"
+            )
+            loop = asyncio.get_running_loop()
+            slot.restart_timer = loop.call_later(
+                delay / 1000, lambda: self._restart_after_crash(slot)
+            )
+        elif decision.action == "errored":
+            slot.idle_status = "errored"
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
+            self.ctx.notice("error", f"{label} errored: {decision.reason}")
+        else:
+            slot.idle_status = "stopped"
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
+
+    def _restart_after_crash(self, slot: Slot) -> None:
+        slot.restart_timer = None
+        if slot.proc is None and slot.idle_status == "waiting-restart" and not self.removed:
+            self.start_slot(slot, reason="crashed")
+
+    async def stop_proc(self, proc: Proc, *, drain: bool = False) -> None:
+        """kill_signal to the group (or drain over the channel), kill_timeout, SIGKILL."""
+        if proc.exited.done():
+            return
+        if not proc.stop_requested:
+            proc.stop_requested = True
+            if drain and self.listener is not None and self.spec.dispatch != "shared":
+                proc.status = "draining"
+                self.listener.send({"t": "drain", "id": proc.serial})
+                if self.spec.dispatch == "proxy":
+                    signal_group(proc.pid, self.spec.kill_signal)
+            else:
+                proc.status = "stopping"
+                signal_group(proc.pid, self.spec.kill_signal)
+            loop = asyncio.get_running_loop()
+            proc.kill_timer = loop.call_later(
+                self.spec.kill_timeout / 1000, signal_group, proc.pid, signal.SIGKILL
+            )
+        await asyncio.shield(proc.exited)
+
+    async def stop_slot(self, slot: Slot) -> None:
+        slot.cancel_restart()
+        if slot.proc is None and slot.idle_status in ("waiting-restart", "errored", "launching"):
+            slot.idle_status = "stopped"
+        procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
+        await asyncio.gather(*(self.stop_proc(p) for p in procs))
+
+    async def restart_slot(self, slot: Slot, reason: str = "manual") -> None:
+        slot.cancel_restart()
+        if slot.proc is not None:
+            await self.stop_proc(slot.proc)
+        if not self.removed:
+            self.start_slot(slot, manual=True, reason=reason)
+
+    # ---- scale and reload ---------------------------------------------------------
+
+    async def scale(self, count: int) -> tuple[list[Slot], list[Slot]]:
+        """Returns (added, removed) slots. Removal drains, so nothing is lost."""
+        count = max(0, count)
+        current = sorted(self.slots)
+        added: list[Slot] = []
+        removed: list[Slot] = []
+        self.spec.instances = count
+        for i in range(count):
+            if i not in self.slots:
+                slot = self.ensure_slots(i + 1)[-1]
+                self.start_slot(slot, manual=True)
+                added.append(slot)
+        victims = [self.slots[i] for i in current if i >= count]
+        for slot in victims:
+            removed.append(slot)
+        await asyncio.gather(*(self._retire_slot(s) for s in victims))
+        for slot in victims:
+            self.slots.pop(slot.instance, None)
+        return added, removed
+
+    async def _retire_slot(self, slot: Slot) -> None:
+        slot.cancel_restart()
+        procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
+        await asyncio.gather(*(self.stop_proc(p, drain=self.handoff) for p in procs))
+
+    async def wait_ready(self, proc: Proc, timeout: float) -> bool:
+        try:
+            return bool(await asyncio.wait_for(asyncio.shield(proc.ready), timeout))
+        except TimeoutError:
+            return False
+
+    async def rolling_reload(self, reason: str = "reload") -> str:
+        """One instance at a time: start the new one, wait for ready, then drain the old."""
+        async with self.reload_lock:
+            if not self.slots:
+                raise OpError(f"{self.name} has no workers to reload")
+            replaced = 0
+            for instance in sorted(self.slots):
+                slot = self.slots.get(instance)
+                if slot is None:
+                    continue
+                old = slot.proc
+                if old is None or old.exited.done():
+                    # Nothing serving in this slot: a plain start is the reload.
+                    slot.cancel_restart()
+                    slot.proc = None
+                    self.start_slot(slot, manual=True, reason=reason)
+                    continue
+                if self.spec.exec_mode == "fork" or not self.listener:
+                    await self.restart_slot(slot, reason=reason)
+                    replaced += 1
+                    continue
+                slot.proc = None
+                new = self.start_slot(slot, manual=True, reason=reason)
+                if new is None:
+                    slot.proc = old
+                    raise OpError(
+                        f"reload of {self.name} stopped at instance {instance}: the new worker "
+                        f"failed to start ({slot.last_error}); the old worker keeps serving"
+                    )
+                timeout = self.spec.listen_timeout / 1000
+                if self.spec.dispatch == "shared" and not self.spec.wait_ready:
+                    ok = True  # the kernel balances: it serves as soon as it accepts
+                else:
+                    ok = await self.wait_ready(new, timeout)
+                if not ok:
+                    exited = new.exited.done()
+                    slot.proc = old
+                    new.stop_requested = True
+                    await self.stop_proc(new)
+                    why = "exited" if exited else f"was not ready within {timeout:g} s"
+                    raise OpError(
+                        f"reload of {self.name} stopped at instance {instance}: the new worker "
+                        f"{why}; the old worker keeps serving"
+                    )
+                slot.retiring.append(old)
+                asyncio.ensure_future(self.stop_proc(old, drain=True))
+                replaced += 1
+            return f"{self.name}: reloaded {replaced} worker(s)"
+
+    # ---- dispatcher events --------------------------------------------------------
+
+    def _on_dispatch_event(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("t")
+        if kind == "ready":
+            proc = self._by_serial.get(msg.get("id"))
+            if proc is not None:
+                slot = self._slot_of(proc)
+                if slot is not None:
+                    self._ready(slot, proc)
+        elif kind == "stats":
+            self._apply_stats(msg)
+        elif kind == "metrics":
+            proc = self._by_serial.get(msg.get("id"))
+            slot = self._slot_of(proc) if proc else None
+            if slot is not None and isinstance(msg.get("values"), dict):
+                slot.metrics.update(
+                    {
+                        str(k): v
+                        for k, v in msg["values"].items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)
+                    }
+                )
+        elif kind == "error":
+            self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
+
+    def _apply_stats(self, msg: dict[str, Any]) -> None:
+        workers = msg.get("workers")
+        if not isinstance(workers, dict):
+            return
+        for key, figures in workers.items():
+            try:
+                proc = self._by_serial.get(int(key))
+            except ValueError:
+                continue
+            slot = self._slot_of(proc) if proc else None
+            if slot is None or not isinstance(figures, dict):
+                continue
+            # Counters are per process; the slot's total carries over replacements.
+            delta = int(figures.get("handed", 0)) - proc.handed
+            proc.handed += delta
+            slot.connections += delta
+            if proc is slot.proc:
+                slot.active = int(figures.get("open", 0))
+
+    def _slot_of(self, proc: Proc) -> Slot | None:
+        for slot in self.slots.values():
+            if slot.proc is proc or proc in slot.retiring:
+                return slot
+        return None
+
+    def _on_dispatcher_exit(self, code: int | None, sig: str | None) -> None:
+        if self.removed or self.listener is None:
+            return
+        self.ctx.notice(
+            "error",
+            f"{self.name}: the dispatcher exited ({sig or code}); restarting the app's listener",
+        )
+        asyncio.ensure_future(self._recover_dispatcher())
+
+    async def _recover_dispatcher(self) -> None:
+        # Workers lost their channels (EOF makes them exit); start over cleanly.
+        await self.stop_all()
+        self.close_listener()
+        if not self.removed:
+            try:
+                self.start_all()
+            except OpError as exc:
+                self.ctx.notice("error", exc.message)
+
+    def all_procs(self) -> list[Proc]:
+        return list(self._by_serial.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,70 @@
+"""The state snapshot the supervisor serves (`ls --json`, `state`, dashboard ticks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusterui.core.apps import App, Slot
+
+
+def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
+    proc = slot.proc
+    out_file, err_file = app.ctx.logs.paths(app.name, slot.instance, app.spec)
+    row: dict[str, Any] = {
+        "id": slot.id,
+        "app": app.name,
+        "instance": slot.instance,
+        "pid": proc.pid if proc else None,
+        "status": slot.status,
+        "restarts": slot.restarts,
+        "uptime": round(proc.uptime, 3) if proc else 0,
+        "cpu": round(slot.cpu, 1) if proc else 0.0,
+        "memory": slot.memory if proc else 0,
+        "connections": slot.connections,
+        "active": slot.active if proc else 0,
+        "conn_rate": round(slot.conn_rate, 2),
+        "exit_code": slot.last_exit[0],
+        "exit_signal": slot.last_exit[1],
+        "error": slot.last_error,
+        "metrics": dict(slot.metrics),
+        "restart_history": list(slot.restart_history),
+        "out_file": out_file,
+        "err_file": err_file,
+    }
+    if history:
+        row["history"] = slot.history.to_dict()
+    return row
+
+
+def app_row(app: App) -> dict[str, Any]:
+    spec = app.spec
+    return {
+        "name": app.name,
+        "exec_mode": spec.exec_mode,
+        "dispatch": spec.dispatch if spec.listen else None,
+        "listen": str(spec.listen) if spec.listen else None,
+        "instances": spec.instances,
+        "watch": app.watch_on,
+        "watch_paths": list(spec.watch),
+        "last_watch_event": app.last_watch_event,
+        "source": spec.source,
+        "script": spec.script,
+        "args": list(spec.args),
+        "cwd": spec.cwd,
+        "interpreter": spec.interpreter,
+        "env_names": sorted(spec.env),
+        "reloading": app.reload_lock.locked(),
+        "listener_pid": app.listener.pid if app.listener else None,
+    }
+
+
+def snapshot(apps: dict[str, App], supervisor: dict[str, Any], history: bool = True) -> dict:
+    return {
+        "supervisor": supervisor,
+        "apps": [app_row(app) for app in apps.values()],
+        "workers": [
+            worker_row(app, app.slots[i], history=history)
+            for app in apps.values()
+            for i in sorted(app.slots)
+        ],
+    }

@@ -1,0 +1,75 @@
+"""Resource sampling with persistent psutil.Process objects (cpu_percent needs them)."""
+
+from __future__ import annotations
+
+import psutil
+
+
+def _children_map() -> dict[int, list[int]]:
+    """One scan of the process table per tick, instead of one per worker."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in psutil._ppid_map().items():  # noqa: SLF001 - public since 5.x in effect
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+class Sampler:
+    """CPU % and RSS per worker process tree, sampled once per tick."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        psutil.cpu_percent(None)  # prime the host figure
+
+    def _process(self, pid: int) -> psutil.Process | None:
+        proc = self._procs.get(pid)
+        if proc is None:
+            try:
+                proc = psutil.Process(pid)
+                proc.cpu_percent(None)  # the first call only sets the baseline
+            except psutil.Error:
+                return None
+            self._procs[pid] = proc
+        return proc
+
+    def sample_all(self, pids: list[int]) -> dict[int, tuple[float, int]]:
+        """{pid: (cpu %, rss bytes)} for each pid and its descendants together."""
+        seen: set[int] = set()
+        children = _children_map()
+        out = {}
+        for pid in pids:
+            out[pid] = self._sample_tree(pid, children, seen)
+        for pid in list(self._procs):
+            if pid not in seen:  # exited since the last tick
+                del self._procs[pid]
+        return out
+
+    def _sample_tree(
+        self, pid: int, children: dict[int, list[int]], seen: set[int]
+    ) -> tuple[float, int]:
+        family = [pid]
+        for member in family:  # grows as we go: a breadth-first walk of the tree
+            family.extend(children.get(member, ()))
+        cpu = 0.0
+        rss = 0
+        for member in family:
+            proc = self._process(member)
+            if proc is None:
+                continue
+            seen.add(member)
+            try:
+                with proc.oneshot():
+                    cpu += proc.cpu_percent(None)
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return cpu, rss
+
+    @staticmethod
+    def host() -> dict[str, float | int]:
+        mem = psutil.virtual_memory()
+        return {
+            "cpu": psutil.cpu_percent(None),
+            "memory_used": mem.total - mem.available,
+            "memory_total": mem.total,
+            "cpus": psutil.cpu_count() or 1,
+        }

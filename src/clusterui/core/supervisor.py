@@ -1,0 +1,424 @@
+"""The supervisor process: apps, the control socket, the sampling tick.
+
+Run as `python -m clusterui.core.supervisor --home DIR` (the client's `ensure`
+does that and daemonizes it). It never imports Textual or Rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from clusterui import __version__
+from clusterui.core import config, guardian
+from clusterui.core.apps import App, Context
+from clusterui.core.control import Connection, ControlServer, OpError
+from clusterui.core.home import Home
+
+try:
+    from clusterui.core.logs import LogHub
+except ImportError:  # TEMP
+    from clusterui.core._logs_stub import LogHub
+import contextlib
+
+from clusterui.core.snapshot import snapshot, worker_row
+from clusterui.core.spec import AppSpec
+from clusterui.core.stats import Sampler
+from clusterui.core.targets import resolve
+
+TICK = 1.0
+
+
+class Supervisor:
+    def __init__(self, home: Home):
+        self.home = home
+        self.apps: dict[str, App] = {}
+        self.files: list[str] = []
+        self.started_at = time.time()
+        self.logs = LogHub(home.logs)
+        self.sampler = Sampler()
+        self.server = ControlServer(str(home.socket), self.handle)
+        self.stopping = asyncio.Event()
+        self._ids: dict[tuple[str, int], int] = {}
+        self._serial = 0
+        self._host: dict[str, Any] = Sampler.host()
+        self._conn_rate = 0.0
+        self.ctx = Context(
+            logs=self.logs,
+            notice=self.notice,
+            next_id=self._worker_id,
+            next_serial=self._next_serial,
+        )
+        self.logs.subscribe(self._forward_logs)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _worker_id(self, app: str, instance: int) -> int:
+        key = (app, instance)
+        if key not in self._ids:
+            self._ids[key] = len(self._ids)
+        return self._ids[key]
+
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def notice(self, level: str, message: str) -> None:
+        self.server.broadcast({"event": "notice", "level": level, "message": message})
+
+    def _forward_logs(self, lines: list) -> None:
+        self.server.broadcast(
+            {"event": "logs", "lines": [line.to_dict() for line in lines]}, logs=True
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime": round(time.time() - self.started_at, 3),
+            "home": str(self.home.root),
+            "version": __version__,
+            "files": list(self.files),
+            "host": self._host,
+            "conn_rate": round(self._conn_rate, 2),
+        }
+
+    def state(self, history: bool = True) -> dict[str, Any]:
+        return snapshot(self.apps, self.info(), history=history)
+
+    def _app(self, name: str) -> App:
+        app = self.apps.get(name)
+        if app is None:
+            known = ", ".join(self.apps) or "none loaded"
+            raise OpError(f"no app named {name!r} (apps: {known})")
+        return app
+
+    # ---- the sampling tick -------------------------------------------------------------
+
+    async def tick_loop(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), TICK)
+            self.tick()
+
+    def tick(self) -> None:
+        now = time.time()
+        slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
+        pids = [s.proc.pid for _, s in slots if s.proc]
+        figures = self.sampler.sample_all(pids)
+        self._host = Sampler.host()
+        total_rate = 0.0
+        for app, slot in slots:
+            cpu, rss = figures.get(slot.proc.pid, (0.0, 0)) if slot.proc else (0.0, 0)
+            slot.cpu, slot.memory = cpu, rss
+            slot.conn_rate = max(0.0, (slot.connections - slot.last_connections) / TICK)
+            slot.last_connections = slot.connections
+            total_rate += slot.conn_rate
+            h = slot.history
+            h.time.append(round(now, 3))
+            h.cpu.append(round(cpu, 1))
+            h.memory.append(rss)
+            h.conn_rate.append(round(slot.conn_rate, 2))
+            limit = app.spec.max_memory_restart
+            if limit and slot.proc and rss > limit and slot.proc.status == "online":
+                self.logs.emit(
+                    slot.id,
+                    app.name,
+                    slot.instance,
+                    f"memory {rss} bytes is over max_memory_restart ({limit}); restarting",
+                )
+                asyncio.ensure_future(app.restart_slot(slot, reason="memory"))
+        self._conn_rate = total_rate
+        if any(c.subscribed_state for c in self.server.connections):
+            self.server.broadcast({"event": "state", "data": self.state()})
+
+    # ---- operations -----------------------------------------------------------------------
+
+    async def handle(self, conn: Connection, op: str, args: dict[str, Any]) -> Any:
+        method = getattr(self, f"op_{op.replace('-', '_')}", None)
+        if method is None:
+            raise OpError(f"unknown operation {op!r}", 2)
+        if op == "subscribe":
+            return await method(conn, **args)
+        return await method(**args)
+
+    async def op_ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__}
+
+    async def op_state(self, history: bool = True) -> dict[str, Any]:
+        return self.state(history=history)
+
+    async def op_subscribe(self, conn: Connection, state: bool = True, logs: bool = True) -> None:
+        conn.subscribed_state = bool(state)
+        conn.subscribed_logs = bool(logs)
+
+    async def op_load(
+        self, file: str, env: str | None = None, only: list[str] | None = None
+    ) -> dict[str, Any]:
+        try:
+            result = config.load_ecosystem(file, env_name=env, only=only)
+        except config.ConfigError as exc:
+            raise OpError(str(exc), 2) from None
+        path = str(result.path)
+        if path not in self.files:
+            self.files.append(path)
+        started, kept, errors = [], [], []
+        for spec in result.apps:
+            if spec.name in self.apps:
+                kept.append(spec.name)
+                continue
+            try:
+                self.add_app(spec)
+                started.append(spec.name)
+            except OpError as exc:
+                errors.append(f"{spec.name}: {exc.message}")
+        return {
+            "apps": [s.name for s in result.apps],
+            "started": started,
+            "kept": kept,
+            "errors": errors,
+            "warnings": [str(w) for w in result.warnings],
+            "workers": [s.id for name in started for s in self.apps[name].slots.values()],
+        }
+
+    def add_app(self, spec: AppSpec) -> App:
+        app = App(spec, self.ctx)
+        app.open_listener()  # raises OpError (port taken) before anything starts
+        self.apps[spec.name] = app
+        app.start_all()
+        return app
+
+    async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
+        app_spec = AppSpec.from_dict(spec)
+        if app_spec.name in self.apps:
+            raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
+        app = self.add_app(app_spec)
+        return {
+            "message": f"started {app.name} ({len(app.slots)} instance(s))",
+            "workers": [s.id for s in app.slots.values()],
+        }
+
+    async def op_start(self, targets: list[str]) -> dict[str, Any]:
+        ids = []
+        for app, slots in resolve(self.apps, targets):
+            app.removed = False
+            if not app.slots:
+                slots = app.ensure_slots(app.spec.instances)
+            try:
+                app.open_listener()
+            except OpError as exc:
+                raise OpError(f"{app.name}: {exc.message}") from None
+            for slot in slots:
+                app.start_slot(slot, manual=True)
+                ids.append(slot.id)
+        return {"message": f"started {len(ids)} worker(s)", "workers": ids}
+
+    async def op_stop(self, targets: list[str]) -> dict[str, Any]:
+        groups = resolve(self.apps, targets)
+        ids = [s.id for _, slots in groups for s in slots]
+        await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
+        return {"message": f"stopped {len(ids)} worker(s)", "workers": ids}
+
+    async def op_restart(self, targets: list[str]) -> dict[str, Any]:
+        groups = resolve(self.apps, targets)
+        ids = [s.id for _, slots in groups for s in slots]
+        await asyncio.gather(
+            *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
+        )
+        return {"message": f"restarted {len(ids)} worker(s)", "workers": ids}
+
+    async def op_reload(self, targets: list[str]) -> dict[str, Any]:
+        messages = []
+        ids = []
+        for app, slots in resolve(self.apps, targets):
+            messages.append(await app.rolling_reload())
+            ids.extend(s.id for s in slots)
+        return {"message": "; ".join(messages), "workers": ids}
+
+    async def op_delete(self, targets: list[str]) -> dict[str, Any]:
+        groups = resolve(self.apps, targets)
+        names = []
+        for app, _slots in groups:
+            app.removed = True
+            names.append(app.name)
+        await asyncio.gather(*(app.stop_all() for app, _ in groups))
+        for app, _ in groups:
+            app.close_listener()
+            self.apps.pop(app.name, None)
+        return {"message": f"deleted {', '.join(names)}", "workers": []}
+
+    async def op_scale(self, app: str, count: str) -> dict[str, Any]:
+        target = self._app(app)
+        text = str(count).strip()
+        try:
+            n = int(text)
+        except ValueError:
+            raise OpError(f"scale takes N, +N or -N, not {text!r}", 2) from None
+        new = len(target.slots) + n if text[0] in "+-" else n
+        if new < 0:
+            raise OpError(f"cannot scale {app} to {new} instances", 2)
+        if new > 1024:
+            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", 2)
+        target.removed = False
+        if new and target.spec.listen:
+            target.open_listener()
+        added, removed = await target.scale(new)
+        return {
+            "message": f"{app}: {new} instance(s) (+{len(added)} -{len(removed)})",
+            "workers": [s.id for s in added],
+            "instances": new,
+        }
+
+    async def op_logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
+        ids = None
+        if target:
+            ids = [s.id for _, slots in resolve(self.apps, [target]) for s in slots]
+        return [line.to_dict() for line in self.logs.recent(ids, int(lines))]
+
+    async def op_resolve(self, targets: list[str]) -> list[int]:
+        return [s.id for _, slots in resolve(self.apps, targets) for s in slots]
+
+    async def op_watch(self, app: str, on: bool | None = None) -> dict[str, Any]:
+        self._app(app)
+        raise OpError("file-watch reload is not built yet")
+
+    async def op_describe(self, target: str) -> dict[str, Any]:
+        groups = resolve(self.apps, [target])
+        app, slots = groups[0]
+        from clusterui.core.snapshot import app_row
+
+        return {
+            "app": app_row(app),
+            "spec": app.spec.to_dict(),
+            "workers": [worker_row(app, s) for s in slots],
+        }
+
+    async def op_wait_started(self, workers: list[int], timeout: float = 10.0) -> dict[str, str]:
+        """For `up -d`: each worker 'ok' once online and stable, else why it failed."""
+        deadline = time.monotonic() + timeout
+        verdicts: dict[str, str] = {}
+        pending = set(workers)
+        first_pid: dict[int, int | None] = {}
+        while pending:
+            for app in self.apps.values():
+                for slot in app.slots.values():
+                    if slot.id not in pending:
+                        continue
+                    proc = slot.proc
+                    first_pid.setdefault(slot.id, proc.pid if proc else None)
+                    stable = min(app.spec.min_uptime, 1000) / 1000
+                    if slot.status == "errored":
+                        verdicts[str(slot.id)] = slot.last_error or "errored"
+                    elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
+                        code, sig = slot.last_exit
+                        verdicts[str(slot.id)] = (
+                            f"exited ({sig or f'code {code}'})" if code or sig else "exited"
+                        )
+                    elif proc.status == "online" and (proc.uptime >= stable or app.signals_ready):
+                        verdicts[str(slot.id)] = "ok"
+            pending -= {int(k) for k in verdicts}
+            pending &= {s.id for a in self.apps.values() for s in a.slots.values()}
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                for wid in pending:
+                    verdicts[str(wid)] = "not ready in time"
+                break
+            await asyncio.sleep(0.05)
+        return verdicts
+
+    async def op_shutdown(self) -> None:
+        asyncio.get_running_loop().call_soon(self.stopping.set)
+
+    async def shutdown(self) -> None:
+        for app in self.apps.values():
+            app.removed = True
+        await asyncio.gather(*(app.stop_all() for app in self.apps.values()))
+        for app in self.apps.values():
+            app.close_listener()
+        await self.logs.aclose()
+        await self.server.close()
+
+
+async def run(home: Home, ready_fd: int | None) -> int:
+    sup = Supervisor(home)
+    try:
+        await sup.server.start()
+    except OpError as exc:
+        _report_ready(ready_fd, exc.message)
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sup.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # no terminal to lose
+    _report_ready(ready_fd, "ok")
+    tick = asyncio.ensure_future(sup.tick_loop())
+    await sup.stopping.wait()
+    tick.cancel()
+    await sup.shutdown()
+    with contextlib.suppress(OSError):
+        os.unlink(home.socket)
+    return 0
+
+
+def _report_ready(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def lock_pidfile(home: Home) -> int:
+    """Hold an exclusive lock on supervisor.pid for our lifetime: one supervisor per home."""
+    fd = os.open(home.pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OpError(f"another supervisor is running for {home.root}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clusterui-supervisor")
+    parser.add_argument("--home")
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--daemonize", action="store_true")
+    opts = parser.parse_args(argv)
+    if opts.daemonize and os.fork() > 0:
+        os._exit(0)  # the launcher reaps us at once; the supervisor is nobody's child
+    home = Home.from_env(opts.home)
+    ready_fd = opts.ready_fd
+    try:
+        home.ensure()
+        lock_fd = lock_pidfile(home)
+    except OpError as exc:
+        _report_ready(ready_fd, exc.message)
+        return 2
+    except OSError as exc:
+        _report_ready(ready_fd, f"cannot use {home.root}: {exc.strerror or exc}")
+        return 2
+    if home.socket.exists() or home.socket.is_symlink():
+        home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
+    guardian.start()
+    try:
+        code = asyncio.run(run(home, ready_fd))
+        guardian.release()
+        return code
+    finally:
+        os.close(lock_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
