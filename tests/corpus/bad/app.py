@@ -1,0 +1,1 @@
+print("corpus app")
