@@ -24,6 +24,7 @@ from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
+from clusterui.core.watch import AppWatcher
 
 HISTORY = 120  # samples (one per second) kept per slot
 HANDOFF_MODES = ("round-robin", "least-connections")
@@ -37,6 +38,7 @@ class Context:
     notice: Callable[[str, str], None]  # (level, message)
     next_id: Callable[[str, int], int]  # stable worker id for (app, instance)
     next_serial: Callable[[], int]
+    home: str = ""  # CLUSTERUI_HOME: never watched
 
 
 class Proc:
@@ -59,6 +61,7 @@ class Proc:
         self.kill_timer: asyncio.TimerHandle | None = None
         self.channel: socket.socket | None = None  # fork/shared wait_ready: our end
         self.handed = 0  # connections handed to this process (from the dispatcher)
+        self.after_watch = False  # started by a file change (crash guard)
 
     @property
     def uptime(self) -> float:
@@ -124,7 +127,7 @@ class App:
         self.ctx = ctx
         self.slots: dict[int, Slot] = {}
         self.listener: Listener | None = None
-        self.watch_on = bool(spec.watch)
+        self.watcher: AppWatcher | None = None
         self.last_watch_event: str | None = None
         self.reload_lock = asyncio.Lock()
         self.removed = False
@@ -344,11 +347,20 @@ class App:
         self._unexpected_exit(slot, proc, what)
 
     def _unexpected_exit(self, slot: Slot, proc: Proc, what: str) -> None:
-        decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
         label = f"{self.name}:{slot.instance}"
         if self.removed:
             slot.idle_status = "stopped"
             return
+        if proc.after_watch and proc.uptime * 1000 < self.spec.min_uptime and self.watch_on:
+            # New code that dies at once: wait for the next save instead of crash-looping.
+            slot.idle_status = "errored"
+            self.last_watch_event = f"{label} crashed after the change; waiting for file changes"
+            self.ctx.logs.emit(
+                slot.id, self.name, slot.instance, f"{what}; {self.last_watch_event}"
+            )
+            self.ctx.notice("warning", self.last_watch_event)
+            return
+        decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
         if decision.action == "restart":
             slot.idle_status = "waiting-restart"
             delay = decision.delay_ms
@@ -399,12 +411,58 @@ class App:
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
         await asyncio.gather(*(self.stop_proc(p) for p in procs))
 
-    async def restart_slot(self, slot: Slot, reason: str = "manual") -> None:
+    async def restart_slot(
+        self, slot: Slot, reason: str = "manual", after_watch: bool = False
+    ) -> None:
         slot.cancel_restart()
         if slot.proc is not None:
             await self.stop_proc(slot.proc)
         if not self.removed:
-            self.start_slot(slot, manual=True, reason=reason)
+            proc = self.start_slot(slot, manual=True, reason=reason)
+            if proc is not None:
+                proc.after_watch = after_watch
+
+    # ---- file watch -----------------------------------------------------------------
+
+    @property
+    def watch_on(self) -> bool:
+        return self.watcher is not None and self.watcher.running
+
+    async def set_watch(self, on: bool) -> None:
+        if not on:
+            if self.watcher is not None:
+                await self.watcher.stop()
+                self.watcher = None
+            return
+        if not self.spec.watch:
+            self.spec.watch = [self.spec.cwd]  # like PM2's `watch: true`
+        if self.watcher is None:
+            logs = [p for i in self.slots for p in self.ctx.logs.paths(self.name, i, self.spec)]
+            self.watcher = AppWatcher(
+                self.spec, self._watch_reload, self._watch_event, [self.ctx.home, *logs]
+            )
+        self.watcher.start()
+
+    def _watch_event(self, message: str) -> None:
+        self.last_watch_event = message
+        self.ctx.notice("warning" if "paused" in message else "info", f"{self.name}: {message}")
+
+    async def _watch_reload(self, reason: str) -> None:
+        if self.removed:
+            return
+        try:
+            if self.listener is not None and self.spec.exec_mode == "cluster":
+                await self.rolling_reload(reason="watch", after_watch=True)
+            else:
+                await asyncio.gather(
+                    *(
+                        self.restart_slot(s, reason="watch", after_watch=True)
+                        for s in list(self.slots.values())
+                    )
+                )
+            self._watch_event(f"reloaded: {reason}")
+        except OpError as exc:
+            self._watch_event(f"reload failed: {exc.message}")
 
     # ---- scale and reload ---------------------------------------------------------
 
@@ -439,7 +497,7 @@ class App:
         except TimeoutError:
             return False
 
-    async def rolling_reload(self, reason: str = "reload") -> str:
+    async def rolling_reload(self, reason: str = "reload", after_watch: bool = False) -> str:
         """One instance at a time: start the new one, wait for ready, then drain the old."""
         async with self.reload_lock:
             if not self.slots:
@@ -454,14 +512,18 @@ class App:
                     # Nothing serving in this slot: a plain start is the reload.
                     slot.cancel_restart()
                     slot.proc = None
-                    self.start_slot(slot, manual=True, reason=reason)
+                    new = self.start_slot(slot, manual=True, reason=reason)
+                    if new is not None:
+                        new.after_watch = after_watch
                     continue
                 if self.spec.exec_mode == "fork" or not self.listener:
-                    await self.restart_slot(slot, reason=reason)
+                    await self.restart_slot(slot, reason=reason, after_watch=after_watch)
                     replaced += 1
                     continue
                 slot.proc = None
                 new = self.start_slot(slot, manual=True, reason=reason)
+                if new is not None:
+                    new.after_watch = after_watch
                 if new is None:
                     slot.proc = old
                     raise OpError(

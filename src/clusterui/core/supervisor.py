@@ -54,6 +54,7 @@ class Supervisor:
             notice=self.notice,
             next_id=self._worker_id,
             next_serial=self._next_serial,
+            home=str(home.root),
         )
         self.logs.subscribe(self._forward_logs)
 
@@ -174,7 +175,7 @@ class Supervisor:
                 kept.append(spec.name)
                 continue
             try:
-                self.add_app(spec)
+                await self.add_app(spec)
                 started.append(spec.name)
             except OpError as exc:
                 errors.append(f"{spec.name}: {exc.message}")
@@ -187,18 +188,20 @@ class Supervisor:
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
 
-    def add_app(self, spec: AppSpec) -> App:
+    async def add_app(self, spec: AppSpec) -> App:
         app = App(spec, self.ctx)
         app.open_listener()  # raises OpError (port taken) before anything starts
         self.apps[spec.name] = app
         app.start_all()
+        if spec.watch:
+            await app.set_watch(True)
         return app
 
     async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
         app_spec = AppSpec.from_dict(spec)
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
-        app = self.add_app(app_spec)
+        app = await self.add_app(app_spec)
         return {
             "message": f"started {app.name} ({len(app.slots)} instance(s))",
             "workers": [s.id for s in app.slots.values()],
@@ -249,6 +252,7 @@ class Supervisor:
             names.append(app.name)
         await asyncio.gather(*(app.stop_all() for app, _ in groups))
         for app, _ in groups:
+            await app.set_watch(False)
             app.close_listener()
             self.apps.pop(app.name, None)
         return {"message": f"deleted {', '.join(names)}", "workers": []}
@@ -285,8 +289,12 @@ class Supervisor:
         return [s.id for _, slots in resolve(self.apps, targets) for s in slots]
 
     async def op_watch(self, app: str, on: bool | None = None) -> dict[str, Any]:
-        self._app(app)
-        raise OpError("file-watch reload is not built yet")
+        target = self._app(app)
+        want = (not target.watch_on) if on is None else bool(on)
+        await target.set_watch(want)
+        paths = ", ".join(target.spec.watch)
+        message = f"{app}: watch {'on (' + paths + ')' if want else 'off'}"
+        return {"message": message, "watch": target.watch_on}
 
     async def op_describe(self, target: str) -> dict[str, Any]:
         groups = resolve(self.apps, [target])
@@ -341,6 +349,7 @@ class Supervisor:
             app.removed = True
         await asyncio.gather(*(app.stop_all() for app in self.apps.values()))
         for app in self.apps.values():
+            await app.set_watch(False)
             app.close_listener()
         await self.logs.aclose()
         await self.server.close()

@@ -1,0 +1,157 @@
+"""File-watch reload with real files and real processes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers import wait_for
+
+from clusterui.core.spec import AppSpec
+from clusterui.core.watch import WatchFilter
+
+pytestmark = pytest.mark.timeout(90)
+
+APP = """
+import time
+print("version {v}", flush=True)
+time.sleep(600)
+"""
+
+
+def setup_app(cu, instances: int = 2, extra: str = "") -> None:
+    cu.write("src/app.py", APP.format(v=1))
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: app
+            script: src/app.py
+            instances: {instances}
+            watch: [src]
+            watch_delay: 150
+            min_uptime: 1500
+        {extra}
+        """,
+    )
+    cu.run("up", "-d", check=True)
+
+
+def restarts(cu) -> list[int]:
+    return [w["restarts"] for w in cu.ls()]
+
+
+def app_info(cu) -> dict:
+    return json.loads(cu.run("describe", "app", "--json").stdout)["app"]
+
+
+def test_an_edit_reloads_every_worker_once_with_the_new_code(cu):
+    setup_app(cu)
+    cu.write("src/app.py", APP.format(v=2))
+    wait_for(lambda: cu.run("logs", "app").stdout.count("version 2") == 2, 10, "new code")
+    assert restarts(cu) == [1, 1]
+    assert all(w["status"] == "online" for w in cu.ls())
+    assert app_info(cu)["last_watch_event"] == "reloaded: src/app.py changed"
+
+
+def test_a_50_file_burst_reloads_each_worker_exactly_once(cu):
+    # The folder exists first: inotify cannot see files made in a brand-new folder
+    # before its watch is added (a `git checkout` mostly rewrites existing folders).
+    (cu.root / "src" / "pkg").mkdir(parents=True)
+    setup_app(cu)
+    for i in range(50):
+        cu.write(f"src/pkg/mod{i}.py", f"X = {i}\n")
+    wait_for(lambda: restarts(cu) == [1, 1], 10, "one reload")
+    # A quiet period twice the debounce and then some: no second reload follows.
+    time.sleep(1.5)
+    assert restarts(cu) == [1, 1]
+    assert "and 49 more changed" in app_info(cu)["last_watch_event"]
+
+
+def test_ignored_paths_do_not_reload(cu):
+    setup_app(cu, 1, extra="    ignore_watch: ['data', '*.tmp']\n")
+    info = app_info(cu)
+    assert info["watch"] is True
+    for path in (
+        "src/__pycache__/x.pyc",
+        "src/app.log",
+        "src/x.tmp",
+        "src/.git/HEAD",
+        "src/node_modules/m.js",
+    ):
+        cu.write(path, "ignored\n")
+    # Then a real change: the only reload must be for it, and with no ignored path in it.
+    time.sleep(0.6)
+    cu.write("src/real.py", "X = 1\n")
+    wait_for(lambda: restarts(cu) == [1], 10, "reload for the real change")
+    assert app_info(cu)["last_watch_event"] == "reloaded: src/real.py changed"
+
+
+def test_watch_off_stops_reloading_and_on_resumes(cu):
+    setup_app(cu, 1)
+    r = cu.run("watch", "app", "off")
+    assert r.returncode == 0 and "watch off" in r.stdout
+    assert app_info(cu)["watch"] is False
+    cu.write("src/app.py", APP.format(v=2))
+    time.sleep(1.0)
+    assert restarts(cu) == [0]
+    assert cu.run("watch", "app", "on").returncode == 0
+    cu.write("src/app.py", APP.format(v=3))
+    wait_for(lambda: "version 3" in cu.run("logs", "app").stdout, 10, "reload after on")
+
+
+def test_broken_code_waits_for_the_next_change_instead_of_crash_looping(cu):
+    setup_app(cu, 1)
+    cu.write("src/app.py", "raise SystemExit('syntax is fine, startup is not')\n")
+    wait_for(lambda: cu.ls()[0]["status"] == "errored", 10, "errored after the change")
+    count = restarts(cu)
+    time.sleep(1.0)
+    assert restarts(cu) == count  # no crash loop
+    assert "waiting for file changes" in app_info(cu)["last_watch_event"]
+    cu.write("src/app.py", APP.format(v=4))
+    wait_for(lambda: cu.ls()[0]["status"] == "online", 10, "back online after the fix")
+    wait_for(lambda: "version 4" in cu.run("logs", "app").stdout, 5, "fixed code")
+
+
+def test_an_app_writing_into_its_watched_folder_is_caught(cu):
+    cu.write(
+        "src/app.py",
+        """
+        import os, time
+        with open(os.path.join(os.path.dirname(__file__), "state.json"), "w") as f:
+            f.write(str(time.time()))
+        print("wrote state", flush=True)
+        time.sleep(600)
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - name: app
+            script: app.py
+            watch: true
+            cwd: src
+            watch_delay: 100
+            min_uptime: 100
+        """,
+    )
+    cu.run("up", "-d", check=True)
+    info = wait_for(lambda: (i := app_info(cu))["watch"] is False and i, 30, "watch paused")
+    assert "watch paused" in info["last_watch_event"]
+    assert "ignore_watch" in info["last_watch_event"]
+    settled = restarts(cu)
+    time.sleep(1.0)
+    assert restarts(cu) == settled and settled[0] <= 6
+
+
+def test_filter_unit(tmp_path):
+    spec = AppSpec(name="a", script="x", cwd=str(tmp_path), ignore_watch=["build", "*.tmp"])
+    f = WatchFilter(spec, [str(tmp_path / "home")])
+    assert f.ignored(str(tmp_path / "build" / "out.js"))
+    assert f.ignored(str(tmp_path / "a" / "b.tmp"))
+    assert f.ignored(str(tmp_path / "home" / "logs" / "x"))
+    assert f.ignored(str(tmp_path / "pkg" / "__pycache__" / "m.cpython-311.pyc"))
+    assert not f.ignored(str(tmp_path / "pkg" / "m.py"))
+    assert not f.ignored(str(tmp_path / "builder.py"))
