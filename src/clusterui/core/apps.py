@@ -538,7 +538,6 @@ class App:
                 if not ok:
                     exited = new.exited.done()
                     slot.proc = old
-                    new.stop_requested = True
                     await self.stop_proc(new)
                     why = "exited" if exited else f"was not ready within {timeout:g} s"
                     raise OpError(
