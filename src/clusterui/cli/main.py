@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         opts = parse(argv)
+        if opts.verb in ("dashboard", "attach"):
+            return cmd_dashboard(opts, Home.from_env())
         return asyncio.run(dispatch(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
@@ -146,8 +148,6 @@ async def dispatch(opts: argparse.Namespace) -> int:
     verb = opts.verb
     if verb == "check":
         return cmd_check(opts)
-    if verb in ("dashboard", "attach"):
-        return await cmd_dashboard(opts, home)
     if verb == "up":
         return await cmd_up(opts, home)
     if verb == "start":
@@ -190,28 +190,29 @@ def load_args(opts: argparse.Namespace) -> tuple[str, list[str] | None]:
     return str(path.absolute()), only
 
 
-async def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
+def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
+    """Load FILE (for `clusterui [FILE]`), then run the dashboard in its own event loop."""
     try:
         from clusterui.dashboard import run_dashboard
     except ImportError:
-        raise ClientError(
-            "the dashboard is not built yet; use `clusterui up -d` and `ls`"
-        ) from None
+        raise ClientError("the dashboard is not installed; use `clusterui up -d`") from None
     file = None
+    started = False
     if opts.verb == "dashboard":
         file, only = load_args(opts)
         started = ensure_supervisor(home)
-        client = await Client.connect(home)
-        try:
-            result = await client.load(file, env=opts.env, only=only)
-        finally:
-            await client.close()
-        report_load(result)
-    else:
-        started = False
-        if not (home.socket.exists()):
-            raise ClientError(f"no supervisor is running (home {home.root})", 3)
-    return await run_dashboard(lambda: Client.connect(home), file=file, started_supervisor=started)
+
+        async def load() -> None:
+            client = await Client.connect(home)
+            try:
+                report_load(await client.load(file, env=opts.env, only=only))
+            finally:
+                await client.close()
+
+        asyncio.run(load())
+    elif not home.socket.exists():
+        raise ClientError(f"no supervisor is running (home {home.root})", 3)
+    return run_dashboard(lambda: Client.connect(home), file=file, started_supervisor=started)
 
 
 def report_load(result: dict[str, Any]) -> None:
