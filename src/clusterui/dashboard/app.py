@@ -1,0 +1,657 @@
+"""The clusterui dashboard: a Textual app over the client API (never touches processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import inspect
+import os
+import signal
+import sys
+import termios
+import threading
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input
+
+from clusterui.dashboard.detail import DetailPane
+from clusterui.dashboard.header import StatusHeader
+from clusterui.dashboard.keys import KEYS, bindings
+from clusterui.dashboard.logview import LogView
+from clusterui.dashboard.messages import (
+    ConnectionChanged,
+    LogsArrived,
+    NoticeArrived,
+    StateUpdated,
+)
+from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
+from clusterui.dashboard.model import History, Selection
+from clusterui.dashboard.table import ProcessTable
+
+ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
+NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
+SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+
+
+def message_of(err: BaseException) -> str:
+    """The one sentence to show for an error (ClientError carries .message)."""
+    msg = getattr(err, "message", None)
+    if isinstance(msg, str) and msg.strip():
+        return msg.strip()
+    text = str(err).strip()
+    return text.splitlines()[0] if text else f"{type(err).__name__} (no details)"
+
+
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _line_id(line: dict[str, Any]) -> tuple[Any, ...]:
+    return (line.get("worker"), line.get("time"), line.get("stream"), line.get("text"))
+
+
+class LogPane(Vertical):
+    """The log view and its filter box; the thing `l` maximises."""
+
+    ALLOW_MAXIMIZE = True
+
+
+class FilterInput(Input):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.clear_filter", "Clear filter", show=False),
+    ]
+
+
+class DashboardApp(App[None]):
+    CSS_PATH = "dashboard.tcss"
+    TITLE = "clusterui"
+    BINDINGS: ClassVar[list[BindingType]] = bindings()
+    ALLOW_IN_MAXIMIZED_VIEW: ClassVar[str] = "StatusHeader, Footer"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        client_factory: ClientFactory | None = None,
+        file: str | None = None,
+        started_supervisor: bool = False,
+        tz: _dt.tzinfo | None = None,
+        log_backlog: int = 1000,
+        max_log_lines: int = 5000,
+        reconnect_delay: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.client: Any = client
+        self.client_factory = client_factory
+        self.file = file
+        self.started_supervisor = started_supervisor
+        self.tz = tz
+        self.log_backlog = log_backlog
+        self.max_log_lines = max_log_lines
+        self.reconnect_delay = reconnect_delay
+        self.snapshot: dict[str, Any] = {"apps": [], "workers": []}
+        self.history = History()
+        self.connected = True
+        self.disconnect_reason = ""
+        self.exit_reason: str | None = None  # "detach" | "shutdown" | "hangup" | "lost"
+        self.loaded = asyncio.Event()  # the first snapshot and the log backlog are shown
+        self._details_wide = True
+        self._details_narrow = False
+        self._log_follows_selection = False
+        self._shutting_down = False
+        self._main: Screen | None = None
+        self._signals: dict[int, Any] = {}  # signal -> the handler to put back
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- layout ---------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(self.file, id="header")
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield ProcessTable(id="procs")
+                with LogPane(id="logs"):
+                    yield LogView(self.max_log_lines, tz=self.tz, id="log")
+                    yield FilterInput(
+                        placeholder="filter logs (enter keeps, esc clears)", id="filter"
+                    )
+            yield DetailPane(tz=self.tz, id="detail")
+        yield Footer(compact=True)
+
+    @property
+    def table(self) -> ProcessTable:
+        return self.main_screen.query_one(ProcessTable)
+
+    @property
+    def log_view(self) -> LogView:
+        return self.main_screen.query_one(LogView)
+
+    @property
+    def main_screen(self) -> Screen:
+        return self._main or self.screen
+
+    @property
+    def selection(self) -> Selection | None:
+        return self.table.selection
+
+    @property
+    def narrow(self) -> bool:
+        return self.size.width < NARROW
+
+    @property
+    def details_visible(self) -> bool:
+        return self._details_narrow if self.narrow else self._details_wide
+
+    def on_mount(self) -> None:
+        self._main = self.screen
+        self.table.border_title = "processes"
+        self.main_screen.query_one(DetailPane).border_title = "details"
+        self._apply_size()
+        self._update_log_title()
+        self.table.focus()
+        self._install_signals()
+        self._consume()
+
+    def on_unmount(self) -> None:
+        self._restore_signals()
+
+    def on_resize(self) -> None:
+        self._apply_size()
+
+    def _apply_size(self) -> None:
+        screen = self.main_screen
+        screen.set_class(self.narrow, "-narrow")
+        screen.set_class(self.details_visible, "-details")
+        for footer in screen.query(Footer):
+            footer.show_command_palette = not self.narrow  # room for one more key
+
+    # -- signals --------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        # Plain signal.signal, not loop.add_signal_handler: when the terminal hangs up,
+        # Textual's output thread dies on the first failed write and the event loop can
+        # then block for good on its full queue; only a Python-level handler still runs.
+        if threading.current_thread() is not threading.main_thread():
+            return  # run from another thread: the caller's own handling applies
+        self._event_loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            self._signals[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        for sig, previous in self._signals.items():
+            signal.signal(sig, previous)
+        self._signals.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGHUP (terminal gone) or SIGTERM: detach; the apps live in the supervisor."""
+        self.exit_reason = "hangup"
+        if signum == signal.SIGHUP and not _terminal_alive():
+            # Nothing can be shown or restored any more and a clean shutdown could hang
+            # on the dead terminal: leave now. The supervisor sees our socket close.
+            os._exit(0)
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(partial(self.exit, return_code=0))
+
+    # -- data from the supervisor -----------------------------------------------
+
+    @work(group="events", exclusive=True, exit_on_error=False)
+    async def _consume(self) -> None:
+        while True:
+            reason = await self._session(self.client)
+            if self._shutting_down:
+                return
+            self.post_message(ConnectionChanged(False, reason))
+            if self.client_factory is None:
+                return
+            old, self.client = self.client, None
+            with contextlib.suppress(Exception):
+                await old.close()
+            await asyncio.sleep(self.reconnect_delay)  # a flapping link must not spin
+            self.client = await self._reconnect()
+            self.post_message(ConnectionChanged(True))
+
+    async def _session(self, client: Any) -> str:
+        """Follow one connection until it ends; returns why it ended."""
+        try:
+            await client.subscribe(state=True, logs=True)
+            self.post_message(StateUpdated(await client.state()))
+            backlog = list(await client.logs(None, self.log_backlog)) if self.log_backlog else []
+            backlog = self._unseen(backlog)  # after a reconnect, most of it is on screen
+            if backlog:
+                self.post_message(LogsArrived(backlog))
+            self.call_later(self.loaded.set)  # runs after the two messages above
+            # Lines that arrived between subscribe() and logs() are in both: drop repeats
+            # until the stream passes the newest backlog line.
+            seen = {_line_id(line) for line in backlog}
+            newest = max((float(line.get("time", 0)) for line in backlog), default=0.0)
+            async for event in client.events():
+                kind = event.get("event")
+                if kind == "state":
+                    self.post_message(StateUpdated(event.get("data") or {}))
+                elif kind == "logs":
+                    lines = list(event.get("lines") or [])
+                    if seen:
+                        lines = [line for line in lines if _line_id(line) not in seen]
+                        if any(float(line.get("time", 0)) > newest for line in lines):
+                            seen.clear()
+                    if lines:
+                        self.post_message(LogsArrived(lines))
+                elif kind == "notice":
+                    self.post_message(
+                        NoticeArrived(
+                            str(event.get("level", "info")), str(event.get("message", ""))
+                        )
+                    )
+            return "the supervisor closed the connection"
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a lost socket, a ClientError: shown, never raised
+            return message_of(err)
+
+    def _unseen(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        records = self.log_view.records
+        if not records:
+            return lines
+        newest = records[-1].time
+        shown = {
+            (r.worker, r.time, r.stream, r.text) for r in reversed(records) if r.time >= newest - 1
+        }
+        return [
+            line
+            for line in lines
+            if float(line.get("time", 0)) >= newest - 1 and _line_id(line) not in shown
+        ]
+
+    async def _reconnect(self) -> Any:
+        assert self.client_factory is not None
+        while True:
+            try:
+                return await _resolve(self.client_factory())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(self.reconnect_delay)
+
+    def on_state_updated(self, message: StateUpdated) -> None:
+        snapshot = message.snapshot
+        snapshot.setdefault("apps", [])
+        snapshot.setdefault("workers", [])
+        self.snapshot = snapshot
+        tick = (snapshot.get("supervisor") or {}).get("uptime", 0.0)
+        for worker in snapshot["workers"]:
+            self.history.record(worker, tick)
+        self.history.forget({w["id"] for w in snapshot["workers"]})
+        self.table.update_snapshot(snapshot, self.history)
+        self.main_screen.query_one(StatusHeader).update_state(snapshot)
+        self._refresh_selection()
+
+    def on_logs_arrived(self, message: LogsArrived) -> None:
+        self.log_view.append(message.lines)
+        if self.log_view.filter_text:
+            self._update_log_title()
+
+    def on_notice_arrived(self, message: NoticeArrived) -> None:
+        self.notify(
+            message.message, severity=SEVERITY.get(message.level, "information"), markup=False
+        )
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        if self._shutting_down:
+            return
+        self.connected = message.connected
+        self.disconnect_reason = message.reason
+        self.main_screen.query_one(StatusHeader).update_state(
+            connected=message.connected, reason=message.reason
+        )
+        self.main_screen.set_class(not message.connected, "-disconnected")
+        if message.connected:
+            self.notify("Reconnected to the supervisor.", markup=False)
+        else:
+            tail = " Retrying…" if self.client_factory else ""
+            self.notify(
+                f"Lost the connection to the supervisor: {message.reason.rstrip('.')}.{tail}",
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
+
+    @on(DataTable.RowHighlighted, "#procs")
+    def _row_highlighted(self) -> None:
+        self._refresh_selection()
+
+    @on(DataTable.RowSelected, "#procs")
+    def _row_selected(self) -> None:
+        # a click on the selected row (enter is bound to the details toggle itself)
+        if not self.details_visible:
+            self.action_details()
+
+    def _refresh_selection(self) -> None:
+        sel = self.selection
+        if self.details_visible:
+            self.main_screen.query_one(DetailPane).show(sel, self.snapshot, self.history)
+        if self._log_follows_selection:
+            self._scope_logs(sel)
+
+    # -- actions on the supervisor ------------------------------------------------
+
+    def _selected(self) -> Selection | None:
+        """The selection to act on, or None (and the reason said) if there is none."""
+        if not self.connected or self.client is None:
+            self.notify("Not connected to the supervisor.", severity="error", markup=False)
+            return None
+        sel = self.selection
+        if sel is None:
+            self.notify("Nothing is selected: there are no apps loaded.", severity="warning")
+        return sel
+
+    def _workers_of(self, app: str) -> list[dict[str, Any]]:
+        return [w for w in self.snapshot["workers"] if w["app"] == app]
+
+    async def _call(self, op: str, *args: Any) -> Any:
+        """Run one client call, and say how it went (the supervisor's own words)."""
+        if not self.connected or self.client is None:
+            self.notify("Not connected to the supervisor.", severity="error", markup=False)
+            return None
+        try:
+            result = await getattr(self.client, op)(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self.notify(message_of(err), severity="error", markup=False)
+            return None
+        text = result.get("message") if isinstance(result, dict) else None
+        self.notify(text or f"{op}: done.", markup=False)
+        return result
+
+    async def _confirm(self, question: str, label: str) -> bool:
+        if await self.push_screen_wait(ConfirmScreen(question, label)):
+            return True
+        self.notify("Cancelled.", markup=False)
+        return False
+
+    @work(group="actions", exit_on_error=False)
+    async def action_scale(self, delta: str) -> None:
+        if sel := self._selected():
+            await self._call("scale", sel.app, delta)
+
+    @work(group="actions", exit_on_error=False)
+    async def action_restart(self) -> None:
+        sel = self._selected()
+        if sel is None:
+            return
+        if sel.is_app:
+            n = len(self._workers_of(sel.app))
+            question = (
+                f"Restart all {n} worker{'s' if n != 1 else ''} of {sel.app} at once? "
+                "Open connections are cut; R does a rolling reload instead."
+            )
+            if not await self._confirm(question, f"Restart {sel.app}"):
+                return
+        await self._call("restart", [sel.target])
+
+    @work(group="actions", exit_on_error=False)
+    async def action_reload(self) -> None:
+        if sel := self._selected():
+            self.notify(f"Reloading {sel.app} (one worker at a time)…", markup=False)
+            await self._call("reload", [sel.app])
+
+    @work(group="actions", exit_on_error=False)
+    async def action_stop(self) -> None:
+        sel = self._selected()
+        if sel is None:
+            return
+        if sel.is_app:
+            n = len(self._workers_of(sel.app))
+            question = f"Stop {sel.app} and its {n} worker{'s' if n != 1 else ''}?"
+            if not await self._confirm(question, f"Stop {sel.app}"):
+                return
+        await self._call("stop", [sel.target])
+
+    @work(group="actions", exit_on_error=False)
+    async def action_start(self) -> None:
+        if sel := self._selected():
+            await self._call("start", [sel.target])
+
+    @work(group="actions", exit_on_error=False)
+    async def action_watch(self) -> None:
+        if sel := self._selected():
+            await self._call("watch", sel.app, None)
+
+    @work(group="actions", exit_on_error=False)
+    async def action_delete(self) -> None:
+        sel = self._selected()
+        if sel is None:
+            return
+        question = f"Delete {sel.app}: stop its workers and forget it until it is loaded again?"
+        if await self._confirm(question, f"Delete {sel.app}"):
+            await self._call("delete", [sel.app])
+
+    # -- leaving ----------------------------------------------------------------
+
+    def action_detach(self) -> None:
+        self._leave_running()
+
+    async def action_quit(self) -> None:
+        if not self.connected:
+            self.exit_reason = "lost"
+            reason = self.disconnect_reason.rstrip(".")
+            self.exit(
+                return_code=3, message=Text(f"Lost the connection to the supervisor: {reason}.")
+            )
+        elif self.started_supervisor:
+            self._ask_quit()
+        else:
+            self._leave_running()
+
+    def _leave_running(self) -> None:
+        self.exit_reason = "detach"
+        self.exit(
+            return_code=0,
+            message=Text("Detached; the apps keep running. `clusterui attach` shows them again."),
+        )
+
+    @work(group="quit", exclusive=True, exit_on_error=False)
+    async def _ask_quit(self) -> None:
+        answer = await self.push_screen_wait(QuitScreen(len(self.snapshot["apps"])))
+        if answer == "leave":
+            self._leave_running()
+        elif answer == "stop":
+            self.notify("Stopping all apps and the supervisor…", markup=False)
+            self._shutting_down = True  # the event stream ends with it: not a lost link
+            try:
+                await self.client.shutdown()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self._shutting_down = False
+                self.notify(message_of(err), severity="error", markup=False)
+                return
+            self.exit_reason = "shutdown"
+            self.exit(return_code=0, message=Text("Stopped all apps and the supervisor."))
+        else:
+            self.notify("Still here.", markup=False)
+
+    # -- view actions -------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_details(self) -> None:
+        if self.narrow:
+            self._details_narrow = not self._details_narrow
+        else:
+            self._details_wide = not self._details_wide
+        self._apply_size()
+        self._refresh_selection()
+
+    def action_logs(self) -> None:
+        screen = self.main_screen
+        log = self.log_view
+        if screen.maximized is not None:
+            screen.minimize()
+            self.table.focus()
+            return
+        if self.narrow and self._details_narrow:
+            self._details_narrow = False  # the logs share the space with the details
+            self._apply_size()
+        if log.has_focus:
+            screen.maximize(screen.query_one(LogPane), container=False)
+        else:
+            log.focus()
+
+    def action_filter(self) -> None:
+        if self.narrow and self._details_narrow:
+            self._details_narrow = False
+            self._apply_size()
+        box = self.main_screen.query_one(FilterInput)
+        box.value = self.log_view.filter_text
+        self.main_screen.query_one(LogPane).add_class("-filtering")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.log_view.filter_text = event.value
+        self._update_log_title()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self) -> None:
+        self.main_screen.query_one(LogPane).remove_class("-filtering")
+        self.log_view.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.main_screen.query_one(FilterInput)
+        box.value = ""
+        self.log_view.filter_text = ""
+        self.main_screen.query_one(LogPane).remove_class("-filtering")
+        self._update_log_title()
+        self.log_view.focus()
+
+    def action_log_scope(self) -> None:
+        self._log_follows_selection = not self._log_follows_selection
+        self._scope_logs(self.selection if self._log_follows_selection else None)
+
+    def _scope_logs(self, sel: Selection | None) -> None:
+        if sel is None:
+            self.log_view.set_scope(None)
+        else:
+            self.log_view.set_scope(sel.app, sel.worker)
+        self._update_log_title()
+
+    def action_follow(self) -> None:
+        self.log_view.follow = not self.log_view.follow
+        self._update_log_title()
+        self.notify(f"Follow {'on' if self.log_view.follow else 'off'}.", markup=False)
+
+    def action_timestamps(self) -> None:
+        self.log_view.timestamps = not self.log_view.timestamps
+        self._update_log_title()
+
+    def _update_log_title(self) -> None:
+        log = self.log_view
+        app, worker = log.scope
+        if worker is not None:
+            sel = self.selection
+            scope = sel.target if sel and sel.worker == worker else f"worker {worker}"
+        else:
+            scope = app or "all apps"
+        parts = [f"logs · {scope}"]
+        if log.filter_text:
+            parts.append(f"filter “{log.filter_text}” ({len(log.visible)})")
+        parts.append("follow" if log.follow else "paused")
+        if not log.timestamps:
+            parts.append("no times")
+        self.main_screen.query_one(LogPane).border_title = " · ".join(parts)
+
+    # -- command palette --------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":  # ours below: it knows whether to ask
+                yield command
+        sel = self.selection if self._main is not None else None
+        target = sel.target if sel else "selection"
+        app = sel.app if sel else "app"
+        titles = {
+            "scale('+1')": f"Scale {app} up (+1)",
+            "scale('-1')": f"Scale {app} down (-1)",
+            "restart": f"Restart {target}",
+            "reload": f"Rolling reload {app}",
+            "stop": f"Stop {target}",
+            "start": f"Start {target}",
+            "watch": f"Toggle file watch for {app}",
+            "logs": "Focus or maximise the logs",
+            "filter": "Filter the logs",
+            "details": "Show or hide details",
+            "log_scope": "Logs: all apps or the selection",
+            "follow": "Follow logs on or off",
+            "timestamps": "Log timestamps on or off",
+            "detach": "Detach (apps keep running)",
+            "quit": "Quit",
+        }
+        for key in KEYS:
+            if key.palette and key.action in titles:
+                yield SystemCommand(
+                    f"{titles[key.action]}  ({key.show})",
+                    key.help,
+                    partial(self.run_action, key.action),
+                )
+        yield SystemCommand(
+            f"Delete {app}", "Stop the app and forget it (asks first)", self.action_delete
+        )
+
+
+def _terminal_alive() -> bool:
+    """False once the controlling terminal has hung up (its ioctls then fail with EIO)."""
+    try:
+        termios.tcgetattr(sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    except (termios.error, OSError, ValueError):
+        return False
+    return True
+
+
+def run_dashboard(
+    client_factory: ClientFactory,
+    *,
+    file: str | None,
+    started_supervisor: bool,
+) -> int:
+    """Run the dashboard until the user quits or detaches; returns the exit code.
+
+    `client_factory()` returns a connected client (or an awaitable of one); it is called
+    once at the start and again to reconnect if the supervisor connection drops.
+    """
+
+    async def main() -> int:
+        try:
+            client = await _resolve(client_factory())
+        except Exception as err:
+            print(message_of(err), file=sys.stderr)
+            code = getattr(err, "code", 3)
+            return code if isinstance(code, int) else 3
+        app = DashboardApp(
+            client,
+            client_factory=client_factory,
+            file=file,
+            started_supervisor=started_supervisor,
+        )
+        try:
+            await app.run_async()
+        finally:
+            if app.client is not None:
+                with contextlib.suppress(Exception):
+                    await app.client.close()
+        return app.return_code or 0
+
+    return asyncio.run(main())
+
+
+__all__ = ["DashboardApp", "run_dashboard", "message_of"]

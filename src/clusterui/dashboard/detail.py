@@ -1,0 +1,301 @@
+"""The detail pane: larger charts and the facts about the selected worker or app."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Static
+
+from clusterui.dashboard.model import (
+    STATUS_GLYPH,
+    History,
+    Selection,
+    fmt_bytes,
+    fmt_clock,
+    fmt_cpu,
+    fmt_duration,
+    fmt_metric,
+    fmt_rate,
+    metric_series,
+    mode_label,
+    spark_rows,
+    sum_series,
+    worker_series,
+)
+from clusterui.dashboard.style import fg_style
+
+
+class SparkChart(Widget):
+    """A labelled multi-line sparkline, newest sample on the right.
+
+    Narrower than 60 cells it folds two samples into one column (their maximum), so the
+    chart still covers a minute or more of one-second samples.
+    """
+
+    DEFAULT_CSS = """
+    SparkChart {
+        height: 3;
+        & > .sparkchart--label { text-style: bold; }
+        & > .sparkchart--note { color: $text-muted; text-style: dim; }
+        & > .sparkchart--bars { color: $text-primary; }
+    }
+    """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "sparkchart--label",
+        "sparkchart--note",
+        "sparkchart--bars",
+    }
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        fmt: Callable[[float], str] = fmt_metric,
+        top: float | None = None,
+        headroom: float = 1.0,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.label = label
+        self.fmt = fmt
+        self.top = top
+        self.headroom = headroom
+        self.data: list[float] = []
+        self.value: str = ""
+
+    def set_data(self, data: Sequence[float], value: str | None = None) -> None:
+        self.data = list(data)
+        self.value = value if value is not None else (self.fmt(data[-1]) if data else "—")
+        self.refresh()
+
+    def render(self) -> Text:
+        width = self.size.width or 40
+        rows = max(1, self.size.height - 1)
+        step = 1 if width >= 60 else 2
+        data = self.data
+        if step > 1:
+            # fold pairs from the newest end, so the newest sample is never half a bucket
+            tail = len(data) % step
+            data = ([max(data[:tail])] if tail else []) + [
+                max(data[i : i + step]) for i in range(tail, len(data), step)
+            ]
+        peak = max(self.data, default=0.0)
+        seconds = min(len(self.data), width * step)
+        head = Text(no_wrap=True, end="")
+        head.append(self.label + " ", fg_style(self, "sparkchart--label"))
+        head.append(self.value)
+        note = f"max {self.fmt(peak)} · {seconds}s" if self.data else "no samples yet"
+        pad = width - head.cell_len - len(note)
+        if pad >= 1:
+            head.append(" " * pad)
+            head.append(note, fg_style(self, "sparkchart--note"))
+        bars_style = fg_style(self, "sparkchart--bars")
+        lines = [head]
+        top = self.top if self.top is not None else peak * self.headroom
+        for line in spark_rows(data, width, rows, top):
+            lines.append(Text(line, style=bars_style, no_wrap=True, end=""))
+        return Text("\n").join(lines)
+
+
+class DetailPane(VerticalScroll):
+    """Everything about the selection; rebuilt from each snapshot (it is small)."""
+
+    DEFAULT_CSS = """
+    DetailPane {
+        & > #detail-title { height: auto; text-style: bold; margin-bottom: 1; }
+        & > #detail-metrics { height: auto; }
+        & > #detail-info { height: auto; margin-top: 1; }
+        SparkChart.-mem > .sparkchart--bars { color: $text-secondary; }
+        SparkChart.-conn > .sparkchart--bars { color: $text-accent; }
+        SparkChart.-metric > .sparkchart--bars { color: $text-warning; }
+    }
+    """
+
+    def __init__(self, *, tz: _dt.tzinfo | None = None, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.tz = tz
+        self._metric_names: list[str] = []
+        self._metric_charts: list[SparkChart] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("Nothing selected", id="detail-title")
+        yield SparkChart("CPU", fmt=fmt_cpu, top=100.0, id="chart-cpu")
+        yield SparkChart("Memory", fmt=fmt_bytes, headroom=1.15, id="chart-mem", classes="-mem")
+        yield SparkChart("Conn/s", fmt=fmt_rate, id="chart-conn", classes="-conn")
+        yield Vertical(id="detail-metrics")
+        yield Static("", id="detail-info")
+
+    def show(self, sel: Selection | None, snapshot: dict[str, Any], history: History) -> None:
+        apps = {a["name"]: a for a in snapshot.get("apps", [])}
+        if sel is None or sel.app not in apps:
+            self.query_one("#detail-title", Static).update("Nothing selected")
+            self.query_one("#detail-info", Static).update("")
+            return
+        app = apps[sel.app]
+        workers = [w for w in snapshot.get("workers", []) if w["app"] == sel.app]
+        worker = next((w for w in workers if w["id"] == sel.worker), None)
+        if sel.worker is not None and worker is None:
+            return  # the worker is going; the table will move the cursor
+        scope = [worker] if worker else workers
+        cpu = sum_series(worker_series(w, history, "cpu") for w in scope)
+        mem = sum_series(worker_series(w, history, "memory") for w in scope)
+        rate = sum_series(worker_series(w, history, "conn_rate") for w in scope)
+        self.query_one("#chart-cpu", SparkChart).set_data(
+            cpu, fmt_cpu(sum(float(w.get("cpu") or 0) for w in scope))
+        )
+        self.query_one("#chart-mem", SparkChart).set_data(
+            mem, fmt_bytes(sum(int(w.get("memory") or 0) for w in scope))
+        )
+        self.query_one("#chart-conn", SparkChart).set_data(
+            rate, fmt_rate(sum(float(w.get("conn_rate") or 0) for w in scope))
+        )
+        self._show_metrics(scope, history)
+        title = self.query_one("#detail-title", Static)
+        info = self.query_one("#detail-info", Static)
+        if worker:
+            title.update(self._worker_title(app, worker))
+            info.update(self._worker_info(app, worker))
+        else:
+            title.update(self._app_title(app, workers))
+            info.update(self._app_info(app, workers))
+
+    # -- charts for custom metrics ---------------------------------------------
+
+    def _show_metrics(self, scope: list[dict[str, Any]], history: History) -> None:
+        names = sorted({name for w in scope for name in (w.get("metrics") or {})})
+        if names != self._metric_names:
+            box = self.query_one("#detail-metrics", Vertical)
+            box.remove_children()
+            self._metric_charts = [SparkChart(name, classes="-metric") for name in names]
+            box.mount_all(self._metric_charts)
+            self._metric_names = names
+        for name, chart in zip(names, self._metric_charts, strict=True):
+            values = [
+                v for w in scope if isinstance(v := (w.get("metrics") or {}).get(name), int | float)
+            ]
+            series = sum_series(metric_series(w, history, name) for w in scope)
+            chart.set_data(series, fmt_metric(sum(values)) if values else "—")
+
+    # -- text -----------------------------------------------------------------
+
+    def _worker_title(self, app: dict[str, Any], w: dict[str, Any]) -> Text:
+        status = w.get("status", "?")
+        text = Text(f"{app['name']}:{w['instance']}", style="bold", end="")
+        text.append(f"  id {w['id']}  ")
+        text.append(f"{STATUS_GLYPH.get(status, '?')} {status}")
+        if w.get("pid") is not None:
+            text.append(f"  pid {w['pid']}  up {fmt_duration(w.get('uptime'))}")
+        return text
+
+    def _app_title(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> Text:
+        online = sum(1 for w in workers if w.get("status") == "online")
+        text = Text(app["name"], style="bold", end="")
+        text.append(f"  {mode_label(app, 40)}  {online}/{len(workers)} online")
+        if app.get("reloading"):
+            text.append("  reloading…")
+        return text
+
+    def _grid(self) -> Table:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        return grid
+
+    def _common_rows(self, grid: Table, app: dict[str, Any]) -> None:
+        grid.add_row("script", app.get("script") or "—")
+        if app.get("interpreter"):
+            grid.add_row("interpreter", str(app["interpreter"]))
+        args = app.get("args") or []
+        grid.add_row("args", " ".join(str(a) for a in args) if args else "—")
+        grid.add_row("cwd", app.get("cwd") or "—")
+        env = app.get("env_names") or []
+        grid.add_row("env", ", ".join(env) if env else "—")
+
+    def _watch_rows(self, grid: Table, app: dict[str, Any]) -> None:
+        paths = app.get("watch_paths") or []
+        if app.get("watch"):
+            grid.add_row("watch", "on · " + (", ".join(paths) if paths else "—"))
+        else:
+            grid.add_row("watch", "off" + (" · " + ", ".join(paths) if paths else ""))
+        if app.get("last_watch_event"):
+            grid.add_row("", f"last: {app['last_watch_event']}")
+
+    def _worker_info(self, app: dict[str, Any], w: dict[str, Any]) -> Group:
+        grid = self._grid()
+        self._common_rows(grid, app)
+        grid.add_row("out log", w.get("out_file") or "—")
+        grid.add_row("err log", w.get("err_file") or "—")
+        self._watch_rows(grid, app)
+        grid.add_row("last exit", _exit_text(w.get("exit_code"), w.get("exit_signal")))
+        if w.get("error"):
+            grid.add_row("error", str(w["error"]))
+        grid.add_row(
+            "connections", f"{w.get('connections', 0):,} total · {w.get('active', 0)} open"
+        )
+        for name, value in sorted((w.get("metrics") or {}).items()):
+            grid.add_row(f"· {name}", fmt_metric(value))
+        history = list(w.get("restart_history") or [])
+        grid.add_row("restarts", str(w.get("restarts", 0)))
+        parts: list[Any] = [grid]
+        if history:
+            events = self._grid()
+            events.add_row(Text("recent restarts", style="dim"), "")
+            for item in history[-10:][::-1]:
+                events.add_row(
+                    fmt_clock(float(item.get("time") or 0), self.tz),
+                    _restart_text(item),
+                )
+            parts.append(events)
+        return Group(*parts)
+
+    def _app_info(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
+        grid = self._grid()
+        listen = app.get("listen")
+        grid.add_row("mode", mode_label(app, 40) + (f" on {listen}" if listen else ""))
+        grid.add_row("instances", f"{len(workers)} (configured {app.get('instances', '—')})")
+        self._common_rows(grid, app)
+        self._watch_rows(grid, app)
+        if app.get("source"):
+            grid.add_row("from", app["source"])
+        restarts = sum(int(w.get("restarts") or 0) for w in workers)
+        grid.add_row("restarts", str(restarts))
+        items = sorted(
+            (
+                (float(item.get("time") or 0), f"{app['name']}:{w['instance']}", item)
+                for w in workers
+                for item in (w.get("restart_history") or [])
+            ),
+            key=lambda t: t[0],
+            reverse=True,
+        )[:10]
+        parts: list[Any] = [grid]
+        if items:
+            events = self._grid()
+            events.add_row(Text("recent restarts", style="dim"), "")
+            for t, who, item in items:
+                events.add_row(fmt_clock(t, self.tz), f"{who} {_restart_text(item)}")
+            parts.append(events)
+        return Group(*parts)
+
+
+def _exit_text(code: Any, signal: Any) -> str:
+    if signal:
+        return f"killed by {signal}"
+    if code is not None:
+        return f"exit code {code}"
+    return "—"
+
+
+def _restart_text(item: dict[str, Any]) -> str:
+    reason = str(item.get("reason") or "restart")
+    detail = _exit_text(item.get("exit_code"), item.get("signal"))
+    return reason if detail == "—" else f"{reason} ({detail})"

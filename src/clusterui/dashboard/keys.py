@@ -1,0 +1,90 @@
+"""One table of the dashboard's keys: the bindings, the `?` help and the palette use it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    keys: str  # Textual key names, comma separated
+    show: str  # how the key is written for people
+    action: str  # Textual action string
+    label: str  # short, for the footer
+    help: str  # one line, for `?` and the palette
+    footer: bool = True
+    palette: bool = True
+
+
+SCALE = Binding.Group("Scale", compact=True)
+
+# Footer order is this order: help first (as htop's F1), the app verbs, quit before
+# detach, so an 80-column footer loses the least needed key.
+KEYS: tuple[Key, ...] = (
+    Key("question_mark", "?", "help", "Help", "Show these keys", palette=False),
+    Key(
+        "r",
+        "r",
+        "restart",
+        "Restart",
+        "Restart the selected worker (on an app row: the whole app, after asking)",
+    ),
+    Key(
+        "R",
+        "R",
+        "reload",
+        "Reload",
+        "Rolling reload of the selected app: workers replaced one at a time",
+    ),
+    Key("plus,equals_sign", "+", "scale('+1')", "Scale+", "Add one worker to the selected app"),
+    Key("minus", "-", "scale('-1')", "Scale-", "Remove one worker from the selected app"),
+    Key(
+        "s",
+        "s",
+        "stop",
+        "Stop",
+        "Stop the selected worker (on an app row: the whole app, after asking)",
+    ),
+    Key("S", "S", "start", "Start", "Start the selected worker or app"),
+    Key("w", "w", "watch", "Watch", "Turn file-watch reload on or off for the selected app"),
+    Key("l", "l", "logs", "Logs", "Focus the log pane; again to maximise it; again to restore"),
+    Key("slash", "/", "filter", "Filter", "Filter the log lines (enter keeps it, esc clears)"),
+    Key(
+        "q",
+        "q",
+        "quit",
+        "Quit",
+        "Quit (asks whether to stop the apps if this dashboard started them)",
+    ),
+    Key("d", "d", "detach", "Detach", "Leave the dashboard; the apps keep running"),
+    Key("enter", "enter", "details", "Details", "Show or hide the detail pane", footer=False),
+    Key("a", "a", "log_scope", "Scope", "Logs of all apps, or of the selection only", footer=False),
+    Key("f", "f", "follow", "Follow", "Follow new log lines on or off", footer=False),
+    Key("t", "t", "timestamps", "Times", "Log timestamps on or off", footer=False),
+)
+
+NAVIGATION = (
+    ("j / k, ↓ / ↑", "Move the selection (or scroll the logs)"),
+    ("tab", "Next pane"),
+    ("ctrl+p", "Command palette"),
+    ("esc", "Close a dialog, clear the filter, restore a maximised pane"),
+)
+
+
+def bindings() -> list[Binding]:
+    out = []
+    for key in KEYS:
+        out.append(
+            Binding(
+                key.keys,
+                key.action,
+                key.label,
+                show=key.footer,
+                key_display=key.show,
+                tooltip=key.help,
+                group=SCALE if key.action.startswith("scale") else None,
+            )
+        )
+    return out

@@ -1,0 +1,311 @@
+"""A bounded, filterable log view (Line API: only visible lines are rendered)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rich.cells import cell_len
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
+from textual.geometry import Size
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from clusterui.dashboard.model import fmt_clock
+from clusterui.dashboard.style import fg_style
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+_ANSI = "\x1b"
+APP_COLOURS = 6  # logview--app-0 .. logview--app-5
+
+
+@dataclass(slots=True)
+class LogRecord:
+    seq: int
+    worker: int
+    app: str
+    instance: int
+    stream: str  # "out" | "err" | "sys"
+    time: float
+    text: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.app}:{self.instance}"
+
+
+class LogView(ScrollView, can_focus=True):
+    """Log lines from every worker, newest at the bottom, at most `max_lines` kept.
+
+    Scope (app / worker), a case-insensitive substring filter and timestamps change
+    only which records are shown and how; the records themselves stay, so turning a
+    filter off brings back everything still in the buffer.
+    """
+
+    DEFAULT_CSS = """
+    LogView {
+        background: $surface;
+        overflow: auto auto;
+        scrollbar-size-horizontal: 1;
+        & > .logview--time { color: $text-muted; text-style: dim; }
+        & > .logview--err { color: $text-error; }
+        & > .logview--sys { color: $text-accent; text-style: italic; }
+        & > .logview--match { background: $warning; color: $background; text-style: bold; }
+        & > .logview--app-0 { color: $text-primary; }
+        & > .logview--app-1 { color: $text-success; }
+        & > .logview--app-2 { color: $text-warning; }
+        & > .logview--app-3 { color: $text-secondary; }
+        & > .logview--app-4 { color: $text-accent; }
+        & > .logview--app-5 { color: $text; text-style: bold; }
+    }
+    """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "logview--time",
+        "logview--err",
+        "logview--sys",
+        "logview--match",
+        *(f"logview--app-{i}" for i in range(APP_COLOURS)),
+    }
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j", "scroll_down", "Down", show=False),
+        Binding("k", "scroll_up", "Up", show=False),
+        Binding("end,G", "follow_end", "Follow", show=False),
+        Binding("home,g", "scroll_home", "Top", show=False),
+    ]
+
+    follow: reactive[bool] = reactive(True)
+    timestamps: reactive[bool] = reactive(True)
+    filter_text: reactive[str] = reactive("")
+
+    def __init__(
+        self,
+        max_lines: int = 5000,
+        *,
+        tz: _dt.tzinfo | None = None,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.max_lines = max_lines
+        self.tz = tz
+        self._records: list[LogRecord] = []
+        self._view: list[LogRecord] = []
+        self._seq = 0
+        self._scope_app: str | None = None
+        self._scope_worker: int | None = None
+        self._app_colour: dict[str, int] = {}
+        self._source_width = 6
+        self._width = 0
+        self._cache: LRUCache[tuple[int, int], Strip] = LRUCache(1024)
+
+    # -- data -----------------------------------------------------------------
+
+    @property
+    def records(self) -> list[LogRecord]:
+        """Every record kept (oldest first), whatever the scope and filter."""
+        return self._records
+
+    @property
+    def visible(self) -> list[LogRecord]:
+        """The records the scope and filter let through (oldest first)."""
+        return self._view
+
+    def append(self, lines: Iterable[dict[str, Any]]) -> None:
+        added: list[LogRecord] = []
+        for line in lines:
+            self._seq += 1
+            rec = LogRecord(
+                seq=self._seq,
+                worker=int(line.get("worker", -1)),
+                app=str(line.get("app", "?")),
+                instance=int(line.get("instance", 0)),
+                stream=str(line.get("stream", "out")),
+                time=float(line.get("time", 0.0)),
+                text=str(line.get("text", "")),
+            )
+            if rec.app not in self._app_colour:
+                self._app_colour[rec.app] = len(self._app_colour) % APP_COLOURS
+            added.append(rec)
+        if not added:
+            return
+        at_end = self.is_vertical_scroll_end
+        self._records.extend(added)
+        widths = [len(r.source) for r in added]
+        self._source_width = min(24, max(self._source_width, *widths))
+        shown = [r for r in added if self._matches(r)]
+        self._view.extend(shown)
+        removed = self._prune()
+        self._width = (
+            max(self._width, *(self._line_width(r) for r in shown)) if shown else self._width
+        )
+        self._resize_virtual()
+        if removed and not self.follow:
+            # keep the lines the reader is looking at in place
+            self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
+        if self.follow and (at_end or removed):
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        else:
+            self.refresh()
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._view.clear()
+        self._cache.clear()
+        self._width = 0
+        self._resize_virtual()
+        self.refresh()
+
+    def _prune(self) -> int:
+        """Drop the oldest records past max_lines; returns how many shown lines went."""
+        excess = len(self._records) - self.max_lines
+        if excess <= 0:
+            return 0
+        del self._records[:excess]
+        first = self._records[0].seq
+        gone = 0
+        while gone < len(self._view) and self._view[gone].seq < first:
+            gone += 1
+        if gone:
+            del self._view[:gone]
+            self._cache.clear()  # cache keys are view positions
+        return gone
+
+    # -- scope and filter -----------------------------------------------------
+
+    def set_scope(self, app: str | None, worker: int | None = None) -> None:
+        if (app, worker) == (self._scope_app, self._scope_worker):
+            return
+        self._scope_app, self._scope_worker = app, worker
+        self._rebuild()
+
+    @property
+    def scope(self) -> tuple[str | None, int | None]:
+        return self._scope_app, self._scope_worker
+
+    def _matches(self, rec: LogRecord) -> bool:
+        if self._scope_worker is not None:
+            if rec.worker != self._scope_worker:
+                return False
+        elif self._scope_app is not None and rec.app != self._scope_app:
+            return False
+        needle = self.filter_text
+        if needle:
+            needle = needle.lower()
+            return needle in rec.text.lower() or needle in rec.source.lower()
+        return True
+
+    def _rebuild(self) -> None:
+        self._view = [r for r in self._records if self._matches(r)]
+        self._width = max((self._line_width(r) for r in self._view), default=0)
+        self._cache.clear()
+        self._resize_virtual()
+        if self.follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.refresh()
+
+    def watch_filter_text(self) -> None:
+        self._rebuild()
+
+    def watch_timestamps(self) -> None:
+        self._width = max((self._line_width(r) for r in self._view), default=0)
+        self._cache.clear()
+        self._resize_virtual()
+        self.refresh()
+
+    def watch_follow(self, follow: bool) -> None:
+        if follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new < old and self.follow and round(new) < round(self.max_scroll_y):
+            self.follow = False  # the reader scrolled up: stop dragging them down
+
+    def on_resize(self) -> None:
+        if self.follow:  # the first layout, or a new size: stay at the newest line
+            self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
+
+    def action_follow_end(self) -> None:
+        self.follow = True
+        self.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    # -- rendering ------------------------------------------------------------
+
+    def _prefix_width(self) -> int:
+        return (9 if self.timestamps else 0) + self._source_width + 3
+
+    def _line_width(self, rec: LogRecord) -> int:
+        return self._prefix_width() + cell_len(rec.text)
+
+    def _resize_virtual(self) -> None:
+        self.virtual_size = Size(self._width, len(self._view))
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._cache.clear()
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.size.width
+        rich_style = self.rich_style
+        if index >= len(self._view):
+            return Strip.blank(width, rich_style)
+        key = (index, self._view[index].seq)
+        strip = self._cache.get(key)
+        if strip is None:
+            text = self.render_record(self._view[index])
+            text.stylize_before(rich_style)
+            strip = Strip(text.render(self.app.console), text.cell_len)
+            self._cache[key] = strip
+        return strip.crop_extend(scroll_x, scroll_x + width, rich_style).apply_offsets(
+            scroll_x, index
+        )
+
+    def style_of(self, name: str) -> Style:
+        """The Rich style a component class gives (the match highlight keeps its background)."""
+        if name == "logview--match":
+            return self.get_component_rich_style(name)
+        return fg_style(self, name)
+
+    def render_record(self, rec: LogRecord) -> Text:
+        """One log line as Rich Text: [time] source marker text, with filter matches lit."""
+        line = Text(no_wrap=True, end="")
+        if self.timestamps:
+            line.append(fmt_clock(rec.time, self.tz) + " ", self.style_of("logview--time"))
+        colour = self.style_of(f"logview--app-{self._app_colour.get(rec.app, 0)}")
+        line.append(rec.source.ljust(self._source_width), colour)
+        marker = {"err": " ! ", "sys": " » "}.get(rec.stream, " │ ")
+        line.append(marker, colour)
+        start = len(line)
+        raw = rec.text.expandtabs()
+        if _ANSI in raw:
+            body = Text.from_ansi(raw, no_wrap=True, end="")
+            body.plain = (
+                _CONTROL.sub("�", body.plain) if _CONTROL.search(body.plain) else body.plain
+            )
+        else:
+            body = Text(_CONTROL.sub("�", raw), no_wrap=True, end="")
+        if rec.stream == "err":
+            body.stylize_before(self.style_of("logview--err"))
+        elif rec.stream == "sys":
+            body.stylize_before(self.style_of("logview--sys"))
+        line.append_text(body)
+        if self.filter_text:
+            plain = line.plain.lower()
+            needle = self.filter_text.lower()
+            match_style = self.style_of("logview--match")
+            # light matches in the source and the text, not in the timestamp
+            pos = plain.find(needle, start - len(marker) - self._source_width)
+            while pos != -1:
+                line.stylize(match_style, pos, pos + len(needle))
+                pos = plain.find(needle, pos + len(needle))
+        return line

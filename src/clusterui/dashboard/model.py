@@ -1,0 +1,264 @@
+"""Pure helpers for the dashboard: number formatting, sparklines, selection, aggregation.
+
+Nothing here touches Textual, so it is cheap to test and to reuse.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BARS = "▁▂▃▄▅▆▇█"
+HISTORY = 120  # samples kept per series (one per supervisor tick, so two minutes)
+
+# Statuses in the order they are most worth seeing, with a glyph so they read without colour.
+STATUS_GLYPH = {
+    "online": "●",
+    "launching": "◐",
+    "draining": "◑",
+    "stopping": "◒",
+    "waiting-restart": "↻",
+    "stopped": "○",
+    "errored": "✖",
+}
+STATUS_SHORT = {"waiting-restart": "waiting"}
+
+
+def fmt_bytes(n: float | int | None) -> str:
+    """Binary units, at most five characters ("999K", "12.3M", "1.21G")."""
+    if n is None:
+        return "—"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1000 or unit == "T":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)}B"
+    if value < 10:
+        return f"{value:.2f}{unit}"
+    if value < 100:
+        return f"{value:.1f}{unit}"
+    return f"{value:.0f}{unit}"
+
+
+def fmt_rate(r: float | int | None) -> str:
+    """Connections per second in at most five characters."""
+    if r is None:
+        return "—"
+    r = float(r)
+    if r < 10:
+        return f"{r:.1f}" if r else "0"
+    if r < 1000:
+        return f"{r:.0f}"
+    if r < 10_000:
+        return f"{r / 1000:.1f}k"
+    if r < 1_000_000:
+        return f"{r / 1000:.0f}k"
+    return f"{r / 1_000_000:.1f}M"
+
+
+def fmt_cpu(c: float | int | None) -> str:
+    if c is None:
+        return "—"
+    return f"{c:.0f}%" if c >= 100 else f"{c:.1f}%"
+
+
+def fmt_duration(seconds: float | int | None) -> str:
+    """Compact uptime: "45s", "12m", "3h12m", "2d04h"."""
+    if seconds is None or seconds <= 0:
+        return "—"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s" if m < 10 else f"{m}m"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def fmt_clock(t: float, tz: _dt.tzinfo | None = None) -> str:
+    """HH:MM:SS in the given zone (local time when None)."""
+    return _dt.datetime.fromtimestamp(t, tz).strftime("%H:%M:%S")
+
+
+def fmt_metric(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, int) or float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:,.2f}"
+
+
+def status_label(status: str) -> str:
+    return f"{STATUS_GLYPH.get(status, '?')} {STATUS_SHORT.get(status, status)}"
+
+
+def mode_label(app: dict[str, Any], width: int = 12) -> str:
+    """ "cluster rr", "fork", "cluster hash"; shortened for narrow columns."""
+    mode = app.get("exec_mode") or "fork"
+    dispatch = app.get("dispatch")
+    if dispatch:
+        short = {"round-robin": "rr"}.get(dispatch, dispatch)
+        text = f"{mode} {short}"
+    else:
+        text = mode
+    return text[:width]
+
+
+def spark(values: Sequence[float], width: int, top: float | None = None) -> str:
+    """One-line sparkline of the last `width` values, newest on the right.
+
+    The scale runs from 0 to `top` (or the largest value shown), so a flat line of
+    small numbers stays low instead of filling the cell as a min-max scale would.
+    Missing history is padded with blanks on the left.
+    """
+    if width <= 0:
+        return ""
+    shown = list(values)[-width:]
+    peak = max(shown, default=0.0)
+    scale = top if top and top > peak else peak
+    out = []
+    for v in shown:
+        if scale <= 0 or v <= 0:
+            out.append(BARS[0])
+        else:
+            out.append(BARS[min(len(BARS) - 1, int(v / scale * (len(BARS) - 1) + 0.5))])
+    return " " * (width - len(shown)) + "".join(out)
+
+
+def spark_rows(
+    values: Sequence[float], width: int, height: int, top: float | None = None
+) -> list[str]:
+    """A `height`-line sparkline (top line first), newest value on the right."""
+    if width <= 0 or height <= 0:
+        return []
+    shown = list(values)[-width:]
+    peak = max(shown, default=0.0)
+    scale = top if top and top > peak else peak
+    steps = height * len(BARS)
+    levels = [0 if scale <= 0 or v <= 0 else max(1, round(v / scale * steps)) for v in shown]
+    pad = width - len(shown)
+    rows = []
+    for row in range(height - 1, -1, -1):  # from the top line down
+        base = row * len(BARS)
+        chars = []
+        for level in levels:
+            part = level - base
+            if part <= 0:
+                chars.append(BARS[0] if row == 0 else " ")  # a baseline on the bottom line
+            elif part >= len(BARS):
+                chars.append("█")
+            else:
+                chars.append(BARS[part - 1])
+        rows.append(" " * pad + "".join(chars))
+    return rows
+
+
+def sum_series(series: Iterable[Sequence[float]]) -> list[float]:
+    """Element-wise sum aligned on the newest sample (histories differ in length)."""
+    lists = [list(s) for s in series]
+    n = max((len(s) for s in lists), default=0)
+    out = [0.0] * n
+    for s in lists:
+        offset = n - len(s)
+        for i, v in enumerate(s):
+            out[offset + i] += v or 0
+    return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the cursor is on: a whole app (group row) or one worker."""
+
+    app: str
+    worker: int | None = None  # worker id
+    instance: int | None = None
+
+    @property
+    def key(self) -> str:
+        return app_key(self.app) if self.worker is None else worker_key(self.worker)
+
+    @property
+    def target(self) -> str:
+        """TARGET string for the client API: APP or APP:INSTANCE."""
+        return self.app if self.instance is None else f"{self.app}:{self.instance}"
+
+    @property
+    def is_app(self) -> bool:
+        return self.worker is None
+
+
+def app_key(name: str) -> str:
+    return f"app:{name}"
+
+
+def worker_key(wid: int) -> str:
+    return f"w:{wid}"
+
+
+class History:
+    """Series the dashboard keeps itself: custom metrics (the snapshot carries only
+    current values) and a fallback for cpu/memory/conn_rate when a snapshot has no
+    `history`. Keyed by worker id, bounded to HISTORY samples."""
+
+    def __init__(self) -> None:
+        self._series: dict[int, dict[str, deque[float]]] = {}
+        self._last_tick: dict[int, float] = {}
+
+    def record(self, worker: dict[str, Any], tick: float) -> None:
+        wid = worker["id"]
+        if self._last_tick.get(wid) == tick:
+            return  # the same snapshot twice (initial state() then the first event)
+        self._last_tick[wid] = tick
+        series = self._series.setdefault(wid, {})
+        values: dict[str, float] = {
+            "cpu": float(worker.get("cpu") or 0),
+            "memory": float(worker.get("memory") or 0),
+            "conn_rate": float(worker.get("conn_rate") or 0),
+        }
+        for name, v in (worker.get("metrics") or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                values[f"metric:{name}"] = float(v)
+        for name, v in values.items():
+            series.setdefault(name, deque(maxlen=HISTORY)).append(v)
+
+    def get(self, wid: int, name: str) -> list[float]:
+        return list(self._series.get(wid, {}).get(name, ()))
+
+    def forget(self, keep: set[int]) -> None:
+        for wid in list(self._series):
+            if wid not in keep:
+                del self._series[wid]
+                self._last_tick.pop(wid, None)
+
+
+def worker_series(worker: dict[str, Any], history: History, name: str) -> list[float]:
+    """A worker's history for cpu/memory/conn_rate (from the snapshot when present)."""
+    hist = worker.get("history") or {}
+    values = hist.get(name)
+    if values:
+        return [float(v or 0) for v in values]
+    return history.get(worker["id"], name)
+
+
+def metric_series(worker: dict[str, Any], history: History, name: str) -> list[float]:
+    hist = (worker.get("history") or {}).get("metrics") or {}
+    if hist.get(name):
+        return [float(v or 0) for v in hist[name]]
+    return history.get(worker["id"], f"metric:{name}")
+
+
+def snapshot_now(snapshot: dict[str, Any]) -> float | None:
+    """The supervisor's clock at the time of the snapshot (no local clock involved)."""
+    sup = snapshot.get("supervisor") or {}
+    if sup.get("started_at") is not None and sup.get("uptime") is not None:
+        return float(sup["started_at"]) + float(sup["uptime"])
+    return None

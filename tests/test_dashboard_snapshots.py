@@ -1,0 +1,80 @@
+"""The dashboard's look, as SVG snapshots (pytest-textual-snapshot).
+
+Everything on screen comes from the FakeClient's fixed data and the UTC clock, so the
+pictures are reproducible. After an intended change of look:
+    pytest tests/test_dashboard_snapshots.py --snapshot-update
+and review the SVGs in tests/__snapshots__/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from fake_client import FakeClient, demo_snapshot
+from textual.pilot import Pilot
+
+from clusterui.dashboard import DashboardApp
+
+
+def make_app(**snapshot_args: object) -> DashboardApp:
+    return DashboardApp(FakeClient(demo_snapshot(**snapshot_args)), tz=dt.UTC)  # type: ignore[arg-type]
+
+
+def loaded(*keys: str, select: str | None = None) -> Callable[[Pilot], Awaitable[None]]:
+    """Wait for the first snapshot and the log backlog, then select a row and press keys."""
+
+    async def run_before(pilot: Pilot) -> None:
+        app = pilot.app
+        assert isinstance(app, DashboardApp)
+        await asyncio.wait_for(app.loaded.wait(), 10)
+        await pilot.pause()
+        if select is not None:
+            assert app.table.select_key(select)
+            await pilot.pause()
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
+
+    return run_before
+
+
+def test_main_80x24(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=loaded())
+
+
+def test_main_160x48(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=(160, 48), run_before=loaded())
+
+
+def test_scaled_busy_app_with_worker_details_160x48(snap_compare) -> None:
+    assert snap_compare(
+        make_app(api_workers=5, busy=True),
+        terminal_size=(160, 48),
+        run_before=loaded(select="w:3"),
+    )
+
+
+def test_details_80x24(snap_compare) -> None:
+    assert snap_compare(
+        make_app(), terminal_size=(80, 24), run_before=loaded("enter", select="w:4")
+    )
+
+
+def test_log_filter_80x24(snap_compare) -> None:
+    assert snap_compare(
+        make_app(),
+        terminal_size=(80, 24),
+        run_before=loaded("slash", *"slow", "enter"),
+    )
+
+
+def test_confirm_dialog_80x24(snap_compare) -> None:
+    assert snap_compare(
+        make_app(), terminal_size=(80, 24), run_before=loaded("s", select="app:api")
+    )
+
+
+def test_help_160x48(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=(160, 48), run_before=loaded("question_mark"))
