@@ -232,6 +232,8 @@ class App:
             channel_fd = 4 if mode == "shared" else 3
             fds[channel_fd] = worker_end.fileno()
             env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
+        # Tells the worker helper how to serve: take handed connections, or listen itself.
+        env["CLUSTERUI_DISPATCH"] = mode or "none"
         if mode == "proxy":
             port = _free_port()
             env["PORT"] = str(port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
@@ -20,13 +21,7 @@ from clusterui.core import config, guardian
 from clusterui.core.apps import App, Context
 from clusterui.core.control import Connection, ControlServer, OpError
 from clusterui.core.home import Home
-
-try:
-    from clusterui.core.logs import LogHub
-except ImportError:  # TEMP
-    from clusterui.core._logs_stub import LogHub
-import contextlib
-
+from clusterui.core.logs import LogHub
 from clusterui.core.snapshot import snapshot, worker_row
 from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sampler

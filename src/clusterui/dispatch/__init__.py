@@ -1,0 +1,33 @@
+"""The dispatcher: one process per cluster-mode listener, owning its accept loop.
+
+Run as ``python -m clusterui.dispatch [MODE]`` with
+
+- ``CLUSTERUI_LISTEN_FD``: the listening socket, already bound and listening;
+- ``CLUSTERUI_CONTROL_FD``: an AF_UNIX SOCK_SEQPACKET socket to the supervisor;
+- MODE (argv[1], else ``CLUSTERUI_DISPATCH_MODE``): ``round-robin`` (default),
+  ``least-connections`` or ``proxy``.
+
+It exits when the control socket reaches end of file, and takes PR_SET_PDEATHSIG
+so it never outlives the process that started it.
+
+Control messages, one JSON object per datagram (see ``protocol``):
+
+supervisor → dispatcher
+  ``{"t":"add","id":W}`` + SCM_RIGHTS [dispatcher_end, worker_end] of W's channel
+      socketpair. The dispatcher keeps worker_end open so that, when W dies,
+      connections still queued for it can be taken back and handed to others.
+  ``{"t":"add","id":W,"port":P}`` (proxy): W listens on 127.0.0.1:P; probed until it
+      accepts, then bytes are forwarded to it.
+  ``{"t":"drain","id":W}``: route nothing more to W; forward ``{"t":"drain"}`` to it.
+  ``{"t":"remove","id":W}``: W is gone; re-route what it never received, forget it.
+  ``{"t":"stats"}``: answer with a stats message now.
+
+dispatcher → supervisor
+  ``{"t":"ready","id":W}``; ``{"t":"metrics","id":W,"values":{...}}``;
+  ``{"t":"stats","workers":{"W":{"handed":n,"open":m}},"accepted":N,"pending":k}``
+      (pushed at most once a second, when a figure changed, and on request);
+  ``{"t":"error","id":W,"message":...}`` for a worker breaking the protocol.
+
+The implementation is in ``clusterui.dispatch.core``; this package's ``__init__``
+stays empty so that ``clusterui.worker`` can import ``protocol`` cheaply.
+"""

@@ -1,0 +1,964 @@
+"""The dispatcher's epoll loop: accept, hand fds to workers (or proxy bytes), report.
+
+Everything runs in one thread on level-triggered epoll with non-blocking sockets;
+no asyncio in the hot path. See the package docstring for the control messages.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import sys
+import termios
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clusterui.dispatch import protocol as proto
+
+MODES = ("round-robin", "least-connections", "proxy")
+
+ACCEPT_BATCH = 64  # connections accepted per wakeup, at most
+FDS_PER_MESSAGE = 64  # fds in one conn datagram, at most
+PENDING_CAP = 1024  # accepted connections waiting for a worker; beyond it we stop accepting
+# Connections sent to a worker that it has not taken off its channel yet. A worker
+# with this many is skipped (it is busy or stuck), so a frozen worker strands at most
+# this many clients. Measured exactly: see Dispatcher._queued.
+QUEUE_CAP = 64
+RECHECK = 0.01  # every worker busy: look again this soon
+# Bounds what queues up for one worker before it counts as full (~768 bytes of
+# buffer per datagram: 16 KiB, doubled by the kernel, holds ~43 datagrams).
+CHANNEL_SNDBUF = 16 * 1024
+READ_BATCH = 64  # datagrams read from one socket per wakeup, so nobody starves the loop
+STATS_INTERVAL = 1.0
+PROBE_INTERVAL = 0.075
+ACCEPT_BACKOFF = 0.1  # after EMFILE and friends
+PROXY_CHUNK = 256 * 1024
+OUT_CAP = 1000  # queued messages to a supervisor that is not reading
+ERRORS_PER_SECOND = 5  # per worker; the rest are counted and summarised
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+ERR = select.EPOLLERR
+HUP = select.EPOLLHUP
+
+_ACCEPT_RETRY = {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EPERM}
+_ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CONN_ANC_LEVEL = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+# struct tcp_info: on a listening socket, tcpi_unacked is the accept queue's length.
+_TCPI_UNACKED = struct.Struct("I")
+_TCPI_UNACKED_OFFSET = 24
+
+
+class Worker:
+    __slots__ = (
+        "id",
+        "seq",
+        "dend",
+        "wend",
+        "port",
+        "host",
+        "ready",
+        "draining",
+        "full",
+        "queued",
+        "queued_fds",
+        "drain_pending",
+        "handed",
+        "closed",
+        "pipes",
+        "probe",
+        "next_probe",
+        "err_window",
+        "err_count",
+        "err_suppressed",
+    )
+
+    def __init__(self, wid: Any, seq: int) -> None:
+        self.id = wid
+        self.seq = seq
+        self.dend: socket.socket | None = None  # our end of the channel
+        self.wend: socket.socket | None = None  # the worker's end, kept to recover fds
+        self.port: int | None = None  # proxy mode
+        self.host = "127.0.0.1"
+        self.ready = False
+        self.draining = False
+        self.full = False  # channel would block: skipped until writable
+        # Fd counts of the conn datagrams that may still sit in the worker's queue.
+        self.queued: collections.deque[int] = collections.deque()
+        self.queued_fds = 0
+        self.drain_pending = False  # the drain message still has to go out
+        self.handed = 0
+        self.closed = 0  # as reported by the worker
+        self.pipes = 0  # proxy mode: open forwarded connections
+        self.probe: socket.socket | None = None
+        self.next_probe = 0.0
+        self.err_window = 0.0
+        self.err_count = 0
+        self.err_suppressed = 0
+
+    @property
+    def routable(self) -> bool:
+        return self.ready and not self.draining and not self.full
+
+    @property
+    def open(self) -> int:
+        if self.port is not None:
+            return self.pipes
+        return max(0, self.handed - self.closed)
+
+
+class Dispatcher:
+    def __init__(self, listen_sock: socket.socket, control: socket.socket, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown dispatch mode {mode!r} (expected one of {', '.join(MODES)})")
+        self.mode = mode
+        self.proxy = mode == "proxy"
+        self.least = mode == "least-connections"
+        self.lsock = listen_sock
+        self.lsock.setblocking(False)
+        self.lfd = listen_sock.fileno()
+        self.ctl = control
+        self.ctl.setblocking(False)
+        self.ep = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.workers: dict[Any, Worker] = {}  # insertion order is the rotation order
+        self.seq = 0
+        self.rr_seq = -1  # seq of the worker that got the last connection
+        # Accepted connections waiting for a worker: fds (handoff) or sockets (proxy).
+        self.pending: collections.deque[Any] = collections.deque()
+        self.accepted = 0
+        self.listening = False
+        self.accept_paused_until = 0.0
+        self.recheck_at = 0.0
+        self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
+        self.rlist: list[Worker] | None = None  # routable workers; None: recompute
+        self._accept = self.lsock.accept if self.proxy else self.lsock._accept
+        self._backlog_known = self._accept_queue() is not None
+        self.out: collections.deque[bytes] = collections.deque()
+        self.ctl_mask = IN
+        self.dirty = False
+        self.last_stats = 0.0
+        self.running = True
+        self._register(self.lfd, 0, self._on_listen)
+        self._register(self.ctl.fileno(), IN, self._on_control)
+
+    # ---- loop -----------------------------------------------------------------
+
+    def run(self) -> None:
+        poll = self.ep.poll
+        handlers = self.handlers
+        monotonic = time.monotonic
+        while self.running:
+            try:
+                events = poll(self._timeout(), 256)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(ev)
+                    if not self.running:
+                        break
+            if self.next_timer and monotonic() >= self.next_timer:
+                self._timers()
+
+    def close(self) -> None:
+        for w in list(self.workers.values()):
+            self._forget(w)
+        proto.close_fds([fd for fd in self.pending if isinstance(fd, int)])
+        for item in self.pending:
+            if isinstance(item, socket.socket):
+                item.close()
+        self.pending.clear()
+        self.ep.close()
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = []
+        if self.dirty:
+            deadlines.append(self.last_stats + STATS_INTERVAL)
+        if self.accept_paused_until:
+            deadlines.append(self.accept_paused_until)
+        if self.recheck_at:
+            deadlines.append(self.recheck_at)
+        if self.proxy:
+            deadlines.extend(w.next_probe for w in self.workers.values() if self._probing(w))
+        if not deadlines:
+            self.next_timer = 0.0
+            return -1
+        self.next_timer = min(deadlines)
+        return max(0.0, self.next_timer - now)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if self.dirty and now >= self.last_stats + STATS_INTERVAL:
+            self._push_stats(now)
+        if self.accept_paused_until and now >= self.accept_paused_until:
+            self.accept_paused_until = 0.0
+            self._update_listen()
+        if self.recheck_at and now >= self.recheck_at:
+            self.recheck_at = 0.0
+            self._route()
+            self._update_listen()
+        if self.proxy:
+            for w in list(self.workers.values()):
+                if self._probing(w) and now >= w.next_probe:
+                    self._start_probe(w)
+
+    @staticmethod
+    def _probing(w: Worker) -> bool:
+        return not w.ready and not w.draining and w.probe is None
+
+    def _register(self, fd: int, mask: int, handler: Callable[[int], None]) -> None:
+        self.ep.register(fd, mask)
+        self.handlers[fd] = handler
+
+    def _unregister(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(fd)
+
+    # ---- talking to the supervisor ---------------------------------------------
+
+    def _emit(self, msg: dict[str, Any], *, droppable: bool = True) -> None:
+        data = proto.encode(msg)
+        if not self.out:
+            try:
+                self.ctl.sendmsg([data], [], socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.running = False  # the supervisor is gone
+                return
+        if droppable and len(self.out) >= OUT_CAP:
+            return
+        self.out.append(data)
+        self._set_ctl_mask(IN | OUT)
+
+    def _flush_out(self) -> None:
+        while self.out:
+            try:
+                self.ctl.sendmsg([self.out[0]], [], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.running = False
+                return
+            self.out.popleft()
+        self._set_ctl_mask(IN)
+
+    def _set_ctl_mask(self, mask: int) -> None:
+        if mask != self.ctl_mask:
+            self.ctl_mask = mask
+            self.ep.modify(self.ctl.fileno(), mask)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "t": "stats",
+            "workers": {
+                str(w.id): {"handed": w.handed, "open": w.open} for w in self.workers.values()
+            },
+            "accepted": self.accepted,
+            "pending": len(self.pending),
+        }
+
+    def _push_stats(self, now: float) -> None:
+        if len(self.out) > 8:
+            return  # the supervisor is behind; the next push carries the same totals
+        self.dirty = False
+        self.last_stats = now
+        self._emit(self.stats())
+
+    def _error(self, w: Worker | None, message: str) -> None:
+        if w is not None:
+            now = time.monotonic()
+            if now - w.err_window >= 1.0:
+                if w.err_suppressed:
+                    message += f" ({w.err_suppressed} similar messages suppressed)"
+                w.err_window, w.err_count, w.err_suppressed = now, 0, 0
+            w.err_count += 1
+            if w.err_count > ERRORS_PER_SECOND:
+                w.err_suppressed += 1
+                return
+            self._emit({"t": "error", "id": w.id, "message": f"worker {w.id}: {message}"})
+        else:
+            self._emit({"t": "error", "message": message})
+
+    def _on_control(self, ev: int) -> None:
+        if ev & OUT:
+            self._flush_out()
+        if not ev & (IN | HUP | ERR):
+            return
+        for _ in range(READ_BATCH):
+            try:
+                got = proto.recv(self.ctl)
+            except BlockingIOError:
+                return
+            except OSError:
+                got = None
+            if got is None:
+                self.running = False  # supervisor gone: so are we
+                return
+            data, fds, truncated = got
+            try:
+                if truncated:
+                    raise proto.ProtocolError("control message too large")
+                msg = proto.decode(data)
+            except proto.ProtocolError as exc:
+                proto.close_fds(fds)
+                self._error(None, f"bad control message: {exc}")
+                continue
+            try:
+                self._control(msg, fds)  # takes ownership of fds
+            except proto.ProtocolError as exc:
+                self._error(None, f"bad control message: {exc}")
+
+    def _control(self, msg: dict[str, Any], fds: list[int]) -> None:
+        kind = msg["t"]
+        wid = msg.get("id")
+        if kind == "add":
+            self._add(wid, msg, fds)
+            return
+        proto.close_fds(fds)
+        if kind == "stats":
+            self.dirty = False
+            self.last_stats = time.monotonic()
+            self._emit(self.stats(), droppable=False)
+            return
+        w = self.workers.get(wid)
+        if kind in ("drain", "remove") and w is None:
+            return  # already gone: harmless
+        if kind == "drain":
+            self._drain(w)
+        elif kind == "remove":
+            self._remove(w)
+        else:
+            raise proto.ProtocolError(f"unknown control message type {kind!r}")
+
+    # ---- workers ------------------------------------------------------------------
+
+    def _add(self, wid: Any, msg: dict[str, Any], fds: list[int]) -> None:
+        if wid is None or isinstance(wid, (dict, list)):
+            proto.close_fds(fds)
+            raise proto.ProtocolError('"add" needs a scalar "id"')
+        if wid in self.workers:
+            self._remove(self.workers[wid])
+        w = Worker(wid, self.seq)
+        self.seq += 1
+        if self.proxy:
+            proto.close_fds(fds)
+            port = msg.get("port")
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise proto.ProtocolError('proxy "add" needs a "port"')
+            w.port = port
+            w.host = str(msg.get("host") or "127.0.0.1")
+            self.workers[wid] = w
+            self._start_probe(w)
+            return
+        if len(fds) != 2:
+            proto.close_fds(fds)
+            raise proto.ProtocolError(f'"add" needs 2 fds (channel ends), got {len(fds)}')
+        w.dend = socket.socket(fileno=fds[0])
+        # Never change flags on wend: its open file is shared with the worker's fd.
+        w.wend = socket.socket(fileno=fds[1])
+        w.dend.setblocking(False)
+        with contextlib.suppress(OSError):
+            w.dend.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
+        self.workers[wid] = w
+        self._register(w.dend.fileno(), IN, lambda ev: self._on_worker(w, ev))
+
+    def _drain(self, w: Worker) -> None:
+        if w.draining:
+            return
+        w.draining = True
+        self.rlist = None
+        if w.dend is not None:
+            w.drain_pending = True
+            self._send_drain(w)
+        self._update_listen()
+
+    def _send_drain(self, w: Worker) -> None:
+        assert w.dend is not None
+        try:
+            w.dend.sendmsg([proto.DRAIN], [], socket.MSG_DONTWAIT)
+            w.drain_pending = False
+        except BlockingIOError:
+            self._want_writable(w)
+        except OSError:
+            w.drain_pending = False
+
+    def _want_writable(self, w: Worker) -> None:
+        if w.dend is not None:
+            self.ep.modify(w.dend.fileno(), IN | OUT)
+
+    def _remove(self, w: Worker) -> None:
+        """The worker is gone: take back what it never received and route it elsewhere."""
+        recovered = self._forget(w)
+        if recovered:
+            w.handed -= len(recovered)
+            self.pending.extendleft(reversed(recovered))
+            self._route()
+        self.dirty = True
+        self._update_listen()
+
+    def _forget(self, w: Worker) -> list[int]:
+        self.workers.pop(w.id, None)
+        self.rlist = None
+        w.ready = False
+        self.rlist = None
+        recovered: list[int] = []
+        if w.probe is not None:
+            self._unregister(w.probe.fileno())
+            w.probe.close()
+            w.probe = None
+        if w.dend is not None:
+            self._unregister(w.dend.fileno())
+            w.dend.close()
+            w.dend = None
+        if w.wend is not None:
+            for _ in range(100_000):  # bounded by the channel's buffer in practice
+                try:
+                    got = proto.recv(w.wend)
+                except OSError:
+                    break
+                if got is None:
+                    break
+                data, fds, _truncated = got
+                if data == proto.CONN:
+                    recovered.extend(fds)
+                else:
+                    proto.close_fds(fds)
+            w.wend.close()
+            w.wend = None
+        return recovered
+
+    def _on_worker(self, w: Worker, ev: int) -> None:
+        if w.dend is None:
+            return
+        if ev & OUT:
+            self.ep.modify(w.dend.fileno(), IN)
+            if w.drain_pending:
+                self._send_drain(w)
+            if w.full:
+                w.full = False
+                self.rlist = None
+                self._route()
+                self._update_listen()
+        if not ev & (IN | HUP | ERR):
+            return
+        for _ in range(READ_BATCH):
+            if w.dend is None:
+                return
+            try:
+                got = proto.recv(w.dend)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._error(w, f"channel error: {exc.strerror or exc}")
+                got = None
+            if got is None:
+                # Cannot happen while we hold wend, unless the socket broke: stop polling it.
+                self._unregister(w.dend.fileno())
+                w.ready = False
+                self.rlist = None
+                self._update_listen()
+                return
+            data, fds, truncated = got
+            if fds:
+                proto.close_fds(fds)
+                self._error(w, "sent file descriptors to the dispatcher; ignored")
+                continue
+            if truncated:
+                self._error(w, f"message larger than {proto.MAX_MESSAGE} bytes; ignored")
+                continue
+            if not data:
+                self._error(w, "sent an empty datagram; ignored")
+                continue
+            try:
+                self._worker_message(w, proto.decode(data))
+            except proto.ProtocolError as exc:
+                self._error(w, f"{exc}; ignored")
+
+    def _worker_message(self, w: Worker, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "closed":
+            n = msg.get("n", 1)
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise proto.ProtocolError(f'"closed" needs a count "n" >= 0, got {n!r}')
+            w.closed = min(w.closed + n, w.handed)
+            self.dirty = True
+        elif kind == "ready":
+            self._set_ready(w)
+        elif kind == "metrics":
+            values = msg.get("values")
+            if not isinstance(values, dict):
+                raise proto.ProtocolError('"metrics" needs an object "values"')
+            clean = {
+                str(k): v
+                for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            if clean:
+                self._emit({"t": "metrics", "id": w.id, "values": clean})
+        else:
+            raise proto.ProtocolError(f"unknown message type {kind!r}")
+
+    def _set_ready(self, w: Worker) -> None:
+        if w.ready:
+            return
+        w.ready = True
+        self.rlist = None
+        self._emit({"t": "ready", "id": w.id}, droppable=False)
+        self._route()
+        self._update_listen()
+
+    # ---- accepting and routing -----------------------------------------------------
+
+    def _routable(self) -> list[Worker]:
+        rlist = self.rlist
+        if rlist is None:
+            rlist = self.rlist = [w for w in self.workers.values() if w.routable]
+        return rlist
+
+    def _update_listen(self) -> None:
+        want = (
+            not self.accept_paused_until
+            and len(self.pending) < PENDING_CAP
+            and bool(self._routable())
+        )
+        if want != self.listening:
+            self.listening = want
+            self.ep.modify(self.lfd, IN if want else 0)
+
+    def _accept_queue(self) -> int | None:
+        """Connections waiting in the kernel's accept queue (TCP only; else None).
+
+        Asking costs a fraction of the failing accept() that would otherwise end
+        every batch (Python raises BlockingIOError for it, which is not cheap).
+        """
+        try:
+            info = self.lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        except OSError:
+            return None
+        if len(info) < _TCPI_UNACKED_OFFSET + 4:
+            return None
+        return _TCPI_UNACKED.unpack_from(info, _TCPI_UNACKED_OFFSET)[0]
+
+    def _on_listen(self, ev: int) -> None:
+        room = min(ACCEPT_BATCH, PENDING_CAP - len(self.pending))
+        if self._backlog_known:
+            room = min(room, max(1, self._accept_queue() or 0))
+        got = 0
+        pending = self.pending
+        # Handoff mode uses _accept: (fd, addr), no socket object for a fd we pass on.
+        accept = self._accept
+        for _ in range(room):
+            try:
+                conn, _addr = accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    continue
+                if exc.errno in _ACCEPT_BACKOFF:
+                    self._error(None, f"cannot accept: {exc.strerror}; pausing briefly")
+                else:
+                    self._error(None, f"accept failed: {exc.strerror or exc}")
+                self.accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
+                break
+            pending.append(conn)
+            got += 1
+        if got:
+            self.accepted += got
+            self.dirty = True
+            self._route()
+        if pending or self.accept_paused_until or not self.listening:
+            self._update_listen()
+
+    def _queued(self, w: Worker) -> int:
+        """How many connections w has not taken off its channel yet.
+
+        SIOCINQ on a SEQPACKET socket counts the bytes of every queued datagram, and
+        every conn datagram has the same size; we hold the worker's end, so we can ask.
+        """
+        if w.queued_fds and w.wend is not None:
+            try:
+                raw = fcntl.ioctl(w.wend.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            except OSError:
+                return w.queued_fds
+            left = int.from_bytes(raw, sys.byteorder, signed=True) // len(proto.CONN)
+            queued = w.queued
+            while len(queued) > left:
+                w.queued_fds -= queued.popleft()
+        return w.queued_fds
+
+    def _targets(self) -> list[Worker]:
+        return [
+            w for w in self._routable() if w.queued_fds < QUEUE_CAP or self._queued(w) < QUEUE_CAP
+        ]
+
+    def _route(self) -> None:
+        pending = self.pending
+        while pending:
+            targets = self._targets()
+            if not targets:
+                if self._routable():
+                    self.recheck_at = time.monotonic() + RECHECK  # all busy, none gone
+                return
+            count = len(targets)
+            # Continue the rotation after the worker that got the last connection.
+            start = 0
+            for i, w in enumerate(targets):
+                if w.seq > self.rr_seq:
+                    start = i
+                    break
+            groups: list[list[Any]] = [[] for _ in targets]
+            if self.least:
+                loads = [w.open for w in targets]
+                for _ in range(len(pending)):
+                    best = start
+                    for j in range(1, count):
+                        k = (start + j) % count
+                        if loads[k] < loads[best]:
+                            best = k
+                    groups[best].append(pending.popleft())
+                    loads[best] += 1
+                    start = (best + 1) % count
+                    self.rr_seq = targets[best].seq
+            else:
+                n = len(pending)
+                for i in range(n):
+                    groups[(start + i) % count].append(pending.popleft())
+                self.rr_seq = targets[(start + n - 1) % count].seq
+            for w, group in zip(targets, groups, strict=True):
+                if group:
+                    unsent = self._hand(w, group)
+                    if unsent:
+                        pending.extendleft(reversed(unsent))
+            self.dirty = True
+
+    def _hand(self, w: Worker, conns: list[Any]) -> list[Any]:
+        """Give conns to w; return those it could not take (its channel is full)."""
+        if self.proxy:
+            for i, client in enumerate(conns):
+                if not w.routable or not _Pipe(self, w, client).started:
+                    return conns[i:]
+            return []
+        dend = w.dend
+        assert dend is not None
+        room = QUEUE_CAP - w.queued_fds
+        if room < len(conns):
+            room = max(0, QUEUE_CAP - self._queued(w))
+            if room < len(conns):
+                conns, keep = conns[:room], conns[room:]
+                return (self._hand(w, conns) if conns else []) + keep
+        sendmsg = dend.sendmsg
+        for i in range(0, len(conns), FDS_PER_MESSAGE):
+            chunk = conns[i : i + FDS_PER_MESSAGE]
+            try:
+                sendmsg(
+                    [proto.CONN],
+                    [(*_CONN_ANC_LEVEL, array.array("i", chunk))],
+                    socket.MSG_DONTWAIT,
+                )
+            except OSError as exc:
+                # Full (EAGAIN, or ETOOMANYREFS: too many fds in flight): skip it until
+                # the channel is writable again. Anything else: it is broken.
+                w.full = True
+                self.rlist = None
+                if exc.errno in (errno.EAGAIN, errno.ETOOMANYREFS):
+                    self._want_writable(w)
+                else:
+                    self._error(w, f"cannot send to the worker: {exc.strerror or exc}")
+                return conns[i:]
+            for fd in chunk:
+                os.close(fd)
+            w.handed += len(chunk)
+            w.queued.append(len(chunk))
+            w.queued_fds += len(chunk)
+        return []
+
+    # ---- proxy mode ---------------------------------------------------------------
+
+    def _start_probe(self, w: Worker) -> None:
+        assert w.port is not None
+        s = socket.socket(socket.AF_INET6 if ":" in w.host else socket.AF_INET)
+        s.setblocking(False)
+        err = s.connect_ex((w.host, w.port))
+        if err == 0:
+            s.close()
+            self._set_ready(w)
+        elif err == errno.EINPROGRESS:
+            w.probe = s
+            self._register(s.fileno(), OUT, lambda ev: self._on_probe(w, s, ev))
+        else:
+            s.close()
+            w.next_probe = time.monotonic() + PROBE_INTERVAL
+
+    def _on_probe(self, w: Worker, s: socket.socket, ev: int) -> None:
+        self._unregister(s.fileno())
+        try:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not err:
+                s.getpeername()  # raises if not connected after all
+        except OSError as exc:
+            err = exc.errno or -1
+        s.close()
+        w.probe = None
+        if err:
+            w.next_probe = time.monotonic() + PROBE_INTERVAL
+        elif w.id in self.workers:
+            self._set_ready(w)
+
+    def _unreachable(self, w: Worker) -> None:
+        """Connecting to w failed: take it out of rotation and probe it again."""
+        if w.ready:
+            w.ready = False
+            self.rlist = None
+            w.next_probe = time.monotonic() + PROBE_INTERVAL
+
+    def _upstream_failed(self, w: Worker, client: socket.socket) -> None:
+        """No byte has moved yet, so the client can go to another worker."""
+        w.pipes -= 1
+        w.handed -= 1
+        self._unreachable(w)
+        self.pending.appendleft(client)
+        self._route()
+        self._update_listen()
+
+
+class _Pipe:
+    """One proxied connection: client ⇄ upstream, with back-pressure both ways."""
+
+    __slots__ = (
+        "d",
+        "w",
+        "c",
+        "u",
+        "cfd",
+        "ufd",
+        "c2u",
+        "u2c",
+        "c_eof",
+        "u_eof",
+        "masks",
+        "started",
+    )
+
+    def __init__(self, d: Dispatcher, w: Worker, client: socket.socket) -> None:
+        self.d = d
+        self.w = w
+        self.c = client
+        self.started = False
+        self.cfd = client.fileno()
+        self.c2u: memoryview | None = None
+        self.u2c: memoryview | None = None
+        self.c_eof = False
+        self.u_eof = False
+        # fd -> epoll mask; 0 means not registered at all.
+        self.masks: dict[int, int] = {self.cfd: 0}
+        assert w.port is not None
+        self.u = socket.socket(socket.AF_INET6 if ":" in w.host else socket.AF_INET)
+        self.ufd = self.u.fileno()
+        self.u.setblocking(False)
+        err = self.u.connect_ex((w.host, w.port))
+        self.started = err in (0, errno.EINPROGRESS)
+        if not self.started:
+            self.u.close()
+            d._unreachable(w)
+            return
+        w.pipes += 1
+        w.handed += 1
+        # The client is not polled until the upstream is connected.
+        d._register(self.ufd, OUT, self._on_connect)
+        self.masks[self.ufd] = OUT
+
+    def _on_connect(self, ev: int) -> None:
+        try:
+            err = self.u.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not err:
+                self.u.getpeername()
+        except OSError as exc:
+            err = exc.errno or -1
+        if err:
+            self.d._unregister(self.ufd)
+            self.u.close()
+            self.masks.clear()
+            self.d._upstream_failed(self.w, self.c)
+            return
+        self.c.setblocking(False)
+        for s in (self.c, self.u):
+            with contextlib.suppress(OSError):  # a unix socket client has no TCP_NODELAY
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.d.handlers[self.ufd] = self._on_upstream
+        self._update()
+
+    def _on_client(self, ev: int) -> None:
+        if ev & ERR:
+            self._close()
+            return
+        if ev & OUT and not self._flush_to_client():
+            return
+        if ev & (IN | HUP) and self.c2u is None and not self.c_eof:
+            self._pump(self.c, self.u, True)
+        self._update()
+
+    def _on_upstream(self, ev: int) -> None:
+        if ev & ERR:
+            self._close()
+            return
+        if ev & OUT and not self._flush_to_upstream():
+            return
+        if ev & (IN | HUP) and self.u2c is None and not self.u_eof:
+            self._pump(self.u, self.c, False)
+        self._update()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_upstream: bool) -> None:
+        try:
+            data = src.recv(PROXY_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close()
+            return
+        if not data:
+            if to_upstream:
+                self.c_eof = True
+            else:
+                self.u_eof = True
+            self._shut(dst)
+            return
+        try:
+            n = dst.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._close()
+            return
+        if n < len(data):
+            rest = memoryview(data)[n:]
+            if to_upstream:
+                self.c2u = rest
+            else:
+                self.u2c = rest
+
+    def _flush_to_client(self) -> bool:
+        return self._flush(self.c, False)
+
+    def _flush_to_upstream(self) -> bool:
+        return self._flush(self.u, True)
+
+    def _flush(self, dst: socket.socket, to_upstream: bool) -> bool:
+        buf = self.c2u if to_upstream else self.u2c
+        if buf is None:
+            return True
+        try:
+            n = dst.send(buf)
+        except BlockingIOError:
+            return True
+        except OSError:
+            self._close()
+            return False
+        rest = buf[n:] if n < len(buf) else None
+        if to_upstream:
+            self.c2u = rest
+            if rest is None and self.c_eof:
+                self._shut(dst)
+        else:
+            self.u2c = rest
+            if rest is None and self.u_eof:
+                self._shut(dst)
+        return True
+
+    def _shut(self, dst: socket.socket) -> None:
+        pending = self.c2u if dst is self.u else self.u2c
+        if pending is None:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def _update(self) -> None:
+        if self.c.fileno() < 0:
+            return  # closed
+        if self.c_eof and self.u_eof and self.c2u is None and self.u2c is None:
+            self._close()
+            return
+        cmask = (IN if self.c2u is None and not self.c_eof else 0) | (OUT if self.u2c else 0)
+        umask = (IN if self.u2c is None and not self.u_eof else 0) | (OUT if self.c2u else 0)
+        self._set(self.cfd, cmask, self._on_client)
+        self._set(self.ufd, umask, self._on_upstream)
+
+    def _set(self, fd: int, mask: int, handler: Callable[[int], None]) -> None:
+        old = self.masks.get(fd)
+        if old == mask:
+            return
+        d = self.d
+        # A socket we do not poll at all is unregistered, so a hang-up on it cannot spin.
+        if mask == 0:
+            d._unregister(fd)
+        elif not old:
+            d._register(fd, mask, handler)
+        else:
+            d.ep.modify(fd, mask)
+        self.masks[fd] = mask
+
+    def _close(self) -> None:
+        if self.c.fileno() < 0:
+            return
+        d = self.d
+        for fd in (self.cfd, self.ufd):
+            d._unregister(fd)
+        self.c.close()
+        self.u.close()
+        self.w.pipes -= 1
+        d.dirty = True
+
+
+def set_pdeathsig() -> None:
+    """Die with the supervisor (Linux): it may be SIGKILLed and cannot tell us."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parent = os.getppid()
+    set_pdeathsig()
+    if os.getppid() != parent:
+        return 1  # the parent died before prctl took effect
+    mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", "round-robin")
+    if mode not in MODES:
+        print(f"clusterui.dispatch: unknown mode {mode!r} ({', '.join(MODES)})", file=sys.stderr)
+        return 2
+    try:
+        lfd = int(os.environ["CLUSTERUI_LISTEN_FD"])
+        cfd = int(os.environ["CLUSTERUI_CONTROL_FD"])
+        lsock = socket.socket(fileno=lfd)
+        ctl = socket.socket(fileno=cfd)
+    except (KeyError, ValueError, OSError) as exc:
+        print(
+            "clusterui.dispatch: needs CLUSTERUI_LISTEN_FD and CLUSTERUI_CONTROL_FD "
+            f"(inherited sockets): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    dispatcher = Dispatcher(lsock, ctl, mode)
+    import gc
+
+    gc.freeze()  # everything so far is long-lived; keep collections short
+    with contextlib.suppress(KeyboardInterrupt):
+        dispatcher.run()
+    return 0

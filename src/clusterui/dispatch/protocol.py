@@ -1,0 +1,104 @@
+"""Worker protocol v1: one JSON object per SEQPACKET datagram, fds as SCM_RIGHTS.
+
+Shared by the dispatcher and `clusterui.worker`, so it imports only the standard
+library. Every call here is non-blocking unless the socket itself is blocking and
+`block=True` is passed: callers decide what a full channel means for them.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import socket
+from typing import Any
+
+MAX_MESSAGE = 64 * 1024  # bytes of JSON in one datagram
+MAX_FDS = 253  # SCM_MAX_FD: the most fds Linux accepts in one message
+_FD_SIZE = array.array("i").itemsize
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+_RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+# Pre-encoded hot-path messages.
+CONN = b'{"t":"conn"}'
+DRAIN = b'{"t":"drain"}'
+READY = b'{"t":"ready"}'
+
+
+class ProtocolError(ValueError):
+    """A datagram that is not a valid v1 message (bad JSON, not an object, too large)."""
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    data = json.dumps(msg, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Parse one datagram; raise ProtocolError with a short reason if it is not a message."""
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message larger than {MAX_MESSAGE} bytes")
+    try:
+        msg = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"not JSON: {data[:60]!r}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError(f'not a message object with a "t" field: {data[:60]!r}')
+    return msg
+
+
+def fds_ancillary(fds: list[int] | tuple[int, ...]) -> list[tuple[int, int, bytes]]:
+    if not fds:
+        return []
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def send(
+    sock: socket.socket,
+    msg: dict[str, Any] | bytes,
+    fds: list[int] | tuple[int, ...] = (),
+    *,
+    block: bool = False,
+) -> None:
+    """Send one message (a dict, or pre-encoded bytes) with optional fds.
+
+    Raises BlockingIOError when the channel is full (unless block=True on a blocking
+    socket), and OSError when the peer is gone.
+    """
+    data = msg if isinstance(msg, bytes) else encode(msg)
+    sock.sendmsg([data], fds_ancillary(fds), 0 if block else socket.MSG_DONTWAIT)
+
+
+def recv(sock: socket.socket, *, block: bool = False) -> tuple[bytes, list[int], bool] | None:
+    """Receive one datagram: (data, fds, truncated), or None at end of file.
+
+    Raises BlockingIOError when nothing is queued (non-blocking). Received fds are
+    close-on-exec. `truncated` means the datagram exceeded MAX_MESSAGE (or fds were
+    dropped); the caller reports it as a protocol error.
+    """
+    flags = _RECV_FLAGS & ~socket.MSG_DONTWAIT if block else _RECV_FLAGS
+    data, anc, msg_flags, _addr = sock.recvmsg(MAX_MESSAGE + 1, _ANC_SPACE, flags)
+    fds = unpack_fds(anc)
+    if not data and not fds and not anc:
+        return None
+    truncated = bool(msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)) or len(data) > MAX_MESSAGE
+    return data, fds, truncated
+
+
+def unpack_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[: len(payload) - len(payload) % _FD_SIZE])
+            fds.extend(arr)
+    return fds
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

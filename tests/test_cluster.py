@@ -1,0 +1,306 @@
+"""Cluster mode through the real supervisor: dispatch modes, reload and scale under load."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+WEB = str(Path(__file__).resolve().parents[1] / "examples" / "web.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, close: bool = True) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"} if close else {})
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+class Load:
+    """Client threads hammering a port until stopped; counts answers and failures."""
+
+    def __init__(self, port: int, threads: int = 4, keep_alive: bool = False):
+        self.port = port
+        self.keep_alive = keep_alive
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        wait_for(lambda: self.ok > 20, 10, "load to get going")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/", headers={} if self.keep_alive else {"Connection": "close"})
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200 or b"hello" not in body:
+                    raise RuntimeError(f"bad answer {resp.status} {body[:60]!r}")
+                with self._lock:
+                    self.ok += 1
+                if not self.keep_alive or resp.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:
+                with self._lock:
+                    self.failed.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+
+
+def web_app(cu, port: int, *, instances: int = 2, dispatch: str = "round-robin", extra=""):
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: web
+            script: {WEB}
+            exec_mode: cluster
+            instances: {instances}
+            listen: 127.0.0.1:{port}
+            dispatch: {dispatch}
+            kill_timeout: 3000
+        {extra}
+        """,
+    )
+    r = cu.run("up", "-d")
+    assert r.returncode == 0, r.stderr
+
+
+def test_round_robin_through_the_supervisor_and_counters(cu):
+    port = free_port()
+    web_app(cu, port, instances=3)
+    pids = [w["pid"] for w in cu.ls()]
+    answers = [get(port) for _ in range(30)]
+    seen = [int(a.split("pid ")[1]) for a in answers]
+    first = seen.index(pids[0])
+    order = seen[first:] + seen[:first]
+    assert order == (pids * 10)[: len(order)]
+    rows = wait_for(
+        lambda: (r := cu.ls()) and sum(w["connections"] for w in r) == 30 and r, 5, "counters"
+    )
+    assert [w["connections"] for w in rows] == [10, 10, 10]
+
+
+def test_reload_under_load_fails_no_request(cu):
+    port = free_port()
+    web_app(cu, port)
+    for keep_alive in (False, True):
+        with Load(port, keep_alive=keep_alive) as load:
+            for _ in range(2):
+                before = {w["pid"] for w in cu.ls()}
+                r = cu.run("reload", "web")
+                assert r.returncode == 0, r.stderr
+                assert not before & {w["pid"] for w in cu.ls()}
+                time.sleep(0.3)
+        assert load.failed == [], (keep_alive, load.failed[:5])
+        assert load.ok > 100
+
+
+def test_scale_down_under_load_fails_no_request(cu):
+    port = free_port()
+    web_app(cu, port, instances=4)
+    with Load(port) as load:
+        assert cu.run("scale", "web", "1").returncode == 0
+        time.sleep(0.5)
+        assert cu.run("scale", "web", "3").returncode == 0
+        wait_for(lambda: [w["status"] for w in cu.ls()] == ["online"] * 3, 10, "3 online")
+        time.sleep(0.5)
+    assert load.failed == [], load.failed[:5]
+
+
+def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
+    port = free_port()
+    cu.write(
+        "app.py",
+        f"""
+        import os, runpy, sys, time
+        if os.path.exists("broken"):
+            time.sleep(600)  # hangs before serving: never sends ready
+        sys.argv = [{WEB!r}]
+        runpy.run_path({WEB!r}, run_name="__main__")
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: web
+            script: app.py
+            listen: 127.0.0.1:{port}
+            instances: 2
+            listen_timeout: 800
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    old = [w["pid"] for w in cu.ls()]
+    (cu.root / "broken").write_text("")
+    r = cu.run("reload", "web")
+    assert r.returncode == 1
+    assert "stopped at instance 0: the new worker was not ready within 0.8 s" in r.stderr
+    assert "the old worker keeps serving" in r.stderr
+    assert [w["pid"] for w in cu.ls()] == old
+    assert [w["status"] for w in cu.ls()] == ["online", "online"]
+    assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
+
+
+def test_killed_worker_is_replaced_and_others_keep_serving(cu):
+    port = free_port()
+    web_app(cu, port)
+    victim = cu.ls()[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            [w["status"] for w in cu.ls()] == ["online", "online"] and cu.ls()[0]["pid"] != victim
+        ),
+        5,
+        "replacement online",
+    )
+    pids = {int(get(port).split("pid ")[1]) for _ in range(6)}
+    assert pids == {w["pid"] for w in cu.ls()}
+
+
+def test_a_taken_port_fails_that_app_alone(cu):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    try:
+        cu.write("idle.py", "import time\ntime.sleep(600)\n")
+        cu.write(
+            "ecosystem.yaml",
+            f"""
+            apps:
+              - name: web
+                script: {WEB}
+                listen: 127.0.0.1:{taken}
+              - name: idle
+                script: idle.py
+            """,
+        )
+        r = cu.run("up", "-d")
+        assert r.returncode == 1
+        assert f"web: cannot listen on 127.0.0.1:{taken}: the address is already in use" in (
+            r.stderr
+        )
+        assert [w["app"] for w in cu.ls()] == ["idle"]
+        assert cu.ls()[0]["status"] == "online"
+    finally:
+        blocker.close()
+
+
+def test_shared_mode_passes_the_socket_systemd_style(cu):
+    port = free_port()
+    cu.write(
+        "shared.py",
+        """
+        import os, socket
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        assert os.environ["LISTEN_FDS"] == "1" and int(os.environ["LISTEN_PID"]) == os.getpid()
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = f"hello shared pid {os.getpid()}\\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *a):
+                pass
+        srv = HTTPServer(("127.0.0.1", 0), H, bind_and_activate=False)
+        srv.socket.close()
+        srv.socket = socket.socket(fileno=3)
+        srv.serve_forever()
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: shared
+            script: shared.py
+            instances: 2
+            listen: 127.0.0.1:{port}
+            dispatch: shared
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    assert "hello shared pid" in get(port)
+    assert {w["status"] for w in cu.ls()} == {"online"}
+
+
+def test_proxy_mode_forwards_to_each_workers_own_port(cu):
+    port = free_port()
+    cu.write(
+        "plain.py",
+        """
+        import os
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = f"hello proxied pid {os.getpid()}\\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *a):
+                pass
+        HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: proxied
+            script: plain.py
+            instances: 2
+            listen: 127.0.0.1:{port}
+            dispatch: proxy
+        """,
+    )
+    r = cu.run("up", "-d")
+    assert r.returncode == 0, r.stderr
+    pids = {int(get(port).split("pid ")[1]) for _ in range(8)}
+    assert pids == {w["pid"] for w in cu.ls()}
+
+
+def test_supervisor_sigkill_frees_the_port_for_the_next_one(cu):
+    port = free_port()
+    web_app(cu, port)
+    os.kill(cu.supervisor_pid(), signal.SIGKILL)
+    wait_for(lambda: not cu.supervisor_alive(), 5, "supervisor gone")
+    r = cu.run("up", "-d")
+    assert r.returncode == 0, r.stderr
+    assert "hello" in get(port)

@@ -1,0 +1,414 @@
+"""The dispatcher process with real sockets and real worker processes (no supervisor)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from dispatch_harness import (
+    ECHO_WORKER,
+    LAZY_WORKER,
+    SILENT_WORKER,
+    Harness,
+    free_port,
+    instance_of,
+    read_all,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def make(tmp_path):
+    made: list[Harness] = []
+
+    def factory(mode: str = "round-robin") -> Harness:
+        h = Harness(mode, tmp_path)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        h.close()
+
+
+def open_requests(h: Harness, n: int, line: bytes = b"hi\n") -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = h.connect()
+        s.sendall(line)
+        socks.append(s)
+    return socks
+
+
+class Collector:
+    """Reads complete answers (the worker closes after answering) from many clients."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = socks
+        self.answers: dict[socket.socket, str] = {}
+        self._buffers: dict[socket.socket, bytes] = {}
+
+    def until(self, count: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < count:
+            waiting = [s for s in self.socks if s not in self.answers]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not waiting:
+                break
+            readable, _, _ = select.select(waiting, [], [], min(remaining, 0.5))
+            for s in readable:
+                chunk = s.recv(65536)
+                if chunk:
+                    self._buffers[s] = self._buffers.get(s, b"") + chunk
+                else:
+                    self.answers[s] = self._buffers.pop(s, b"").decode()
+        return len(self.answers)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def test_round_robin_exact_order_and_counters(make):
+    h = make()
+    for wid in (1, 2, 3):
+        h.add_worker(wid)
+    for wid in (1, 2, 3):
+        h.wait_ready(wid)
+    order = [instance_of(h.get()) for _ in range(30)]
+    assert sorted(order[:3]) == [1, 2, 3], order
+    assert order == order[:3] * 10, order
+    stats = h.wait_stats(
+        lambda s: all(w["open"] == 0 for w in s["workers"].values()) and s["accepted"] == 30
+    )
+    assert stats["workers"] == {str(w): {"handed": 10, "open": 0} for w in (1, 2, 3)}
+    assert stats["pending"] == 0
+
+
+def test_open_connections_are_counted(make):
+    h = make()
+    h.add_worker(1, source=ECHO_WORKER)
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(1)
+    h.wait_ready(2)
+    held = open_requests(h, 3, b"hold\n")
+    for s in held:  # each got its answer and stays open
+        assert s.recv(100)
+    stats = h.wait_stats(lambda s: sum(w["open"] for w in s["workers"].values()) == 3)
+    assert sorted(w["open"] for w in stats["workers"].values()) == [1, 2]
+    for s in held:
+        s.close()
+    stats = h.wait_stats(lambda s: all(w["open"] == 0 for w in s["workers"].values()))
+    assert sum(w["handed"] for w in stats["workers"].values()) == stats["accepted"] == 3
+
+
+def test_least_connections_prefers_the_idle_worker(make):
+    h = make("least-connections")
+    h.add_worker(1, source=ECHO_WORKER)
+    h.wait_ready(1)
+    held = open_requests(h, 3, b"hold\n")
+    for s in held:
+        assert s.recv(100).split()[0] == b"1"
+    h.wait_stats(lambda s: s["workers"]["1"]["open"] == 3)
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(2)
+    answers = []
+    for _ in range(8):
+        answers.append(instance_of(h.ask()))
+        h.wait_stats(lambda s: s["workers"]["2"]["open"] == 0)
+    assert answers == [2] * 8  # round-robin would have given worker 1 half of them
+    for s in held:
+        s.close()
+    h.wait_stats(lambda s: s["workers"]["1"]["open"] == 0)
+    answers = []
+    for _ in range(4):
+        answers.append(instance_of(h.ask()))
+        h.wait_stats(lambda s: all(w["open"] == 0 for w in s["workers"].values()))
+    assert sorted(answers) == [1, 1, 2, 2]  # equal load: taking turns
+
+
+def test_worker_that_never_says_ready_gets_nothing(make):
+    h = make()
+    h.add_worker(1, source=SILENT_WORKER)
+    # With no ready worker the listening socket is not even polled: the kernel holds it.
+    early = h.connect()
+    early.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert select.select([early], [], [], 0.3)[0] == []
+    assert h.stats()["accepted"] == 0
+    h.add_worker(2)
+    h.wait_ready(2)
+    assert "web instance 2" in read_all(early).decode()
+    early.close()
+    assert [instance_of(h.get()) for _ in range(10)] == [2] * 10
+    stats = h.stats()
+    assert stats["workers"]["1"] == {"handed": 0, "open": 0}
+    assert stats["workers"]["2"]["handed"] == 11
+
+
+def test_drain_finishes_in_flight_and_routes_nothing_new(make):
+    h = make()
+    procs = {wid: h.add_worker(wid, source=ECHO_WORKER, stdout=subprocess.PIPE) for wid in (1, 2)}
+    h.wait_ready(1)
+    h.wait_ready(2)
+    slow = open_requests(h, 2, b"slow 1.0\n")  # one in flight on each worker
+    h.wait_stats(lambda s: all(w["open"] == 1 for w in s["workers"].values()))
+    h.drain(1)
+    answers = [instance_of(h.ask()) for _ in range(6)]
+    assert answers == [2] * 6
+    slow_answers = sorted(instance_of(read_all(s).decode()) for s in slow)
+    assert slow_answers == [1, 2]  # the in-flight request on the draining worker finished
+    assert procs[1].wait(timeout=10) == 0
+    assert procs[1].stdout.read() == b"drained\n"
+    assert procs[2].poll() is None
+    h.remove(1)
+    assert [instance_of(h.ask()) for _ in range(2)] == [2, 2]
+    procs[2].stdout.close()
+    procs[1].stdout.close()
+
+
+def test_killed_worker_connections_go_to_another_worker(make):
+    h = make()
+    lazy = h.add_worker(1, source=LAZY_WORKER)  # ready, but never takes its connections
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(1)
+    h.wait_ready(2)
+    clients = Collector(open_requests(h, 10))
+    assert clients.until(5, 10) == 5
+    h.wait_stats(lambda s: s["workers"]["1"]["handed"] == 5)
+    lazy.send_signal(signal.SIGKILL)
+    lazy.wait(timeout=5)
+    h.remove(1)
+    assert clients.until(10, 10) == 10
+    assert {instance_of(a) for a in clients.answers.values()} == {2}
+    stats = h.wait_stats(lambda s: s["workers"]["2"]["open"] == 0)
+    assert stats["workers"] == {"2": {"handed": 10, "open": 0}}
+    assert stats["accepted"] == 10
+    clients.close()
+
+
+def test_full_channel_is_skipped_not_waited_on(make):
+    h = make()
+    stopped = h.add_worker(1)
+    h.add_worker(2)
+    h.wait_ready(1)
+    h.wait_ready(2)
+    stopped.send_signal(signal.SIGSTOP)
+    try:
+        total = 300
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        clients = Collector(open_requests(h, total, request))
+        # Without skipping, half would wait for the stopped worker; with it, at most
+        # QUEUE_CAP (64) are stranded there.
+        assert clients.until(total - 64, 20) >= total - 64
+        bodies = [a.partition("\r\n\r\n")[2] for a in clients.answers.values()]
+        assert {instance_of(b) for b in bodies} == {2}
+    finally:
+        stopped.send_signal(signal.SIGCONT)
+    assert clients.until(total, 20) == total  # the stopped worker's share was not lost
+    counts = Counter(instance_of(a.partition("\r\n\r\n")[2]) for a in clients.answers.values())
+    assert counts[1] >= 1 and counts[1] + counts[2] == total
+    clients.close()
+
+
+GARBAGE_WORKER = """
+import os, socket, array
+from clusterui import worker
+chan = socket.socket(fileno=int(os.environ["CLUSTERUI_CHANNEL_FD"]))
+r, w = os.pipe()
+for junk in [b"not json", b"[1, 2]", b'{"t": "bogus"}', b'{"t": "closed", "n": "x"}',
+             b'{"no": "type"}', b"x" * 70000, b'{"t": "metrics", "values": 3}', b"\\xff\\xfe"]:
+    chan.send(junk)
+chan.sendmsg([b'{"t": "ready"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+os.close(r)
+"""
+
+
+def test_protocol_garbage_from_a_worker_is_reported_and_harmless(make):
+    h = make()
+    h.add_worker(1, source=GARBAGE_WORKER + ECHO_WORKER)
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(2)
+    error = h.wait_event(lambda e: e.get("t") == "error", what="an error report")
+    assert error["id"] == 1 and error["message"].startswith("worker 1: ")
+    # Still serving everyone, the garbage sender included (its ready came with an fd
+    # attached: the fd is dropped, the message ignored; the helper's ready counts).
+    h.wait_ready(1)
+    answers = Counter(instance_of(h.ask()) for _ in range(10))
+    assert answers == {1: 5, 2: 5}
+    errors = [e for e in h.read_events() if e.get("t") == "error"]
+    assert 3 <= len(errors) <= 6  # rate-limited per worker
+    assert h.dispatcher.poll() is None
+
+
+def test_garbage_on_the_control_socket_is_reported(make):
+    h = make()
+    h.ctl.send(b"nonsense")
+    h.send({"t": "add", "id": 5})  # no fds attached
+    h.send({"t": "frobnicate"})
+    errors = []
+    for _ in range(3):
+        errors.append(h.wait_event(lambda e: e.get("t") == "error" and e not in errors))
+    assert all("bad control message" in e["message"] for e in errors)
+    h.add_worker(1)
+    h.wait_ready(1)
+    assert "web instance 1" in h.get()
+
+
+def test_metrics_are_forwarded(make):
+    h = make()
+    h.add_worker(3, source=ECHO_WORKER)
+    h.wait_ready(3)
+    assert instance_of(h.ask(b"metrics\n")) == 3
+    event = h.wait_event(lambda e: e.get("t") == "metrics")
+    assert event == {"t": "metrics", "id": 3, "values": {"requests": 7, "load": 0.5}}
+
+
+def test_stats_are_pushed_when_something_changed(make):
+    h = make()
+    h.add_worker(1)
+    h.wait_ready(1)
+    h.get()
+    pushed = h.wait_event(lambda e: e.get("t") == "stats" and e["accepted"] == 1, timeout=5)
+    assert pushed["workers"]["1"]["handed"] == 1
+
+
+def test_dispatcher_exits_with_its_supervisor_and_workers_follow(make):
+    h = make()
+    worker = h.add_worker(1)
+    h.wait_ready(1)
+    h.ctl.close()  # the supervisor is gone
+    assert h.dispatcher.wait(timeout=10) == 0
+    assert worker.wait(timeout=10) == 0  # channel EOF: the worker drains and exits
+
+
+def test_unknown_mode_is_one_clear_sentence():
+    proc = subprocess.run(
+        [sys.executable, "-m", "clusterui.dispatch", "random"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "CLUSTERUI_LISTEN_FD": "0", "CLUSTERUI_CONTROL_FD": "0"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "unknown mode 'random'" in proc.stderr
+
+
+# ---- proxy mode ---------------------------------------------------------------------
+
+
+def http_server(h: Harness, wid: int, tmp_path) -> int:
+    root = tmp_path / f"www{wid}"
+    root.mkdir()
+    (root / "id.txt").write_text(str(wid))
+    (root / "big.bin").write_bytes(os.urandom(3_000_000))
+    port = free_port()
+    h.add_proxy_worker(
+        wid,
+        [sys.executable, "-c", HTTP_SERVER, str(root)],
+        port,
+    )
+    return port
+
+
+HTTP_SERVER = """
+import functools, http.server, os, sys
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+handler = functools.partial(Quiet, directory=sys.argv[1])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), handler).serve_forever()
+"""
+
+ECHO_UPSTREAM = """
+import asyncio, os
+
+async def echo(reader, writer):
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(echo, "127.0.0.1", int(os.environ["PORT"]))
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_proxy_mode_forwards_to_plain_servers(make, tmp_path):
+    h = make("proxy")
+    for wid in (1, 2):
+        http_server(h, wid, tmp_path)
+    h.wait_ready(1)
+    h.wait_ready(2)
+    bodies = [h.get("/id.txt") for _ in range(6)]
+    assert sorted(bodies[:2]) == ["1", "2"] and bodies == bodies[:2] * 3
+    with h.connect() as s:
+        s.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(7000):  # a slow reader: back-pressure to the upstream
+            data += chunk
+    expected = (tmp_path / "www1" / "big.bin").read_bytes()
+    assert data.endswith(expected) or data.endswith((tmp_path / "www2" / "big.bin").read_bytes())
+    stats = h.wait_stats(lambda s: all(w["open"] == 0 for w in s["workers"].values()))
+    assert sum(w["handed"] for w in stats["workers"].values()) == 7
+
+
+def test_proxy_mode_both_directions_and_half_close(make, tmp_path):
+    h = make("proxy")
+    h.add_proxy_worker(1, [sys.executable, "-c", ECHO_UPSTREAM], free_port())
+    h.wait_ready(1)
+    payload = os.urandom(2_000_000)
+    with h.connect() as s:
+        received = bytearray()
+        view = memoryview(payload)
+        s.setblocking(False)
+        sent = 0
+        shut = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            want_write = [s] if not shut else []
+            r, w, _ = select.select([s], want_write, [], 1)
+            if w:
+                sent += s.send(view[sent : sent + 65536])
+                if sent == len(payload):
+                    s.shutdown(socket.SHUT_WR)  # the upstream sees EOF and closes
+                    shut = True
+            if r:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+    assert bytes(received) == payload
+
+
+def test_proxy_mode_waits_for_the_port_and_survives_a_dead_upstream(make, tmp_path):
+    h = make("proxy")
+    late_port = free_port()
+    # Announce a worker whose port nobody listens on yet: not ready, gets nothing.
+    h.send({"t": "add", "id": 7, "port": late_port})
+    http_server(h, 1, tmp_path)
+    h.wait_ready(1)
+    assert [h.get("/id.txt") for _ in range(3)] == ["1", "1", "1"]
+    assert {"t": "ready", "id": 7} not in h.read_events()
+    h.workers[7] = h.spawn(
+        [sys.executable, "-c", HTTP_SERVER, str(tmp_path / "www1")], env={"PORT": str(late_port)}
+    )
+    h.wait_ready(7)
+    # Worker 1 dies without a word: connections to it are refused and rerouted.
+    h.workers[1].kill()
+    h.workers[1].wait(timeout=5)
+    assert [h.get("/id.txt") for _ in range(4)] == ["1"] * 4  # all served by 7's copy
+    stats = h.stats()
+    assert stats["workers"]["7"]["handed"] >= 4
