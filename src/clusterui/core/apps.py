@@ -24,7 +24,6 @@ from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-from clusterui.core.watch import AppWatcher
 
 HISTORY = 120  # samples (one per second) kept per slot
 HANDOFF_MODES = ("round-robin", "least-connections")
@@ -127,7 +126,7 @@ class App:
         self.ctx = ctx
         self.slots: dict[int, Slot] = {}
         self.listener: Listener | None = None
-        self.watcher: AppWatcher | None = None
+        self.watcher: Any = None  # core.watch.AppWatcher while watch is on
         self.last_watch_event: str | None = None
         self.reload_lock = asyncio.Lock()
         self.removed = False
@@ -439,6 +438,8 @@ class App:
         if not self.spec.watch:
             self.spec.watch = [self.spec.cwd]  # like PM2's `watch: true`
         if self.watcher is None:
+            from clusterui.core.watch import AppWatcher  # watchfiles only when used
+
             logs = [p for i in self.slots for p in self.ctx.logs.paths(self.name, i, self.spec)]
             self.watcher = AppWatcher(
                 self.spec, self._watch_reload, self._watch_event, [self.ctx.home, *logs]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import psutil
 
 
-def _children_map() -> dict[int, list[int]]:
-    """One scan of the process table per tick, instead of one per worker."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in psutil._ppid_map().items():  # noqa: SLF001 - public since 5.x in effect
-        children.setdefault(ppid, []).append(pid)
-    return children
+def _children(pid: int) -> list[int]:
+    """Direct children, from /proc/PID/task/*/children: no scan of the whole table."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return kids
 
 
 class Sampler:
@@ -34,21 +44,18 @@ class Sampler:
     def sample_all(self, pids: list[int]) -> dict[int, tuple[float, int]]:
         """{pid: (cpu %, rss bytes)} for each pid and its descendants together."""
         seen: set[int] = set()
-        children = _children_map()
         out = {}
         for pid in pids:
-            out[pid] = self._sample_tree(pid, children, seen)
+            out[pid] = self._sample_tree(pid, seen)
         for pid in list(self._procs):
             if pid not in seen:  # exited since the last tick
                 del self._procs[pid]
         return out
 
-    def _sample_tree(
-        self, pid: int, children: dict[int, list[int]], seen: set[int]
-    ) -> tuple[float, int]:
+    def _sample_tree(self, pid: int, seen: set[int]) -> tuple[float, int]:
         family = [pid]
         for member in family:  # grows as we go: a breadth-first walk of the tree
-            family.extend(children.get(member, ()))
+            family.extend(k for k in _children(member) if k not in family)
         cpu = 0.0
         rss = 0
         for member in family:

@@ -44,6 +44,7 @@ class Supervisor:
         self._serial = 0
         self._host: dict[str, Any] = Sampler.host()
         self._conn_rate = 0.0
+        self._ticks = 0
         self.ctx = Context(
             logs=self.logs,
             notice=self.notice,
@@ -108,7 +109,9 @@ class Supervisor:
         slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
         pids = [s.proc.pid for _, s in slots if s.proc]
         figures = self.sampler.sample_all(pids)
-        self._host = Sampler.host()
+        self._ticks += 1
+        if self._ticks % 2:  # host figures move slowly; /proc/meminfo is not free
+            self._host = Sampler.host()
         total_rate = 0.0
         for app, slot in slots:
             cpu, rss = figures.get(slot.proc.pid, (0.0, 0)) if slot.proc else (0.0, 0)
