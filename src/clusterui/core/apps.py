@@ -444,7 +444,7 @@ class App:
             self.watcher = AppWatcher(
                 self.spec, self._watch_reload, self._watch_event, [self.ctx.home, *logs]
             )
-        self.watcher.start()
+        await self.watcher.start()
 
     def _watch_event(self, message: str) -> None:
         self.last_watch_event = message

@@ -106,16 +106,23 @@ def compile_date_format(fmt: str) -> Callable[[float], bytes]:
     YYYY YY MMMM MMM MM M dddd ddd DD D HH H hh h mm m ss s SSS Z ZZ A a and [literal];
     any other character is literal, as in moment. The prefix is "STAMP: ".
     """
+    matches = list(_MOMENT.finditer(fmt))
+    # Milliseconds, offsets and am/pm have no strftime code: str.format fills them in.
+    needs_format = any(_STRFTIME.get(m.group(0), "%").startswith("{") for m in matches)
+    per_ms = any(m.group(0) == "SSS" for m in matches)
+
+    def literal(text: str) -> str:
+        text = text.replace("%", "%%")
+        return text.replace("{", "{{").replace("}", "}}") if needs_format else text
+
     parts: list[str] = []
     pos = 0
-    for m in _MOMENT.finditer(fmt):
-        parts.append(_literal(fmt[pos : m.start()]))
-        parts.append(_literal(m.group(1)) if m.group(1) is not None else _STRFTIME[m.group(0)])
+    for m in matches:
+        parts.append(literal(fmt[pos : m.start()]))
+        parts.append(literal(m.group(1)) if m.group(1) is not None else _STRFTIME[m.group(0)])
         pos = m.end()
-    parts.append(_literal(fmt[pos:]))
-    template = "".join(parts) + ": "
-    needs_format = "{" in template.replace("{{", "")
-    per_ms = "{ms" in template
+    parts.append(literal(fmt[pos:]))
+    template = "".join(parts) + literal(": ")
     cache: list[Any] = [None, b""]
 
     def stamp(t: float) -> bytes:
@@ -138,11 +145,6 @@ def compile_date_format(fmt: str) -> Callable[[float], bytes]:
         return cache[1]
 
     return stamp
-
-
-def _literal(text: str) -> str:
-    # Escaped for both strftime (%) and str.format ({ }).
-    return text.replace("%", "%%").replace("{", "{{").replace("}", "}}")
 
 
 # ---- files -----------------------------------------------------------------------------
@@ -169,6 +171,7 @@ class LogSink:
         self.fd = -1
         self.size = 0
         self.regular = True
+        self.closed = False
         self._open()
 
     def _open(self, truncate: bool = False) -> None:
@@ -193,8 +196,10 @@ class LogSink:
         data = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
         self.pieces = []
         self.pending = 0
-        if self.fd < 0:
+        if self.closed:
             return
+        if self.fd < 0:
+            self._open()  # a rotation or reopen failed earlier: try again (raises if not)
         if self.max_size and self.regular:
             self._write_rotating(data)
         else:
@@ -239,10 +244,21 @@ class LogSink:
         else:
             self._open(truncate=True)
 
+    def reopen(self) -> None:
+        """Flush, then open the path again (after an outside tool moved or deleted it)."""
+        try:
+            self.flush()
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+        self._open()
+
     def close(self) -> None:
         try:
             self.flush()
         finally:
+            self.closed = True
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
@@ -640,6 +656,8 @@ class LogHub:
         paths = self.paths(app, instance, spec)
         cap = WorkerLogs(self, worker_id, app, instance, paths)
         stamp = compile_date_format(spec.log_date_format) if spec.log_date_format else None
+        if stderr_fd == stdout_fd:
+            stderr_fd = None  # one pipe for both (2>&1): read it once, as "out"
         for stream, fd, path in (("out", stdout_fd, paths[0]), ("err", stderr_fd, paths[1])):
             if fd is None:
                 continue
@@ -696,6 +714,14 @@ class LogHub:
         per_worker = [ring.tail(n) for ring in rings]
         merged = list(heapq.merge(*per_worker, key=attrgetter("time")))
         return merged[-n:]
+
+    def reopen(self) -> None:
+        """Reopen every log file: for logrotate-style tools that move files away."""
+        for sink in list(self._sinks.values()):
+            try:
+                sink.reopen()
+            except OSError as exc:
+                self._report(f"cannot reopen log file {sink.path}: {exc.strerror or exc}")
 
     def forget(self, worker_id: int) -> None:
         """Drop a worker slot's ring (app deleted or scaled down)."""
@@ -807,21 +833,19 @@ class LogHub:
                 skipped[line.worker] = skipped.get(line.worker, 0) + 1
             lines = lines[-self.live_lines :]
         if skipped:
-            notes = []
-            for ring, _, t, _, _ in box:
-                n = skipped.pop(ring.worker, 0)
-                if n:
-                    notes.append(
-                        LogLine(
-                            ring.worker,
-                            ring.app,
-                            ring.instance,
-                            "sys",
-                            t,
-                            f"{n} lines not shown live (too fast to follow); "
-                            "the log file has them all",
-                        )
-                    )
+            t = lines[0].time if lines else time.time()
+            notes = [
+                LogLine(
+                    wid,
+                    ring.app,
+                    ring.instance,
+                    "sys",
+                    t,
+                    f"{n} lines not shown live (too fast to follow); the log file has them all",
+                )
+                for wid, n in skipped.items()
+                if (ring := self._rings.get(wid)) is not None
+            ]
             lines = notes + lines
         for callback in list(self._subscribers):
             try:

@@ -36,7 +36,7 @@ class Supervisor:
         self.apps: dict[str, App] = {}
         self.files: list[str] = []
         self.started_at = time.time()
-        self.logs = LogHub(home.logs)
+        self.logs = LogHub(home.logs, notice=self.notice)
         self.sampler = Sampler()
         self.server = ControlServer(str(home.socket), self.handle)
         self.stopping = asyncio.Event()
@@ -190,9 +190,9 @@ class Supervisor:
         app = App(spec, self.ctx)
         app.open_listener()  # raises OpError (port taken) before anything starts
         self.apps[spec.name] = app
-        app.start_all()
-        if spec.watch:
+        if spec.watch:  # before the workers start, so what they write is seen too
             await app.set_watch(True)
+        app.start_all()
         return app
 
     async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +253,8 @@ class Supervisor:
             await app.set_watch(False)
             app.close_listener()
             self.apps.pop(app.name, None)
+            for slot in app.slots.values():
+                self.logs.forget(slot.id)
         return {"message": f"deleted {', '.join(names)}", "workers": []}
 
     async def op_scale(self, app: str, count: str) -> dict[str, Any]:
@@ -271,6 +273,8 @@ class Supervisor:
         if new and target.spec.listen:
             target.open_listener()
         added, removed = await target.scale(new)
+        for slot in removed:
+            self.logs.forget(slot.id)
         return {
             "message": f"{app}: {new} instance(s) (+{len(added)} -{len(removed)})",
             "workers": [s.id for s in added],

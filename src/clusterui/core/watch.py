@@ -39,7 +39,7 @@ DEFAULT_IGNORE_GLOBS = ("*.pyc", "*.pyo", "*.swp", "*.swx", "*~", ".#*", "*.log"
 # Feedback-loop guard: this many reloads in a row, each triggered within FEEDBACK_WINDOW
 # seconds of the previous reload finishing, pause the watch.
 FEEDBACK_STREAK = 4
-FEEDBACK_WINDOW = 2.0
+FEEDBACK_WINDOW = 5.0  # generous: a loaded machine starts the new code slowly
 
 
 class WatchFilter:
@@ -100,11 +100,14 @@ class AppWatcher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.running:
             return
         self._stop = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
+        # Let the task create its inotify watches now: changes from here on are seen.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def stop(self) -> None:
         self._stop.set()
