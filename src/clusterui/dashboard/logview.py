@@ -136,7 +136,6 @@ class LogView(ScrollView, can_focus=True):
             added.append(rec)
         if not added:
             return
-        at_end = self.is_vertical_scroll_end
         self._records.extend(added)
         widths = [len(r.source) for r in added]
         self._source_width = min(24, max(self._source_width, *widths))
@@ -150,8 +149,11 @@ class LogView(ScrollView, can_focus=True):
         if removed and not self.follow:
             # keep the lines the reader is looking at in place
             self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
-        if self.follow and (at_end or removed):
+        if self.follow:
+            # Following means "at the newest line": also once the new size is laid out,
+            # since a first backlog arrives before the pane knows how tall it is.
             self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
         else:
             self.refresh()
 
