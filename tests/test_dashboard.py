@@ -457,13 +457,13 @@ async def test_filter_narrows_highlights_and_clears() -> None:
         assert app.focused is not None and app.focused.id == "filter"
         await pilot.press(*"slow qu")
         await until(pilot, lambda: log.filter_text == "slow qu")
-        assert log.visible and all("slow qu" in r.text.lower() for r in log.visible)
-        assert len(log.visible) < len(log.records)
+        assert log.shown and all("slow qu" in r.text.lower() for r in log.shown)
+        assert len(log.shown) < len(log.records)
         assert "filter “slow qu”" in str(app.main_screen.query_one("#logs").border_title)
         # typing in the box did not trigger the keys (s = stop, q = quit)
         assert client.calls_of("stop") == [] and app.is_running
 
-        line = log.render_record(log.visible[0])
+        line = log.render_record(log.shown[0])
         start = line.plain.lower().index("slow qu")
         match = log.style_of("logview--match")
         assert any(s.start <= start and s.end >= start + 7 and s.style == match for s in line.spans)
@@ -477,10 +477,10 @@ async def test_filter_narrows_highlights_and_clears() -> None:
                 dict(demo_logs(1)[0], text="SLOW QUERY again", time=NOW + 2),
             ]
         )
-        await until(pilot, lambda: log.visible[-1].text == "SLOW QUERY again")
+        await until(pilot, lambda: log.shown[-1].text == "SLOW QUERY again")
 
         await pilot.press("slash", "escape")
-        assert log.filter_text == "" and len(log.visible) == len(log.records)
+        assert log.filter_text == "" and len(log.shown) == len(log.records)
 
 
 async def test_stderr_and_sys_lines_look_different() -> None:
@@ -504,7 +504,7 @@ async def test_log_memory_is_bounded() -> None:
         lines = [dict(demo_logs(1)[0], text=f"line {i}", time=NOW + i) for i in range(1200)]
         client.push_logs(lines)
         await until(pilot, lambda: log.records and log.records[-1].text == "line 1199")
-        assert len(log.records) == 500 and len(log.visible) == 500
+        assert len(log.records) == 500 and len(log.shown) == 500
         assert log.records[0].text == "line 700"
 
 
@@ -512,21 +512,38 @@ async def test_follow_timestamps_and_scope_keys() -> None:
     async with dashboard() as (app, pilot, _):
         log = app.log_view
         await select(app, pilot, "w:0")
-        assert log.render_record(log.visible[-1]).plain[:8].count(":") == 2  # HH:MM:SS
+        assert log.render_record(log.shown[-1]).plain[:8].count(":") == 2  # HH:MM:SS
         await pilot.press("t")
         assert not log.timestamps
-        assert log.render_record(log.visible[-1]).plain.startswith(log.visible[-1].source)
+        assert log.render_record(log.shown[-1]).plain.startswith(log.shown[-1].source)
         await pilot.press("a")
         assert log.scope == ("web", 0)
-        assert log.visible and {r.worker for r in log.visible} == {0}
+        assert log.shown and {r.worker for r in log.shown} == {0}
         await select(app, pilot, "app:api")
-        assert {r.app for r in log.visible} == {"api"}
+        assert {r.app for r in log.shown} == {"api"}
         await pilot.press("a")
-        assert log.scope == (None, None) and len(log.visible) == len(log.records)
+        assert log.scope == (None, None) and len(log.shown) == len(log.records)
         assert log.follow
         await pilot.press("f")
         assert not log.follow and "Follow off." in messages(app)
         assert "paused" in str(app.main_screen.query_one("#logs").border_title)
+
+
+async def test_a_full_log_buffer_still_repaints_the_newest_lines() -> None:
+    async with dashboard(max_log_lines=200, size=(160, 48)) as (app, pilot, client):
+        first = [dict(demo_logs(1)[0], text=f"line {i}", time=NOW + i) for i in range(400)]
+        client.push_logs(first)
+        await until(pilot, lambda: "line 399" in screen_text(app))
+        client.push_logs([dict(demo_logs(1)[0], text="the very newest", time=NOW + 500)])
+        # The buffer was full: neither its size nor the scroll position changes.
+        await until(pilot, lambda: "the very newest" in screen_text(app))
+
+
+async def test_l_focuses_the_log_pane_even_with_no_lines() -> None:
+    async with dashboard(FakeClient(logs=[])) as (app, pilot, _):
+        assert app.log_view.shown == []
+        await pilot.press("l")
+        assert app.log_view.has_focus
 
 
 async def test_l_focuses_then_maximises_then_restores() -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import WEB, Load, free_port, get, wait_for
 
 from clusterui.core.spec import AppSpec
 from clusterui.core.watch import WatchFilter
@@ -42,8 +43,8 @@ def restarts(cu) -> list[int]:
     return [w["restarts"] for w in cu.ls()]
 
 
-def app_info(cu) -> dict:
-    return json.loads(cu.run("describe", "app", "--json").stdout)["app"]
+def app_info(cu, name: str = "app") -> dict:
+    return json.loads(cu.run("describe", name, "--json", check=True).stdout)["app"]
 
 
 def test_an_edit_reloads_every_worker_once_with_the_new_code(cu):
@@ -155,3 +156,66 @@ def test_filter_unit(tmp_path):
     assert f.ignored(str(tmp_path / "pkg" / "__pycache__" / "m.cpython-311.pyc"))
     assert not f.ignored(str(tmp_path / "pkg" / "m.py"))
     assert not f.ignored(str(tmp_path / "builder.py"))
+
+
+def web_project(cu, port: int, greeting: str = "hello") -> Path:
+    """A copy of the example web app in its own watched folder."""
+    src = cu.root / "web"
+    src.mkdir()
+    (src / "web.py").write_text(Path(WEB).read_text().replace('"hello"', f'"{greeting}"'))
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: web
+            script: web/web.py
+            exec_mode: cluster
+            instances: 2
+            listen: 127.0.0.1:{port}
+            watch: [web]
+            listen_timeout: 1500
+        """,
+    )
+    cu.run("up", "-d", check=True)
+    return src / "web.py"
+
+
+def test_a_watch_reload_of_a_cluster_app_fails_no_request(cu):
+    port = free_port()
+    script = web_project(cu, port)
+    current = "hello"
+    with Load(port) as load:
+        for word in ("howdy", "hiya"):
+            old = {w["pid"] for w in cu.ls()}
+            script.write_text(script.read_text().replace(f'"{current}"', f'"{word}"'))
+            current = word
+            wait_for(lambda w=word: get(port).startswith(w), 10, f"{word} served")
+            wait_for(lambda o=old: not o & {w["pid"] for w in cu.ls()}, 10, "all replaced")
+            # Every worker serves the new code (round-robin: four in a row cover both).
+            assert {get(port).split()[0] for _ in range(4)} == {word}
+    assert load.failed == [], load.failed[:5]
+    assert load.ok > 50
+    assert [w["restarts"] for w in cu.ls()] == [2, 2]
+
+
+def test_broken_code_keeps_the_old_cluster_workers_serving(cu):
+    port = free_port()
+    script = web_project(cu, port)
+    old = [w["pid"] for w in cu.ls()]
+    good = script.read_text()
+    script.write_text("import sys\nsys.exit('broken at start')\n")
+    info = wait_for(
+        lambda: (
+            (i := app_info(cu, "web"))["last_watch_event"]
+            and "reload failed" in i["last_watch_event"]
+            and i
+        ),
+        15,
+        "the failed reload",
+    )
+    assert "the old worker keeps serving" in info["last_watch_event"]
+    assert [w["pid"] for w in cu.ls()] == old
+    assert [w["restarts"] for w in cu.ls()] == [0, 0]  # a failed replacement is no restart
+    assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
+    script.write_text(good.replace('"hello"', '"fixed"'))
+    wait_for(lambda: get(port).startswith("fixed"), 15, "the fixed code")

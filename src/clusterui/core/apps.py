@@ -188,16 +188,19 @@ class App:
             return None
         slot.proc = proc
         if reason:
-            slot.restarts += 1
-            slot.restart_history.append(
-                {
-                    "time": time.time(),
-                    "reason": reason,
-                    "exit_code": slot.last_exit[0],
-                    "signal": slot.last_exit[1],
-                }
-            )
+            self.record_restart(slot, reason)
         return proc
+
+    def record_restart(self, slot: Slot, reason: str) -> None:
+        slot.restarts += 1
+        slot.restart_history.append(
+            {
+                "time": time.time(),
+                "reason": reason,
+                "exit_code": slot.last_exit[0],
+                "signal": slot.last_exit[1],
+            }
+        )
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
@@ -524,7 +527,7 @@ class App:
                     replaced += 1
                     continue
                 slot.proc = None
-                new = self.start_slot(slot, manual=True, reason=reason)
+                new = self.start_slot(slot, manual=True)  # counted once it takes over
                 if new is not None:
                     new.after_watch = after_watch
                 if new is None:
@@ -548,6 +551,7 @@ class App:
                         f"{why}; the old worker keeps serving"
                     )
                 slot.retiring.append(old)
+                self.record_restart(slot, reason)
                 asyncio.ensure_future(self.stop_proc(old, drain=True))
                 replaced += 1
             return f"{self.name}: reloaded {replaced} worker(s)"

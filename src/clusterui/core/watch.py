@@ -39,7 +39,7 @@ DEFAULT_IGNORE_GLOBS = ("*.pyc", "*.pyo", "*.swp", "*.swx", "*~", ".#*", "*.log"
 # Feedback-loop guard: this many reloads in a row, each triggered within FEEDBACK_WINDOW
 # seconds of the previous reload finishing, pause the watch.
 FEEDBACK_STREAK = 4
-FEEDBACK_WINDOW = 5.0  # generous: a loaded machine starts the new code slowly
+FEEDBACK_WINDOW = 2.5  # seconds from a reload's end to the next burst, plus watch_delay
 
 
 class WatchFilter:
@@ -161,7 +161,8 @@ class AppWatcher:
 
     def _feedback_loop(self, reason: str) -> bool:
         """True (and watch paused) when reloads keep retriggering themselves."""
-        quick = time.monotonic() - self._last_reload_end < FEEDBACK_WINDOW
+        window = FEEDBACK_WINDOW + self.spec.watch_delay / 1000
+        quick = time.monotonic() - self._last_reload_end < window
         if not quick:
             self._streak.clear()
         self._streak.append(reason)

@@ -565,7 +565,7 @@ class DashboardApp(App[None]):
             scope = app or "all apps"
         parts = [f"logs · {scope}"]
         if log.filter_text:
-            parts.append(f"filter “{log.filter_text}” ({len(log.visible)})")
+            parts.append(f"filter “{log.filter_text}” ({len(log.shown)})")
         parts.append("follow" if log.follow else "paused")
         if not log.timestamps:
             parts.append("no times")

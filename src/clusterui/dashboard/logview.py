@@ -114,7 +114,7 @@ class LogView(ScrollView, can_focus=True):
         return self._records
 
     @property
-    def visible(self) -> list[LogRecord]:
+    def shown(self) -> list[LogRecord]:  # not `visible`: that is Textual's, used by focus
         """The records the scope and filter let through (oldest first)."""
         return self._view
 
@@ -154,8 +154,9 @@ class LogView(ScrollView, can_focus=True):
             # since a first backlog arrives before the pane knows how tall it is.
             self.scroll_end(animate=False, immediate=True, x_axis=False)
             self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
-        else:
-            self.refresh()
+        # Always repaint: once the buffer is full, new lines change neither the size nor
+        # the scroll position, and nothing else would ask for a redraw.
+        self.refresh()
 
     def clear(self) -> None:
         self._records.clear()
