@@ -379,6 +379,8 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
 
 
 async def cmd_logs(client: Client, opts: argparse.Namespace) -> int:
+    if opts.lines < 0:
+        raise UsageError("--lines takes a number, 0 or more")
     colour = render.use_colour()
     if opts.follow:
         await client.subscribe(state=False, logs=True)

@@ -131,6 +131,7 @@ class App:
         self.reload_lock = asyncio.Lock()
         self.removed = False
         self._by_serial: dict[int, Proc] = {}
+        self._dispatcher_deaths: list[float] = []
         self._next_port = 0
 
     # ---- lifecycle of the whole app -------------------------------------------------
@@ -390,6 +391,12 @@ class App:
 
     async def stop_proc(self, proc: Proc, *, drain: bool = False) -> None:
         """kill_signal to the group (or drain over the channel), kill_timeout, SIGKILL."""
+        self.request_stop(proc, drain=drain)
+        if not proc.exited.done():
+            await asyncio.shield(proc.exited)
+
+    def request_stop(self, proc: Proc, *, drain: bool = False) -> None:
+        """The synchronous half of a stop: from here on an exit is not a crash."""
         if proc.exited.done():
             return
         if not proc.stop_requested:
@@ -406,13 +413,14 @@ class App:
             proc.kill_timer = loop.call_later(
                 self.spec.kill_timeout / 1000, signal_group, proc.pid, signal.SIGKILL
             )
-        await asyncio.shield(proc.exited)
 
     async def stop_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
         if slot.proc is None and slot.idle_status in ("waiting-restart", "errored", "launching"):
             slot.idle_status = "stopped"
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
+        for p in procs:
+            self.request_stop(p)  # now, not when gather gets round to it
         await asyncio.gather(*(self.stop_proc(p) for p in procs))
 
     async def restart_slot(
@@ -610,16 +618,37 @@ class App:
     def _on_dispatcher_exit(self, code: int | None, sig: str | None) -> None:
         if self.removed or self.listener is None:
             return
+        now = time.monotonic()
+        # Dispatcher deaths within a minute of each other count as one streak.
+        self._dispatcher_deaths = [t for t in self._dispatcher_deaths if now - t < 60] + [now]
+        if len(self._dispatcher_deaths) > 5:
+            self.ctx.notice(
+                "error",
+                f"{self.name}: the dispatcher exited ({sig or code}) 6 times within a minute; "
+                "the app is stopped (see supervisor.log)",
+            )
+            asyncio.ensure_future(self._give_up_dispatch())
+            return
+        delay = 0.1 * 2 ** (len(self._dispatcher_deaths) - 1)
         self.ctx.notice(
             "error",
-            f"{self.name}: the dispatcher exited ({sig or code}); restarting the app's listener",
+            f"{self.name}: the dispatcher exited ({sig or code}); "
+            f"restarting the app's listener in {delay:g} s",
         )
-        asyncio.ensure_future(self._recover_dispatcher())
+        asyncio.ensure_future(self._recover_dispatcher(delay))
 
-    async def _recover_dispatcher(self) -> None:
+    async def _give_up_dispatch(self) -> None:
+        await self.stop_all()
+        self.close_listener()
+        for slot in self.slots.values():
+            slot.idle_status = "errored"
+            slot.last_error = "the dispatcher keeps exiting"
+
+    async def _recover_dispatcher(self, delay: float) -> None:
         # Workers lost their channels (EOF makes them exit); start over cleanly.
         await self.stop_all()
         self.close_listener()
+        await asyncio.sleep(delay)
         if not self.removed:
             try:
                 self.start_all()

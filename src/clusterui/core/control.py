@@ -122,6 +122,8 @@ class ControlServer:
         self.connections.add(conn)
         try:
             await self._loop(conn)
+        except asyncio.CancelledError:
+            pass  # the supervisor is shutting down: nothing to report
         finally:
             self.connections.discard(conn)
             conn.close()
@@ -144,7 +146,7 @@ class ControlServer:
                 args = req.get("args") or {}
                 if not isinstance(args, dict):
                     raise ValueError
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 conn.send({"id": None, "ok": False, "error": "malformed request", "code": 2})
                 continue
             # Each request runs on its own so a slow one (a reload) does not hold up others.

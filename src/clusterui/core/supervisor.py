@@ -23,7 +23,7 @@ from clusterui.core.control import Connection, ControlServer, OpError
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub
 from clusterui.core.snapshot import snapshot, worker_row
-from clusterui.core.spec import AppSpec
+from clusterui.core.spec import DISPATCH_MODES, AppSpec
 from clusterui.core.stats import Sampler
 from clusterui.core.targets import resolve
 
@@ -160,6 +160,14 @@ class Supervisor:
     async def op_load(
         self, file: str, env: str | None = None, only: list[str] | None = None
     ) -> dict[str, Any]:
+        if not isinstance(file, str) or not file:
+            raise OpError("load takes the path of an ecosystem file", 2)
+        if env is not None and not isinstance(env, str):
+            raise OpError("env must be a name", 2)
+        if only is not None and not (
+            isinstance(only, list) and all(isinstance(n, str) for n in only)
+        ):
+            raise OpError("only must be a list of app names", 2)
         try:
             result = config.load_ecosystem(file, env_name=env, only=only)
         except config.ConfigError as exc:
@@ -189,17 +197,21 @@ class Supervisor:
     async def add_app(self, spec: AppSpec) -> App:
         app = App(spec, self.ctx)
         app.open_listener()  # raises OpError (port taken) before anything starts
-        self.apps[spec.name] = app
+        self.apps[spec.name] = app  # only now: a refused spec leaves nothing behind
         if spec.watch:  # before the workers start, so what they write is seen too
             await app.set_watch(True)
         app.start_all()
         return app
 
     async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
-        app_spec = AppSpec.from_dict(spec)
+        app_spec = checked_spec(spec)
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
         app = await self.add_app(app_spec)
+        failed = [s for s in app.slots.values() if s.status == "errored" and s.last_error]
+        if failed:
+            slot = failed[0]
+            raise OpError(f"{app.name}:{slot.instance} failed to start: {slot.last_error}")
         return {
             "message": f"started {app.name} ({len(app.slots)} instance(s))",
             "workers": [s.id for s in app.slots.values()],
@@ -282,6 +294,10 @@ class Supervisor:
         }
 
     async def op_logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
+        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
+            raise OpError("lines must be a whole number, 0 or more", 2)
+        if target is not None and not isinstance(target, str):
+            raise OpError("target must be a string", 2)
         ids = None
         if target:
             ids = [s.id for _, slots in resolve(self.apps, [target]) for s in slots]
@@ -303,9 +319,11 @@ class Supervisor:
         app, slots = groups[0]
         from clusterui.core.snapshot import app_row
 
+        spec = app.spec.to_dict()
+        spec["env"] = sorted(spec["env"])  # names only: values may be secrets
         return {
             "app": app_row(app),
-            "spec": app.spec.to_dict(),
+            "spec": spec,
             "workers": [worker_row(app, s) for s in slots],
         }
 
@@ -355,6 +373,43 @@ class Supervisor:
             app.close_listener()
         await self.logs.aclose()
         await self.server.close()
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def checked_spec(raw: Any) -> AppSpec:
+    """An AppSpec from the socket, type-checked as the config loader would (OpError if not)."""
+    if not isinstance(raw, dict):
+        raise OpError("spec must be an object", 2)
+    try:
+        spec = AppSpec.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OpError(f"bad spec: {exc}", 2) from None
+    ints = (
+        "instances", "watch_delay", "max_restarts", "min_uptime", "restart_delay",
+        "exp_backoff_restart_delay", "kill_timeout", "listen_timeout", "log_retain",
+    )  # fmt: skip
+    problems = [k for k in ints if not _count(getattr(spec, k))]
+    strs = ("name", "script", "cwd")
+    problems += [k for k in strs if not isinstance(getattr(spec, k), str) or not getattr(spec, k)]
+    for key in ("args", "interpreter_args", "watch", "ignore_watch"):
+        value = getattr(spec, key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(key)
+    env = spec.env
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        problems.append("env")
+    if spec.dispatch not in DISPATCH_MODES:
+        problems.append("dispatch")
+    if spec.exec_mode not in ("fork", "cluster"):
+        problems.append("exec_mode")
+    if problems:
+        raise OpError(f"bad spec: wrong value for {', '.join(problems)}", 2)
+    return spec
 
 
 async def run(home: Home, ready_fd: int | None) -> int:

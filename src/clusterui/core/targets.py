@@ -24,7 +24,7 @@ def resolve(apps: dict[str, App], targets: Iterable[str]) -> list[tuple[App, lis
             app = apps[target]
             _add(picked, app, list(app.slots.values()))
             continue
-        if target.isdigit():
+        if target.isascii() and target.isdigit():
             slot = _by_id(apps, int(target))
             if slot is None:
                 raise OpError(f"no worker with id {target} (see `clusterui ls`)")
@@ -32,7 +32,7 @@ def resolve(apps: dict[str, App], targets: Iterable[str]) -> list[tuple[App, lis
             continue
         name, sep, inst = target.rpartition(":")
         if sep and name in apps:
-            if not inst.isdigit() or int(inst) not in apps[name].slots:
+            if not (inst.isascii() and inst.isdigit()) or int(inst) not in apps[name].slots:
                 have = ", ".join(str(i) for i in sorted(apps[name].slots)) or "none"
                 raise OpError(f"{name} has no instance {inst!r} (instances: {have})")
             _add(picked, apps[name], [apps[name].slots[int(inst)]])

@@ -464,9 +464,13 @@ class Dispatcher:
                 return
             except OSError as exc:
                 self._error(w, f"channel error: {exc.strerror or exc}")
-                got = None
+                got = False
             if got is None:
-                # Cannot happen while we hold wend, unless the socket broke: stop polling it.
+                # Not end of file: we hold wend, so the worker sent an empty datagram.
+                self._error(w, "sent an empty datagram; ignored")
+                continue
+            if got is False:
+                # The socket broke: stop polling it.
                 self._unregister(w.dend.fileno())
                 w.ready = False
                 self.rlist = None
@@ -479,9 +483,6 @@ class Dispatcher:
                 continue
             if truncated:
                 self._error(w, f"message larger than {proto.MAX_MESSAGE} bytes; ignored")
-                continue
-            if not data:
-                self._error(w, "sent an empty datagram; ignored")
                 continue
             try:
                 self._worker_message(w, proto.decode(data))

@@ -43,7 +43,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raise ProtocolError(f"message larger than {MAX_MESSAGE} bytes")
     try:
         msg = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(f"not JSON: {data[:60]!r}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise ProtocolError(f'not a message object with a "t" field: {data[:60]!r}')
