@@ -18,3 +18,20 @@ def cu():
         yield env
     finally:
         env.cleanup()
+
+
+@pytest.fixture
+def make(tmp_path):
+    """Dispatcher harnesses (tests/dispatch_harness.py), every one closed after the test."""
+    from dispatch_harness import Harness
+
+    made: list[Harness] = []
+
+    def factory(mode: str = "round-robin") -> Harness:
+        h = Harness(mode, tmp_path)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        h.close()

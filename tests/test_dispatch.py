@@ -25,20 +25,6 @@ from dispatch_harness import (
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def make(tmp_path):
-    made: list[Harness] = []
-
-    def factory(mode: str = "round-robin") -> Harness:
-        h = Harness(mode, tmp_path)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        h.close()
-
-
 def open_requests(h: Harness, n: int, line: bytes = b"hi\n") -> list[socket.socket]:
     socks = []
     for _ in range(n):

@@ -16,7 +16,6 @@ import pytest
 from dispatch_harness import (
     ECHO_WORKER,
     WEB,
-    Harness,
     free_port,
     instance_of,
     kill_group,
@@ -27,20 +26,6 @@ from dispatch_harness import (
 from clusterui.dispatch import protocol as proto
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def make(tmp_path):
-    made: list[Harness] = []
-
-    def factory(mode: str = "round-robin") -> Harness:
-        h = Harness(mode, tmp_path)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        h.close()
 
 
 @pytest.fixture
