@@ -51,6 +51,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from common import BenchError, clusterui_bin, kill_all, run, tail  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip install -e`
@@ -59,10 +61,6 @@ LOCK = "/tmp/clusterui-bench.lock"
 CPU_TARGET = 5.0  # % of one core, the dashboard at idle with 16 workers
 KEY_TARGET_MS = 100.0
 FILLER = "the quick brown fox jumps over the lazy dog"
-
-
-class BenchError(Exception):
-    """A step failed; the message is one sentence for the user."""
 
 
 # ---- the workers --------------------------------------------------------------------------
@@ -99,28 +97,6 @@ def flood_worker(rate: int) -> None:
 # ---- helpers -----------------------------------------------------------------------------
 
 
-def clusterui_bin() -> str:
-    beside = Path(sys.executable).with_name("clusterui")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("clusterui")
-    if not found:
-        raise BenchError("clusterui is not installed in this Python; run: pip install -e .")
-    return found
-
-
-def run(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"`{' '.join(argv[:3])}` took longer than {timeout:g} s") from None
-
-
-def tail(out: subprocess.CompletedProcess) -> str:
-    text = (out.stderr or out.stdout or "").strip().splitlines()
-    return text[-1] if text else f"exit code {out.returncode}"
-
-
 def wait_for(check: Any, timeout: float, what: str, step: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -145,21 +121,6 @@ def bench_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def kill_all(procs: list[Any], grace: float = 3.0) -> None:
-    import psutil
-
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            alive.append(proc)
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
 
 
 def children(pid: int) -> set[int]:

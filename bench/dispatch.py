@@ -49,6 +49,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import BenchError, clusterui_bin, kill_all  # noqa: E402
+
 from clusterui.dispatch import protocol as proto  # noqa: E402
 
 WEB = ROOT / "examples" / "web.py"
@@ -77,10 +79,6 @@ except ImportError:  # pragma: no cover - idle.py moved: do what it does
         argv = ["npm", "install", "--prefix", str(BENCH), "--no-audit", "--no-fund"]
         out = subprocess.run(argv, capture_output=True, text=True)
         return None if out.returncode == 0 and PM2_BIN.exists() else "npm install failed"
-
-
-class BenchError(Exception):
-    """A step failed; the message is one sentence for the user."""
 
 
 # ---- processes -----------------------------------------------------------------------------
@@ -161,21 +159,6 @@ def family(pid: int) -> list[Any]:
         return [top, *top.children(recursive=True)]
     except psutil.Error:
         return []
-
-
-def kill_all(procs: list[Any], grace: float = 3.0) -> None:
-    import psutil
-
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            alive.append(proc)
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
 
 
 def gone(pids: list[int]) -> bool:
@@ -402,16 +385,6 @@ while True:
     elif delay < -0.1:
         next_t = time.monotonic()  # far behind (a full pipe): no catch-up burst
 '''
-
-
-def clusterui_bin() -> str:
-    beside = Path(sys.executable).with_name("clusterui")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("clusterui")
-    if not found:
-        raise BenchError("clusterui is not installed in this Python; run: pip install -e .")
-    return found
 
 
 class Clusterui:

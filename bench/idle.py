@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import BenchError, clusterui_bin, kill_all, run, tail  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 NODE_WORKER = BENCH / "node" / "idle_server.js"
@@ -45,10 +47,6 @@ MiB = 1024 * 1024
 CLUSTERUI_CPU_TARGET = 1.0  # % of one core (DESIGN §7)
 CLUSTERUI_RSS_TARGET = 40.0  # MiB
 PM2_RSS_REFERENCE = 55.0  # MiB, DESIGN §7's figure for PM2's daemon
-
-
-class BenchError(Exception):
-    """A step failed; the message is one sentence for the user."""
 
 
 # ---- the Python idle worker ------------------------------------------------------------
@@ -145,18 +143,6 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
-def run(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"`{' '.join(argv[:3])}` took longer than {timeout:g} s") from None
-
-
-def tail(out: subprocess.CompletedProcess) -> str:
-    text = (out.stderr or out.stdout or "").strip().splitlines()
-    return text[-1] if text else f"exit code {out.returncode}"
-
-
 def write_ecosystem(
     directory: Path, name: str, workers: int, node: bool, mode: str = "fork"
 ) -> Path:
@@ -188,16 +174,6 @@ def private_home(prefix: str) -> Path:
 
 
 # ---- clusterui ---------------------------------------------------------------------------
-
-
-def clusterui_bin() -> str:
-    beside = Path(sys.executable).with_name("clusterui")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("clusterui")
-    if not found:
-        raise BenchError("clusterui is not installed in this Python; run: pip install -e .")
-    return found
 
 
 @contextlib.contextmanager
@@ -326,21 +302,6 @@ def family(pidfile: Path) -> list[Any]:
         return [manager, *manager.children(recursive=True)]
     except (OSError, ValueError, IndexError, psutil.Error):
         return []
-
-
-def kill_all(procs: list[Any], grace: float = 3.0) -> None:
-    import psutil
-
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            alive.append(proc)
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
 
 
 def pm2_version() -> str:

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import BenchError, clusterui_bin, kill_all, run, tail  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip install -e`
@@ -75,10 +77,6 @@ GREETING_DEFAULT = re.compile(
     r"""os\.environ\.get\(\s*["']GREETING["']\s*,\s*["'][^"']*["']\s*\)"""
 )
 ANSWER = re.compile(rb"^(\S+) from web instance (\d+) pid (\d+)")
-
-
-class BenchError(Exception):
-    """A step failed; the message is one sentence for the user."""
 
 
 # ---- HTTP, just enough ---------------------------------------------------------------------
@@ -274,28 +272,6 @@ class Load:
 # ---- clusterui ---------------------------------------------------------------------------
 
 
-def clusterui_bin() -> str:
-    beside = Path(sys.executable).with_name("clusterui")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("clusterui")
-    if not found:
-        raise BenchError("clusterui is not installed in this Python; run: pip install -e .")
-    return found
-
-
-def run(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"`{' '.join(argv[:3])}` took longer than {timeout:g} s") from None
-
-
-def tail(out: subprocess.CompletedProcess) -> str:
-    text = (out.stderr or out.stdout or "").strip().splitlines()
-    return text[-1] if text else f"exit code {out.returncode}"
-
-
 class Supervisor:
     """A synchronous view of the client API (one private event loop, one connection)."""
 
@@ -345,21 +321,6 @@ def family(pidfile: Path) -> list[Any]:
         return [top, *top.children(recursive=True)]
     except (OSError, ValueError, IndexError, psutil.Error):
         return []
-
-
-def kill_all(procs: list[Any], grace: float = 3.0) -> None:
-    import psutil
-
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            alive.append(proc)
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from clusterui.core.apps import App, Context
 from clusterui.core.control import Connection, ControlServer, OpError
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub
-from clusterui.core.snapshot import snapshot, worker_row
+from clusterui.core.snapshot import app_row, snapshot, worker_row
 from clusterui.core.spec import DISPATCH_MODES, AppSpec
 from clusterui.core.stats import Sampler
 from clusterui.core.targets import resolve
@@ -317,8 +317,6 @@ class Supervisor:
     async def op_describe(self, target: str) -> dict[str, Any]:
         groups = resolve(self.apps, [target])
         app, slots = groups[0]
-        from clusterui.core.snapshot import app_row
-
         spec = app.spec.to_dict()
         spec["env"] = sorted(spec["env"])  # names only: values may be secrets
         return {
