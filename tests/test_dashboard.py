@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from fake_client import (
     screen_text,
 )
 from textual.pilot import Pilot
+from textual.strip import Strip
 
 from clusterui.dashboard import DashboardApp
 from clusterui.dashboard.detail import DetailPane
@@ -506,6 +508,35 @@ async def test_log_memory_is_bounded() -> None:
         await until(pilot, lambda: log.records and log.records[-1].text == "line 1199")
         assert len(log.records) == 500 and len(log.shown) == 500
         assert log.records[0].text == "line 700"
+
+
+async def test_the_fast_line_path_draws_what_the_rich_path_draws() -> None:
+    """Plain lines skip Rich's Text rendering: cell for cell, the same characters and styles."""
+    async with dashboard() as (app, pilot, _):
+        log = app.log_view
+        base = log.rich_style
+
+        def cells(strip: Any) -> list[tuple[str, Any]]:
+            return [(ch, seg.style) for seg in strip for ch in seg.text]
+
+        texts = ["GET /cart 200", "naïve café 寿司 ✓", "", "  indented"]
+        for timestamps in (True, False):
+            log.timestamps = timestamps
+            for stream in ("out", "err", "sys"):
+                for text in texts:
+                    rec = dataclasses.replace(log.records[-1], stream=stream, text=text)
+                    fast = log._plain_strip(rec, base)
+                    assert fast is not None
+                    rich = log.render_record(rec)
+                    rich.stylize_before(base)
+                    slow = Strip(rich.render(app.console), rich.cell_len)
+                    assert cells(fast) == cells(slow), (stream, text)
+                    assert fast.cell_length == slow.cell_length
+        # lines it does not handle go the Rich way
+        for text in ("tab\there", "\x1b[31mred\x1b[0m", "bell\x07"):
+            assert log._plain_strip(dataclasses.replace(log.records[-1], text=text), base) is None
+        log.filter_text = "cart"
+        assert log._plain_strip(log.records[-1], base) is None
 
 
 async def test_follow_timestamps_and_scope_keys() -> None:

@@ -21,7 +21,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.header import StatusHeader
@@ -111,6 +111,7 @@ class DashboardApp(App[None]):
         self._main: Screen | None = None
         self._signals: dict[int, Any] = {}  # signal -> the handler to put back
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._pending_logs: list[dict[str, Any]] | None = None  # the batch in the queue
 
     # -- layout ---------------------------------------------------------------
 
@@ -244,7 +245,7 @@ class DashboardApp(App[None]):
                         if any(float(line.get("time", 0)) > newest for line in lines):
                             seen.clear()
                     if lines:
-                        self.post_message(LogsArrived(lines))
+                        self._post_logs(lines)
                 elif kind == "notice":
                     self.post_message(
                         NoticeArrived(
@@ -256,6 +257,23 @@ class DashboardApp(App[None]):
             raise
         except Exception as err:  # a lost socket, a ClientError: shown, never raised
             return message_of(err)
+
+    def _post_logs(self, lines: list[dict[str, Any]]) -> None:
+        """Add lines to the batch still waiting in the queue, or post a new batch.
+
+        Under a flood the supervisor sends 20 batches a second; while the app is busy they
+        pile into one message, so a key press waits behind at most one batch, and the
+        lines a batch would push straight out of the bounded view are never decoded into
+        records at all.
+        """
+        pending = self._pending_logs
+        if pending is not None:
+            pending.extend(lines)
+            if len(pending) > self.max_log_lines:
+                del pending[: len(pending) - self.max_log_lines]
+            return
+        self._pending_logs = pending = lines[-self.max_log_lines :]
+        self.post_message(LogsArrived(pending))
 
     def _unseen(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         records = self.log_view.records
@@ -295,6 +313,8 @@ class DashboardApp(App[None]):
         self._refresh_selection()
 
     def on_logs_arrived(self, message: LogsArrived) -> None:
+        if message.lines is self._pending_logs:
+            self._pending_logs = None  # from here on, new lines go into a new batch
         self.log_view.append(message.lines)
         if self.log_view.filter_text:
             self._update_log_title()
@@ -324,11 +344,11 @@ class DashboardApp(App[None]):
                 markup=False,
             )
 
-    @on(DataTable.RowHighlighted, "#procs")
+    @on(ProcessTable.RowHighlighted, "#procs")
     def _row_highlighted(self) -> None:
         self._refresh_selection()
 
-    @on(DataTable.RowSelected, "#procs")
+    @on(ProcessTable.RowSelected, "#procs")
     def _row_selected(self) -> None:
         # a click on the selected row (enter is bound to the details toggle itself)
         if not self.details_visible:

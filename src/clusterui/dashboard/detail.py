@@ -106,6 +106,10 @@ class SparkChart(Widget):
         return Text("\n").join(lines)
 
 
+# Worker fields the info grid does not show: they change every tick.
+LIVE_FIELDS = frozenset({"cpu", "memory", "uptime", "conn_rate"})
+
+
 class DetailPane(VerticalScroll):
     """Everything about the selection; rebuilt from each snapshot (it is small)."""
 
@@ -125,6 +129,7 @@ class DetailPane(VerticalScroll):
         self.tz = tz
         self._metric_names: list[str] = []
         self._metric_charts: list[SparkChart] = []
+        self._shown: dict[str, Any] = {}  # Static id -> what it shows (skip equal updates)
 
     def compose(self) -> ComposeResult:
         yield Static("Nothing selected", id="detail-title")
@@ -137,8 +142,8 @@ class DetailPane(VerticalScroll):
     def show(self, sel: Selection | None, snapshot: dict[str, Any], history: History) -> None:
         apps = {a["name"]: a for a in snapshot.get("apps", [])}
         if sel is None or sel.app not in apps:
-            self.query_one("#detail-title", Static).update("Nothing selected")
-            self.query_one("#detail-info", Static).update("")
+            self._update("detail-title", "Nothing selected", lambda: "Nothing selected")
+            self._update("detail-info", "", lambda: "")
             return
         app = apps[sel.app]
         workers = [w for w in snapshot.get("workers", []) if w["app"] == sel.app]
@@ -159,14 +164,22 @@ class DetailPane(VerticalScroll):
             rate, fmt_rate(sum(float(w.get("conn_rate") or 0) for w in scope))
         )
         self._show_metrics(scope, history)
-        title = self.query_one("#detail-title", Static)
-        info = self.query_one("#detail-info", Static)
+        # An update re-lays out the pane: make one only when what it shows changed.
         if worker:
-            title.update(self._worker_title(app, worker))
-            info.update(self._worker_info(app, worker))
+            self._update("detail-title", (app, worker), lambda: self._worker_title(app, worker))
+            facts = (app, {k: v for k, v in worker.items() if k not in LIVE_FIELDS})
+            self._update("detail-info", facts, lambda: self._worker_info(app, worker))
         else:
-            title.update(self._app_title(app, workers))
-            info.update(self._app_info(app, workers))
+            statuses = [w.get("status") for w in workers]
+            self._update("detail-title", (app, statuses), lambda: self._app_title(app, workers))
+            facts = (app, [(w.get("restarts"), w.get("restart_history")) for w in workers])
+            self._update("detail-info", facts, lambda: self._app_info(app, workers))
+
+    def _update(self, static_id: str, facts: Any, build: Callable[[], Any]) -> None:
+        key = repr(facts)
+        if self._shown.get(static_id) != key:
+            self._shown[static_id] = key
+            self.query_one(f"#{static_id}", Static).update(build())
 
     # -- charts for custom metrics ---------------------------------------------
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
@@ -17,6 +19,7 @@ from textual.geometry import Size
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.timer import Timer
 
 from clusterui.dashboard.model import fmt_clock
 from clusterui.dashboard.style import fg_style
@@ -24,6 +27,7 @@ from clusterui.dashboard.style import fg_style
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _ANSI = "\x1b"
 APP_COLOURS = 6  # logview--app-0 .. logview--app-5
+REPAINT_HZ = 10
 
 
 @dataclass(slots=True)
@@ -104,7 +108,10 @@ class LogView(ScrollView, can_focus=True):
         self._app_colour: dict[str, int] = {}
         self._source_width = 6
         self._width = 0
-        self._cache: LRUCache[tuple[int, int], Strip] = LRUCache(1024)
+        self._cache: LRUCache[int, Strip] = LRUCache(1024)  # record seq -> its line
+        self._styles: dict[str, Style] = {}  # component class (or "" for the base) -> style
+        self._last_repaint = 0.0
+        self._repaint_timer: Timer | None = None
 
     # -- data -----------------------------------------------------------------
 
@@ -119,8 +126,9 @@ class LogView(ScrollView, can_focus=True):
         return self._view
 
     def append(self, lines: Iterable[dict[str, Any]]) -> None:
+        batch = list(lines)[-self.max_lines :]  # older ones would be pruned at once
         added: list[LogRecord] = []
-        for line in lines:
+        for line in batch:
             self._seq += 1
             rec = LogRecord(
                 seq=self._seq,
@@ -137,18 +145,36 @@ class LogView(ScrollView, can_focus=True):
         if not added:
             return
         self._records.extend(added)
-        widths = [len(r.source) for r in added]
-        self._source_width = min(24, max(self._source_width, *widths))
-        shown = [r for r in added if self._matches(r)]
+        sources = {(r.app, r.instance) for r in added}
+        widths = (len(app) + 1 + len(str(instance)) for app, instance in sources)
+        source_width = min(24, max(self._source_width, *widths))
+        if source_width != self._source_width:
+            self._source_width = source_width
+            self._cache.clear()  # the cached lines have the narrower source column
+        shown = [r for r in added if self._matches(r)] if self._filtering else added
         self._view.extend(shown)
         removed = self._prune()
-        self._width = (
-            max(self._width, *(self._line_width(r) for r in shown)) if shown else self._width
-        )
+        if shown:
+            self._width = max(self._width, self._prefix_width() + max(map(_text_width, shown)))
         self._resize_virtual()
         if removed and not self.follow:
             # keep the lines the reader is looking at in place
             self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
+        self._repaint()
+
+    def _repaint(self) -> None:
+        """Scroll to the newest line and redraw, at most REPAINT_HZ times a second.
+
+        A flood sends 20 batches a second; drawing each would spend the CPU a key press
+        is waiting for, and nobody reads faster than this anyway.
+        """
+        now = time.monotonic()
+        wait = self._last_repaint + 1 / REPAINT_HZ - now
+        if wait > 0:
+            if self._repaint_timer is None:
+                self._repaint_timer = self.set_timer(wait, self._repaint_due)
+            return
+        self._last_repaint = now
         if self.follow:
             # Following means "at the newest line": also once the new size is laid out,
             # since a first backlog arrives before the pane knows how tall it is.
@@ -157,6 +183,10 @@ class LogView(ScrollView, can_focus=True):
         # Always repaint: once the buffer is full, new lines change neither the size nor
         # the scroll position, and nothing else would ask for a redraw.
         self.refresh()
+
+    def _repaint_due(self) -> None:
+        self._repaint_timer = None
+        self._repaint()
 
     def clear(self) -> None:
         self._records.clear()
@@ -178,7 +208,6 @@ class LogView(ScrollView, can_focus=True):
             gone += 1
         if gone:
             del self._view[:gone]
-            self._cache.clear()  # cache keys are view positions
         return gone
 
     # -- scope and filter -----------------------------------------------------
@@ -192,6 +221,11 @@ class LogView(ScrollView, can_focus=True):
     @property
     def scope(self) -> tuple[str | None, int | None]:
         return self._scope_app, self._scope_worker
+
+    @property
+    def _filtering(self) -> bool:
+        scoped = self._scope_app is not None or self._scope_worker is not None
+        return scoped or bool(self.filter_text)
 
     def _matches(self, rec: LogRecord) -> bool:
         if self._scope_worker is not None:
@@ -246,38 +280,66 @@ class LogView(ScrollView, can_focus=True):
         return (9 if self.timestamps else 0) + self._source_width + 3
 
     def _line_width(self, rec: LogRecord) -> int:
-        return self._prefix_width() + cell_len(rec.text)
+        return self._prefix_width() + _text_width(rec)
 
     def _resize_virtual(self) -> None:
         self.virtual_size = Size(self._width, len(self._view))
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
+        self._styles.clear()
         self._cache.clear()
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
         width = self.size.width
-        rich_style = self.rich_style
+        rich_style = self._styles.get("")
+        if rich_style is None:
+            rich_style = self._styles[""] = self.rich_style
         if index >= len(self._view):
             return Strip.blank(width, rich_style)
-        key = (index, self._view[index].seq)
+        key = self._view[index].seq
         strip = self._cache.get(key)
         if strip is None:
-            text = self.render_record(self._view[index])
-            text.stylize_before(rich_style)
-            strip = Strip(text.render(self.app.console), text.cell_len)
+            rec = self._view[index]
+            strip = self._plain_strip(rec, rich_style)
+            if strip is None:
+                text = self.render_record(rec)
+                text.stylize_before(rich_style)
+                strip = Strip(text.render(self.app.console), text.cell_len)
             self._cache[key] = strip
         return strip.crop_extend(scroll_x, scroll_x + width, rich_style).apply_offsets(
             scroll_x, index
         )
 
+    def _plain_strip(self, rec: LogRecord, base: Style) -> Strip | None:
+        """The common line (no filter, no escapes or controls) built straight from segments:
+        what render_record gives, at a fraction of Rich's cost, which a flood notices."""
+        text = rec.text
+        if self.filter_text or not text.isprintable():
+            return None
+        colour = base + self.style_of(f"logview--app-{self._app_colour.get(rec.app, 0)}")
+        body = base
+        if rec.stream in ("err", "sys"):
+            body = base + self.style_of(f"logview--{rec.stream}")
+        segments = []
+        if self.timestamps:
+            stamp = fmt_clock(rec.time, self.tz) + " "
+            segments.append(Segment(stamp, base + self.style_of("logview--time")))
+        source = rec.source.ljust(self._source_width)
+        marker = {"err": " ! ", "sys": " » "}.get(rec.stream, " │ ")
+        segments += [Segment(source + marker, colour), Segment(text, body)]
+        return Strip(segments, sum(s.cell_length for s in segments))
+
     def style_of(self, name: str) -> Style:
         """The Rich style a component class gives (the match highlight keeps its background)."""
-        if name == "logview--match":
-            return self.get_component_rich_style(name)
-        return fg_style(self, name)
+        style = self._styles.get(name)
+        if style is None:
+            full = name == "logview--match"
+            style = self.get_component_rich_style(name) if full else fg_style(self, name)
+            self._styles[name] = style
+        return style
 
     def render_record(self, rec: LogRecord) -> Text:
         """One log line as Rich Text: [time] source marker text, with filter matches lit."""
@@ -312,3 +374,8 @@ class LogView(ScrollView, can_focus=True):
                 line.stylize(match_style, pos, pos + len(needle))
                 pos = plain.find(needle, pos + len(needle))
         return line
+
+
+def _text_width(rec: LogRecord) -> int:
+    text = rec.text
+    return len(text) if text.isascii() else cell_len(text)

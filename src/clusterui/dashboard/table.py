@@ -1,7 +1,7 @@
 """The process table: one row per worker, grouped under one summary row per app.
 
-Rows are keyed ("app:NAME", "w:ID") and updated cell by cell; rows are only added or
-removed when workers appear or go, and the cursor stays on the row it was on.
+Rows are keyed ("app:NAME", "w:ID") and updated in place; rows are only added or removed
+when workers appear or go, and the cursor stays on the row it was on.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Any, ClassVar
 
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding, BindingType
-from textual.coordinate import Coordinate
-from textual.widgets import DataTable
-from textual.widgets.data_table import RowDoesNotExist
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from clusterui.dashboard.model import (
     STATUS_GLYPH,
@@ -38,12 +40,6 @@ NARROW_STATUS = {"launching": "launch", "waiting-restart": "waiting"}
 # A hidden column still takes one cell: a zero-width column makes Textual's NO_COLOR
 # filter fail on the empty, unstyled segment it renders.
 HIDDEN = " "
-
-
-class OrderedText(Text):
-    """A Text that also carries the row's place in the grouping, for DataTable.sort()."""
-
-    order: tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -103,10 +99,28 @@ def choose_layout(avail: int, name_w: int) -> Layout:
     return Layout(name_w, 0, 10, (widths["cpu"], widths["mem"], widths["conn"]))
 
 
-class ProcessTable(DataTable):
+class ProcessTable(ScrollView, can_focus=True):
+    """The rows drawn with the Line API: each row is one Text rendered once into a Strip
+    and kept until its cells change, so a tick repaints only the rows that changed
+    (DataTable re-renders every cell of the table on any update).
+    """
+
     DEFAULT_CSS = """
     ProcessTable {
         height: auto;
+        background: $surface;
+        color: $foreground;
+        & > .proc--header { text-style: bold; background: $panel; color: $foreground; }
+        & > .proc--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus > .proc--cursor {
+            background: $block-cursor-background;
+            color: $block-cursor-foreground;
+            text-style: $block-cursor-text-style;
+        }
         & > .proc--app { text-style: bold; }
         & > .proc--tree { color: $text-muted; text-style: dim; }
         & > .proc--dim { text-style: dim; }
@@ -115,6 +129,7 @@ class ProcessTable(DataTable):
         & > .proc--draining { color: $text-warning; }
         & > .proc--stopping { color: $text-warning; }
         & > .proc--waiting-restart { color: $text-warning; text-style: bold; }
+        & > .proc--suspended { color: $text-warning; text-style: bold reverse; }
         & > .proc--stopped { color: $text-muted; text-style: dim; }
         & > .proc--errored { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }
@@ -122,7 +137,9 @@ class ProcessTable(DataTable):
         & > .proc--spark-conn { color: $text-accent; }
     }
     """
-    COMPONENT_CLASSES: ClassVar[set[str]] = DataTable.COMPONENT_CLASSES | {
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "proc--header",
+        "proc--cursor",
         "proc--app",
         "proc--tree",
         "proc--dim",
@@ -132,22 +149,54 @@ class ProcessTable(DataTable):
         "proc--spark-conn",
     }
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
+        Binding("up,k", "cursor_up", "Up", show=False),
+        Binding("down,j", "cursor_down", "Down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("home", "first", "First", show=False),
+        Binding("end", "last", "Last", show=False),
         Binding("enter", "app.details", "Details", show=False),
     ]
 
+    class RowHighlighted(Message):
+        """The cursor moved to another row (or the row under it changed)."""
+
+        def __init__(self, table: ProcessTable, key: str | None) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+        @property
+        def control(self) -> ProcessTable:
+            return self.table
+
+    class RowSelected(Message):
+        """The row under the cursor was clicked."""
+
+        def __init__(self, table: ProcessTable, key: str | None) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+        @property
+        def control(self) -> ProcessTable:
+            return self.table
+
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(id=id, classes=classes, cursor_type="row", cell_padding=0)
+        super().__init__(id=id, classes=classes)
+        self._order: list[str] = []  # row keys in display order
+        self._index: dict[str, int] = {}
         self._meta: dict[str, Selection] = {}
         self._cells: dict[str, tuple[Text, ...]] = {}
+        self._strips: dict[tuple[str, bool], Strip] = {}  # (key, is cursor row) -> strip
+        self._header: Strip | None = None
+        self._bases: dict[bool, Style] = {}  # is cursor row -> base style (resolving is slow)
+        self._fg: dict[str, Style] = {}  # component class -> its foreground style
+        self._cursor = 0
+        self._highlighted: str | None = None
         self._layout = choose_layout(120, 10)
         self._snapshot: dict[str, Any] = {"apps": [], "workers": []}
         self._history = History()
-
-    def on_mount(self) -> None:
-        for key in COLUMNS:
-            self.add_column(self._label(key), key=key)
 
     def on_resize(self) -> None:
         self.relayout()
@@ -156,24 +205,64 @@ class ProcessTable(DataTable):
 
     @property
     def selection(self) -> Selection | None:
-        if not self.row_count:
+        if not self._order:
             return None
-        row = min(self.cursor_row, self.row_count - 1)
-        key = self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
-        return self._meta.get(key or "")
+        return self._meta.get(self._order[self.cursor_row])
 
     @property
     def row_keys(self) -> list[str]:
         """Row keys in display order."""
-        return [str(row.key.value) for row in self.ordered_rows]
+        return list(self._order)
+
+    @property
+    def rows(self) -> dict[str, tuple[Text, ...]]:
+        return self._cells
+
+    @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def cursor_row(self) -> int:
+        return min(self._cursor, max(0, len(self._order) - 1))
+
+    def get_row_index(self, key: str) -> int:
+        return self._index[key]
+
+    def get_cell(self, key: str, column: str) -> Text:
+        return self._cells[key][COLUMNS.index(column)]
 
     def select_key(self, key: str) -> bool:
-        try:
-            index = self.get_row_index(key)
-        except RowDoesNotExist:
+        if key not in self._index:
             return False
-        self.move_cursor(row=index)
+        self.move_cursor(self._index[key])
         return True
+
+    def move_cursor(self, row: int, *, scroll: bool = True) -> None:
+        old = self.cursor_row
+        self._cursor = max(0, min(row, len(self._order) - 1))
+        if self.cursor_row != old:
+            self._refresh_rows({old, self.cursor_row})
+        if scroll:
+            self._scroll_to_cursor()
+        self._announce()
+
+    def add_row(self, *cells: Text, key: str) -> None:
+        self._index[key] = len(self._order)
+        self._order.append(key)
+        self._cells[key] = cells
+
+    def remove_row(self, key: str) -> None:
+        self._order.remove(key)
+        self._index = {k: i for i, k in enumerate(self._order)}
+        self._cells.pop(key, None)
+        self._forget(key)
+
+    def clear(self) -> None:
+        self._order.clear()
+        self._index.clear()
+        self._cells.clear()
+        self._strips.clear()
 
     def update_snapshot(self, snapshot: dict[str, Any], history: History) -> None:
         """Bring the rows in line with a snapshot: add, remove, update by key."""
@@ -185,67 +274,189 @@ class ProcessTable(DataTable):
         relayout = layout != self._layout
         self._layout = layout
 
-        gone = [key for key in self._meta if key not in desired]
+        gone = [key for key in self._order if key not in desired]
         for key in gone:
             self.remove_row(key)
             del self._meta[key]
-            self._cells.pop(key, None)
 
-        added = False
+        changed: set[str] = set()
         for key, (sel, cells_fn) in desired.items():
             cells = cells_fn()
-            if key not in self._meta:
+            if key not in self._cells:
                 self.add_row(*cells, key=key)
-                added = True
-            else:
-                old = self._cells.get(key, ())
-                for col, (new, prev) in enumerate(zip(cells, old, strict=False)):
-                    # Text equality ignores the sort order carried by the first cell
-                    if new != prev or getattr(new, "order", None) != getattr(prev, "order", None):
-                        self.update_cell(key, COLUMNS[col], new)
+            elif cells != self._cells[key]:
+                self._cells[key] = cells
+                changed.add(key)
             self._meta[key] = sel
-            self._cells[key] = cells
+        order = list(desired)
         if relayout:
-            self._relabel()
-        if added or gone or relayout or self.row_keys != list(desired):
-            self.sort(key=lambda row: row[0].order)
+            self._header = None
+            self._strips.clear()
+        reshaped = relayout or order != self._order
+        if reshaped:
+            self._order = order
+            self._index = {k: i for i, k in enumerate(order)}
+        for key in changed:
+            self._forget(key)
         self._keep_cursor(before, gone)
+        self.virtual_size = Size(self._row_width(), len(self._order) + 1)
+        if reshaped:
+            self.refresh()
+        else:
+            self._refresh_rows({self._index[key] for key in changed})
+        self._announce()
 
     def relayout(self) -> None:
         """Re-fit the columns after a resize (cells are re-rendered, rows stay)."""
+        self._header = None
+        self._strips.clear()
         if self._snapshot["apps"] or self._snapshot["workers"]:
             self.update_snapshot(self._snapshot, self._history)
 
+    # -- keys and mouse ---------------------------------------------------------
+
+    def action_cursor_up(self) -> None:
+        self.move_cursor(self.cursor_row - 1)
+
+    def action_cursor_down(self) -> None:
+        self.move_cursor(self.cursor_row + 1)
+
+    def action_page_up(self) -> None:
+        self.move_cursor(self.cursor_row - max(1, self._body_height() - 1))
+
+    def action_page_down(self) -> None:
+        self.move_cursor(self.cursor_row + max(1, self._body_height() - 1))
+
+    def action_first(self) -> None:
+        self.move_cursor(0)
+
+    def action_last(self) -> None:
+        self.move_cursor(len(self._order) - 1)
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y < 1:
+            return
+        row = int(self.scroll_y) + offset.y - 1
+        if not 0 <= row < len(self._order):
+            return
+        if row == self.cursor_row:
+            self.post_message(self.RowSelected(self, self._order[row]))
+        else:
+            self.move_cursor(row, scroll=False)
+
+    def _on_focus(self, event: events.Focus) -> None:
+        super()._on_focus(event)
+        self._drop_cursor_strips()
+
+    def _on_blur(self, event: events.Blur) -> None:
+        super()._on_blur(event)
+        self._drop_cursor_strips()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._header = None
+        self._bases.clear()
+        self._fg.clear()
+        self._strips.clear()
+
+    # -- rendering ------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width or self.size.width
+        if not self._bases:
+            self._bases[False] = self.rich_style
+            self._bases[True] = self.rich_style + self.get_component_rich_style("proc--cursor")
+        if y == 0:
+            if self._header is None:
+                labels = tuple(self._label(key) for key in COLUMNS)
+                self._header = self._strip(labels, self.get_component_rich_style("proc--header"))
+            return self._header.crop_extend(0, width, self._bases[False])
+        row = int(self.scroll_y) + y - 1
+        if not 0 <= row < len(self._order):
+            return Strip.blank(width, self._bases[False])
+        key = self._order[row]
+        cursor = row == self.cursor_row
+        strip = self._strips.get((key, cursor))
+        if strip is None:
+            strip = self._strips[key, cursor] = self._strip(self._cells[key], self._bases[cursor])
+        return strip.crop_extend(0, width, self._bases[False])
+
+    def _strip(self, cells: tuple[Text, ...], base: Style) -> Strip:
+        # One strip per cell, joined: a cell's segments then start at its own column,
+        # which keeps exported SVGs aligned where a font draws a glyph wider than a cell.
+        console = self.app.console
+        parts = []
+        for cell in cells:
+            cell = cell.copy()
+            cell.stylize_before(base)
+            parts.append(Strip(cell.render(console), cell.cell_len))
+        strip = Strip.join(parts)
+        width = max(strip.cell_length, self.scrollable_content_region.width)
+        return strip.extend_cell_length(width, base)
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self.refresh()
+
     # -- internals ------------------------------------------------------------
+
+    def _forget(self, key: str) -> None:
+        self._strips.pop((key, False), None)
+        self._strips.pop((key, True), None)
+
+    def _drop_cursor_strips(self) -> None:
+        self._bases.clear()  # the cursor style depends on focus
+        for entry in [k for k in self._strips if k[1]]:
+            del self._strips[entry]
+        self._refresh_rows({self.cursor_row})
+
+    def _refresh_rows(self, rows: set[int]) -> None:
+        for row in rows:
+            self.refresh_line(row + 1)
+
+    def _body_height(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    def _scroll_to_cursor(self) -> None:
+        row, top, height = self.cursor_row, int(self.scroll_y), self._body_height()
+        if row < top:
+            self.scroll_to(y=row, animate=False, immediate=True)
+        elif row >= top + height:
+            self.scroll_to(y=row - height + 1, animate=False, immediate=True)
+
+    def _announce(self) -> None:
+        key = self._order[self.cursor_row] if self._order else None
+        if key != self._highlighted:
+            self._highlighted = key
+            self.post_message(self.RowHighlighted(self, key))
+
+    def _row_width(self) -> int:
+        return sum(label.cell_len for label in (self._label(key) for key in COLUMNS))
 
     def _fit_layout(self, desired: dict[str, Any]) -> Layout:
         names = [len(sel.target) + 2 for sel, _ in desired.values()]
         avail = self.scrollable_content_region.width or 120
         return choose_layout(avail, max(names, default=8))
 
-    def _relabel(self) -> None:
-        for key in COLUMNS:
-            self.columns[key].label = self._label(key)  # type: ignore[index]
-        # Recompute widths once per column: the first row measures, the others follow.
-        first = next(iter(self._cells), None)
-        if first is not None:
-            for col, cell in enumerate(self._cells[first]):
-                self.update_cell(first, COLUMNS[col], cell, update_width=True)
-        self.refresh(layout=True)
-
     def _keep_cursor(self, before: Selection | None, gone: list[str]) -> None:
-        if before is None or not self.row_count:
+        if before is None or not self._order:
             return
-        if before.key in self._meta:
-            index = self.get_row_index(before.key)
-            if index != self.cursor_row:
-                self.move_cursor(row=index, scroll=True)
-        elif before.key in gone and app_key(before.app) in self._meta:
+        if before.key in self._index:
+            index = self._index[before.key]
+            if index != self._cursor:
+                self._cursor = index
+                self._scroll_to_cursor()
+        elif before.key in gone and app_key(before.app) in self._index:
             # the worker went (scaled down): land on its app rather than a stranger
-            self.move_cursor(row=self.get_row_index(app_key(before.app)))
+            self._cursor = self._index[app_key(before.app)]
+        self._strips = {k: v for k, v in self._strips.items() if not k[1]}
 
     def _style(self, name: str) -> Style:
-        return fg_style(self, name)
+        style = self._fg.get(name)
+        if style is None:
+            style = self._fg[name] = fg_style(self, name)
+        return style
 
     def _label(self, key: str) -> Text:
         lay = self._layout
@@ -277,18 +488,18 @@ class ProcessTable(DataTable):
         workers_by_app: dict[str, list[dict[str, Any]]] = {}
         for w in snapshot.get("workers", []):
             workers_by_app.setdefault(w["app"], []).append(w)
-        for a_index, app in enumerate(snapshot.get("apps", [])):
+        for app in snapshot.get("apps", []):
             name = app["name"]
             workers = sorted(workers_by_app.get(name, []), key=lambda w: w["instance"])
             rows[app_key(name)] = (
                 Selection(name),
-                _bind(self._app_cells, app, workers, (a_index, 0, 0)),
+                _bind(self._app_cells, app, workers),
             )
             for i, w in enumerate(workers):
                 last = i == len(workers) - 1
                 rows[worker_key(w["id"])] = (
                     Selection(name, w["id"], w["instance"]),
-                    _bind(self._worker_cells, app, w, last, (a_index, 1, w["instance"])),
+                    _bind(self._worker_cells, app, w, last),
                 )
         return rows
 
@@ -304,9 +515,7 @@ class ProcessTable(DataTable):
         cpu, mem, conn = self._layout.sparks
         return {"cpu": cpu, "mem": mem, "conn": conn}[kind]
 
-    def _worker_cells(
-        self, app: dict[str, Any], w: dict[str, Any], last: bool, order: tuple[int, int, int]
-    ) -> tuple[Text, ...]:
+    def _worker_cells(self, app: dict[str, Any], w: dict[str, Any], last: bool) -> tuple[Text, ...]:
         lay = self._layout
         status = w.get("status", "?")
         status_style = self._style(f"proc--{status}") if status in STATUS_GLYPH else Style()
@@ -314,7 +523,7 @@ class ProcessTable(DataTable):
         if status == "waiting-restart" and not lay.narrow:
             word = "waiting"
         live = w.get("pid") is not None
-        id_cell = _ordered(str(w["id"]), 3, order)
+        id_cell = _cell(str(w["id"]), 3, justify="right")
         name = Text(" ", end="")
         name.append("└ " if last else "├ ", self._style("proc--tree"))
         name.append(f"{app['name']}:{w['instance']}")
@@ -338,9 +547,7 @@ class ProcessTable(DataTable):
             _cell(str(w.get("active", 0)) if live else "—", 5, justify="right"),
         )
 
-    def _app_cells(
-        self, app: dict[str, Any], workers: list[dict[str, Any]], order: tuple[int, int, int]
-    ) -> tuple[Text, ...]:
+    def _app_cells(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> tuple[Text, ...]:
         lay = self._layout
         bold = self._style("proc--app")
         total = len(workers)
@@ -370,7 +577,7 @@ class ProcessTable(DataTable):
             for kind in ("cpu", "memory", "conn_rate")
         }
         return (
-            _ordered("", 3, order),
+            _cell("", 3),
             name,
             _cell(mode_label(app), lay.mode_w, style=self._style("proc--dim"))
             if lay.mode_w
@@ -415,10 +622,4 @@ def _cell(value: str, width: int, *, justify: str = "left", style: Style | str =
     body = body.rjust(width) if justify == "right" else body.ljust(width)
     text = Text(" ", end="")
     text.append(body, style)
-    return text
-
-
-def _ordered(value: str, width: int, order: tuple[int, int, int]) -> OrderedText:
-    text = OrderedText(" " + value.rjust(width), end="")
-    text.order = order
     return text
