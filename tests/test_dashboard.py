@@ -701,6 +701,50 @@ async def test_hangup_handler_detaches() -> None:
     assert signal.getsignal(signal.SIGHUP) != app._on_signal  # put back on the way out
 
 
+async def test_a_tick_redraws_only_the_rows_that_changed() -> None:
+    async with dashboard() as (app, pilot, client):
+        table = app.table
+        drawn: list[tuple[str, ...]] = []
+        real = table._strip
+
+        def spy(cells: Any, base: Any) -> Any:
+            drawn.append(tuple(c.plain for c in cells))
+            return real(cells, base)
+
+        table._strip = spy  # type: ignore[method-assign]
+        snap = copy.deepcopy(client.snapshot)
+        snap["workers"][1]["cpu"] = 42.5  # web:1, and with it its app's total
+        client.push_state(snap)
+        await until(pilot, lambda: "42.5%" in str(table.get_cell("w:1", "cpu")))
+        await pilot.pause()
+        names = sorted(cells[1].strip() for cells in drawn)
+        assert names == ["web ◉", "└ web:1"], names
+
+
+async def test_a_long_table_scrolls_to_keep_the_cursor_in_view() -> None:
+    # 40 api workers at 80x24: the table holds a few rows and scrolls under its header
+    client = FakeClient(snapshot=demo_snapshot(api_workers=40))
+    async with dashboard(client, size=(80, 24)) as (app, pilot, _):
+        table = app.table
+        assert table.row_count == 46
+        await pilot.press("end")
+        await pilot.pause()
+        assert app.selection.key == "w:42"  # jobs:0, the last row
+        text = screen_text(app)
+        assert "└ jobs:0" in text and "├ web:0" not in text
+        assert "pid status" in text  # the column header stays put
+        await pilot.press("home")
+        await pilot.pause()
+        assert app.selection.key == "app:web" and "├ web:0" in screen_text(app)
+        await pilot.press("pagedown")
+        before = table.cursor_row
+        assert before > 3
+        await pilot.press(*["j"] * 20)
+        await pilot.pause()
+        assert table.cursor_row == before + 20
+        assert f"api:{app.selection.instance} " in screen_text(app)
+
+
 async def test_mouse_selects_rows_and_shows_details() -> None:
     async with dashboard(size=(160, 48)) as (app, pilot, _):
         await pilot.press("enter")  # hide the details first
