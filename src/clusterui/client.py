@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
 
 START_TIMEOUT = 10.0
+CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
 
 
 class ClientError(Exception):
@@ -47,9 +50,8 @@ class Client:
     async def connect(cls, home: Home | Path | str | None = None) -> Client:
         home = home if isinstance(home, Home) else Home.from_env(home)
         try:
-            reader, writer = await asyncio.open_unix_connection(
-                str(home.socket), limit=64 * MAX_REQUEST
-            )
+            sock = await _connect_unix(str(home.socket))
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=64 * MAX_REQUEST)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ClientError(f"no supervisor is running (home {home.root})", 3) from None
         except OSError as exc:
@@ -94,8 +96,12 @@ class Client:
         rid = self._next
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self._writer.write(encode({"id": rid, "op": op, "args": args}))
-        await self._writer.drain()
+        try:
+            self._writer.write(encode({"id": rid, "op": op, "args": args}))
+            await self._writer.drain()
+        except (ConnectionError, OSError) as err:
+            self._pending.pop(rid, None)
+            raise ClientError("lost the connection to the supervisor", 3) from err
         msg = await fut
         if not msg.get("ok"):
             raise ClientError(msg.get("error") or "the operation failed", int(msg.get("code", 1)))
@@ -152,6 +158,32 @@ class Client:
             yield event
 
 
+async def _connect_unix(path: str) -> socket.socket:
+    """Connect without blocking the loop, waiting out a full listen backlog.
+
+    A non-blocking connect to a unix socket whose backlog is full fails with EAGAIN
+    at once (it is not "in progress" as for TCP; asyncio would take it for connected).
+    The supervisor is alive, just busy accepting a burst: try again for a while.
+    """
+    deadline = time.monotonic() + CONNECT_RETRY
+    delay = 0.002
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+            return sock
+        except (BlockingIOError, InterruptedError):
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise OSError(errno.EAGAIN, "its socket's backlog stayed full") from None
+        except BaseException:
+            sock.close()
+            raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def supervisor_pid(home: Home) -> int | None:
     try:
         return int(home.pidfile.read_text().strip())
@@ -206,8 +238,6 @@ def ensure_supervisor(home: Home) -> bool:
 
 
 def _answers(home: Home) -> bool:
-    import socket
-
     if not home.socket.exists():
         return False
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -22,6 +22,10 @@ MAX_REQUEST = 1 << 20  # a request line longer than this is refused
 # A subscriber that lets this much pile up unread is cut off, so it cannot grow our memory.
 MAX_PENDING_EVENTS = 8 << 20
 SUN_PATH_MAX = 107
+# Connections the kernel queues before we accept them. asyncio's default (100) is
+# too few for a burst of clients (a dashboard per terminal, scripts in a loop): past
+# it a non-blocking connect fails with EAGAIN. The kernel clamps this to somaxconn.
+LISTEN_BACKLOG = 4096
 
 
 class OpError(Exception):
@@ -89,7 +93,7 @@ class ControlServer:
         old_umask = os.umask(0o177)  # the socket is created 0600, with no window
         try:
             self._server = await asyncio.start_unix_server(
-                self._serve, path=self.path, limit=MAX_REQUEST
+                self._serve, path=self.path, limit=MAX_REQUEST, backlog=LISTEN_BACKLOG
             )
         finally:
             os.umask(old_umask)

@@ -5,20 +5,40 @@ shell script's children, a server's forks). The guardian is forked at supervisor
 start; the supervisor tells it over a pipe which process groups it spawned. When
 the supervisor dies, however abruptly, the pipe hits EOF and the guardian SIGKILLs
 every group still registered, then exits.
+
+The supervisor must never block on the guardian (a stopped or slow guardian would
+freeze every app): its end of the pipe is non-blocking, and what does not fit waits
+in memory and goes out when the pipe is writable again. That backlog is bounded:
+past a limit it is replaced by the whole current set ("reset" and one "+pgid" per
+group), so it never holds more than the live groups and one limit's worth of lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import select
 import signal
+import time
+
+# Each write is whole lines and at most PIPE_BUF bytes, so the kernel takes all of it
+# or nothing: the pipe never holds half a line that a reset would then corrupt.
+PIPE_BUF = select.PIPE_BUF
+# Backlog (bytes) past which it is replaced by a snapshot of the tracked set.
+BACKLOG_LIMIT = 16 * 1024
+RELEASE_TIMEOUT = 1.0  # a clean shutdown waits this long for a stopped guardian
 
 _pipe_w: int | None = None
+_pid: int | None = None
+_tracked: set[int] = set()  # the groups the guardian must kill if we die
+_backlog = bytearray()  # whole lines not yet written
+_writer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is scheduled
 
 
 def start() -> int:
     """Fork the guardian; returns its pid. Call once, early, from the supervisor."""
-    global _pipe_w
+    global _pipe_w, _pid
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -28,7 +48,10 @@ def start() -> int:
         finally:
             os._exit(0)
     os.close(r)
-    _pipe_w = w
+    os.set_blocking(w, False)
+    _pipe_w, _pid = w, pid
+    _tracked.clear()
+    _backlog.clear()
     return pid
 
 
@@ -52,6 +75,8 @@ def _run(r: int) -> None:
                 groups.add(int(line[1:]))
             elif line.startswith(b"-"):
                 groups.discard(int(line[1:]))
+            elif line == b"reset":
+                groups.clear()  # the whole set follows
             elif line == b"exit":
                 return  # a clean shutdown already stopped everything
     for pgid in groups:
@@ -59,20 +84,92 @@ def _run(r: int) -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
+def _flush() -> bool:
+    """Write what the pipe takes now; True once the backlog is empty."""
+    global _pipe_w
+    while _backlog and _pipe_w is not None:
+        end = len(_backlog) if len(_backlog) <= PIPE_BUF else _backlog.rindex(b"\n", 0, PIPE_BUF)
+        if end < len(_backlog):
+            end += 1  # up to and including the last whole line that fits
+        try:
+            os.write(_pipe_w, _backlog[:end])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            # The guardian is gone (EPIPE): nothing can be delivered any more.
+            _backlog.clear()
+            return True
+        del _backlog[:end]
+    return True
+
+
+def _on_writable() -> None:
+    global _writer_loop
+    if _flush() and _writer_loop is not None:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            _writer_loop.remove_writer(_pipe_w)
+        _writer_loop = None
+
+
 def _send(message: bytes) -> None:
-    if _pipe_w is not None:
-        with contextlib.suppress(OSError):
-            os.write(_pipe_w, message)
+    global _writer_loop
+    if _pipe_w is None:
+        return
+    if _backlog and len(_backlog) + len(message) > max(BACKLOG_LIMIT, 16 * len(_tracked)):
+        # The guardian is not reading: keep only what it will need, the current set.
+        _backlog[:] = b"reset\n" + b"".join(b"+%d\n" % pgid for pgid in sorted(_tracked))
+        if message == b"exit\n":
+            _backlog.extend(message)
+    else:
+        _backlog.extend(message)
+    if _flush() or _writer_loop is not None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop (start-up or shutdown): the next message flushes, or release()
+    loop.add_writer(_pipe_w, _on_writable)
+    _writer_loop = loop
 
 
 def track(pgid: int) -> None:
+    _tracked.add(pgid)
     _send(b"+%d\n" % pgid)
 
 
 def untrack(pgid: int) -> None:
+    _tracked.discard(pgid)
     _send(b"-%d\n" % pgid)
 
 
+def pending() -> int:
+    """Bytes waiting for the guardian to read them (for tests and diagnostics)."""
+    return len(_backlog)
+
+
 def release() -> None:
-    """Clean shutdown: the guardian exits without killing anything."""
+    """Clean shutdown: the guardian exits without killing anything.
+
+    Every worker is already stopped. A guardian that does not take the message
+    within RELEASE_TIMEOUT (it is stopped) is killed: left to find EOF later, it
+    would kill groups whose numbers may have been reused by then.
+    """
+    global _pipe_w, _writer_loop
+    if _pipe_w is None:
+        return
+    if _writer_loop is not None:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            _writer_loop.remove_writer(_pipe_w)
+        _writer_loop = None
     _send(b"exit\n")
+    deadline = time.monotonic() + RELEASE_TIMEOUT
+    while not _flush():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if _pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(_pid, signal.SIGKILL)
+            break
+        select.select([], [_pipe_w], [], left)
+    os.close(_pipe_w)
+    _pipe_w = None

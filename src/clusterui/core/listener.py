@@ -4,6 +4,13 @@ The supervisor binds the socket (so a taken port is reported before any worker
 starts), then hands it to a dispatcher process (`python -m clusterui.dispatch`)
 that owns the accept loop. We talk to the dispatcher over a SEQPACKET control
 socket; see clusterui.dispatch for the message set.
+
+If the dispatcher dies (killed, OOM), the Listener starts a new one at once and
+hands it the same workers: it keeps a copy of both ends of every worker's channel,
+so a worker never sees its channel close and keeps running, and the socket stays
+bound, so new connections wait in the kernel's backlog meanwhile. Only the
+connections the dead dispatcher held are lost. A dispatcher that dies young, or
+too often, is reported to the app instead (its own backoff restarts everything).
 """
 
 from __future__ import annotations
@@ -17,14 +24,40 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core.control import OpError
-from clusterui.core.process import ExitWatcher, SpawnSpec, signal_group, spawn
+from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
+from clusterui.dispatch import protocol as proto
 
 MAX_DATAGRAM = 65536
+# A dispatcher that ran at least this long, or said anything, and then died is replaced
+# in place (the workers keep running); one that dies sooner, silent, cannot start, and
+# the app's own backoff (core/apps.py) deals with it.
+RESPAWN_MIN_LIFETIME = 1.0
+# In-place replacements per app within RESPAWN_WINDOW; past that the app's recovery
+# (restart everything, give up after 6 deaths a minute) takes over.
+RESPAWN_LIMIT = 3
+RESPAWN_WINDOW = 60.0
+# Times of in-place replacements per app name; outlives Listener objects, since the
+# app's recovery makes a new Listener.
+_respawns: dict[str, list[float]] = {}
+
+
+@dataclass
+class _Worker:
+    """What a new dispatcher needs to take over one worker."""
+
+    add: dict[str, Any]  # the "add" message as first sent
+    fds: list[int] = field(default_factory=list)  # our copies of both channel ends
+    ready: bool = False
+    draining: bool = False
+    handed: int = 0  # "handed" as last reported to the app, carried across dispatchers
+    handed_base: int = 0  # added to what the current dispatcher reports
 
 
 def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
@@ -88,6 +121,10 @@ class Listener:
         self._ctl: socket.socket | None = None
         self._watcher: ExitWatcher | None = None
         self._loop = asyncio.get_running_loop()
+        self._workers: dict[str, _Worker] = {}  # by str(id): stats use string keys
+        self._started_at = 0.0
+        self._heard = False  # the current dispatcher has sent us something
+        self._closed = False
         if spec.dispatch != "shared":
             self._start_dispatcher()
 
@@ -118,13 +155,77 @@ class Listener:
             theirs.close()
         ours.setblocking(False)
         self._ctl = ours
+        self._started_at = time.monotonic()
+        self._heard = False
         self._loop.add_reader(ours.fileno(), self._read)
         self._watcher = ExitWatcher(self._loop, self.pid, self._dispatcher_exited)
 
     def _dispatcher_exited(self, code: int | None, sig: str | None) -> None:
         self._watcher = None
         self.pid = None
+        self._close_ctl()
+        if self._closed:
+            return  # we killed it ourselves
+        if self._may_respawn() and self._respawn(code, sig):
+            return
         self._on_exit(code, sig)
+
+    def _may_respawn(self) -> bool:
+        now = time.monotonic()
+        if not self._heard and now - self._started_at < RESPAWN_MIN_LIFETIME:
+            return False
+        recent = [t for t in _respawns.get(self.spec.name, []) if now - t < RESPAWN_WINDOW]
+        _respawns[self.spec.name] = recent
+        return len(recent) < RESPAWN_LIMIT
+
+    def _respawn(self, code: int | None, sig: str | None) -> bool:
+        """Start a new dispatcher and hand it every worker; False if it could not start."""
+        try:
+            self._start_dispatcher()
+        except (SpawnError, OSError):
+            return False
+        _respawns.setdefault(self.spec.name, []).append(time.monotonic())
+        for w in self._workers.values():
+            w.handed_base = w.handed  # the new dispatcher counts from zero
+            if self.spec.dispatch != "proxy" and not w.fds:
+                continue  # we could not keep its channel (fds exhausted): it drains and exits
+            self._send_now(w.add, w.fds)
+            if w.draining:
+                self._send_now({"t": "drain", "id": w.add["id"]})
+            elif w.ready and w.fds:
+                # The worker told the old dispatcher it was ready; say it again on its
+                # behalf, through its own end of the channel.
+                self._inject_ready(w, tries=20)
+        self._on_event(
+            {
+                "t": "error",
+                "message": f"exited ({sig or code}); a new dispatcher (pid {self.pid}) "
+                f"took over {len(self._workers)} worker(s), which keep running",
+            }
+        )
+        return True
+
+    def _inject_ready(self, w: _Worker, tries: int) -> None:
+        if self._closed or not w.fds or self._workers.get(str(w.add["id"])) is not w:
+            return
+        # Wrap without touching flags: this open file is shared with the worker's fd.
+        end = socket.socket(fileno=w.fds[1])
+        try:
+            end.send(proto.READY, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if tries > 0:  # the worker filled the channel meanwhile: try again shortly
+                self._loop.call_later(0.05, self._inject_ready, w, tries - 1)
+        except OSError:
+            pass
+        finally:
+            end.detach()
+
+    def _close_ctl(self) -> None:
+        if self._ctl is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._ctl.fileno())
+            self._ctl.close()
+            self._ctl = None
 
     def _read(self) -> None:
         assert self._ctl is not None
@@ -140,12 +241,56 @@ class Listener:
                 return
             try:
                 msg = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
+            self._heard = True
             if isinstance(msg, dict):
+                self._note_event(msg)
                 self._on_event(msg)
 
+    def _note_event(self, msg: dict[str, Any]) -> None:
+        """Keep what a replacement dispatcher will need; carry counters across one."""
+        kind = msg.get("t")
+        if kind == "ready":
+            w = self._workers.get(str(msg.get("id")))
+            if w is not None:
+                w.ready = True
+        elif kind == "stats" and isinstance(msg.get("workers"), dict):
+            for key, figures in msg["workers"].items():
+                w = self._workers.get(str(key))
+                if w is None or not isinstance(figures, dict):
+                    continue
+                handed = figures.get("handed")
+                if isinstance(handed, int) and not isinstance(handed, bool):
+                    figures["handed"] = w.handed = handed + w.handed_base
+
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
+        self._remember(msg, fds)
+        return self._send_now(msg, fds)
+
+    def _remember(self, msg: dict[str, Any], fds: list[int] | None) -> None:
+        kind, key = msg.get("t"), str(msg.get("id"))
+        if kind == "add":
+            self._forget(key)
+            w = _Worker(dict(msg))
+            try:
+                for fd in fds or ():
+                    w.fds.append(os.dup(fd))  # non-inheritable: no child gets these
+            except OSError:
+                _close_all(w.fds)
+                w.fds = []
+            self._workers[key] = w
+        elif kind == "drain" and key in self._workers:
+            self._workers[key].draining = True
+        elif kind == "remove":
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        w = self._workers.pop(key, None)
+        if w is not None:
+            _close_all(w.fds)
+
+    def _send_now(self, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
         if self._ctl is None:
             return False
         payload = json.dumps(msg).encode()
@@ -170,11 +315,10 @@ class Listener:
             return False
 
     def close(self) -> None:
-        if self._ctl is not None:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(self._ctl.fileno())
-            self._ctl.close()
-            self._ctl = None
+        self._closed = True
+        self._close_ctl()
+        for key in list(self._workers):
+            self._forget(key)
         if self.pid is not None:
             signal_group(self.pid, signal.SIGKILL)
         if self._watcher is not None:
@@ -184,3 +328,9 @@ class Listener:
             with contextlib.suppress(OSError):
                 os.unlink(self.spec.listen.path)
         self.sock.close()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
