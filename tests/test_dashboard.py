@@ -404,6 +404,21 @@ async def test_rows_update_by_key_and_the_cursor_stays_put() -> None:
         assert app.selection.key == "app:api"
 
 
+@pytest.mark.parametrize(("size", "word"), [((200, 60), "suspended"), ((80, 24), "paused")])
+async def test_a_suspended_worker_is_shown_as_such(size: tuple[int, int], word: str) -> None:
+    async with dashboard(size=size) as (app, pilot, client):
+        snap = copy.deepcopy(client.snapshot)
+        snap["workers"][1]["status"] = "suspended"  # web:1 got SIGSTOP
+        client.push_state(snap)
+        table = app.table
+        await until(pilot, lambda: word in table.get_cell("w:1", "status").plain)
+        assert "‖" in table.get_cell("w:1", "status").plain
+        assert "1/2 up" in table.get_cell("app:web", "status").plain
+        await select(app, pilot, "w:1")
+        if app.details_visible:
+            assert "‖ suspended" in screen_text(app)
+
+
 async def test_j_k_and_arrows_move_the_selection() -> None:
     async with dashboard() as (app, pilot, _):
         assert app.selection.key == "app:web"

@@ -21,6 +21,7 @@ STATUS_GLYPH = {
     "draining": "◑",
     "stopping": "◒",
     "waiting-restart": "↻",
+    "suspended": "‖",  # alive but stopped by a signal (SIGSTOP, a debugger)
     "stopped": "○",
     "errored": "✖",
 }

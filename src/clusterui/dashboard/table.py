@@ -36,7 +36,7 @@ from clusterui.dashboard.model import (
 )
 from clusterui.dashboard.style import fg_style
 
-NARROW_STATUS = {"launching": "launch", "waiting-restart": "waiting"}
+NARROW_STATUS = {"launching": "launch", "waiting-restart": "waiting", "suspended": "paused"}
 # A hidden column still takes one cell: a zero-width column makes Textual's NO_COLOR
 # filter fail on the empty, unstyled segment it renders.
 HIDDEN = " "
@@ -129,7 +129,7 @@ class ProcessTable(ScrollView, can_focus=True):
         & > .proc--draining { color: $text-warning; }
         & > .proc--stopping { color: $text-warning; }
         & > .proc--waiting-restart { color: $text-warning; text-style: bold; }
-        & > .proc--suspended { color: $text-warning; text-style: bold reverse; }
+        & > .proc--suspended { color: $text-warning; text-style: bold; }
         & > .proc--stopped { color: $text-muted; text-style: dim; }
         & > .proc--errored { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }
