@@ -10,6 +10,7 @@ from typing import Any
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
 STATUS_COLOURS = {
     "online": "32",
+    "suspended": "1;33",  # alive but stopped (SIGSTOP): bold, it needs someone's attention
     "launching": "36",
     "draining": "33",
     "stopping": "33",

@@ -61,6 +61,9 @@ class Proc:
         self.channel: socket.socket | None = None  # fork/shared wait_ready: our end
         self.handed = 0  # connections handed to this process (from the dispatcher)
         self.after_watch = False  # started by a file change (crash guard)
+        # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
+        # snapshot shows "suspended"; status and the restart policy never look at it.
+        self.suspended = False
 
     @property
     def uptime(self) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import fcntl
 import heapq
 import os
@@ -44,6 +45,7 @@ PIPE_SIZE = 1024 * 1024
 # could keep it full forever); more than any pipe can hold.
 DRAIN_READS = 64
 SUPERVISOR_LOG = "clusterui.log"
+SUPERVISOR_DATE_FORMAT = "YYYY-MM-DD HH:mm:ss"
 
 
 @dataclass(slots=True)
@@ -145,6 +147,101 @@ def compile_date_format(fmt: str) -> Callable[[float], bytes]:
         return cache[1]
 
     return stamp
+
+
+# Regex per moment token for reading a stamp back: (group name or None, pattern).
+_PARSE = {
+    "YYYY": ("Y", r"\d{4}"),
+    "YY": ("y", r"\d{2}"),
+    "MMMM": ("B", r"[^\W\d_]+"),
+    "MMM": ("b", r"[^\W\d_]+"),
+    "MM": ("m", r"\d{2}"),
+    "M": ("m", r"\d{1,2}"),
+    "dddd": (None, r"[^\W\d_]+"),
+    "ddd": (None, r"[^\W\d_]+"),
+    "DD": ("d", r"\d{2}"),
+    "D": ("d", r"\d{1,2}"),
+    "HH": ("H", r"\d{2}"),
+    "H": ("H", r"\d{1,2}"),
+    "hh": ("I", r"\d{2}"),
+    "h": ("I", r"\d{1,2}"),
+    "mm": ("M", r"\d{2}"),
+    "m": ("M", r"\d{1,2}"),
+    "ss": ("S", r"\d{2}"),
+    "s": ("S", r"\d{1,2}"),
+    "SSS": ("f", r"\d{3}"),
+    "Z": ("z", r"[+-]\d{2}:\d{2}"),
+    "ZZ": ("z", r"[+-]\d{4}"),
+    "A": ("p", r"[^\W\d_]+"),
+    "a": ("p", r"am|pm"),
+}
+
+
+def compile_date_parser(fmt: str) -> Callable[[str], tuple[float | None, str]]:
+    """The inverse of compile_date_format: line → (epoch seconds or None, text after "STAMP: ").
+
+    A line without the prefix comes back whole with None; so does the time of a stamp that
+    lacks the year, month or day (the caller picks a fallback).
+    """
+    parts: list[str] = []
+    named: set[str] = set()
+    pos = 0
+    for m in _MOMENT.finditer(fmt):
+        parts.append(re.escape(fmt[pos : m.start()]))
+        if m.group(1) is not None:
+            parts.append(re.escape(m.group(1)))
+        else:
+            name, pattern = _PARSE[m.group(0)]
+            if name is None or name in named:  # a repeated token: matched, read once
+                parts.append(f"(?:{pattern})")
+            else:
+                named.add(name)
+                parts.append(f"(?P<{name}>{pattern})")
+        pos = m.end()
+    parts.append(re.escape(fmt[pos:]) + ": ")
+    prefix = re.compile("".join(parts))
+
+    def parse(line: str) -> tuple[float | None, str]:
+        m = prefix.match(line)
+        if m is None:
+            return None, line
+        try:
+            when = _stamp_time(m.groupdict())
+        except (ValueError, OverflowError):
+            when = None
+        return when, line[m.end() :]
+
+    return parse
+
+
+def _stamp_time(g: dict[str, str]) -> float | None:
+    if g.get("Y"):
+        year = int(g["Y"])
+    elif g.get("y"):
+        year = 2000 + int(g["y"])
+    else:
+        return None
+    if g.get("m"):
+        month = int(g["m"])
+    elif g.get("B") or g.get("b"):
+        name, code = (g["B"], "%B") if g.get("B") else (g["b"], "%b")
+        month = time.strptime(name, code).tm_mon
+    else:
+        return None
+    if not g.get("d"):
+        return None
+    hour = int(g.get("H") or 0)
+    if g.get("I"):
+        hour = int(g["I"]) % 12 + (12 if (g.get("p") or "").lower() == "pm" else 0)
+    fields = (year, month, int(g["d"]), hour, int(g.get("M") or 0), int(g.get("S") or 0))
+    ms = int(g.get("f") or 0) / 1000
+    zone = g.get("z")
+    if zone:
+        digits = zone[1:].replace(":", "")
+        offset = (int(digits[:2]) * 60 + int(digits[2:])) * (-60 if zone[0] == "-" else 60)
+        tz = datetime.timezone(datetime.timedelta(seconds=offset))
+        return datetime.datetime(*fields, tzinfo=tz).timestamp() + ms
+    return datetime.datetime(*fields).timestamp() + ms  # naive: local time, as written
 
 
 # ---- files -----------------------------------------------------------------------------
@@ -293,21 +390,27 @@ def _tail_one(path: str, n: int) -> list[str]:
     except (FileNotFoundError, IsADirectoryError):
         return []
     with f:
-        end = f.seek(0, os.SEEK_END)
-        pos = end
-        chunks: list[bytes] = []
-        newlines = 0
-        block = 64 * 1024
-        # n lines need n+1 newlines before them (or the start of the file); the final
-        # newline of the file ends the last line and is not a separator.
-        while pos > 0 and newlines <= n:
-            step = min(block, pos)
-            pos -= step
-            f.seek(pos)
-            chunk = f.read(step)
-            chunks.append(chunk)
-            newlines += chunk.count(b"\n")
-        data = b"".join(reversed(chunks))
+        return _tail_open(f, n, f.seek(0, os.SEEK_END))
+
+
+def _tail_open(f: Any, n: int, end: int) -> list[str]:
+    """The last n lines of the first `end` bytes of an open binary file."""
+    if n <= 0:
+        return []
+    pos = end
+    chunks: list[bytes] = []
+    newlines = 0
+    block = 64 * 1024
+    # n lines need n+1 newlines before them (or the start of the file); the final
+    # newline of the file ends the last line and is not a separator.
+    while pos > 0 and newlines <= n:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        chunk = f.read(step)
+        chunks.append(chunk)
+        newlines += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
     if data.endswith(b"\n"):
         data = data[:-1]
     elif not data:
@@ -610,7 +713,10 @@ class LogHub:
         self._skipped: dict[int, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sys_sink: LogSink | None = None
-        self._sys_stamp = compile_date_format("YYYY-MM-DD HH:mm:ss")
+        self._sys_stamp = compile_date_format(SUPERVISOR_DATE_FORMAT)
+        # path → (inode, size, mtime) when this hub first opened it (None: it did not exist):
+        # what lies before is earlier supervisors' output, which `history` reads back.
+        self._origins: dict[str, tuple[int, int, float] | None] = {}
 
     # -- paths
 
@@ -715,6 +821,111 @@ class LogHub:
         merged = list(heapq.merge(*per_worker, key=attrgetter("time")))
         return merged[-n:]
 
+    def history(
+        self, worker_id: int, app: str, instance: int, spec: AppSpec, n: int
+    ) -> list[LogLine]:
+        """Up to n of the last lines the worker's files held before this hub first opened
+        them (what earlier supervisors wrote: the rings hold only this one's), oldest first.
+
+        Blocking file reads, at most n lines from the end of each file (rotated ones too):
+        call it off the event loop. Times come from the lines' log_date_format stamps when
+        they carry them, else from the file's modification time. Files that several
+        instances share (merge_logs) are not read: their lines cannot be told apart.
+        """
+        if n <= 0 or (spec.merge_logs and spec.instances != 1):
+            return []
+        parse = compile_date_parser(spec.log_date_format) if spec.log_date_format else None
+        out_path, err_path = self.paths(app, instance, spec)
+        per_stream: list[list[LogLine]] = []
+        for stream, path in (("out", out_path), ("err", err_path)):
+            if stream == "err" and err_path == out_path:
+                continue  # both streams in one file: read once
+            raw = self._before_origin(path, n)
+            parsed = [parse(text) if parse else (None, text) for _, text in raw]
+            # A line without a stamp takes its neighbour's (the one before, else the first
+            # one after); with none at all, the file's mtime. Non-decreasing, so the streams
+            # merge in file order.
+            first = next((when for when, _ in parsed if when is not None), None)
+            lines = []
+            last = 0.0
+            for (mtime, _), (when, text) in zip(raw, parsed, strict=True):
+                if when is None:
+                    when = first if first is not None else mtime
+                last = max(last, when)
+                lines.append(LogLine(worker_id, app, instance, stream, last, text))
+            per_stream.append(lines)
+        return list(heapq.merge(*per_stream, key=attrgetter("time")))[-n:]
+
+    def sys_history(self, workers: dict[tuple[str, int], int], n: int) -> list[LogLine]:
+        """Up to n of the last "sys" lines (exits, restarts) about these workers that the
+        supervisor log held before this hub wrote to it, oldest first. workers maps
+        (app, instance) to the worker id to report. Blocking, like `history`; reads at most
+        10 n + 100 lines from the end, so lines about other apps can crowd some out."""
+        if n <= 0 or not workers:
+            return []
+        path = str(self.logs_dir / SUPERVISOR_LOG)
+        parse = compile_date_parser(SUPERVISOR_DATE_FORMAT)
+        out: list[LogLine] = []
+        last = 0.0
+        for mtime, raw in self._before_origin(path, min(10 * n + 100, 100_000)):
+            when, text = parse(raw)
+            label, _, text = text.partition(" ")
+            app, _, instance = label.rpartition(":")
+            if not instance.isdigit() or (app, int(instance)) not in workers:
+                continue
+            last = max(last, when if when is not None else mtime)
+            out.append(LogLine(workers[app, int(instance)], app, int(instance), "sys", last, text))
+        return out[-n:]
+
+    def _origin(self, path: str) -> tuple[int, int, float] | None:
+        """Where this hub's writes to path begin, recorded on first use. setdefault: the
+        event loop (about to write) and a reader thread may both get here first."""
+        origin = self._origins.get(path, False)
+        if origin is not False:
+            return origin
+        try:
+            st = os.stat(path)
+            found: tuple[int, int, float] | None = (st.st_ino, st.st_size, st.st_mtime)
+        except OSError:
+            found = None
+        return self._origins.setdefault(path, found)
+
+    def _before_origin(self, path: str, n: int) -> list[tuple[float, str]]:
+        """(file mtime, line) for the last n lines before this hub's first write to path,
+        continuing into path.1, path.2, … (older rotations) while short of n."""
+        origin = self._origin(path)
+        if origin is None:
+            return []  # the file did not exist before us: all of it is in the rings
+        out: list[tuple[float, str]] = []
+        found = False
+        for i in range(1000):  # bounded: far more than any log_retain
+            name = f"{path}.{i}" if i else path
+            try:
+                st = os.stat(name)
+            except OSError:
+                break
+            if not stat.S_ISREG(st.st_mode):
+                break  # /dev/stdout, a FIFO: nothing to read back (and opening could block)
+            end, mtime = st.st_size, st.st_mtime
+            if not found:
+                if st.st_ino != origin[0]:
+                    continue  # newer than our first write (rotated since): ours
+                if st.st_size < origin[1]:
+                    break  # truncated in place: the history is gone
+                found = True
+                end, mtime = origin[1], origin[2]
+            try:
+                with open(name, "rb") as f:
+                    if os.fstat(f.fileno()).st_ino != st.st_ino:
+                        break  # rotated between stat and open: give up rather than guess
+                    lines = _tail_open(f, n - len(out), end)
+            except OSError:
+                break
+            out[:0] = [(mtime, text) for text in lines]
+            if len(out) >= n:
+                break
+        return out[-n:] if n > 0 else []
+
     def reopen(self) -> None:
         """Reopen every log file: for logrotate-style tools that move files away."""
         for sink in list(self._sinks.values()):
@@ -762,6 +973,7 @@ class LogHub:
             return None
         sink = self._sinks.get(path)
         if sink is None:
+            self._origin(path)  # before our first write to it
             try:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 sink = LogSink(path, max_size, retain)

@@ -6,6 +6,18 @@ from typing import Any
 
 from clusterui.core.apps import App, Slot
 
+# Shown instead of these states while the process is stopped by the kernel; a worker that
+# is stopping or draining keeps saying so (its kill_timeout SIGKILL ends it either way).
+SUSPENDABLE = ("online", "launching")
+
+
+def display_status(slot: Slot) -> str:
+    """The slot's state, or "suspended" while its live process is stopped (SIGSTOP)."""
+    status = slot.status
+    if slot.proc is not None and slot.proc.suspended and status in SUSPENDABLE:
+        return "suspended"
+    return status
+
 
 def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
     proc = slot.proc
@@ -15,7 +27,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
         "app": app.name,
         "instance": slot.instance,
         "pid": proc.pid if proc else None,
-        "status": slot.status,
+        "status": display_status(slot),
         "restarts": slot.restarts,
         "uptime": round(proc.uptime, 3) if proc else 0,
         "cpu": round(slot.cpu, 1) if proc else 0.0,

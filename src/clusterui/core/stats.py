@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import psutil
+
+# Kernel states of a process that will not run until SIGCONT (or the tracer lets go):
+# /proc state 'T' (SIGSTOP, SIGTSTP, SIGTTIN/OU) and 't' (stopped under ptrace).
+STOPPED = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP})
+
+
+class Sample(NamedTuple):
+    cpu: float  # % of one CPU, the whole process tree
+    memory: int  # RSS bytes, the whole process tree
+    stopped: bool  # the worker's own process is stopped (its children are not looked at)
 
 
 def _children(pid: int) -> list[int]:
@@ -41,8 +52,8 @@ class Sampler:
             self._procs[pid] = proc
         return proc
 
-    def sample_all(self, pids: list[int]) -> dict[int, tuple[float, int]]:
-        """{pid: (cpu %, rss bytes)} for each pid and its descendants together."""
+    def sample_all(self, pids: list[int]) -> dict[int, Sample]:
+        """{pid: Sample} for each pid and its descendants together."""
         seen: set[int] = set()
         out = {}
         for pid in pids:
@@ -52,12 +63,13 @@ class Sampler:
                 del self._procs[pid]
         return out
 
-    def _sample_tree(self, pid: int, seen: set[int]) -> tuple[float, int]:
+    def _sample_tree(self, pid: int, seen: set[int]) -> Sample:
         family = [pid]
         for member in family:  # grows as we go: a breadth-first walk of the tree
             family.extend(k for k in _children(member) if k not in family)
         cpu = 0.0
         rss = 0
+        stopped = False
         for member in family:
             proc = self._process(member)
             if proc is None:
@@ -67,9 +79,11 @@ class Sampler:
                 with proc.oneshot():
                     cpu += proc.cpu_percent(None)
                     rss += proc.memory_info().rss
+                    if member == pid:  # status() reads the same /proc/PID/stat: no extra I/O
+                        stopped = proc.status() in STOPPED
             except psutil.Error:
                 continue
-        return cpu, rss
+        return Sample(cpu, rss, stopped)
 
     @staticmethod
     def host() -> dict[str, float | int]:

@@ -10,24 +10,27 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import heapq
 import os
 import signal
 import sys
 import time
+from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
 from clusterui.core import config, guardian
-from clusterui.core.apps import App, Context
+from clusterui.core.apps import App, Context, Slot
 from clusterui.core.control import Connection, ControlServer, OpError
 from clusterui.core.home import Home
-from clusterui.core.logs import LogHub
+from clusterui.core.logs import LogHub, LogLine
 from clusterui.core.snapshot import app_row, snapshot, worker_row
 from clusterui.core.spec import DISPATCH_MODES, AppSpec
-from clusterui.core.stats import Sampler
+from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
 
 TICK = 1.0
+NO_SAMPLE = Sample(0.0, 0, False)
 
 
 class Supervisor:
@@ -114,8 +117,10 @@ class Supervisor:
             self._host = Sampler.host()
         total_rate = 0.0
         for app, slot in slots:
-            cpu, rss = figures.get(slot.proc.pid, (0.0, 0)) if slot.proc else (0.0, 0)
+            cpu, rss, stopped = figures.get(slot.proc.pid, NO_SAMPLE) if slot.proc else NO_SAMPLE
             slot.cpu, slot.memory = cpu, rss
+            if slot.proc is not None and stopped != slot.proc.suspended:
+                self._set_suspended(app, slot, stopped)
             slot.conn_rate = max(0.0, (slot.connections - slot.last_connections) / TICK)
             slot.last_connections = slot.connections
             total_rate += slot.conn_rate
@@ -136,6 +141,18 @@ class Supervisor:
         self._conn_rate = total_rate
         if any(c.subscribed_state for c in self.server.connections):
             self.server.broadcast({"event": "state", "data": self.state()})
+
+    def _set_suspended(self, app: App, slot: Slot, stopped: bool) -> None:
+        """A display overlay only: dispatch and the restart policy do not change."""
+        proc = slot.proc
+        assert proc is not None
+        proc.suspended = stopped
+        what = (
+            f"process {proc.pid} is stopped (SIGSTOP or a debugger); shown as suspended"
+            if stopped
+            else f"process {proc.pid} runs again"
+        )
+        self.logs.emit(slot.id, app.name, slot.instance, what)
 
     # ---- operations -----------------------------------------------------------------------
 
@@ -298,10 +315,35 @@ class Supervisor:
             raise OpError("lines must be a whole number, 0 or more", 2)
         if target is not None and not isinstance(target, str):
             raise OpError("target must be a string", 2)
-        ids = None
-        if target:
-            ids = [s.id for _, slots in resolve(self.apps, [target]) for s in slots]
-        return [line.to_dict() for line in self.logs.recent(ids, int(lines))]
+        groups = resolve(self.apps, [target]) if target else self._all_slots()
+        ids = [s.id for _, slots in groups for s in slots] if target else None
+        recent = self.logs.recent(ids, lines)
+        if len(recent) >= lines:
+            return [line.to_dict() for line in recent]
+        # Short of n (a new supervisor after `kill`/`up` or a crash): what the files held
+        # before this supervisor wrote to them comes first; the rings hold the rest.
+        need = lines - len(recent)
+        older = await asyncio.to_thread(self._file_history, groups, need)
+        return [line.to_dict() for line in (*older, *recent)]
+
+    def _all_slots(self) -> list[tuple[App, list[Slot]]]:
+        return [(app, [app.slots[i] for i in sorted(app.slots)]) for app in self.apps.values()]
+
+    def _file_history(self, groups: list[tuple[App, list[Slot]]], n: int) -> list[LogLine]:
+        """Up to n lines from the files older than this supervisor, oldest first: what the
+        workers wrote, and what the supervisor log says about them (exits, restarts)."""
+        seen: set[tuple[str, str]] = set()
+        per_file = []
+        for app, slots in groups:
+            for slot in slots:
+                paths = self.logs.paths(app.name, slot.instance, app.spec)
+                if paths in seen:  # two apps configured to write one file: read it once
+                    continue
+                seen.add(paths)
+                per_file.append(self.logs.history(slot.id, app.name, slot.instance, app.spec, n))
+        workers = {(app.name, s.instance): s.id for app, slots in groups for s in slots}
+        per_file.append(self.logs.sys_history(workers, n))
+        return list(heapq.merge(*per_file, key=attrgetter("time")))[-n:]
 
     async def op_resolve(self, targets: list[str]) -> list[int]:
         return [s.id for _, slots in resolve(self.apps, targets) for s in slots]
@@ -346,15 +388,25 @@ class Supervisor:
                         verdicts[str(slot.id)] = (
                             f"exited ({sig or f'code {code}'})" if code or sig else "exited"
                         )
-                    elif proc.status == "online" and (proc.uptime >= stable or app.signals_ready):
+                    elif (
+                        proc.status == "online"
+                        and not proc.suspended  # stopped: not serving, so not started yet
+                        and (proc.uptime >= stable or app.signals_ready)
+                    ):
                         verdicts[str(slot.id)] = "ok"
             pending -= {int(k) for k in verdicts}
             pending &= {s.id for a in self.apps.values() for s in a.slots.values()}
             if not pending:
                 break
             if time.monotonic() > deadline:
+                stopped = {
+                    s.id for a in self.apps.values() for s in a.slots.values()
+                    if s.proc is not None and s.proc.suspended
+                }  # fmt: skip
                 for wid in pending:
                     verdicts[str(wid)] = "not ready in time"
+                    if wid in stopped:
+                        verdicts[str(wid)] = "suspended (stopped by a signal)"
                 break
             await asyncio.sleep(0.05)
         return verdicts
