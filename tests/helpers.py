@@ -117,6 +117,23 @@ def kill_ours(home: Path) -> list[int]:
 WEB = str(Path(__file__).resolve().parents[1] / "examples" / "web.py")
 
 
+def web_app(
+    cu: Env, port: int | None = None, *, name: str = "web", instances: int = 2, **keys: object
+) -> int:
+    """Start (`up -d`) one cluster app of examples/web.py on 127.0.0.1:PORT (a free port if
+    None) and return the port; more ecosystem keys for the app as keyword arguments."""
+    port = port or free_port()
+    more = "".join(f"\n    {key}: {value}" for key, value in keys.items())
+    app = (
+        f"  - name: {name}\n    script: {WEB}\n    exec_mode: cluster\n"
+        f"    instances: {instances}\n    listen: 127.0.0.1:{port}{more}\n"
+    )
+    cu.write("ecosystem.yaml", "apps:\n" + app)
+    r = cu.run("up", "-d")
+    assert r.returncode == 0, r.stderr
+    return port
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 
+import helpers
 import pytest
 from helpers import Env, wait_for
 from test_chaos import QUEUE_CAP, WEB, Control, free_port
@@ -31,23 +32,8 @@ def get_pid(port: int, timeout: float = 10.0) -> int:
     return int(data.rsplit(b" pid ", 1)[1])
 
 
-def web_app(cu, name: str = "web", instances: int = 2, extra: str = "") -> int:
-    port = free_port()
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: {name}
-            script: {WEB}
-            exec_mode: cluster
-            instances: {instances}
-            listen: 127.0.0.1:{port}
-        {extra}
-        """,
-    )
-    r = cu.run("up", "-d")
-    assert r.returncode == 0, r.stderr
-    return port
+def web_app(cu, name: str = "web", instances: int = 2) -> int:
+    return helpers.web_app(cu, name=name, instances=instances)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import wait_for
 
@@ -154,19 +155,7 @@ class HttpLoad:
 
 
 def web_app(cu, port: int, instances: int = 3) -> Control:
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: {WEB}
-            exec_mode: cluster
-            instances: {instances}
-            listen: 127.0.0.1:{port}
-        """,
-    )
-    r = cu.run("up", "-d")
-    assert r.returncode == 0, r.stderr
+    helpers.web_app(cu, port, instances=instances)
     return Control(cu.home)
 
 

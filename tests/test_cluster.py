@@ -7,29 +7,15 @@ import signal
 import socket
 import time
 
+import helpers
 import pytest
 from helpers import WEB, Load, free_port, get, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def web_app(cu, port: int, *, instances: int = 2, dispatch: str = "round-robin", extra=""):
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: {WEB}
-            exec_mode: cluster
-            instances: {instances}
-            listen: 127.0.0.1:{port}
-            dispatch: {dispatch}
-            kill_timeout: 3000
-        {extra}
-        """,
-    )
-    r = cu.run("up", "-d")
-    assert r.returncode == 0, r.stderr
+def web_app(cu, port: int, **keys) -> None:
+    helpers.web_app(cu, port, kill_timeout=3000, **keys)
 
 
 def test_round_robin_through_the_supervisor_and_counters(cu):

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 
+import helpers
 import psutil
 import pytest
 from helpers import WEB, Load, free_port, get, wait_for
@@ -80,20 +81,7 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def web_app(cu, port: int, instances: int = 2) -> None:
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: {WEB}
-            exec_mode: cluster
-            instances: {instances}
-            listen: 127.0.0.1:{port}
-            kill_timeout: 3000
-        """,
-    )
-    r = cu.run("up", "-d")
-    assert r.returncode == 0, r.stderr
+    helpers.web_app(cu, port, instances=instances, kill_timeout=3000)
 
 
 # ---- 1. a burst of control connections ---------------------------------------------------

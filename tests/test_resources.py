@@ -15,8 +15,8 @@ import subprocess
 
 import psutil
 import pytest
-from helpers import wait_for
-from test_chaos import WEB, Control, free_port
+from helpers import wait_for, web_app
+from test_chaos import Control, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,19 +161,7 @@ def connections(port: int, count: int) -> str:
 
 
 def test_no_fd_leak_after_20000_handed_off_connections(cu):
-    port = free_port()
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: {WEB}
-            exec_mode: cluster
-            instances: 2
-            listen: 127.0.0.1:{port}
-        """,
-    )
-    assert cu.run("up", "-d").returncode == 0
+    port = web_app(cu)
     ctl = Control(cu.home)
     sup = cu.supervisor_pid()
     disp = dispatcher_pid(ctl, "web")

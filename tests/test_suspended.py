@@ -11,8 +11,8 @@ import signal
 import time
 
 import pytest
-from helpers import wait_for
-from test_chaos import QUEUE_CAP, WEB, Control, HttpLoad, free_port
+from helpers import wait_for, web_app
+from test_chaos import QUEUE_CAP, Control, HttpLoad
 
 from clusterui.cli import render
 
@@ -41,20 +41,7 @@ def ls_line(cu, pid: int) -> str:
 
 
 def test_sigstopped_cluster_worker_is_shown_suspended_and_the_others_serve(cu):
-    port = free_port()
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: {WEB}
-            exec_mode: cluster
-            instances: 3
-            listen: 127.0.0.1:{port}
-        """,
-    )
-    r = cu.run("up", "-d")
-    assert r.returncode == 0, r.stderr
+    port = web_app(cu, instances=3)
     before = wait_for(lambda: all_online(cu, "web"), 20, "3 workers online")
     frozen = before[1]
     others = {w["pid"] for w in before} - {frozen["pid"]}
