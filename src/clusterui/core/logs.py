@@ -682,9 +682,12 @@ class LogHub:
 
     logs_dir: default location of the files (CLUSTERUI_HOME/logs), created on first use.
     ring_lines / ring_bytes: per worker, recent output kept in memory (both bounds hold).
-    live_lines: most lines per subscriber batch (one batch per TICK); above it the oldest
-      lines of the batch are left out of the live view (never out of the files) and a
-      "sys" line says how many.
+    live_lines / live_bytes: most lines, and most bytes of log text (as read, newlines
+      included), per subscriber batch (one batch per TICK); above either the oldest lines
+      of the batch are left out of the live view (never out of the files) and a "sys" line
+      says how many. The byte bound matters for long lines: 5,000 lines of 4 KB would be
+      20 MB of text, then more again as dicts and JSON for every subscriber. The newest
+      line is always shown, whatever its length (at most MAX_LINE).
     notice: called as notice(level, message) when a log file cannot be opened or written.
     """
 
@@ -695,12 +698,14 @@ class LogHub:
         *,
         ring_bytes: int = 1024 * 1024,
         live_lines: int = 5000,
+        live_bytes: int = 1024 * 1024,
         notice: Callable[[str, str], None] | None = None,
     ) -> None:
         self.logs_dir = Path(logs_dir)
         self.ring_lines = max(1, ring_lines)
         self.ring_bytes = ring_bytes
         self.live_lines = max(1, live_lines)
+        self.live_bytes = max(1, live_bytes)
         self.notice = notice
         self._sinks: dict[str, LogSink] = {}
         self._rings: dict[int, _Ring] = {}
@@ -710,6 +715,7 @@ class LogHub:
         # (ring, stream, time, block, count) waiting for the next subscriber batch
         self._outbox: deque[tuple[_Ring, str, float, bytes, int]] = deque()
         self._outbox_lines = 0
+        self._outbox_bytes = 0
         self._skipped: dict[int, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sys_sink: LogSink | None = None
@@ -1017,10 +1023,16 @@ class LogHub:
         box = self._outbox
         box.append((ring, stream, t, block, count))
         self._outbox_lines += count
-        # Bound the outbox between ticks: the oldest blocks go (counted, per worker).
-        while len(box) > 1 and self._outbox_lines - box[0][4] >= self.live_lines:
+        self._outbox_bytes += len(block)
+        # Bound the outbox between ticks: the oldest block goes (counted, per worker) once
+        # the newer ones fill a batch by lines or by bytes (the tick would leave it out).
+        while len(box) > 1 and (
+            self._outbox_lines - box[0][4] >= self.live_lines
+            or self._outbox_bytes - len(box[0][3]) >= self.live_bytes
+        ):
             old = box.popleft()
             self._outbox_lines -= old[4]
+            self._outbox_bytes -= len(old[3])
             self._skipped[old[0].worker] = self._skipped.get(old[0].worker, 0) + old[4]
         self._arm()
 
@@ -1033,17 +1045,9 @@ class LogHub:
         if not self._outbox:
             return
         box, self._outbox = self._outbox, deque()
-        self._outbox_lines = 0
+        self._outbox_lines = self._outbox_bytes = 0
         skipped, self._skipped = self._skipped, {}
-        lines = [
-            line
-            for ring, stream, t, block, _ in box
-            for line in _materialize(ring.worker, ring.app, ring.instance, stream, t, block)
-        ]
-        if len(lines) > self.live_lines:
-            for line in lines[: len(lines) - self.live_lines]:
-                skipped[line.worker] = skipped.get(line.worker, 0) + 1
-            lines = lines[-self.live_lines :]
+        lines = self._batch(box, skipped)
         if skipped:
             t = lines[0].time if lines else time.time()
             notes = [
@@ -1066,3 +1070,39 @@ class LogHub:
                 asyncio.get_running_loop().call_exception_handler(
                     {"message": "log subscriber failed", "exception": exc}
                 )
+
+    def _batch(
+        self, box: deque[tuple[_Ring, str, float, bytes, int]], skipped: dict[int, int]
+    ) -> list[LogLine]:
+        """The newest lines of the outbox within live_lines and live_bytes, oldest first;
+        the rest are counted into `skipped`. Only what is shown is decoded."""
+        room_lines, room_bytes = self.live_lines, self.live_bytes
+        parts: list[list[LogLine]] = []
+        for ring, stream, t, block, count in reversed(box):
+            if room_lines <= 0:
+                skipped[ring.worker] = skipped.get(ring.worker, 0) + count
+                continue
+            cut = 0
+            if len(block) > room_bytes:
+                # The newest whole lines within room_bytes; none at all if the next line
+                # alone is longer, unless nothing is shown yet (then the newest line).
+                cut = block.find(b"\n", len(block) - room_bytes - 1) + 1
+                if cut >= len(block) and not parts:
+                    cut = block.rfind(b"\n", 0, len(block) - 1) + 1
+            piece = block[cut:] if cut else block
+            lines = (
+                _materialize(ring.worker, ring.app, ring.instance, stream, t, piece)
+                if piece
+                else []
+            )
+            if len(lines) > room_lines:
+                lines = lines[len(lines) - room_lines :]
+            if len(lines) < count:
+                skipped[ring.worker] = skipped.get(ring.worker, 0) + count - len(lines)
+                room_lines = 0  # older lines would leave a gap: the batch is full
+            else:
+                room_lines -= count
+                room_bytes -= len(block)
+            if lines:
+                parts.append(lines)
+        return [line for lines in reversed(parts) for line in lines]
