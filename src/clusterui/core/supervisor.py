@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -55,7 +56,9 @@ class Supervisor:
             next_serial=self._next_serial,
             home=str(home.root),
         )
-        self.logs.subscribe(self._forward_logs)
+        # Subscribed to the hub only while some client follows logs: with nobody listening
+        # a flood costs no batching or decoding at all.
+        self._unsubscribe_logs: Callable[[], None] | None = None
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -72,7 +75,16 @@ class Supervisor:
     def notice(self, level: str, message: str) -> None:
         self.server.broadcast({"event": "notice", "level": level, "message": message})
 
+    def _follow_logs(self) -> None:
+        if self._unsubscribe_logs is None:
+            self._unsubscribe_logs = self.logs.subscribe(self._forward_logs)
+
     def _forward_logs(self, lines: list) -> None:
+        if not any(c.subscribed_logs and not c.closed for c in self.server.connections):
+            if self._unsubscribe_logs is not None:
+                self._unsubscribe_logs()
+                self._unsubscribe_logs = None
+            return
         self.server.broadcast(
             {"event": "logs", "lines": [line.to_dict() for line in lines]}, logs=True
         )
@@ -173,6 +185,8 @@ class Supervisor:
     async def op_subscribe(self, conn: Connection, state: bool = True, logs: bool = True) -> None:
         conn.subscribed_state = bool(state)
         conn.subscribed_logs = bool(logs)
+        if logs:
+            self._follow_logs()
 
     async def op_load(
         self, file: str, env: str | None = None, only: list[str] | None = None
