@@ -376,8 +376,10 @@ class FakeClient:
         await self._op("shutdown")
         self.drop()  # the supervisor is gone: its event stream ends
 
-    async def subscribe(self, state: bool = True, logs: bool = True) -> None:
-        await self._op("subscribe", state, logs)
+    async def subscribe(
+        self, state: bool = True, logs: bool = True, live_lines: int | None = None
+    ) -> None:
+        await self._op("subscribe", state, logs, live_lines)
         self.subscribed = True
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from typing import Any
 
 import pytest
 import test_logs
 from helpers import wait_for
 from test_logs import attach, closed, spec
 
-from clusterui.core.logs import MAX_LINE, LogHub, LogLine
+from clusterui.core.logs import MAX_LINE, LogHub, LogLine, live_cut
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,3 +180,88 @@ def test_supervisor_events_stay_small_under_a_flood_of_long_lines(cu):
         return n
 
     wait_for(lambda: on_disk() == 10_001, 10, "every line in the files")
+
+
+def test_live_cut_keeps_the_newest_lines_and_counts_the_rest_per_worker() -> None:
+    lines = [LogLine(i % 2, "a", i % 2, "out", float(i), f"line {i}") for i in range(10)]
+    lines.insert(
+        0,
+        LogLine(
+            0, "a", 0, "sys", 0.0, f"{7} lines not shown live (...); the log file has them all"
+        ),
+    )
+    cut = live_cut(lines, 4)
+    notes, kept = cut[:-4], cut[-4:]
+    assert [ln.text for ln in kept] == ["line 6", "line 7", "line 8", "line 9"]
+    # worker 0 lost lines 0, 2, 4 and the 7 an earlier note stood for; worker 1 lost 1, 3, 5
+    assert {(n.worker, n.text.split()[0]) for n in notes} == {(0, "10"), (1, "3")}
+    assert all(n.stream == "sys" and n.time == 6.0 for n in notes)
+    assert live_cut(lines, 100) is lines
+
+
+def test_a_subscriber_can_ask_for_fewer_lines_per_event(cu):
+    """subscribe(live_lines=N): at most N lines (plus the notes) per event for that client;
+    shown plus counted is everything; another client, with no cap, gets every line."""
+    cu.write(
+        "burst.py",
+        """
+        import os, sys, time
+        for r in range(20):  # 20,000 lines in 20 bursts, 50 ms apart: ~1,000 per batch
+            os.write(1, "".join(f"{r * 1000 + i} burst\\n" for i in range(1000)).encode())
+            time.sleep(0.05)
+        print("burst done", flush=True)
+        time.sleep(600)
+        """,
+    )
+    cu.write("sleep.py", "import time\nprint('idle', flush=True)\ntime.sleep(600)\n")
+    cu.write("ecosystem.yaml", "apps:\n  - name: idle\n    script: sleep.py\n")
+    assert cu.run("up", "-d").returncode == 0
+
+    def subscriber(args: str) -> tuple[socket.socket, Any]:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(cu.home / "supervisor.sock"))
+        sock.sendall(b'{"id":1,"op":"subscribe","args":{"state":false,"logs":true%s}}\n' % args)
+        sock.settimeout(30)
+        reader = sock.makefile("rb")
+        return sock, reader
+
+    capped, capped_reader = subscriber(b',"live_lines":100')
+    full, full_reader = subscriber(b"")
+    try:
+        for reader in (capped_reader, full_reader):
+            assert json.loads(reader.readline())["ok"]
+        assert cu.run("start", str(cu.root / "burst.py"), "--name", "burst").returncode == 0
+
+        def follow(reader: Any) -> tuple[int, int, int]:
+            shown = counted = most = 0
+            while True:
+                event = json.loads(reader.readline())
+                if event.get("event") != "logs":
+                    continue
+                ours = [ln for ln in event["lines"] if ln["app"] == "burst"]
+                out = [ln for ln in ours if ln["stream"] == "out"]
+                most = max(most, len(out))
+                shown += len(out)
+                counted += sum(
+                    int(ln["text"].split()[0])
+                    for ln in ours
+                    if ln["stream"] == "sys" and "not shown live" in ln["text"]
+                )
+                if any(ln["text"] == "burst done" for ln in out):
+                    return shown, counted, most
+
+        shown, counted, most = follow(capped_reader)
+        assert most <= 100 and shown + counted == 20_001 and counted > 0
+        print(f"\nlive_lines 100: {shown} lines shown, {counted} counted, {most} at most")
+        shown, counted, most = follow(full_reader)
+        assert (shown, counted) == (20_001, 0) and most > 100
+        print(f"no cap: all {shown} lines shown, up to {most} per event")
+    finally:
+        capped.close()
+        full.close()
+    bad = socket.socket(socket.AF_UNIX)
+    with contextlib.closing(bad):
+        bad.connect(str(cu.home / "supervisor.sock"))
+        bad.sendall(b'{"id":1,"op":"subscribe","args":{"live_lines":0}}\n')
+        answer = json.loads(bad.makefile("rb").readline())
+        assert not answer["ok"] and "live_lines" in answer["error"]

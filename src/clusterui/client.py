@@ -147,8 +147,13 @@ class Client:
     async def shutdown(self) -> None:
         await self.call("shutdown")
 
-    async def subscribe(self, state: bool = True, logs: bool = True) -> None:
-        await self.call("subscribe", state=state, logs=logs)
+    async def subscribe(
+        self, state: bool = True, logs: bool = True, live_lines: int | None = None
+    ) -> None:
+        args: dict[str, Any] = {"state": state, "logs": logs}
+        if live_lines is not None:
+            args["live_lines"] = live_lines
+        await self.call("subscribe", **args)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while True:

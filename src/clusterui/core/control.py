@@ -55,9 +55,13 @@ class Connection:
         self.writer = writer
         self.subscribed_state = False
         self.subscribed_logs = False
+        self.live_lines: int | None = None  # most log lines per event this client wants
         self.closed = False
 
     def send(self, obj: Any) -> None:
+        self.send_encoded(encode(obj))
+
+    def send_encoded(self, data: bytes) -> None:
         if self.closed:
             return
         transport = self.writer.transport
@@ -65,7 +69,7 @@ class Connection:
             # A client that stopped reading must not make us buffer without bound.
             self.close()
             return
-        self.writer.write(encode(obj))
+        self.writer.write(data)
 
     def close(self) -> None:
         if not self.closed:
@@ -106,12 +110,12 @@ class ControlServer:
             self._server.close()
 
     def broadcast(self, obj: Any, *, logs: bool = False) -> None:
-        data = None
+        data = None  # encoded once, for every subscriber
         for conn in list(self.connections):
             if (conn.subscribed_logs if logs else conn.subscribed_state) and not conn.closed:
                 if data is None:
-                    data = obj
-                conn.send(data)
+                    data = encode(obj)
+                conn.send_encoded(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")

@@ -68,6 +68,30 @@ class LogLine:
         }
 
 
+def skipped_note(worker: int, app: str, instance: int, n: int, t: float) -> LogLine:
+    """The "sys" line that stands for lines a live view left out (never the files)."""
+    text = f"{n} lines not shown live (too fast to follow); the log file has them all"
+    return LogLine(worker, app, instance, "sys", t, text)
+
+
+def live_cut(lines: list[LogLine], limit: int) -> list[LogLine]:
+    """The newest `limit` lines of a batch, after one note per worker for what is left out."""
+    if len(lines) <= limit:
+        return lines
+    cut = len(lines) - limit
+    left: dict[tuple[int, str, int], int] = {}
+    for line in lines[:cut]:
+        if line.stream == "sys" and line.text.endswith("the log file has them all"):
+            n = int(line.text.split(" ", 1)[0])  # an earlier note: fold it in
+        else:
+            n = 1
+        key = (line.worker, line.app, line.instance)
+        left[key] = left.get(key, 0) + n
+    t = lines[cut].time
+    notes = [skipped_note(w, app, inst, n, t) for (w, app, inst), n in left.items()]
+    return notes + lines[cut:]
+
+
 # ---- timestamps ------------------------------------------------------------------------
 
 _MOMENT = re.compile(
@@ -1051,14 +1075,7 @@ class LogHub:
         if skipped:
             t = lines[0].time if lines else time.time()
             notes = [
-                LogLine(
-                    wid,
-                    ring.app,
-                    ring.instance,
-                    "sys",
-                    t,
-                    f"{n} lines not shown live (too fast to follow); the log file has them all",
-                )
+                skipped_note(wid, ring.app, ring.instance, n, t)
                 for wid, n in skipped.items()
                 if (ring := self._rings.get(wid)) is not None
             ]

@@ -22,9 +22,9 @@ from typing import Any
 from clusterui import __version__
 from clusterui.core import config, guardian
 from clusterui.core.apps import App, Context, Slot
-from clusterui.core.control import Connection, ControlServer, OpError
+from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
-from clusterui.core.logs import LogHub, LogLine
+from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.snapshot import app_row, snapshot, worker_row
 from clusterui.core.spec import DISPATCH_MODES, AppSpec
 from clusterui.core.stats import Sample, Sampler
@@ -85,9 +85,18 @@ class Supervisor:
                 self._unsubscribe_logs()
                 self._unsubscribe_logs = None
             return
-        self.server.broadcast(
-            {"event": "logs", "lines": [line.to_dict() for line in lines]}, logs=True
-        )
+        events: dict[int | None, bytes] = {}  # one encoding per distinct cap
+        for conn in list(self.server.connections):
+            if not conn.subscribed_logs or conn.closed:
+                continue
+            cap = conn.live_lines if conn.live_lines and conn.live_lines < len(lines) else None
+            data = events.get(cap)
+            if data is None:
+                shown = live_cut(lines, cap) if cap else lines
+                data = events[cap] = encode(
+                    {"event": "logs", "lines": [line.to_dict() for line in shown]}
+                )
+            conn.send_encoded(data)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -182,7 +191,16 @@ class Supervisor:
     async def op_state(self, history: bool = True) -> dict[str, Any]:
         return self.state(history=history)
 
-    async def op_subscribe(self, conn: Connection, state: bool = True, logs: bool = True) -> None:
+    async def op_subscribe(
+        self, conn: Connection, state: bool = True, logs: bool = True, live_lines: Any = None
+    ) -> None:
+        """live_lines: at most this many log lines per event (the newest; a "sys" line per
+        worker counts the rest), for a viewer that cannot use more than that."""
+        if live_lines is not None and (
+            not isinstance(live_lines, int) or isinstance(live_lines, bool) or live_lines < 1
+        ):
+            raise OpError("live_lines must be a whole number of at least 1", 2)
+        conn.live_lines = live_lines
         conn.subscribed_state = bool(state)
         conn.subscribed_logs = bool(logs)
         if logs:

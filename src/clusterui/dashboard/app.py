@@ -40,6 +40,10 @@ from clusterui.dashboard.table import ProcessTable
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+# Log lines per supervisor batch (20 a second) the dashboard asks for: 40,000 lines/s is
+# more than anyone reads; past it a "sys" line counts what the files have and the view
+# skipped, and the CPU a key press needs is not spent decoding lines nobody sees.
+LIVE_LINES = 2000
 
 
 def message_of(err: BaseException) -> str:
@@ -223,7 +227,7 @@ class DashboardApp(App[None]):
     async def _session(self, client: Any) -> str:
         """Follow one connection until it ends; returns why it ended."""
         try:
-            await client.subscribe(state=True, logs=True)
+            await client.subscribe(state=True, logs=True, live_lines=LIVE_LINES)
             self.post_message(StateUpdated(await client.state()))
             backlog = list(await client.logs(None, self.log_backlog)) if self.log_backlog else []
             backlog = self._unseen(backlog)  # after a reconnect, most of it is on screen
