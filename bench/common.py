@@ -1,13 +1,20 @@
-"""Helpers the benchmarks share: errors, running clusterui, cleaning up processes."""
+"""Helpers the benchmarks share: errors, running clusterui, waiting, the machine lock,
+cleaning up processes."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+LOCK = "/tmp/clusterui-bench.lock"
 
 
 class BenchError(Exception):
@@ -34,6 +41,39 @@ def run(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 def tail(out: subprocess.CompletedProcess) -> str:
     text = (out.stderr or out.stdout or "").strip().splitlines()
     return text[-1] if text else f"exit code {out.returncode}"
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll check() until it returns something truthy, or fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(step)
+
+
+@contextlib.contextmanager
+def bench_lock() -> Iterator[None]:
+    """Other benchmarks share this 2-core machine: measure only while holding the lock."""
+    with open(LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"  waiting for {LOCK} (another benchmark is running) ...", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def kill_all(procs: list[Any], grace: float = 3.0) -> None:

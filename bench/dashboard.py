@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import glob
 import json
 import os
@@ -45,19 +44,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, clusterui_bin, kill_all, run, tail  # noqa: E402
+from common import BenchError, bench_lock, clusterui_bin, kill_all, run, tail, wait_for  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip install -e`
 
-LOCK = "/tmp/clusterui-bench.lock"
 CPU_TARGET = 5.0  # % of one core, the dashboard at idle with 16 workers
 KEY_TARGET_MS = 100.0
 FILLER = "the quick brown fox jumps over the lazy dog"
@@ -95,32 +92,6 @@ def flood_worker(rate: int) -> None:
 
 
 # ---- helpers -----------------------------------------------------------------------------
-
-
-def wait_for(check: Any, timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(step)
-
-
-@contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
-    """Other benchmarks share this 2-core machine: measure only while holding the lock."""
-    with open(LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"  waiting for {LOCK} (another benchmark is running) ...", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def children(pid: int) -> set[int]:

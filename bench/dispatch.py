@@ -49,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import BenchError, clusterui_bin, kill_all  # noqa: E402
+from common import BenchError, clusterui_bin, free_port, kill_all, wait_for  # noqa: E402
 
 from clusterui.dispatch import protocol as proto  # noqa: E402
 
@@ -82,24 +82,6 @@ except ImportError:  # pragma: no cover - idle.py moved: do what it does
 
 
 # ---- processes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll check() until it returns something truthy, or fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(every)
 
 
 def answers(port: int) -> bool:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -44,12 +43,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from common import BenchError, clusterui_bin, kill_all, run, tail
+from common import BenchError, bench_lock, clusterui_bin, free_port, kill_all, run, tail, wait_for
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -57,7 +54,6 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip instal
 
 from clusterui.core.units import parse_size  # noqa: E402
 
-LOCK = "/tmp/clusterui-bench.lock"
 WEB = ROOT / "examples" / "web.py"
 STEP = 0.01  # the writer's pace: one write per 10 ms when on time
 
@@ -110,38 +106,6 @@ def writer(rate: int, seconds: float, size: int, result: str) -> None:
 
 
 # ---- helpers ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
-    """Other benchmarks share this 2-core machine: measure only while holding the lock."""
-    with open(LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"  waiting for {LOCK} (another benchmark is running) ...", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(step)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answers(port: int) -> bool:

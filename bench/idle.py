@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, clusterui_bin, kill_all, run, tail  # noqa: E402
+from common import BenchError, clusterui_bin, kill_all, run, tail, wait_for  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -129,18 +129,6 @@ def measure(procs: dict[str, Any], seconds: float) -> dict[str, Row]:
             pss=getattr(mem, "pss", 0) / MiB,
         )
     return rows
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    """Poll check() until it returns something truthy, or fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.2)
 
 
 def write_ecosystem(

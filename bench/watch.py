@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -45,19 +44,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, clusterui_bin, kill_all, run, tail  # noqa: E402
+from common import BenchError, bench_lock, clusterui_bin, free_port, kill_all, run, tail, wait_for  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip install -e`
 
 WEB = ROOT / "examples" / "web.py"
-LOCK = "/tmp/clusterui-bench.lock"
 TARGET_S = 1.5
 
 
@@ -301,17 +298,6 @@ def online_pids(state: dict[str, Any], app: str) -> set[int]:
     return {w["pid"] for w in workers(state, app) if w["status"] == "online" and w["pid"]}
 
 
-def wait_for(check: Any, timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(step)
-
-
 def family(pidfile: Path) -> list[Any]:
     """The supervisor and its descendants (psutil remembers start times: no pid reuse)."""
     import psutil
@@ -323,21 +309,6 @@ def family(pidfile: Path) -> list[Any]:
         return []
 
 
-@contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
-    """Other benchmarks share this 2-core machine: measure only while holding the lock."""
-    with open(LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"  waiting for {LOCK} (another benchmark is running) ...", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def host_busy_since(start: Any) -> float:
     """% of all cores busy (every process, ours too) since psutil.cpu_times() was `start`."""
     import psutil
@@ -346,12 +317,6 @@ def host_busy_since(start: Any) -> float:
     total = sum(end) - sum(start)
     idle = (end.idle + getattr(end, "iowait", 0)) - (start.idle + getattr(start, "iowait", 0))
     return 100 * (1 - idle / total) if total > 0 else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the benchmark ------------------------------------------------------------------------
