@@ -28,7 +28,7 @@ from collections import Counter
 import helpers
 import psutil
 import pytest
-from helpers import WEB, Load, free_port, get, wait_for
+from helpers import Load, free_port, get, wait_for
 
 from clusterui.client import Client, ClientError
 
@@ -499,20 +499,7 @@ def test_supervisor_sigkill_under_load_leaves_nothing_and_up_serves_at_once(cu):
 
 @pytest.mark.parametrize("dispatch", ["least-connections", "proxy"])
 def test_a_replaced_dispatcher_serves_in_every_mode_and_reload_still_works(cu, dispatch):
-    port = free_port()
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: {WEB}
-            exec_mode: cluster
-            instances: 2
-            listen: 127.0.0.1:{port}
-            dispatch: {dispatch}
-        """,
-    )
-    assert cu.run("up", "-d").returncode == 0
+    port = helpers.web_app(cu, dispatch=dispatch)
     sup = cu.supervisor_pid()
     pids = [w["pid"] for w in cu.ls()]
     victim = wait_for(lambda: dispatcher_of(sup), 5, "the dispatcher")

@@ -28,46 +28,10 @@ SECONDS = 10.0
 LINE = 60  # bytes per line, newline included
 TOTAL = int(RATE * SECONDS)
 
-# The flooding worker: paced numbered lines ("0000000042 xxx…\n"), one os.write per 10 ms
-# step (120 KB at 200k lines/s; back to back when behind). It times every write (a blocking
-# pipe write returns once the supervisor has made room for all of it) and writes its
-# figures to a file at the end, then idles so it is not restarted.
-FLOOD = """
-import json, os, sys, time
-
-rate, seconds, line, result = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-total = int(rate * seconds)
-pad = "x" * (line - 12)
-step = 0.01
-most = max(1, int(rate * step))
-written = worst = slow = writes = 0
-late = 0.0
-perf = time.perf_counter
-t0, start = time.time(), perf()
-while written < total:
-    now = perf()
-    due = min(total, int((now - start) * rate))
-    if due - written < most and due < total:
-        time.sleep(step - (now - start) % step)
-        continue
-    late = max(late, (due - written) / rate - step)
-    n = min(due - written, most)
-    data = "".join([f"{i:010d} {pad}\\n" for i in range(written, written + n)]).encode()
-    t = perf()
-    os.write(1, data)
-    d = perf() - t
-    worst = max(worst, d)
-    slow += d > 0.01
-    writes += 1
-    written += n
-elapsed = perf() - start
-with open(result + ".tmp", "w") as f:
-    json.dump({"lines": written, "rate": written / elapsed, "start": t0, "end": t0 + elapsed,
-               "worst_write": worst, "writes_over_10ms": slow, "writes": writes,
-               "most_late": late}, f)
-os.replace(result + ".tmp", result)
-time.sleep(3600)
-"""
+# The flooding worker is bench/flood.py's (`--writer RATE SECONDS LINE RESULT`): paced
+# numbered lines ("0000000042 xxx…\n"), one os.write per 10 ms step, every write timed; it
+# writes its figures to RESULT at the end, then idles so it is not restarted.
+WRITER = str(Path(__file__).resolve().parents[1] / "bench" / "flood.py")
 
 
 def expected(first: int, count: int) -> bytes:
@@ -119,7 +83,6 @@ def on_disk(logs: Path) -> int:
 
 
 def write_apps(cu, max_size: str, retain: int, web_port: int | None) -> Path:
-    cu.write("flood.py", FLOOD)
     result = cu.root / "flood.json"
     web = f"""
           - name: web
@@ -133,8 +96,8 @@ def write_apps(cu, max_size: str, retain: int, web_port: int | None) -> Path:
         f"""
         apps:
           - name: flood
-            script: flood.py
-            args: ["{RATE}", "{SECONDS}", "{LINE}", "{result}"]
+            script: {WRITER}
+            args: ["--writer", "{RATE}", "{SECONDS}", "{LINE}", "{result}"]
             log_max_size: {max_size}
             log_retain: {retain}
             autorestart: false

@@ -16,7 +16,7 @@ import test_logs
 from helpers import wait_for
 from test_logs import attach, closed, spec
 
-from clusterui.core.logs import MAX_LINE, LogHub, LogLine, live_cut
+from clusterui.core.logs import MAX_LINE, LogHub, LogLine, live_cut, skipped_note
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,12 +184,7 @@ def test_supervisor_events_stay_small_under_a_flood_of_long_lines(cu):
 
 def test_live_cut_keeps_the_newest_lines_and_counts_the_rest_per_worker() -> None:
     lines = [LogLine(i % 2, "a", i % 2, "out", float(i), f"line {i}") for i in range(10)]
-    lines.insert(
-        0,
-        LogLine(
-            0, "a", 0, "sys", 0.0, f"{7} lines not shown live (...); the log file has them all"
-        ),
-    )
+    lines.insert(0, skipped_note(0, "a", 0, 7, 0.0))  # from the hub: 7 lines left out
     cut = live_cut(lines, 4)
     notes, kept = cut[:-4], cut[-4:]
     assert [ln.text for ln in kept] == ["line 6", "line 7", "line 8", "line 9"]

@@ -68,10 +68,12 @@ class LogLine:
         }
 
 
+SKIPPED = " lines not shown live (too fast to follow); the log file has them all"
+
+
 def skipped_note(worker: int, app: str, instance: int, n: int, t: float) -> LogLine:
-    """The "sys" line that stands for lines a live view left out (never the files)."""
-    text = f"{n} lines not shown live (too fast to follow); the log file has them all"
-    return LogLine(worker, app, instance, "sys", t, text)
+    """The "sys" line that stands for n lines a live view left out (never the files)."""
+    return LogLine(worker, app, instance, "sys", t, f"{n}{SKIPPED}")
 
 
 def live_cut(lines: list[LogLine], limit: int) -> list[LogLine]:
@@ -81,8 +83,8 @@ def live_cut(lines: list[LogLine], limit: int) -> list[LogLine]:
     cut = len(lines) - limit
     left: dict[tuple[int, str, int], int] = {}
     for line in lines[:cut]:
-        if line.stream == "sys" and line.text.endswith("the log file has them all"):
-            n = int(line.text.split(" ", 1)[0])  # an earlier note: fold it in
+        if line.stream == "sys" and line.text.endswith(SKIPPED):
+            n = int(line.text[: -len(SKIPPED)])  # an earlier note: fold it in
         else:
             n = 1
         key = (line.worker, line.app, line.instance)

@@ -22,7 +22,7 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from clusterui.dashboard.model import fmt_clock
-from clusterui.dashboard.style import fg_style
+from clusterui.dashboard.style import StyleCache
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _ANSI = "\x1b"
@@ -109,7 +109,7 @@ class LogView(ScrollView, can_focus=True):
         self._source_width = 6
         self._width = 0
         self._cache: LRUCache[int, Strip] = LRUCache(1024)  # record seq -> its line
-        self._styles: dict[str, Style] = {}  # component class (or "" for the base) -> style
+        self._styles = StyleCache(self)
         self._last_repaint = 0.0
         self._repaint_timer: Timer | None = None
 
@@ -294,9 +294,7 @@ class LogView(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
         width = self.size.width
-        rich_style = self._styles.get("")
-        if rich_style is None:
-            rich_style = self._styles[""] = self.rich_style
+        rich_style = self._styles.base()
         if index >= len(self._view):
             return Strip.blank(width, rich_style)
         key = self._view[index].seq
@@ -334,12 +332,9 @@ class LogView(ScrollView, can_focus=True):
 
     def style_of(self, name: str) -> Style:
         """The Rich style a component class gives (the match highlight keeps its background)."""
-        style = self._styles.get(name)
-        if style is None:
-            full = name == "logview--match"
-            style = self.get_component_rich_style(name) if full else fg_style(self, name)
-            self._styles[name] = style
-        return style
+        if name == "logview--match":
+            return self._styles.full(name)
+        return self._styles.fg(name)
 
     def render_record(self, rec: LogRecord) -> Text:
         """One log line as Rich Text: [time] source marker text, with filter matches lit."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.style import Style
 from textual.widget import Widget
 
@@ -22,3 +24,36 @@ def fg_style(widget: Widget, name: str) -> Style:
         reverse=full.reverse,
         underline=full.underline,
     )
+
+
+class StyleCache:
+    """A widget's styles, resolved once until its styles change (call clear() then).
+
+    Resolving walks the DOM; a widget that draws a line per log record or table row asks
+    for the same few styles thousands of times between two style updates.
+    """
+
+    def __init__(self, widget: Widget) -> None:
+        self._widget = widget
+        self._styles: dict[tuple[str, str], Style] = {}
+
+    def clear(self) -> None:
+        self._styles.clear()
+
+    def base(self) -> Style:
+        """The widget's own style (its background and colour)."""
+        return self._get("base", "", lambda _: self._widget.rich_style)
+
+    def fg(self, name: str) -> Style:
+        """fg_style(): a component's foreground only."""
+        return self._get("fg", name, lambda n: fg_style(self._widget, n))
+
+    def full(self, name: str) -> Style:
+        """A component's whole style, background included."""
+        return self._get("full", name, self._widget.get_component_rich_style)
+
+    def _get(self, kind: str, name: str, resolve: Callable[[str], Style]) -> Style:
+        style = self._styles.get((kind, name))
+        if style is None:
+            style = self._styles[kind, name] = resolve(name)
+        return style

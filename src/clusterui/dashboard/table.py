@@ -34,7 +34,7 @@ from clusterui.dashboard.model import (
     worker_key,
     worker_series,
 )
-from clusterui.dashboard.style import fg_style
+from clusterui.dashboard.style import StyleCache
 
 NARROW_STATUS = {"launching": "launch", "waiting-restart": "waiting", "suspended": "paused"}
 # A hidden column still takes one cell: a zero-width column makes Textual's NO_COLOR
@@ -99,6 +99,17 @@ def choose_layout(avail: int, name_w: int) -> Layout:
     return Layout(name_w, 0, 10, (widths["cpu"], widths["mem"], widths["conn"]))
 
 
+class _RowMessage(Message):
+    def __init__(self, table: ProcessTable, key: str | None) -> None:
+        super().__init__()
+        self.table = table
+        self.key = key
+
+    @property
+    def control(self) -> ProcessTable:
+        return self.table
+
+
 class ProcessTable(ScrollView, can_focus=True):
     """The rows drawn with the Line API: each row is one Text rendered once into a Strip
     and kept until its cells change, so a tick repaints only the rows that changed
@@ -158,29 +169,11 @@ class ProcessTable(ScrollView, can_focus=True):
         Binding("enter", "app.details", "Details", show=False),
     ]
 
-    class RowHighlighted(Message):
+    class RowHighlighted(_RowMessage):
         """The cursor moved to another row (or the row under it changed)."""
 
-        def __init__(self, table: ProcessTable, key: str | None) -> None:
-            super().__init__()
-            self.table = table
-            self.key = key
-
-        @property
-        def control(self) -> ProcessTable:
-            return self.table
-
-    class RowSelected(Message):
+    class RowSelected(_RowMessage):
         """The row under the cursor was clicked."""
-
-        def __init__(self, table: ProcessTable, key: str | None) -> None:
-            super().__init__()
-            self.table = table
-            self.key = key
-
-        @property
-        def control(self) -> ProcessTable:
-            return self.table
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -190,8 +183,8 @@ class ProcessTable(ScrollView, can_focus=True):
         self._cells: dict[str, tuple[Text, ...]] = {}
         self._strips: dict[tuple[str, bool], Strip] = {}  # (key, is cursor row) -> strip
         self._header: Strip | None = None
-        self._bases: dict[bool, Style] = {}  # is cursor row -> base style (resolving is slow)
-        self._fg: dict[str, Style] = {}  # component class -> its foreground style
+        self._labels_of: tuple[Layout, tuple[Text, ...]] | None = None
+        self._styles = StyleCache(self)
         self._cursor = 0
         self._highlighted: str | None = None
         self._layout = choose_layout(120, 10)
@@ -356,31 +349,28 @@ class ProcessTable(ScrollView, can_focus=True):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._header = None
-        self._bases.clear()
-        self._fg.clear()
+        self._styles.clear()
         self._strips.clear()
 
     # -- rendering ------------------------------------------------------------------
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width or self.size.width
-        if not self._bases:
-            self._bases[False] = self.rich_style
-            self._bases[True] = self.rich_style + self.get_component_rich_style("proc--cursor")
+        base = self._styles.base()
         if y == 0:
             if self._header is None:
-                labels = tuple(self._label(key) for key in COLUMNS)
-                self._header = self._strip(labels, self.get_component_rich_style("proc--header"))
-            return self._header.crop_extend(0, width, self._bases[False])
+                self._header = self._strip(self._labels(), self._styles.full("proc--header"))
+            return self._header.crop_extend(0, width, base)
         row = int(self.scroll_y) + y - 1
         if not 0 <= row < len(self._order):
-            return Strip.blank(width, self._bases[False])
+            return Strip.blank(width, base)
         key = self._order[row]
         cursor = row == self.cursor_row
         strip = self._strips.get((key, cursor))
         if strip is None:
-            strip = self._strips[key, cursor] = self._strip(self._cells[key], self._bases[cursor])
-        return strip.crop_extend(0, width, self._bases[False])
+            row_base = base + self._styles.full("proc--cursor") if cursor else base
+            strip = self._strips[key, cursor] = self._strip(self._cells[key], row_base)
+        return strip.crop_extend(0, width, base)
 
     def _strip(self, cells: tuple[Text, ...], base: Style) -> Strip:
         # One strip per cell, joined: a cell's segments then start at its own column,
@@ -406,7 +396,7 @@ class ProcessTable(ScrollView, can_focus=True):
         self._strips.pop((key, True), None)
 
     def _drop_cursor_strips(self) -> None:
-        self._bases.clear()  # the cursor style depends on focus
+        self._styles.clear()  # the cursor style depends on focus
         for entry in [k for k in self._strips if k[1]]:
             del self._strips[entry]
         self._refresh_rows({self.cursor_row})
@@ -431,8 +421,14 @@ class ProcessTable(ScrollView, can_focus=True):
             self._highlighted = key
             self.post_message(self.RowHighlighted(self, key))
 
+    def _labels(self) -> tuple[Text, ...]:
+        """The column labels, which depend on the layout alone."""
+        if self._labels_of is None or self._labels_of[0] != self._layout:
+            self._labels_of = (self._layout, tuple(self._label(key) for key in COLUMNS))
+        return self._labels_of[1]
+
     def _row_width(self) -> int:
-        return sum(label.cell_len for label in (self._label(key) for key in COLUMNS))
+        return sum(label.cell_len for label in self._labels())
 
     def _fit_layout(self, desired: dict[str, Any]) -> Layout:
         names = [len(sel.target) + 2 for sel, _ in desired.values()]
@@ -453,10 +449,7 @@ class ProcessTable(ScrollView, can_focus=True):
         self._strips = {k: v for k, v in self._strips.items() if not k[1]}
 
     def _style(self, name: str) -> Style:
-        style = self._fg.get(name)
-        if style is None:
-            style = self._fg[name] = fg_style(self, name)
-        return style
+        return self._styles.fg(name)
 
     def _label(self, key: str) -> Text:
         lay = self._layout
