@@ -29,6 +29,7 @@ from clusterui.core.snapshot import app_row, snapshot, worker_row
 from clusterui.core.spec import DISPATCH_MODES, AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
+from clusterui.vocab import states
 
 TICK = 1.0
 NO_SAMPLE = Sample(0.0, 0, False)
@@ -151,7 +152,7 @@ class Supervisor:
             h.memory.append(rss)
             h.conn_rate.append(round(slot.conn_rate, 2))
             limit = app.spec.max_memory_restart
-            if limit and slot.proc and rss > limit and slot.proc.status == "online":
+            if limit and slot.proc and rss > limit and slot.proc.status == states.ONLINE:
                 self.logs.emit(
                     slot.id,
                     app.name,
@@ -257,7 +258,7 @@ class Supervisor:
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
         app = await self.add_app(app_spec)
-        failed = [s for s in app.slots.values() if s.status == "errored" and s.last_error]
+        failed = [s for s in app.slots.values() if s.status == states.ERRORED and s.last_error]
         if failed:
             slot = failed[0]
             raise OpError(f"{app.name}:{slot.instance} failed to start: {slot.last_error}")
@@ -413,7 +414,7 @@ class Supervisor:
                     proc = slot.proc
                     first_pid.setdefault(slot.id, proc.pid if proc else None)
                     stable = min(app.spec.min_uptime, 1000) / 1000
-                    if slot.status == "errored":
+                    if slot.status == states.ERRORED:
                         verdicts[str(slot.id)] = slot.last_error or "errored"
                     elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
                         code, sig = slot.last_exit
@@ -421,7 +422,7 @@ class Supervisor:
                             f"exited ({sig or f'code {code}'})" if code or sig else "exited"
                         )
                     elif (
-                        proc.status == "online"
+                        proc.status == states.ONLINE
                         and not proc.suspended  # stopped: not serving, so not started yet
                         and (proc.uptime >= stable or app.signals_ready)
                     ):
