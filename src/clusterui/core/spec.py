@@ -11,9 +11,11 @@ import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from clusterui.dispatch.protocol import DEFAULT_MODE, MODES
+
 ExecMode = Literal["fork", "cluster"]
-DispatchMode = Literal["round-robin", "least-connections", "shared", "proxy"]
-DISPATCH_MODES: tuple[str, ...] = ("round-robin", "least-connections", "shared", "proxy")
+DispatchMode = str  # a key of clusterui.dispatch.protocol.MODES
+DISPATCH_MODES: tuple[str, ...] = tuple(MODES)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class AppSpec:
     instances: int = 1
     exec_mode: ExecMode = "fork"
     listen: Listen | None = None
-    dispatch: DispatchMode = "round-robin"
+    dispatch: DispatchMode = DEFAULT_MODE
     # Empty list means watch is off.
     watch: list[str] = field(default_factory=list)
     ignore_watch: list[str] = field(default_factory=list)
