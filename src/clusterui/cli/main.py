@@ -16,6 +16,7 @@ from clusterui import __version__
 from clusterui.cli import render
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
 from clusterui.core import config
+from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
@@ -367,8 +368,12 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
             mapping["watch"] = True
         if opts.interpreter:
             mapping["interpreter"] = opts.interpreter
-        spec = config.spec_from_mapping(mapping, base_dir=str(Path.cwd()), source="command line")
-        result = await client.call("start_script", spec=spec.to_dict())
+        base_dir = str(Path.cwd())
+        # Checked here too (like a file), so a mistake is reported before anything starts;
+        # the supervisor builds the app from the same keys with the same loader.
+        spec = config.spec_from_mapping(mapping, base_dir=base_dir, source=COMMAND_LINE)
+        mapping["name"] = spec.name
+        result = await client.call("start_script", spec=mapping, base_dir=base_dir)
         print(result["message"])
         return 0
     if scripted:

@@ -26,7 +26,7 @@ from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.snapshot import app_row, snapshot, worker_row
-from clusterui.core.spec import DISPATCH_MODES, AppSpec
+from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
 from clusterui.vocab import states
@@ -253,8 +253,17 @@ class Supervisor:
         app.start_all()
         return app
 
-    async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
-        app_spec = checked_spec(spec)
+    async def op_start_script(self, spec: dict[str, Any], base_dir: str = "/") -> dict[str, Any]:
+        """`clusterui start SCRIPT ...`: `spec` holds ecosystem keys, read by the same loader
+        as a file (relative paths from `base_dir`, the CLI's directory)."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise OpError("start_script takes an app's keys, with its name", 2)
+        if not isinstance(base_dir, str) or not os.path.isabs(base_dir):
+            raise OpError("base_dir must be an absolute path", 2)
+        try:
+            app_spec = config.spec_from_mapping(spec, base_dir, source=config.COMMAND_LINE)
+        except config.ConfigError as exc:
+            raise OpError("; ".join(str(p) for p in exc.problems), 2) from None
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
         app = await self.add_app(app_spec)
@@ -456,43 +465,6 @@ class Supervisor:
             app.close_listener()
         await self.logs.aclose()
         await self.server.close()
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def checked_spec(raw: Any) -> AppSpec:
-    """An AppSpec from the socket, type-checked as the config loader would (OpError if not)."""
-    if not isinstance(raw, dict):
-        raise OpError("spec must be an object", 2)
-    try:
-        spec = AppSpec.from_dict(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OpError(f"bad spec: {exc}", 2) from None
-    ints = (
-        "instances", "watch_delay", "max_restarts", "min_uptime", "restart_delay",
-        "exp_backoff_restart_delay", "kill_timeout", "listen_timeout", "log_retain",
-    )  # fmt: skip
-    problems = [k for k in ints if not _count(getattr(spec, k))]
-    strs = ("name", "script", "cwd")
-    problems += [k for k in strs if not isinstance(getattr(spec, k), str) or not getattr(spec, k)]
-    for key in ("args", "interpreter_args", "watch", "ignore_watch"):
-        value = getattr(spec, key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(key)
-    env = spec.env
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        problems.append("env")
-    if spec.dispatch not in DISPATCH_MODES:
-        problems.append("dispatch")
-    if spec.exec_mode not in ("fork", "cluster"):
-        problems.append("exec_mode")
-    if problems:
-        raise OpError(f"bad spec: wrong value for {', '.join(problems)}", 2)
-    return spec
 
 
 async def run(home: Home, ready_fd: int | None) -> int:
