@@ -8,6 +8,7 @@ import socket
 import time
 
 import helpers
+import leaks
 import pytest
 from helpers import WEB, Load, free_port, get, wait_for
 
@@ -93,6 +94,11 @@ def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
     assert [w["pid"] for w in cu.ls()] == old
     assert [w["status"] for w in cu.ls()] == ["online", "online"]
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
+    # The replacement that never got ready was stopped, not left running unlisted.
+    running = {
+        p.pid for p in leaks.running(*leaks.home_is(cu.home)) if "app.py" in " ".join(p.cmdline())
+    }
+    assert running == set(old), f"running {sorted(running)}, listed {sorted(old)}"
 
 
 def test_killed_worker_is_replaced_and_others_keep_serving(cu):
