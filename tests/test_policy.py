@@ -96,7 +96,8 @@ def test_max_restarts_zero_never_restarts():
 def test_a_manual_start_forgives_the_crash_history(cu):
     """Through the supervisor: an app errored after max_restarts unstable runs gets the
     full max_restarts again when started by hand, not one run."""
-    cu.write("crash.py", "import time\nopen('starts', 'a').write('x')\ntime.sleep(1)\nraise SystemExit(3)\n")
+    crash = "import time\nopen('starts', 'a').write('x')\ntime.sleep(1)\nraise SystemExit(3)\n"
+    cu.write("crash.py", crash)
     cu.write(
         "ecosystem.yaml",
         """
