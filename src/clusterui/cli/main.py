@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterui import __version__
-from clusterui.cli import render
+from clusterui.cli import export_cmd, render
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
 from clusterui.core import config
 from clusterui.core.home import Home
@@ -34,6 +34,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "export",
 }
 
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    export_cmd.add_parser(sub)
     return p
 
 
@@ -152,6 +154,8 @@ async def dispatch(opts: argparse.Namespace) -> int:
     verb = opts.verb
     if verb == "check":
         return cmd_check(opts)
+    if verb == "export":
+        return export_cmd.cmd_export(opts)
     if verb == "up":
         return await cmd_up(opts, home)
     if verb == "start":
