@@ -220,6 +220,14 @@ class App:
             }
         )
 
+    def _orphan_grace(self) -> float:
+        """On a socket handed in from outside, a worker outlives a killed supervisor by
+        kill_timeout: it finishes what it was handed while the next supervisor takes
+        over the socket (new connections wait in its queue)."""
+        if self.listener is not None and self.listener.inherited:
+            return self.spec.kill_timeout / 1000
+        return 0.0
+
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
         env = dict(os.environ)
@@ -269,6 +277,7 @@ class App:
                     stderr=err_w,
                     fds=fds,
                     listen_pid=listen_pid,
+                    orphan_grace=self._orphan_grace(),
                 )
             )
         except SpawnError as exc:
