@@ -226,6 +226,14 @@ class App:
         """The dispatch mode in force: None without a listener (fork mode, no 'listen')."""
         return MODES[self.spec.dispatch] if self.listener is not None else None
 
+    def _orphan_grace(self) -> float:
+        """On a socket handed in from outside, a worker outlives a killed supervisor by
+        kill_timeout: it finishes what it was handed while the next supervisor takes
+        over the socket (new connections wait in its queue)."""
+        if self.listener is not None and self.listener.inherited:
+            return self.spec.kill_timeout / 1000
+        return 0.0
+
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
         wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener)
@@ -241,6 +249,7 @@ class App:
                     stderr=err_w,
                     fds=wiring.fds,
                     listen_pid=wiring.listen_pid,
+                    orphan_grace=self._orphan_grace(),
                 )
             )
         except SpawnError as exc:

@@ -20,7 +20,7 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, guardian
+from clusterui.core import config, guardian, inherit
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
@@ -240,7 +240,8 @@ class Supervisor:
             "started": started,
             "kept": kept,
             "errors": errors,
-            "warnings": [str(w) for w in result.warnings],
+            "warnings": [str(w) for w in result.warnings]
+            + [f"clusterui: the socket handed in as {s} matches no app" for s in inherit.unused()],
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
 
@@ -517,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--daemonize", action="store_true")
     opts = parser.parse_args(argv)
+    try:
+        # Handed in by `clusterui up`, or by systemd when it starts us directly.
+        handed = inherit.from_env() or inherit.from_systemd()
+    except inherit.InheritError as exc:
+        _report_ready(opts.ready_fd, str(exc))
+        return 2
     if opts.daemonize and os.fork() > 0:
         os._exit(0)  # the launcher reaps us at once; the supervisor is nobody's child
     home = Home.from_env(opts.home)
@@ -532,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
+    for problem in inherit.install(handed):
+        print(f"clusterui: {problem}", file=sys.stderr)
     guardian.start()
     try:
         code = asyncio.run(run(home, ready_fd))
