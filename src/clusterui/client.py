@@ -23,6 +23,7 @@ from typing import Any
 from clusterui.core import inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
+from clusterui.vocab.snapshot import Snapshot
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
@@ -110,7 +111,7 @@ class Client:
 
     # ---- convenience ---------------------------------------------------------------------
 
-    async def state(self, history: bool = True) -> dict[str, Any]:
+    async def state(self, history: bool = True) -> Snapshot:
         return await self.call("state", history=history)
 
     async def load(

@@ -18,6 +18,7 @@ from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_
 from clusterui.core import config, inherit
 from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
+from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
 VERBS = {
@@ -271,23 +272,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     if verb == "ls":
         state = await client.state(history=False)
         if opts.json:
-            keys = (
-                "id",
-                "app",
-                "instance",
-                "pid",
-                "status",
-                "restarts",
-                "uptime",
-                "cpu",
-                "memory",
-                "connections",
-                "active",
-                "conn_rate",
-                "exit_code",
-                "exit_signal",
-            )
-            print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
+            print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
         return 0

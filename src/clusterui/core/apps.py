@@ -25,6 +25,7 @@ from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
 from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
     DRAINING,
     ERRORED,
@@ -35,8 +36,6 @@ from clusterui.vocab.states import (
     WAITING_RESTART,
     Lifecycle,
 )
-
-HISTORY = 120  # samples (one per second) kept per slot
 
 
 @dataclass

@@ -30,6 +30,7 @@ from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
 from clusterui.vocab import states
+from clusterui.vocab.snapshot import Snapshot, SupervisorInfo
 
 TICK = 1.0
 NO_SAMPLE = Sample(0.0, 0, False)
@@ -99,7 +100,7 @@ class Supervisor:
                 )
             conn.send_encoded(data)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> SupervisorInfo:
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -111,7 +112,7 @@ class Supervisor:
             "conn_rate": round(self._conn_rate, 2),
         }
 
-    def state(self, history: bool = True) -> dict[str, Any]:
+    def state(self, history: bool = True) -> Snapshot:
         return snapshot(self.apps, self.info(), history=history)
 
     def _app(self, name: str) -> App:
