@@ -18,6 +18,7 @@ from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_
 from clusterui.core import config, inherit
 from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
+from clusterui.vocab.exits import Exit
 from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
@@ -132,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(dispatch(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except ClientError as exc:
         print(f"clusterui: {exc.message}", file=sys.stderr)
         return exc.code
     except config.ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # `clusterui ls --json | head`: the reader left; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"clusterui: internal error: {exc!r} (run with --debug for details)", file=sys.stderr)
-        return 1
+        return Exit.FAILED
 
 
 async def dispatch(opts: argparse.Namespace) -> int:
@@ -222,7 +223,7 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
 
         asyncio.run(load())
     elif not home.socket.exists():
-        raise ClientError(f"no supervisor is running (home {home.root})", 3)
+        raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
     return run_dashboard(lambda: Client.connect(home), file=file, started_supervisor=started)
 
 
@@ -240,7 +241,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     try:
         handed = inherit.from_systemd()  # systemd's LISTEN_FDS: the supervisor takes them
     except inherit.InheritError as exc:
-        raise ClientError(str(exc), 2) from None
+        raise ClientError(str(exc), Exit.USAGE) from None
     try:
         started = ensure_supervisor(home, handed)
     finally:

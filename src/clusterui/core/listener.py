@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import inherit
-from clusterui.core.control import OpError
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
 from clusterui.dispatch import protocol as proto
 from clusterui.dispatch.protocol import MODES
+from clusterui.vocab.exits import OpError
 
 MAX_DATAGRAM = 65536
 # A dispatcher that ran at least this long, or said anything, and then died is replaced

@@ -22,7 +22,7 @@ from typing import Any
 from clusterui import __version__
 from clusterui.core import config, guardian, inherit
 from clusterui.core.apps import App, Context, Slot
-from clusterui.core.control import Connection, ControlServer, OpError, encode
+from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.snapshot import app_row, snapshot, worker_row
@@ -30,6 +30,7 @@ from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
 from clusterui.vocab import states
+from clusterui.vocab.exits import Exit, OpError
 from clusterui.vocab.snapshot import Snapshot, SupervisorInfo
 
 TICK = 1.0
@@ -182,7 +183,7 @@ class Supervisor:
     async def handle(self, conn: Connection, op: str, args: dict[str, Any]) -> Any:
         method = getattr(self, f"op_{op.replace('-', '_')}", None)
         if method is None:
-            raise OpError(f"unknown operation {op!r}", 2)
+            raise OpError(f"unknown operation {op!r}", Exit.USAGE)
         if op == "subscribe":
             return await method(conn, **args)
         return await method(**args)
@@ -201,7 +202,7 @@ class Supervisor:
         if live_lines is not None and (
             not isinstance(live_lines, int) or isinstance(live_lines, bool) or live_lines < 1
         ):
-            raise OpError("live_lines must be a whole number of at least 1", 2)
+            raise OpError("live_lines must be a whole number of at least 1", Exit.USAGE)
         conn.live_lines = live_lines
         conn.subscribed_state = bool(state)
         conn.subscribed_logs = bool(logs)
@@ -212,17 +213,17 @@ class Supervisor:
         self, file: str, env: str | None = None, only: list[str] | None = None
     ) -> dict[str, Any]:
         if not isinstance(file, str) or not file:
-            raise OpError("load takes the path of an ecosystem file", 2)
+            raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
         if env is not None and not isinstance(env, str):
-            raise OpError("env must be a name", 2)
+            raise OpError("env must be a name", Exit.USAGE)
         if only is not None and not (
             isinstance(only, list) and all(isinstance(n, str) for n in only)
         ):
-            raise OpError("only must be a list of app names", 2)
+            raise OpError("only must be a list of app names", Exit.USAGE)
         try:
             result = config.load_ecosystem(file, env_name=env, only=only)
         except config.ConfigError as exc:
-            raise OpError(str(exc), 2) from None
+            raise OpError(str(exc), Exit.USAGE) from None
         path = str(result.path)
         if path not in self.files:
             self.files.append(path)
@@ -259,15 +260,17 @@ class Supervisor:
         """`clusterui start SCRIPT ...`: `spec` holds ecosystem keys, read by the same loader
         as a file (relative paths from `base_dir`, the CLI's directory)."""
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise OpError("start_script takes an app's keys, with its name", 2)
+            raise OpError("start_script takes an app's keys, with its name", Exit.USAGE)
         if not isinstance(base_dir, str) or not os.path.isabs(base_dir):
-            raise OpError("base_dir must be an absolute path", 2)
+            raise OpError("base_dir must be an absolute path", Exit.USAGE)
         try:
             app_spec = config.spec_from_mapping(spec, base_dir, source=config.COMMAND_LINE)
         except config.ConfigError as exc:
-            raise OpError("; ".join(str(p) for p in exc.problems), 2) from None
+            raise OpError("; ".join(str(p) for p in exc.problems), Exit.USAGE) from None
         if app_spec.name in self.apps:
-            raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
+            raise OpError(
+                f"an app named {app_spec.name!r} is already loaded; pick --name", Exit.USAGE
+            )
         app = await self.add_app(app_spec)
         failed = [s for s in app.slots.values() if s.status == states.ERRORED and s.last_error]
         if failed:
@@ -336,12 +339,12 @@ class Supervisor:
         try:
             n = int(text)
         except ValueError:
-            raise OpError(f"scale takes N, +N or -N, not {text!r}", 2) from None
+            raise OpError(f"scale takes N, +N or -N, not {text!r}", Exit.USAGE) from None
         new = len(target.slots) + n if text[0] in "+-" else n
         if new < 0:
-            raise OpError(f"cannot scale {app} to {new} instances", 2)
+            raise OpError(f"cannot scale {app} to {new} instances", Exit.USAGE)
         if new > 1024:
-            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", 2)
+            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", Exit.USAGE)
         target.removed = False
         if new and target.spec.listen:
             target.open_listener()
@@ -356,9 +359,9 @@ class Supervisor:
 
     async def op_logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
         if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
-            raise OpError("lines must be a whole number, 0 or more", 2)
+            raise OpError("lines must be a whole number, 0 or more", Exit.USAGE)
         if target is not None and not isinstance(target, str):
-            raise OpError("target must be a string", 2)
+            raise OpError("target must be a string", Exit.USAGE)
         groups = resolve(self.apps, [target]) if target else self._all_slots()
         ids = [s.id for _, slots in groups for s in slots] if target else None
         recent = self.logs.recent(ids, lines)
