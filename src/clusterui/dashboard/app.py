@@ -675,7 +675,7 @@ def run_dashboard(
         except Exception as err:
             print(message_of(err), file=sys.stderr)
             code = getattr(err, "code", Exit.NO_SUPERVISOR)
-            return code if isinstance(code, int) else 3
+            return code if isinstance(code, int) else Exit.NO_SUPERVISOR
         app = DashboardApp(
             client,
             client_factory=client_factory,
