@@ -1,6 +1,6 @@
 """An in-memory client for the dashboard: deterministic data, scripted events, recorded calls.
 
-It implements the client API of clusterui.client.Client (see DESIGN.md §6 and the client
+It implements the client API of clusterui.client.Client (see docs/architecture.md and the client
 contract). Everything is fixed: times count from T0, pids are made up, histories are
 computed from the sample index, so screenshots and snapshot tests are reproducible.
 """

@@ -10,23 +10,22 @@ the same workers. Needs the OpenSSH client (ssh) and tmux, which fresh machines 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncssh
 import psutil
 import pytest
-from helpers import Env, kill_ours
+from support import Env, free_port, kill_ours, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin (not resolved: the symlink is the venv)
@@ -48,24 +47,8 @@ def tool(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(cond: Callable[[], object], timeout: float, what: Callable[[], str] | str) -> object:
-    """Poll cond() until truthy (returned) or fail, describing the state at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s: {what if isinstance(what, str) else what()}"
-            )
-        time.sleep(0.2)  # several conditions run the CLI: leave the two cores to the rest
+# Several conditions run the CLI: poll gently, leave the two cores to the rest.
+until = functools.partial(wait_for, step=0.2)
 
 
 class Sshd:

@@ -1,4 +1,4 @@
-"""`clusterui`: the command line (DESIGN §2)."""
+"""`clusterui`: the command line (the verbs are listed in the README)."""
 
 from __future__ import annotations
 
