@@ -1,4 +1,4 @@
-"""Chaos benchmark: workers killed (-9) and frozen (SIGSTOP) under HTTP load (DESIGN §7).
+"""Chaos benchmark: workers killed (-9) and frozen (SIGSTOP) under HTTP load (docs/targets.md).
 
 Measures, with a real supervisor and examples/web.py workers in cluster mode:
 
