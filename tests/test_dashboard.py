@@ -433,6 +433,9 @@ async def test_an_errored_worker_and_its_app_show_errored(size: tuple[int, int])
         # The app's summary: one of two up, and the errored glyph rather than "launching".
         summary = table.get_cell("app:web", "status").plain
         assert "✖" in summary and "1/2 up" in summary, summary
+        if size[0] < 78:  # narrower than any layout: the rest is a sideways scroll away
+            width = table.scrollable_content_region.width
+            assert table.max_scroll_x + width >= table.virtual_size.width > width
         # An app whose every worker is errored is errored too, not "stopped".
         for w in snap["workers"][:2]:
             w.update(status="errored", pid=None)
