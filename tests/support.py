@@ -201,7 +201,8 @@ class Load:
 
 def close_requests(port: int, count: int, concurrency: int = 16) -> str:
     """`count` GET requests with Connection: close, `concurrency` at a time (a Python load
-    client: no wrk needed); returns a one-line summary."""
+    client: no wrk needed); returns a one-line summary. Every request must be answered
+    with 200 (AssertionError naming the failures otherwise)."""
     request = b"GET / HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
     left = count
     lock = threading.Lock()
@@ -217,8 +218,11 @@ def close_requests(port: int, count: int, concurrency: int = 16) -> str:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                     s.sendall(request)
-                    while s.recv(65536):
-                        pass
+                    answer = b""
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                if not answer.startswith(b"HTTP/1.1 200"):
+                    raise OSError(f"answer {answer[:40]!r}")
             except OSError as exc:
                 with lock:
                     errors.append(repr(exc))
@@ -228,4 +232,5 @@ def close_requests(port: int, count: int, concurrency: int = 16) -> str:
         t.start()
     for t in threads:
         t.join()
-    return f"python {count} requests" + (f" ({len(errors)} errors)" if errors else "")
+    assert not errors, f"{len(errors)} of {count} requests failed, e.g. {errors[:3]}"
+    return f"python {count} requests"
