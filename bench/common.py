@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clusterui.core.listener import free_port as free_port  # the one definition
+
 LOCK = "/tmp/clusterui-bench.lock"
 ROOT = Path(__file__).resolve().parents[1]
 WEB = str(ROOT / "examples" / "web.py")  # answers "hello from web instance I pid P"
@@ -92,12 +94,6 @@ def bench_lock(what: str = "") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Control:

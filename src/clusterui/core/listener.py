@@ -62,6 +62,14 @@ class _Handover:
     handed_base: int = 0  # added to what the current dispatcher reports
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (proxy mode's per-worker $PORT;
+    the tests and benchmarks use it too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
     """Bind and listen, or raise OpError with the reason in one sentence."""
     try:
