@@ -15,7 +15,7 @@ from typing import Any
 from clusterui import __version__
 from clusterui.cli import render
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
-from clusterui.core import config
+from clusterui.core import config, environ
 from clusterui.core.home import Home
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
@@ -34,6 +34,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "env",
 }
 
 
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("stop", "restart", "reload", "delete"):
         sp = sub.add_parser(verb, help=f"{verb} apps or workers")
         sp.add_argument("targets", nargs="+", metavar="TARGET")
+        if verb in ("restart", "reload"):
+            sp.add_argument(
+                "--update-env",
+                action="store_true",
+                help="the apps take this shell's environment (as PM2's --update-env)",
+            )
     sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
     sp.add_argument("app")
     sp.add_argument("count")
@@ -92,7 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    sp = sub.add_parser("env", help="the environment a worker got: names (values with --values)")
+    sp.add_argument("target")
+    sp.add_argument("--values", action="store_true", help="print values too (may be secrets)")
+    sp.add_argument("--json", action="store_true")
     return p
+
+
+def caller_env() -> dict[str, str]:
+    """This command's environment, sent with the apps it starts (core/environ.py)."""
+    env, refused = environ.capture(os.environ)
+    if refused:
+        print(environ.owned_warning(refused, "your environment"), file=sys.stderr)
+    return env
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -209,7 +228,9 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
         async def load() -> None:
             client = await Client.connect(home)
             try:
-                report_load(await client.load(file, env=opts.env, only=only))
+                report_load(
+                    await client.load(file, env=opts.env, only=only, caller_env=caller_env())
+                )
             finally:
                 await client.close()
 
@@ -235,7 +256,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     try:
         if not opts.detach:
             await client.subscribe(state=False, logs=True)
-        result = await client.load(file, env=opts.env, only=only)
+        result = await client.load(file, env=opts.env, only=only, caller_env=caller_env())
         report_load(result)
         if opts.detach:
             verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
@@ -315,10 +336,18 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         return 0
     if verb == "start":
         return await cmd_start(client, opts)
-    if verb in ("stop", "restart", "reload", "delete"):
+    if verb in ("restart", "reload"):
+        update = caller_env() if opts.update_env else None
+        result = await getattr(client, verb)(opts.targets, caller_env=update)
+        report_load(result)
+        print(result["message"])
+        return 0
+    if verb in ("stop", "delete"):
         result = await getattr(client, verb)(opts.targets)
         print(result["message"])
         return 0
+    if verb == "env":
+        return await cmd_env(client, opts)
     if verb == "scale":
         print((await client.scale(opts.app, opts.count))["message"])
         return 0
@@ -347,7 +376,7 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
     )
     first = Path(what[0])
     if len(what) == 1 and first.suffix in (".yaml", ".yml") and first.is_file():
-        result = await client.load(str(first.absolute()))
+        result = await client.load(str(first.absolute()), caller_env=caller_env())
         report_load(result)
         print(f"started {', '.join(result['started']) or 'nothing new'}")
         return 1 if result["errors"] else 0
@@ -368,13 +397,36 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
         if opts.interpreter:
             mapping["interpreter"] = opts.interpreter
         spec = config.spec_from_mapping(mapping, base_dir=str(Path.cwd()), source="command line")
-        result = await client.call("start_script", spec=spec.to_dict())
+        result = await client.call("start_script", spec=spec.to_dict(), caller_env=caller_env())
+        report_load(result)
         print(result["message"])
         return 0
     if scripted:
         raise UsageError("options like -i/--name/--listen go with a single SCRIPT")
     result = await client.start(what)
     print(result["message"])
+    return 0
+
+
+async def cmd_env(client: Client, opts: argparse.Namespace) -> int:
+    rows = await client.call("env", target=opts.target, values=opts.values)
+    if opts.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    out = []
+    for row in rows:
+        pid = row["pid"] or "-"
+        out.append(f"worker {row['id']}  {row['app']}:{row['instance']}  pid {pid}")
+        if row["pid"] is None:
+            out.append("  (not running)")
+        width = max((len(n) for n in row["names"]), default=0)
+        for name, layer in row["names"].items():
+            shown = render.printable(name)
+            if row["values"] is not None:
+                out.append(f"  {shown}={render.printable(row['values'][name])}")
+            else:
+                out.append(f"  {shown.ljust(width)}  {layer}")
+    print("\n".join(out))
     return 0
 
 

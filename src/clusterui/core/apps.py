@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterui.core import environ
 from clusterui.core.control import OpError
 from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
@@ -64,6 +65,8 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        # The environment it was exec'd with (`clusterui env`); values may be secrets.
+        self.env: dict[str, str] = {}
 
     @property
     def uptime(self) -> float:
@@ -208,15 +211,15 @@ class App:
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
+        proxy = self.listener is not None and spec.dispatch == "proxy"
+        own = {
+            "CLUSTERUI_APP": spec.name,
+            "CLUSTERUI_INSTANCE": str(slot.instance),
+            "NODE_APP_INSTANCE": str(slot.instance),
+        }
+        if self.ctx.home:
+            own["CLUSTERUI_HOME"] = self.ctx.home
+        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
         fds: dict[int, int] = {}
         listen_pid = False
         port = None
@@ -275,6 +278,7 @@ class App:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         proc = Proc(self.ctx.next_serial(), pid, port)
+        proc.env = dict(env, LISTEN_PID=str(pid)) if listen_pid else env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()

@@ -50,7 +50,11 @@ class AppSpec:
     watch: list[str] = field(default_factory=list)
     ignore_watch: list[str] = field(default_factory=list)
     watch_delay: int = 300
+    # The file's env with env_NAME merged in (above the caller's environment).
     env: dict[str, str] = field(default_factory=dict)
+    # The environment of the command that started the app (core/environ.py); may hold
+    # secrets, so only names ever leave the supervisor unless a client asks for values.
+    caller_env: dict[str, str] = field(default_factory=dict)
     autorestart: bool = True
     max_restarts: int = 16
     min_uptime: int = 1000

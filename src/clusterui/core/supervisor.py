@@ -20,7 +20,7 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, guardian
+from clusterui.core import config, environ, guardian
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
@@ -207,8 +207,15 @@ class Supervisor:
             self._follow_logs()
 
     async def op_load(
-        self, file: str, env: str | None = None, only: list[str] | None = None
+        self,
+        file: str,
+        env: str | None = None,
+        only: list[str] | None = None,
+        caller_env: Any = None,
     ) -> dict[str, Any]:
+        """caller_env (optional): the environment of the command that loads the file; the
+        apps it starts keep it (core/environ.py). Without it apps get only the basics."""
+        caller = _caller_env(caller_env)
         if not isinstance(file, str) or not file:
             raise OpError("load takes the path of an ecosystem file", 2)
         if env is not None and not isinstance(env, str):
@@ -225,10 +232,14 @@ class Supervisor:
         if path not in self.files:
             self.files.append(path)
         started, kept, errors = [], [], []
+        warnings = [str(w) for w in result.warnings]
         for spec in result.apps:
             if spec.name in self.apps:
                 kept.append(spec.name)
                 continue
+            if caller is not None:
+                spec.caller_env = caller
+            warnings += _caller_warnings(spec)
             try:
                 await self.add_app(spec)
                 started.append(spec.name)
@@ -239,7 +250,7 @@ class Supervisor:
             "started": started,
             "kept": kept,
             "errors": errors,
-            "warnings": [str(w) for w in result.warnings],
+            "warnings": warnings,
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
 
@@ -252,8 +263,13 @@ class Supervisor:
         app.start_all()
         return app
 
-    async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
+    async def op_start_script(self, spec: dict[str, Any], caller_env: Any = None) -> dict[str, Any]:
+        """caller_env (optional): as for load."""
         app_spec = checked_spec(spec)
+        caller = _caller_env(caller_env)
+        if caller is not None:
+            app_spec.caller_env = caller
+        warnings = _caller_warnings(app_spec)
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
         app = await self.add_app(app_spec)
@@ -264,6 +280,7 @@ class Supervisor:
         return {
             "message": f"started {app.name} ({len(app.slots)} instance(s))",
             "workers": [s.id for s in app.slots.values()],
+            "warnings": warnings,
         }
 
     async def op_start(self, targets: list[str]) -> dict[str, Any]:
@@ -287,21 +304,36 @@ class Supervisor:
         await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
         return {"message": f"stopped {len(ids)} worker(s)", "workers": ids}
 
-    async def op_restart(self, targets: list[str]) -> dict[str, Any]:
+    def _update_env(self, groups: list[tuple[App, list[Slot]]], caller_env: Any) -> list[str]:
+        """`--update-env`: the targeted apps take this caller environment from now on."""
+        caller = _caller_env(caller_env)
+        warnings: list[str] = []
+        if caller is not None:
+            for app, _slots in groups:
+                app.spec.caller_env = caller
+                warnings += _caller_warnings(app.spec)
+        return warnings
+
+    async def op_restart(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
+        """caller_env (optional, `--update-env`): replaces the apps' saved caller env first."""
         groups = resolve(self.apps, targets)
+        warnings = self._update_env(groups, caller_env)
         ids = [s.id for _, slots in groups for s in slots]
         await asyncio.gather(
             *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
         )
-        return {"message": f"restarted {len(ids)} worker(s)", "workers": ids}
+        return {"message": f"restarted {len(ids)} worker(s)", "workers": ids, "warnings": warnings}
 
-    async def op_reload(self, targets: list[str]) -> dict[str, Any]:
+    async def op_reload(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
+        """caller_env (optional, `--update-env`): as for restart."""
         messages = []
         ids = []
-        for app, slots in resolve(self.apps, targets):
+        groups = resolve(self.apps, targets)
+        warnings = self._update_env(groups, caller_env)
+        for app, slots in groups:
             messages.append(await app.rolling_reload())
             ids.extend(s.id for s in slots)
-        return {"message": "; ".join(messages), "workers": ids}
+        return {"message": "; ".join(messages), "workers": ids, "warnings": warnings}
 
     async def op_delete(self, targets: list[str]) -> dict[str, Any]:
         groups = resolve(self.apps, targets)
@@ -393,11 +425,34 @@ class Supervisor:
         app, slots = groups[0]
         spec = app.spec.to_dict()
         spec["env"] = sorted(spec["env"])  # names only: values may be secrets
+        spec["caller_env"] = sorted(spec["caller_env"])
         return {
             "app": app_row(app),
             "spec": spec,
             "workers": [worker_row(app, s) for s in slots],
         }
+
+    async def op_env(self, target: str, values: bool = False) -> list[dict[str, Any]]:
+        """What each worker of TARGET was started with: names and where each came from
+        (supervisor, caller, file, clusterui); values only when asked for."""
+        if not isinstance(target, str):
+            raise OpError("target must be a string", 2)
+        rows = []
+        for app, slots in resolve(self.apps, [target]):
+            for slot in slots:
+                proc = slot.proc
+                got = proc.env if proc is not None else {}
+                rows.append(
+                    {
+                        "id": slot.id,
+                        "app": app.name,
+                        "instance": slot.instance,
+                        "pid": proc.pid if proc else None,
+                        "names": {k: environ.layer(k, app.spec) for k in sorted(got)},
+                        "values": dict(got) if values else None,
+                    }
+                )
+        return rows
 
     async def op_wait_started(self, workers: list[int], timeout: float = 10.0) -> dict[str, str]:
         """For `up -d`: each worker 'ok' once online and stable, else why it failed."""
@@ -457,6 +512,21 @@ class Supervisor:
         await self.server.close()
 
 
+def _caller_env(raw: Any) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    env = environ.checked(raw)
+    if env is None:
+        raise OpError("caller_env must map variable names to strings", 2)
+    return env
+
+
+def _caller_warnings(spec: AppSpec) -> list[str]:
+    proxy = spec.listen is not None and spec.dispatch == "proxy"
+    names = [k for k in spec.caller_env if environ.owned(k, proxy)]
+    return [f"{spec.name}: " + environ.owned_warning(names, "your environment")] if names else []
+
+
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -485,6 +555,8 @@ def checked_spec(raw: Any) -> AppSpec:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         problems.append("env")
+    if environ.checked(spec.caller_env) is None:
+        problems.append("caller_env")
     if spec.dispatch not in DISPATCH_MODES:
         problems.append("dispatch")
     if spec.exec_mode not in ("fork", "cluster"):
