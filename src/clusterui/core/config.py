@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from yaml.constructor import SafeConstructor
 
+from clusterui.core import environ, formats
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
 from clusterui.core.units import parse_duration, parse_size
 
@@ -37,7 +38,7 @@ MAX_INSTANCES = 1024
 # Node's setTimeout limit; PM2 users know it, and it keeps timers sane.
 MAX_DURATION_MS = 2**31 - 1
 
-DEFAULT_FILES = ("ecosystem.yaml", "ecosystem.yml")
+DEFAULT_FILES = formats.DEFAULT_FILES
 
 Severity = Literal["error", "warning"]
 
@@ -177,6 +178,7 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
 _ENV_KEY = re.compile(r"env_[A-Za-z0-9_.-]+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,10}")
 _MAX_NAME = 64
 _TOP_KEYS = ("apps",)
 _TOP_PM2_KEYS = ("deploy",)
@@ -549,7 +551,15 @@ def _as_bool(value: Any) -> bool:
     return value
 
 
+def _numeric(value: Any) -> Any:
+    """PM2 reads a number written as a string ("10") as that number; so do we."""
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    return value
+
+
 def _as_int(value: Any, low: int, high: int) -> int:
+    value = _numeric(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"must be a whole number, not {_show(value)}")
     if not low <= value <= high:
@@ -718,6 +728,12 @@ class _AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
+        proxy = listen is not None and dispatch == "proxy"
+        taken = sorted(k for k in env if environ.owned(k, proxy))
+        if taken:
+            self.warn(
+                "env", f"sets {', '.join(taken)}, which clusterui sets for each worker; ignored"
+            )
 
         spec_kwargs: dict[str, Any] = {}
         for key in (
@@ -940,6 +956,7 @@ class _AppBuilder:
         cpus = os.cpu_count() or 1
         if isinstance(value, str) and value.strip().lower() == "max":
             return cpus
+        value = _numeric(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Bad(f"must be a whole number, 'max', 0 or -N, not {_show(value)}")
         if value == 0:
@@ -1071,25 +1088,27 @@ def spec_from_mapping(
 
 
 def find_default_file(cwd: Path) -> Path:
-    """./ecosystem.yaml, else ./ecosystem.yml; ConfigError when neither exists."""
+    """The first of DEFAULT_FILES in cwd; ConfigError when there is none."""
     cwd = Path(cwd)
     for name in DEFAULT_FILES:
         candidate = cwd / name
         if candidate.is_file():
             return candidate
     message = (
-        f"no ecosystem.yaml or ecosystem.yml in {cwd}; name a file, or start from"
-        " ecosystem.example.yaml"
+        f"no ecosystem file in {cwd} (looked for {', '.join(DEFAULT_FILES)}); name a file,"
+        " or start from ecosystem.example.yaml"
     )
-    if (cwd / "ecosystem.config.js").exists():
-        message += " (clusterui reads YAML, not ecosystem.config.js)"
     raise ConfigError([Problem("", 0, message)])
 
 
 def load_ecosystem(
-    path: str | Path, env_name: str | None = None, only: list[str] | None = None
+    path: str | Path,
+    env_name: str | None = None,
+    only: list[str] | None = None,
+    caller_env: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Read and validate an ecosystem file; raises ConfigError listing every error."""
+    """Read and validate an ecosystem file (any PM2 format, core/formats.py); raises
+    ConfigError listing every error. `caller_env` is what a JS file is evaluated with."""
     file = str(path)
     errors: list[Problem] = []
     warnings: list[Problem] = []
@@ -1113,6 +1132,38 @@ def load_ecosystem(
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise fail(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})", line) from None
+    try:
+        source = formats.to_source(file, text, caller_env, MAX_FILE_BYTES)
+    except formats.SourceError as e:
+        raise fail(e.message, e.line) from None
+    if not source.synthetic:
+        return _load_text(source.text, file, env_name, only)
+    # Evaluated JS: its problems name the app (by name and index), not a line.
+    label = formats.app_labels(source.text)
+
+    def relabel(problems: list[Problem]) -> list[Problem]:
+        out = []
+        for p in problems:
+            where = label(p.line) if p.line > 0 else None
+            out.append(
+                Problem(p.file, 0, f"{where}: {p.message}" if where else p.message, p.severity)
+            )
+        return out
+
+    try:
+        result = _load_text(source.text, file, env_name, only)
+    except ConfigError as exc:
+        raise ConfigError(relabel(exc.problems), relabel(exc.warnings)) from None
+    result.warnings = relabel(result.warnings)
+    return result
+
+
+def _load_text(text: str, file: str, env_name: str | None, only: list[str] | None) -> LoadResult:
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+
+    def fail(message: str, line: int = 0) -> ConfigError:
+        return ConfigError([*errors, Problem(file, line, message)], warnings)
 
     root = _compose(text, file, errors)
     if root is INVALID:

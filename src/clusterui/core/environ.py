@@ -118,3 +118,10 @@ def layer(name: str, spec: AppSpec) -> str:
     if name in spec.caller_env:
         return "caller"
     return "supervisor"
+
+
+def spec_warnings(spec: AppSpec) -> list[str]:
+    """The warning for owned names in an app's caller environment (PORT counts in proxy)."""
+    proxy = spec.listen is not None and spec.dispatch == "proxy"
+    names = [k for k in spec.caller_env if owned(k, proxy)]
+    return [f"{spec.name}: " + owned_warning(names, "your environment")] if names else []

@@ -20,7 +20,7 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, environ, guardian
+from clusterui.core import config, environ, fileops, guardian
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
@@ -38,7 +38,6 @@ class Supervisor:
     def __init__(self, home: Home):
         self.home = home
         self.apps: dict[str, App] = {}
-        self.files: list[str] = []
         self.started_at = time.time()
         self.logs = LogHub(home.logs, notice=self.notice)
         self.sampler = Sampler()
@@ -105,10 +104,15 @@ class Supervisor:
             "uptime": round(time.time() - self.started_at, 3),
             "home": str(self.home.root),
             "version": __version__,
-            "files": list(self.files),
+            "files": self.loaded_files(),
             "host": self._host,
             "conn_rate": round(self._conn_rate, 2),
         }
+
+    def loaded_files(self) -> list[str]:
+        """The ecosystem files at least one loaded app comes from, in loading order."""
+        files = [a.spec.source for a in self.apps.values() if os.path.isabs(a.spec.source)]
+        return list(dict.fromkeys(files))
 
     def state(self, history: bool = True) -> dict[str, Any]:
         return snapshot(self.apps, self.info(), history=history)
@@ -212,9 +216,21 @@ class Supervisor:
         env: str | None = None,
         only: list[str] | None = None,
         caller_env: Any = None,
+        apply: bool = False,
+        prune: bool = False,
+        update_env: bool = False,
+        restart: bool = False,
     ) -> dict[str, Any]:
-        """caller_env (optional): the environment of the command that loads the file; the
-        apps it starts keep it (core/environ.py). Without it apps get only the basics."""
+        """Optional fields, all added to protocol v1 (README "Protocol additions"):
+
+        caller_env: the environment of the command that loads the file; the apps it starts
+        keep it (core/environ.py). Without it apps get only the basics.
+        apply: loaded apps are compared with the file and changed to match (core/fileops);
+        without it they are left as they run ("kept"). prune: with apply, apps loaded from
+        this file that it no longer has are deleted. update_env: with apply, loaded apps
+        take caller_env too. restart: every app of the file is stopped and started again
+        with its spec from the file.
+        """
         caller = _caller_env(caller_env)
         if not isinstance(file, str) or not file:
             raise OpError("load takes the path of an ecosystem file", 2)
@@ -225,12 +241,25 @@ class Supervisor:
         ):
             raise OpError("only must be a list of app names", 2)
         try:
-            result = config.load_ecosystem(file, env_name=env, only=only)
+            # In a thread: a JS file is evaluated by node, which takes a moment.
+            result = await asyncio.to_thread(
+                config.load_ecosystem, file, env_name=env, only=only, caller_env=caller
+            )
         except config.ConfigError as exc:
             raise OpError(str(exc), 2) from None
-        path = str(result.path)
-        if path not in self.files:
-            self.files.append(path)
+        if apply or restart:
+            report = await fileops.apply(
+                self,
+                result.apps,
+                str(result.path),
+                caller,
+                update_env=bool(update_env),
+                prune=bool(prune),
+                restart=bool(restart),
+                only=only,
+            )
+            report["warnings"] = [str(w) for w in result.warnings] + report["warnings"]
+            return report
         started, kept, errors = [], [], []
         warnings = [str(w) for w in result.warnings]
         for spec in result.apps:
@@ -239,7 +268,7 @@ class Supervisor:
                 continue
             if caller is not None:
                 spec.caller_env = caller
-            warnings += _caller_warnings(spec)
+            warnings += environ.spec_warnings(spec)
             try:
                 await self.add_app(spec)
                 started.append(spec.name)
@@ -269,7 +298,7 @@ class Supervisor:
         caller = _caller_env(caller_env)
         if caller is not None:
             app_spec.caller_env = caller
-        warnings = _caller_warnings(app_spec)
+        warnings = environ.spec_warnings(app_spec)
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
         app = await self.add_app(app_spec)
@@ -311,7 +340,7 @@ class Supervisor:
         if caller is not None:
             for app, _slots in groups:
                 app.spec.caller_env = caller
-                warnings += _caller_warnings(app.spec)
+                warnings += environ.spec_warnings(app.spec)
         return warnings
 
     async def op_restart(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
@@ -336,6 +365,10 @@ class Supervisor:
         return {"message": "; ".join(messages), "workers": ids, "warnings": warnings}
 
     async def op_delete(self, targets: list[str]) -> dict[str, Any]:
+        return await self.delete_apps(targets)
+
+    async def delete_apps(self, targets: list[str], forget_logs: bool = True) -> dict[str, Any]:
+        """forget_logs=False: the app comes back at once (restart FILE), same ids and logs."""
         groups = resolve(self.apps, targets)
         names = []
         for app, _slots in groups:
@@ -347,7 +380,8 @@ class Supervisor:
             app.close_listener()
             self.apps.pop(app.name, None)
             for slot in app.slots.values():
-                self.logs.forget(slot.id)
+                if forget_logs:
+                    self.logs.forget(slot.id)
         return {"message": f"deleted {', '.join(names)}", "workers": []}
 
     async def op_scale(self, app: str, count: str) -> dict[str, Any]:
@@ -431,6 +465,19 @@ class Supervisor:
             "spec": spec,
             "workers": [worker_row(app, s) for s in slots],
         }
+
+    async def op_save(self) -> dict[str, Any]:
+        """Write every app's spec, instance count, watch state and caller env to
+        CLUSTERUI_HOME/dump.yaml (atomically)."""
+        try:
+            return await asyncio.to_thread(fileops.save, self)
+        except OSError as exc:
+            raise OpError(f"cannot write the dump: {exc.strerror or exc}") from None
+
+    async def op_resurrect(self, caller_env: Any = None) -> dict[str, Any]:
+        """Start the apps of dump.yaml that are not running, each with its saved caller
+        environment (caller_env only for apps saved without one)."""
+        return await fileops.resurrect(self, _caller_env(caller_env))
 
     async def op_env(self, target: str, values: bool = False) -> list[dict[str, Any]]:
         """What each worker of TARGET was started with: names and where each came from
@@ -519,12 +566,6 @@ def _caller_env(raw: Any) -> dict[str, str] | None:
     if env is None:
         raise OpError("caller_env must map variable names to strings", 2)
     return env
-
-
-def _caller_warnings(spec: AppSpec) -> list[str]:
-    proxy = spec.listen is not None and spec.dispatch == "proxy"
-    names = [k for k in spec.caller_env if environ.owned(k, proxy)]
-    return [f"{spec.name}: " + environ.owned_warning(names, "your environment")] if names else []
 
 
 def _count(value: Any) -> bool:
