@@ -257,8 +257,6 @@ async def resurrect(sup: Supervisor, caller: dict[str, str] | None) -> dict[str,
         except OpError as exc:
             errors.append(f"{spec.name}: {exc.message}")
     message = f"resurrected {', '.join(started) or 'nothing new'} from {path}"
-    if kept:
-        message += f"; already running, left as is: {', '.join(kept)}"
     return {
         "apps": [s.name for s in result.apps],
         "started": started,

@@ -95,8 +95,13 @@ def kind(path: str) -> str:
 
 
 def is_ecosystem_file(path: str) -> bool:
-    """A path that names an ecosystem file (by its suffix) and exists as a file."""
-    return os.path.splitext(path)[1].lower() in SUFFIXES and os.path.isfile(path)
+    """Whether a verb's argument names an ecosystem file rather than a script, as PM2
+    decides: .yaml/.yml/.json, and JS only as NAME.config.js/.cjs/.mjs (app.js is an app)."""
+    name = os.path.basename(path).lower()
+    suffix = os.path.splitext(name)[1]
+    if suffix in JS_SUFFIXES and not os.path.splitext(name)[0].endswith(".config"):
+        return False
+    return suffix in SUFFIXES and os.path.isfile(path)
 
 
 def to_source(path: str, text: str, caller_env: Mapping[str, str] | None, max_bytes: int) -> Source:
