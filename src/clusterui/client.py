@@ -126,6 +126,12 @@ class Client:
             args["caller_env"] = caller_env
         return await self.call("load", **args, **more)
 
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        """`reload FILE`: make the loaded apps match the file (core/fileops.py)."""
+        return await self.load(file, caller_env=caller_env, apply=True, prune=prune)
+
     async def start(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("start", targets=list(targets))
 
