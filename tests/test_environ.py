@@ -151,3 +151,27 @@ def test_owned_variables_warned_and_kept(running):
     assert "CLUSTERUI_APP, NODE_APP_INSTANCE" in r.stderr and "warning" in r.stderr
     env = worker_env(cu, "own")
     assert (env["NODE_APP_INSTANCE"], env["CLUSTERUI_APP"]) == ("0", "own")
+
+
+def test_file_setting_owned_variables_is_warned_with_its_line(tmp_path):
+    from clusterui.core.config import load_ecosystem
+
+    (tmp_path / "app.py").write_text("")
+    path = tmp_path / "eco.yaml"
+    path.write_text(
+        "apps:\n"
+        "  - name: p\n"
+        "    script: app.py\n"
+        "    exec_mode: cluster\n"
+        "    listen: 127.0.0.1:0\n"
+        "    dispatch: proxy\n"
+        "    env: {PORT: '1', NODE_APP_INSTANCE: '3', OTHER: x}\n"
+        "  - name: f\n"
+        "    script: app.py\n"
+        "    env: {PORT: '1'}\n"  # PORT is the app's own outside proxy mode
+    )
+    warnings = [str(w) for w in load_ecosystem(path).warnings]
+    assert warnings == [
+        f"{path}:7: warning: env: sets NODE_APP_INSTANCE, PORT, which clusterui sets for each"
+        " worker; ignored"
+    ]
