@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -16,6 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import WEB, Env, Load, free_port, get, wait_for
+
+from clusterui.client import Client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,6 +41,19 @@ def run_env(cu: Env, extra: dict[str, str], *args: str):
 
 def pids(cu: Env, app: str | None = None) -> dict[tuple[str, int], int]:
     return {(w["app"], w["instance"]): w["pid"] for w in cu.ls() if app in (None, w["app"])}
+
+
+def supervisor_files(cu: Env) -> list[str]:
+    """The ecosystem files the supervisor says apps come from now."""
+
+    async def ask() -> list[str]:
+        client = await Client.connect(cu.home)
+        try:
+            return (await client.state(history=False))["supervisor"]["files"]
+        finally:
+            await client.close()
+
+    return asyncio.run(ask())
 
 
 def all_online(cu: Env) -> bool:
@@ -67,7 +83,7 @@ def test_start_stop_restart_delete_a_js_file(cu):
           apps: [
             { name: "one", script: "sleeper.py", instances: "2",
               env: { MODE: process.env.NODE_ENV || "dev" } },
-            { name: "two", script: "sleeper.py" },
+            { name: "two", script: "sleeper.py", node_args: "-u" },
           ],
         };
         """,
@@ -80,6 +96,12 @@ def test_start_stop_restart_delete_a_js_file(cu):
     assert sorted(first) == [("one", 0), ("one", 1), ("two", 0)]
     # The config read process.env of the command that ran it.
     assert psutil.Process(first[("one", 0)]).environ()["MODE"] == "staging"
+    # describe's command line is the one the process got, interpreter arguments included.
+    described = cu.run("describe", "two", check=True).stdout
+    command = next(x for x in described.splitlines() if x.startswith("command"))
+    assert command.split()[1:] == psutil.Process(first[("two", 0)]).cmdline()
+    assert "-u" in command
+    assert supervisor_files(cu) == [str(cu.root / "ecosystem.config.js")]
 
     assert cu.run("stop", "ecosystem.config.js").returncode == 0
     assert {w["status"] for w in cu.ls()} == {"stopped"}
@@ -97,6 +119,7 @@ def test_start_stop_restart_delete_a_js_file(cu):
     r = cu.run("delete", "ecosystem.config.js")
     assert r.returncode == 0, r.stderr
     assert cu.ls() == []
+    assert supervisor_files(cu) == []  # what the dashboard's header names
     assert cu.run("stop", "ecosystem.config.js").returncode != 0  # nothing of it is loaded
 
 

@@ -302,7 +302,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
                 row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
                 label = f"{row['app']}:{row['instance']}" if row else wid
                 print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
-            return 1 if failed or result["errors"] else 0
+            return 1 if failed or result["errors"] or result.get("needs_restart") else 0
         return await follow_up(client, result, started)
     finally:
         await client.close()

@@ -233,7 +233,7 @@ async def resurrect(sup: Supervisor, caller: dict[str, str] | None) -> dict[str,
     try:
         result = config.load_ecosystem(path)
     except config.ConfigError as exc:
-        raise OpError(f"{exc}\n{path}: refused; nothing was started", 2) from None
+        raise OpError(f"{exc} (the dump is refused; nothing was started)", 2) from None
     text = path.read_text(encoding="utf-8")
     try:
         saved = dump.read_meta(path, text, [s.name for s in result.apps])
