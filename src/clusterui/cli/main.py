@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from clusterui import __version__
-from clusterui.cli import filecmds, render
+from clusterui.cli import export_cmd, filecmds, foreground, render
 from clusterui.cli.filecmds import caller_env
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
-from clusterui.core import config, formats
+from clusterui.core import config, formats, inherit
 from clusterui.core.home import Home
 
 ALIASES = {
@@ -47,6 +47,7 @@ VERBS = {
     "resurrect",
     "startup",
     "unstartup",
+    "export",
 }
 
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-d", "--detach", action="store_true", help="return once started")
     sp.add_argument("--prune", action="store_true", help="delete loaded apps the file dropped")
     sp.add_argument("--update-env", action="store_true", help="loaded apps take this shell's env")
+    sp.add_argument("--raw", action="store_true", help="the workers' output without prefixes")
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target")
     sp.add_argument("--values", action="store_true", help="print values too (may be secrets)")
     sp.add_argument("--json", action="store_true")
+    export_cmd.add_parser(sub)
     return p
 
 
@@ -198,6 +201,8 @@ async def dispatch(opts: argparse.Namespace) -> int:
     verb = opts.verb
     if verb == "check":
         return cmd_check(opts)
+    if verb == "export":
+        return export_cmd.cmd_export(opts)
     if verb == "up":
         return await cmd_up(opts, home)
     if verb in ("startup", "unstartup"):
@@ -276,7 +281,15 @@ report_load = filecmds.report
 
 async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     file, only = load_args(opts)
-    started = ensure_supervisor(home)
+    try:
+        handed = inherit.from_systemd()  # systemd's LISTEN_FDS: the supervisor takes them
+    except inherit.InheritError as exc:
+        raise ClientError(str(exc), 2) from None
+    try:
+        started = ensure_supervisor(home, handed)
+    finally:
+        for fd, _name in handed:
+            os.close(fd)  # the supervisor has its own copies (whoever passed them keeps theirs)
     client = await Client.connect(home)
     try:
         if not opts.detach:
@@ -303,45 +316,9 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
                 label = f"{row['app']}:{row['instance']}" if row else wid
                 print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
             return 1 if failed or result["errors"] or result.get("needs_restart") else 0
-        return await follow_up(client, result, started)
+        return await foreground.follow(client, result, started, home, raw=opts.raw)
     finally:
         await client.close()
-
-
-async def follow_up(client: Client, result: dict[str, Any], started: bool) -> int:
-    """Foreground `up`: print prefixed logs until Ctrl-C/SIGTERM, then stop everything."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
-    colour = render.use_colour()
-    lost = False
-
-    async def pump() -> None:
-        nonlocal lost
-        async for event in client.events():
-            if event["event"] == "logs":
-                for line in event["lines"]:
-                    print(render.log_line(line, colour), flush=False)
-                sys.stdout.flush()
-            elif event["event"] == "notice":
-                print(f"clusterui: {event['message']}", file=sys.stderr)
-        lost = True
-        stop.set()
-
-    task = asyncio.ensure_future(pump())
-    await stop.wait()
-    if lost:
-        print("clusterui: lost the connection to the supervisor", file=sys.stderr)
-        return 1
-    print("clusterui: stopping...", file=sys.stderr)
-    names = result["started"]
-    if started:
-        await client.shutdown()
-    elif names:
-        await client.delete(names)
-    task.cancel()
-    return 0
 
 
 async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:

@@ -8,8 +8,10 @@ Lowest precedence first:
    or `clusterui FILE` (saved with the app; `--update-env` replaces it);
 3. the file's `env`;
 4. `env_NAME` with `--env NAME` (the config loader merges 3 and 4 into `AppSpec.env`);
-5. clusterui's own variables (`owned`): CLUSTERUI_*, LISTEN_*, NODE_APP_INSTANCE, and PORT
-   in proxy mode.
+5. clusterui's own variables (`owned`): the CLUSTERUI_* and LISTEN_* names it sets or
+   reads (`OWNED_NAMES`), NODE_APP_INSTANCE, and PORT in proxy mode. Other names with
+   those prefixes are the user's (a test harness's CLUSTERUI_TEST_OWNER mark, an app's
+   LISTEN_ADDR) and pass like any variable.
 
 Values may be secrets: nothing here logs or prints one.
 """
@@ -37,8 +39,25 @@ BASICS: tuple[str, ...] = (
 )
 BASIC_PREFIXES: tuple[str, ...] = ("LC_",)
 
-OWNED_PREFIXES: tuple[str, ...] = ("CLUSTERUI_", "LISTEN_")
-OWNED_NAMES: tuple[str, ...] = ("NODE_APP_INSTANCE",)
+OWNED_NAMES: frozenset[str] = frozenset(
+    {
+        "CLUSTERUI_APP",
+        "CLUSTERUI_INSTANCE",
+        "CLUSTERUI_HOME",
+        "CLUSTERUI_DISPATCH",
+        "CLUSTERUI_CHANNEL_FD",
+        # the dispatcher's and the supervisor's own, never a worker's
+        "CLUSTERUI_DISPATCH_MODE",
+        "CLUSTERUI_LISTEN_FD",
+        "CLUSTERUI_CONTROL_FD",
+        "CLUSTERUI_INHERITED_FDS",
+        "NODE_APP_INSTANCE",
+        # systemd socket activation (shared mode)
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    }
+)
 # In the caller's environment these describe the caller's shell, not the app: left out
 # without a word. CLUSTERUI_HOME picks the supervisor the command talks to (workers get
 # their own home from clusterui); PWD would contradict the app's cwd.
@@ -50,7 +69,7 @@ MAX_BYTES = 1 << 19  # all names and values together: a request line is at most 
 
 def owned(name: str, proxy: bool = False) -> bool:
     """Whether clusterui sets (or reserves) this variable for a worker."""
-    return name.startswith(OWNED_PREFIXES) or name in OWNED_NAMES or (proxy and name == "PORT")
+    return name in OWNED_NAMES or (proxy and name == "PORT")
 
 
 def basics(environ: Mapping[str, str]) -> dict[str, str]:
