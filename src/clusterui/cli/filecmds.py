@@ -74,7 +74,10 @@ async def file_verb(client: Client, verb: str, file: str, opts: argparse.Namespa
         print(result["message"])
         return 1 if result["errors"] or result.get("needs_restart") else 0
     # stop / delete: the file's apps that are loaded.
-    names = [s.name for s in config.load_ecosystem(file, env_name=env_name, only=only).apps]
+    loaded_file = config.load_ecosystem(
+        file, env_name=env_name, only=only, caller_env=dict(os.environ)
+    )
+    names = [s.name for s in loaded_file.apps]
     state = await client.state(history=False)
     loaded = {a["name"] for a in state["apps"]}
     present = [n for n in names if n in loaded]
