@@ -96,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--env", help="with FILE: use env_NAME from each app")
     for verb in ("stop", "restart", "reload", "delete"):
         sp = sub.add_parser(verb, help=f"{verb} apps or workers, or an ecosystem FILE's apps")
-        sp.add_argument("targets", nargs="+", metavar="TARGET|FILE")
-        sp.add_argument("--only", help="with FILE: comma-separated app names")
-        sp.add_argument("--env", help="with FILE: use env_NAME from each app")
+        sp.add_argument("targets", nargs="+", metavar="TARGET", help="also an ecosystem FILE")
+        sp.add_argument("--only", metavar="A,B", help="with FILE: comma-separated app names")
+        sp.add_argument("--env", metavar="NAME", help="with FILE: use env_NAME from each app")
         if verb == "reload":
             sp.add_argument(
                 "--prune", action="store_true", help="with FILE: delete apps the file dropped"
