@@ -30,6 +30,15 @@ def test_unstable_restarts_reach_errored_at_max_restarts():
     assert run(t, s, [10, 10, 10]) == [("restart", 0), ("restart", 0), ("errored", 0)]
 
 
+def test_errored_says_why_in_the_log_line_and_notice():
+    s = spec(max_restarts=2, min_uptime=1000)
+    t = RestartTracker()
+    run(t, s, [10])
+    decision = t.on_exit(s, 10)
+    assert decision.action == "errored"
+    assert decision.reason == "2 unstable restarts (each up less than 1000 ms)"
+
+
 def test_a_stable_run_ends_the_unstable_streak():
     s = spec(max_restarts=3, min_uptime=1000)
     t = RestartTracker()

@@ -17,7 +17,10 @@ from clusterui.cli import export_cmd, filecmds, foreground, render
 from clusterui.cli.filecmds import caller_env
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
 from clusterui.core import config, formats, inherit
+from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
+from clusterui.vocab.exits import Exit
+from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {
     "list": "ls",
@@ -176,15 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(dispatch(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except ClientError as exc:
         print(f"clusterui: {exc.message}", file=sys.stderr)
         return exc.code
     except config.ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # `clusterui ls --json | head`: the reader left; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"clusterui: internal error: {exc!r} (run with --debug for details)", file=sys.stderr)
-        return 1
+        return Exit.FAILED
 
 
 async def dispatch(opts: argparse.Namespace) -> int:
@@ -271,7 +274,7 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
 
         asyncio.run(load())
     elif not home.socket.exists():
-        raise ClientError(f"no supervisor is running (home {home.root})", 3)
+        raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
     shown = str(Path(file).absolute()) if file else None
     return run_dashboard(lambda: Client.connect(home), file=shown, started_supervisor=started)
 
@@ -284,7 +287,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     try:
         handed = inherit.from_systemd()  # systemd's LISTEN_FDS: the supervisor takes them
     except inherit.InheritError as exc:
-        raise ClientError(str(exc), 2) from None
+        raise ClientError(str(exc), Exit.USAGE) from None
     try:
         started = ensure_supervisor(home, handed)
     finally:
@@ -326,23 +329,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     if verb == "ls":
         state = await client.state(history=False)
         if opts.json:
-            keys = (
-                "id",
-                "app",
-                "instance",
-                "pid",
-                "status",
-                "restarts",
-                "uptime",
-                "cpu",
-                "memory",
-                "connections",
-                "active",
-                "conn_rate",
-                "exit_code",
-                "exit_signal",
-            )
-            print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
+            print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
         return 0
@@ -413,8 +400,14 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
             mapping["watch"] = True
         if opts.interpreter:
             mapping["interpreter"] = opts.interpreter
-        spec = config.spec_from_mapping(mapping, base_dir=str(Path.cwd()), source="command line")
-        result = await client.call("start_script", spec=spec.to_dict(), caller_env=caller_env())
+        base_dir = str(Path.cwd())
+        # Checked here too (like a file), so a mistake is reported before anything starts;
+        # the supervisor builds the app from the same keys with the same loader.
+        spec = config.spec_from_mapping(mapping, base_dir=base_dir, source=COMMAND_LINE)
+        mapping["name"] = spec.name
+        result = await client.call(
+            "start_script", spec=mapping, base_dir=base_dir, caller_env=caller_env()
+        )
         report_load(result)
         print(result["message"])
         return 0

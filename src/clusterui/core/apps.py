@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import environ
-from clusterui.core.control import OpError
 from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
+from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.vocab.exits import OpError
+from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
     DRAINING,
     ERRORED,
@@ -35,9 +37,6 @@ from clusterui.vocab.states import (
     WAITING_RESTART,
     Lifecycle,
 )
-
-HISTORY = 120  # samples (one per second) kept per slot
-HANDOFF_MODES = ("round-robin", "least-connections")
 
 
 @dataclass
@@ -163,12 +162,13 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        dispatched = self.listener is not None and self.spec.dispatch != "shared"
-        return dispatched or self.spec.wait_ready
+        mode = self.mode
+        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
-        return self.listener is not None and self.spec.dispatch in HANDOFF_MODES
+        mode = self.mode
+        return mode is not None and mode.handoff
 
     def open_listener(self) -> None:
         """Bind before any worker starts, so a taken port fails this app alone."""
@@ -223,6 +223,11 @@ class App:
             }
         )
 
+    @property
+    def mode(self) -> Mode | None:
+        """The dispatch mode in force: None without a listener (fork mode, no 'listen')."""
+        return MODES[self.spec.dispatch] if self.listener is not None else None
+
     def _orphan_grace(self) -> float:
         """On a socket handed in from outside, a worker outlives a killed supervisor by
         kill_timeout: it finishes what it was handed while the next supervisor takes
@@ -233,41 +238,7 @@ class App:
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        proxy = self.listener is not None and spec.dispatch == "proxy"
-        own = {
-            "CLUSTERUI_APP": spec.name,
-            "CLUSTERUI_INSTANCE": str(slot.instance),
-            "NODE_APP_INSTANCE": str(slot.instance),
-        }
-        if self.ctx.home:
-            own["CLUSTERUI_HOME"] = self.ctx.home
-        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
-        fds: dict[int, int] = {}
-        listen_pid = False
-        port = None
-        dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
-        our_channel: socket.socket | None = None
-        worker_end: socket.socket | None = None
-        mode = spec.dispatch if self.listener else None
-        if mode in HANDOFF_MODES:
-            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            worker_end = dispatcher_pair[1]
-        elif spec.wait_ready and mode != "proxy":
-            our_channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if mode == "shared":
-            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
-            fds[3] = self.listener.sock.fileno()
-            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
-            listen_pid = True
-        if worker_end is not None:
-            channel_fd = 4 if mode == "shared" else 3
-            fds[channel_fd] = worker_end.fileno()
-            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
-        # Tells the worker helper how to serve: take handed connections, or listen itself.
-        env["CLUSTERUI_DISPATCH"] = mode or "none"
-        if mode == "proxy":
-            port = _free_port()
-            env["PORT"] = str(port)
+        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, self.ctx.home)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -275,22 +246,18 @@ class App:
                 SpawnSpec(
                     argv=spec.argv(),
                     cwd=spec.cwd,
-                    env=env,
+                    env=wiring.env,
                     stdout=out_w,
                     stderr=err_w,
-                    fds=fds,
-                    listen_pid=listen_pid,
+                    fds=wiring.fds,
+                    listen_pid=wiring.listen_pid,
                     orphan_grace=self._orphan_grace(),
                 )
             )
         except SpawnError as exc:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
-            for s in (*(dispatcher_pair or ()), our_channel):
-                if s is not None:
-                    s.close()
-            if worker_end is not None and dispatcher_pair is None:
-                worker_end.close()
+            wiring.close()
             slot.idle.to(ERRORED)
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
@@ -300,33 +267,40 @@ class App:
             for fd in (out_w, err_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        proc = Proc(self.ctx.next_serial(), pid, port)
-        proc.env = dict(env, LISTEN_PID=str(pid)) if listen_pid else env
+        proc = Proc(self.ctx.next_serial(), pid, wiring.port)
+        proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
         proc.watcher = ExitWatcher(loop, pid, lambda c, s: self._on_exit(slot, proc, c, s))
         self._by_serial[proc.serial] = proc
-        if dispatcher_pair is not None:
-            ours, theirs = dispatcher_pair
+        self._connect(slot, proc, wiring)
+        return proc
+
+    def _connect(self, slot: Slot, proc: Proc, wiring: _Wiring) -> None:
+        """After the spawn: introduce the worker to the dispatcher, or watch its channel;
+        then decide what makes it online."""
+        mode = self.mode
+        loop = asyncio.get_running_loop()
+        if wiring.dispatcher_pair is not None:
+            ours, theirs = wiring.dispatcher_pair
             self.listener.send({"t": "add", "id": proc.serial}, [ours.fileno(), theirs.fileno()])
             ours.close()
             theirs.close()
-        elif mode == "proxy":
-            self.listener.send({"t": "add", "id": proc.serial, "port": port})
-        if our_channel is not None:
-            worker_end.close()
-            proc.channel = our_channel
-            our_channel.setblocking(False)
-            loop.add_reader(our_channel.fileno(), self._read_channel, slot, proc)
-        needs_ready = mode in HANDOFF_MODES or mode == "proxy" or spec.wait_ready
-        if needs_ready:
-            if mode not in HANDOFF_MODES and mode != "proxy":
-                # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
-                loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
+        elif mode is not None and mode.own_port:
+            self.listener.send({"t": "add", "id": proc.serial, "port": proc.port})
+        if wiring.our_channel is not None:
+            wiring.worker_end.close()
+            proc.channel = wiring.our_channel
+            proc.channel.setblocking(False)
+            loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
+        if mode is not None and mode.dispatcher:
+            return  # the dispatcher says when the worker is ready
+        if self.spec.wait_ready:
+            # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
+            loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
         else:
             self._ready(slot, proc)
-        return proc
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -361,7 +335,7 @@ class App:
             proc.kill_timer.cancel()
         self._close_channel(proc)
         self._by_serial.pop(proc.serial, None)
-        if self.listener is not None and self.spec.dispatch != "shared":
+        if self.mode is not None and self.mode.dispatcher:
             self.listener.send({"t": "remove", "id": proc.serial})
         if not proc.ready.done():
             proc.ready.set_result(False)
@@ -431,10 +405,11 @@ class App:
             return
         if not proc.stop_requested:
             proc.stop_requested = True
-            if drain and self.listener is not None and self.spec.dispatch != "shared":
+            mode = self.mode
+            if drain and mode is not None and mode.dispatcher:
                 proc.life.to(DRAINING)
                 self.listener.send({"t": "drain", "id": proc.serial})
-                if self.spec.dispatch == "proxy":
+                if mode.own_port:  # no channel to drain over: the worker gets kill_signal
                     signal_group(proc.pid, self.spec.kill_signal)
             else:
                 proc.life.to(STOPPING)
@@ -575,7 +550,7 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if self.spec.dispatch == "shared" and not self.spec.wait_ready:
+                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
                     ok = True  # the kernel balances: it serves as soon as it accepts
                 else:
                     ok = await self.wait_ready(new, timeout)
@@ -684,6 +659,69 @@ class App:
                 self.start_all()
             except OpError as exc:
                 self.ctx.notice("error", exc.message)
+
+
+class _Wiring:
+    """What a new worker is given for its dispatch mode: environment, fds, sockets."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.fds: dict[int, int] = {}
+        self.listen_pid = False
+        self.port: int | None = None
+        # handoff: (our end for the dispatcher, the worker's end); both go to the dispatcher
+        self.dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
+        # wait_ready without a dispatcher: the channel is ours to read
+        self.our_channel: socket.socket | None = None
+        self.worker_end: socket.socket | None = None
+
+    @classmethod
+    def for_mode(
+        cls,
+        mode: Mode | None,
+        spec: AppSpec,
+        slot: Slot,
+        listener: Listener | None,
+        home: str = "",
+    ) -> _Wiring:
+        own = {
+            "CLUSTERUI_APP": spec.name,
+            "CLUSTERUI_INSTANCE": str(slot.instance),
+            "NODE_APP_INSTANCE": str(slot.instance),
+        }
+        if home:
+            own["CLUSTERUI_HOME"] = home
+        proxy = mode is not None and mode.own_port
+        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
+        w = cls(env)
+        if mode is not None and mode.handoff:
+            w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            w.worker_end = w.dispatcher_pair[1]
+        elif spec.wait_ready and not (mode is not None and mode.own_port):
+            w.our_channel, w.worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel_fd = 3
+        if mode is not None and mode.listen_fd:
+            assert listener is not None
+            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
+            w.fds[3] = listener.sock.fileno()
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
+            w.listen_pid = True
+            channel_fd = 4
+        if w.worker_end is not None:
+            w.fds[channel_fd] = w.worker_end.fileno()
+            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
+        # Tells the worker helper how to serve: take handed connections, or listen itself.
+        env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        if mode is not None and mode.own_port:
+            w.port = _free_port()
+            env["PORT"] = str(w.port)
+        return w
+
+    def close(self) -> None:
+        """The spawn failed: close every socket made for it."""
+        for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
+            if s is not None:
+                s.close()
 
 
 def _free_port() -> int:

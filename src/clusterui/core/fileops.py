@@ -25,8 +25,8 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from clusterui.core import dump, environ
-from clusterui.core.control import OpError
 from clusterui.core.spec import AppSpec
+from clusterui.vocab.exits import Exit, OpError
 
 if TYPE_CHECKING:
     from clusterui.core.apps import App
@@ -233,12 +233,12 @@ async def resurrect(sup: Supervisor, caller: dict[str, str] | None) -> dict[str,
     try:
         result = config.load_ecosystem(path)
     except config.ConfigError as exc:
-        raise OpError(f"{exc} (the dump is refused; nothing was started)", 2) from None
+        raise OpError(f"{exc} (the dump is refused; nothing was started)", Exit.USAGE) from None
     text = path.read_text(encoding="utf-8")
     try:
         saved = dump.read_meta(path, text, [s.name for s in result.apps])
     except dump.DumpError as exc:
-        raise OpError(str(exc), 2) from None
+        raise OpError(str(exc), Exit.USAGE) from None
     started, kept, errors, warnings = [], [], [], []
     for spec in result.apps:
         meta = saved[spec.name]

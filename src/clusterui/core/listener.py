@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import inherit
-from clusterui.core.control import OpError
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
 from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.protocol import MODES
+from clusterui.vocab.exits import OpError
 
 MAX_DATAGRAM = 65536
 # A dispatcher that ran at least this long, or said anything, and then died is replaced
@@ -129,7 +130,7 @@ class Listener:
         self._started_at = 0.0
         self._heard = False  # the current dispatcher has sent us something
         self._closed = False
-        if spec.dispatch != "shared":
+        if MODES[spec.dispatch].dispatcher:
             self._start_dispatcher()
 
     @property
@@ -191,7 +192,7 @@ class Listener:
         _respawns.setdefault(self.spec.name, []).append(time.monotonic())
         for w in self._workers.values():
             w.handed_base = w.handed  # the new dispatcher counts from zero
-            if self.spec.dispatch != "proxy" and not w.fds:
+            if MODES[self.spec.dispatch].handoff and not w.fds:
                 continue  # we could not keep its channel (fds exhausted): it drains and exits
             self._send_now(w.add, w.fds)
             if w.draining:

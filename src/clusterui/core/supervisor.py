@@ -22,14 +22,16 @@ from typing import Any
 from clusterui import __version__
 from clusterui.core import config, environ, fileops, guardian, inherit
 from clusterui.core.apps import App, Context, Slot
-from clusterui.core.control import Connection, ControlServer, OpError, encode
+from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.snapshot import app_row, snapshot, worker_row
-from clusterui.core.spec import DISPATCH_MODES, AppSpec
+from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
 from clusterui.vocab import states
+from clusterui.vocab.exits import Exit, OpError
+from clusterui.vocab.snapshot import Snapshot, SupervisorInfo
 
 TICK = 1.0
 NO_SAMPLE = Sample(0.0, 0, False)
@@ -98,7 +100,7 @@ class Supervisor:
                 )
             conn.send_encoded(data)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> SupervisorInfo:
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -115,7 +117,7 @@ class Supervisor:
         files = [a.spec.source for a in self.apps.values() if os.path.isabs(a.spec.source)]
         return list(dict.fromkeys(files))
 
-    def state(self, history: bool = True) -> dict[str, Any]:
+    def state(self, history: bool = True) -> Snapshot:
         return snapshot(self.apps, self.info(), history=history)
 
     def _app(self, name: str) -> App:
@@ -185,7 +187,7 @@ class Supervisor:
     async def handle(self, conn: Connection, op: str, args: dict[str, Any]) -> Any:
         method = getattr(self, f"op_{op.replace('-', '_')}", None)
         if method is None:
-            raise OpError(f"unknown operation {op!r}", 2)
+            raise OpError(f"unknown operation {op!r}", Exit.USAGE)
         if op == "subscribe":
             return await method(conn, **args)
         return await method(**args)
@@ -204,7 +206,7 @@ class Supervisor:
         if live_lines is not None and (
             not isinstance(live_lines, int) or isinstance(live_lines, bool) or live_lines < 1
         ):
-            raise OpError("live_lines must be a whole number of at least 1", 2)
+            raise OpError("live_lines must be a whole number of at least 1", Exit.USAGE)
         conn.live_lines = live_lines
         conn.subscribed_state = bool(state)
         conn.subscribed_logs = bool(logs)
@@ -234,20 +236,20 @@ class Supervisor:
         """
         caller = _caller_env(caller_env)
         if not isinstance(file, str) or not file:
-            raise OpError("load takes the path of an ecosystem file", 2)
+            raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
         if env is not None and not isinstance(env, str):
-            raise OpError("env must be a name", 2)
+            raise OpError("env must be a name", Exit.USAGE)
         if only is not None and not (
             isinstance(only, list) and all(isinstance(n, str) for n in only)
         ):
-            raise OpError("only must be a list of app names", 2)
+            raise OpError("only must be a list of app names", Exit.USAGE)
         try:
             # In a thread: a JS file is evaluated by node, which takes a moment.
             result = await asyncio.to_thread(
                 config.load_ecosystem, file, env_name=env, only=only, caller_env=caller
             )
         except config.ConfigError as exc:
-            raise OpError(str(exc), 2) from None
+            raise OpError(str(exc), Exit.USAGE) from None
         if apply or restart:
             report = await fileops.apply(
                 self,
@@ -294,15 +296,28 @@ class Supervisor:
         app.start_all()
         return app
 
-    async def op_start_script(self, spec: dict[str, Any], caller_env: Any = None) -> dict[str, Any]:
-        """caller_env (optional): as for load."""
-        app_spec = checked_spec(spec)
+    async def op_start_script(
+        self, spec: dict[str, Any], base_dir: str = "/", caller_env: Any = None
+    ) -> dict[str, Any]:
+        """`clusterui start SCRIPT ...`: `spec` holds ecosystem keys, read by the same loader
+        as a file (relative paths from `base_dir`, the CLI's directory). caller_env
+        (optional): as for load."""
         caller = _caller_env(caller_env)
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise OpError("start_script takes an app's keys, with its name", Exit.USAGE)
+        if not isinstance(base_dir, str) or not os.path.isabs(base_dir):
+            raise OpError("base_dir must be an absolute path", Exit.USAGE)
+        try:
+            app_spec = config.spec_from_mapping(spec, base_dir, source=config.COMMAND_LINE)
+        except config.ConfigError as exc:
+            raise OpError("; ".join(str(p) for p in exc.problems), Exit.USAGE) from None
         if caller is not None:
             app_spec.caller_env = caller
         warnings = environ.spec_warnings(app_spec)
         if app_spec.name in self.apps:
-            raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
+            raise OpError(
+                f"an app named {app_spec.name!r} is already loaded; pick --name", Exit.USAGE
+            )
         app = await self.add_app(app_spec)
         failed = [s for s in app.slots.values() if s.status == states.ERRORED and s.last_error]
         if failed:
@@ -392,12 +407,12 @@ class Supervisor:
         try:
             n = int(text)
         except ValueError:
-            raise OpError(f"scale takes N, +N or -N, not {text!r}", 2) from None
+            raise OpError(f"scale takes N, +N or -N, not {text!r}", Exit.USAGE) from None
         new = len(target.slots) + n if text[0] in "+-" else n
         if new < 0:
-            raise OpError(f"cannot scale {app} to {new} instances", 2)
+            raise OpError(f"cannot scale {app} to {new} instances", Exit.USAGE)
         if new > 1024:
-            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", 2)
+            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", Exit.USAGE)
         target.removed = False
         if new and target.spec.listen:
             target.open_listener()
@@ -412,9 +427,9 @@ class Supervisor:
 
     async def op_logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
         if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
-            raise OpError("lines must be a whole number, 0 or more", 2)
+            raise OpError("lines must be a whole number, 0 or more", Exit.USAGE)
         if target is not None and not isinstance(target, str):
-            raise OpError("target must be a string", 2)
+            raise OpError("target must be a string", Exit.USAGE)
         groups = resolve(self.apps, [target]) if target else self._all_slots()
         ids = [s.id for _, slots in groups for s in slots] if target else None
         recent = self.logs.recent(ids, lines)
@@ -485,7 +500,7 @@ class Supervisor:
         """What each worker of TARGET was started with: names and where each came from
         (supervisor, caller, file, clusterui); values only when asked for."""
         if not isinstance(target, str):
-            raise OpError("target must be a string", 2)
+            raise OpError("target must be a string", Exit.USAGE)
         rows = []
         for app, slots in resolve(self.apps, [target]):
             for slot in slots:
@@ -566,47 +581,8 @@ def _caller_env(raw: Any) -> dict[str, str] | None:
         return None
     env = environ.checked(raw)
     if env is None:
-        raise OpError("caller_env must map variable names to strings", 2)
+        raise OpError("caller_env must map variable names to strings", Exit.USAGE)
     return env
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def checked_spec(raw: Any) -> AppSpec:
-    """An AppSpec from the socket, type-checked as the config loader would (OpError if not)."""
-    if not isinstance(raw, dict):
-        raise OpError("spec must be an object", 2)
-    try:
-        spec = AppSpec.from_dict(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OpError(f"bad spec: {exc}", 2) from None
-    ints = (
-        "instances", "watch_delay", "max_restarts", "min_uptime", "restart_delay",
-        "exp_backoff_restart_delay", "kill_timeout", "listen_timeout", "log_retain",
-    )  # fmt: skip
-    problems = [k for k in ints if not _count(getattr(spec, k))]
-    strs = ("name", "script", "cwd")
-    problems += [k for k in strs if not isinstance(getattr(spec, k), str) or not getattr(spec, k)]
-    for key in ("args", "interpreter_args", "watch", "ignore_watch"):
-        value = getattr(spec, key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(key)
-    env = spec.env
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        problems.append("env")
-    if environ.checked(spec.caller_env) is None:
-        problems.append("caller_env")
-    if spec.dispatch not in DISPATCH_MODES:
-        problems.append("dispatch")
-    if spec.exec_mode not in ("fork", "cluster"):
-        problems.append("exec_mode")
-    if problems:
-        raise OpError(f"bad spec: wrong value for {', '.join(problems)}", 2)
-    return spec
 
 
 async def run(home: Home, ready_fd: int | None) -> int:
