@@ -353,6 +353,12 @@ class FakeClient:
         await self._op("reload", targets)
         return {"message": f"Reloaded {', '.join(targets)}.", "workers": self._ids(targets)}
 
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        await self._op("apply", file)
+        return {"message": f"Applied {file}: unchanged web.", "workers": []}
+
     async def delete(self, targets: list[str]) -> dict[str, Any]:
         await self._op("delete", targets)
         return {"message": f"Deleted {', '.join(targets)}.", "workers": self._ids(targets)}
