@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+import types
+import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +22,7 @@ from helpers import WEB, Env, free_port, wait_for
 from test_chaos import Control
 
 from clusterui.client import Client, ClientError
+from clusterui.vocab.snapshot import AppRow, Snapshot, WorkerRow
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,6 +44,50 @@ def kinds(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
         for key, value in row.items():
             out.setdefault(key, set()).add(kind(value))
     return out
+
+
+def conforms(value: Any, hint: Any, where: str) -> None:
+    """`value` is what the typed schema (clusterui.vocab.snapshot) declares at `where`."""
+    if typing.is_typeddict(hint):
+        assert isinstance(value, dict), where
+        hints = typing.get_type_hints(hint)
+        assert set(value) <= set(hints) and hint.__required_keys__ <= set(value), (
+            f"{where}: keys {sorted(value)} vs {sorted(hints)}"
+        )
+        for key, item in value.items():
+            conforms(item, hints[key], f"{where}.{key}")
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType or origin is typing.Union:
+        errors = []
+        for option in args:
+            try:
+                conforms(value, option, where)
+                return
+            except AssertionError as exc:
+                errors.append(str(exc))
+        raise AssertionError(f"{where}: {value!r} is none of {hint}")
+    if origin is list:
+        assert isinstance(value, list), f"{where}: {value!r} is not a list"
+        for i, item in enumerate(value):
+            conforms(item, args[0], f"{where}[{i}]")
+        return
+    if origin is dict:
+        assert isinstance(value, dict), f"{where}: {value!r} is not a dict"
+        for key, item in value.items():
+            conforms(key, args[0], f"{where} key")
+            conforms(item, args[1], f"{where}[{key!r}]")
+        return
+    if hint is type(None):
+        assert value is None, f"{where}: {value!r} is not None"
+    elif hint is float:  # JSON: a whole float may arrive as an int
+        assert isinstance(value, int | float) and not isinstance(value, bool), (where, value)
+    elif hint is int:
+        assert isinstance(value, int) and not isinstance(value, bool), (where, value)
+    elif hint is Any:
+        return
+    else:
+        assert isinstance(value, hint), f"{where}: {value!r} is not {hint}"
 
 
 def same_shape(what: str, fake: list[dict[str, Any]], real: list[dict[str, Any]]) -> None:
@@ -139,6 +186,15 @@ async def test_the_fake_clients_answers_have_the_real_supervisors_shape(real: En
     assert {"online", "waiting-restart"} <= statuses, statuses
     assert any(isinstance(w["error"], str) for w in r_state["workers"]), r_state["workers"]
     assert any(w["restart_history"] for w in r_state["workers"]), r_state["workers"]
+
+    # Both conform to the typed schema, value by value.
+    conforms(f_state, Snapshot, "fake state")
+    conforms(r_state, Snapshot, "real state")
+    for side, described in (("fake", f_desc), ("real", r_desc)):
+        for d in described:
+            conforms(d["app"], AppRow, f"{side} describe().app")
+            for w in d["workers"]:
+                conforms(w, WorkerRow, f"{side} describe().workers[]")
 
     # The snapshot: supervisor, host, apps, workers and what they nest.
     assert sorted(f_state) == sorted(r_state) == ["apps", "supervisor", "workers"]
