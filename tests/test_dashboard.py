@@ -7,8 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from fake_client import (
     make_worker,
     screen_text,
 )
+from support import pilot_until as until
 from textual.pilot import Pilot
 from textual.strip import Strip
 
@@ -31,15 +31,6 @@ from clusterui.dashboard.messages import LogsArrived, StateUpdated
 from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
 
 UTC = dt.UTC
-
-
-async def until(pilot: Pilot, cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Let the app run until cond() holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await pilot.pause(0.01)
 
 
 def notices(app: DashboardApp) -> list[tuple[str, str]]:
