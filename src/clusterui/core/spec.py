@@ -93,6 +93,11 @@ class AppSpec:
     source: str = ""
     source_line: int = 0
 
+    @property
+    def own_port(self) -> bool:
+        """Whether each worker is given its own $PORT (the dispatch mode says so)."""
+        return self.listen is not None and MODES[self.dispatch].own_port
+
     def argv(self) -> list[str]:
         """The command line the worker is exec'd with (never through a shell)."""
         head = [self.interpreter, *self.interpreter_args] if self.interpreter else []
