@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
-    sp.add_argument("what", nargs="+", metavar="SCRIPT|TARGET")
+    sp.add_argument("what", nargs="*", metavar="SCRIPT|TARGET")
+    sp.add_argument("--asgi", metavar="MODULE:ATTR", help="host an ASGI app (no SCRIPT)")
+    sp.add_argument("--wsgi", metavar="MODULE:ATTR", help="host a WSGI app (no SCRIPT)")
     sp.add_argument("-i", "--instances", help="number of instances (0 or max = CPU count)")
     sp.add_argument("--name")
     sp.add_argument("--listen", help="cluster mode: port, host:port or unix:/path")
@@ -306,8 +308,10 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
                 "connections",
                 "active",
                 "conn_rate",
+                "req_rate",
                 "exit_code",
                 "exit_signal",
+                "metrics",
             )
             print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
         else:
@@ -339,6 +343,13 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
     what = opts.what
+    hosted = [(k, v) for k, v in (("asgi", opts.asgi), ("wsgi", opts.wsgi)) if v is not None]
+    if hosted:
+        if len(hosted) > 1 or what:
+            raise UsageError("start takes one of SCRIPT, --asgi MODULE:ATTR or --wsgi MODULE:ATTR")
+        what = [""]
+    elif not what:
+        raise UsageError("start needs a SCRIPT, a file, TARGETs, or --asgi/--wsgi MODULE:ATTR")
     scripted = (
         any(v is not None for v in (opts.instances, opts.name, opts.listen, opts.dispatch))
         or opts.watch
@@ -351,8 +362,9 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
         report_load(result)
         print(f"started {', '.join(result['started']) or 'nothing new'}")
         return 1 if result["errors"] else 0
-    if len(what) == 1 and (scripted or first.is_file()):
-        mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
+    if hosted or (len(what) == 1 and (scripted or first.is_file())):
+        mapping: dict[str, Any] = dict(hosted) if hosted else {"script": what[0]}
+        mapping["args"] = opts.extra
         if opts.name:
             mapping["name"] = opts.name
         if opts.instances is not None:
@@ -439,7 +451,9 @@ async def cmd_down(client: Client, home: Home) -> int:
 def render_describe(info: dict[str, Any]) -> str:
     app = info["app"]
     spec = info["spec"]
-    command = " ".join([spec["interpreter"] or "", spec["script"], *spec["args"]]).strip()
+    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
+    head = [kind, spec[kind]] if kind else [spec["interpreter"] or "", spec["script"]]
+    command = " ".join([*head, *spec["args"]]).strip()
     lines = [
         f"app        {app['name']}  ({app['exec_mode']}"
         + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),

@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core.control import OpError
+from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
+from clusterui.dispatch import protocol as proto
+from clusterui.reqstats import REQ_RATE
 
 HISTORY = 120  # samples (one per second) kept per slot
 HANDOFF_MODES = ("round-robin", "least-connections")
@@ -79,6 +82,7 @@ class Series:
     cpu: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     memory: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     conn_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    req_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     time: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def to_dict(self) -> dict[str, list]:
@@ -86,6 +90,7 @@ class Series:
             "cpu": list(self.cpu),
             "memory": list(self.memory),
             "conn_rate": list(self.conn_rate),
+            "req_rate": list(self.req_rate),
             "time": list(self.time),
         }
 
@@ -112,6 +117,12 @@ class Slot:
         self.conn_rate = 0.0
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
+
+    @property
+    def req_rate(self) -> float | None:
+        """Requests/s as the worker reports it (clusterui.web, clusterui.worker); None if not."""
+        value = self.metrics.get(REQ_RATE) if self.proc is not None else None
+        return float(value) if value is not None else None
 
     @property
     def status(self) -> str:
@@ -243,12 +254,14 @@ class App:
         if mode == "proxy":
             port = _free_port()
             env["PORT"] = str(port)
+        # The worker's host drains WebSockets before this runs out (clusterui.web).
+        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=spec.argv(),
+                    argv=_expanded_argv(spec, env),
                     cwd=spec.cwd,
                     env=env,
                     stdout=out_w,
@@ -314,6 +327,13 @@ class App:
             return
         if b'"ready"' in data:
             self._ready(slot, proc)
+        elif b'"metrics"' in data:  # from a worker that listens itself (shared, fork)
+            try:
+                msg = proto.decode(data)
+            except proto.ProtocolError:
+                return
+            if msg.get("t") == "metrics":
+                self._on_dispatch_event({**msg, "id": proc.serial})
 
     def _close_channel(self, proc: Proc) -> None:
         if proc.channel is not None:
@@ -582,7 +602,8 @@ class App:
         elif kind == "metrics":
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
-            if slot is not None and isinstance(msg.get("values"), dict):
+            # A draining old worker's last figures would mix with its replacement's.
+            if slot is not None and slot.proc is proc and isinstance(msg.get("values"), dict):
                 slot.metrics.update(
                     {
                         str(k): v
@@ -660,6 +681,16 @@ class App:
 
     def all_procs(self) -> list[Proc]:
         return list(self._by_serial.values())
+
+
+def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
+    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter)."""
+    argv = spec.argv()
+    skip = 1 + len(spec.interpreter_args) if (spec.interpreter or spec.web) else 0
+    try:
+        return expand_argv(argv, env, skip)
+    except ExpandError as exc:
+        raise SpawnError(f"cannot expand the command line: {exc}") from None
 
 
 def _free_port() -> int:

@@ -26,6 +26,8 @@ from typing import Any, Literal
 import yaml
 from yaml.constructor import SafeConstructor
 
+from clusterui.core import hosted
+from clusterui.core.expand import check_expansion
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
 from clusterui.core.units import parse_duration, parse_size
 
@@ -81,6 +83,8 @@ class LoadResult:
 KEYS: tuple[str, ...] = (
     "name",
     "script",
+    "asgi",
+    "wsgi",
     "args",
     "cwd",
     "interpreter",
@@ -694,9 +698,17 @@ class _AppBuilder:
                 cwd_ok = False
         self.cwd = cwd
 
-        script, script_args, script_is_file = self.script(cwd_ok)
-        name = self.name(script)
+        web = self.hosted(cwd_ok)
+        if web is None:
+            script, script_args, script_is_file = self.script(cwd_ok)
+        else:
+            script, script_args, script_is_file = web[1], [], False
+        name = self.name(hosted.derive_name(script) if web and script else script)
         args = self.get("args", lambda v: _words(v, "arguments"), [])
+        for i, word in enumerate([*script_args, *args]):
+            why = check_expansion(word)
+            if why:
+                self.error("script" if i < len(script_args) else "args", why)
         interpreter, interpreter_args = self.interpreter(script, script_is_file)
 
         instances = self.get("instances", self.instances, 1)
@@ -771,6 +783,8 @@ class _AppBuilder:
             env=env,
             source=self.source,
             source_line=ctx.fallback,
+            asgi=web[1] if web and web[0] == "asgi" else None,
+            wsgi=web[1] if web and web[0] == "wsgi" else None,
             **spec_kwargs,
         )
 
@@ -827,10 +841,35 @@ class _AppBuilder:
 
     # -- fields
 
+    def hosted(self, cwd_ok: bool) -> tuple[str, str | None] | None:
+        """("asgi"|"wsgi", MODULE:ATTR or None if invalid) for a hosted app, else None."""
+        given = [k for k in ("script", *hosted.KINDS) if k in self.values]
+        if not any(k in hosted.KINDS for k in given):
+            return None
+        if len(given) > 1:
+            keys = " and ".join(repr(self.values[k][0]) for k in given)
+            self.error(given[1], f"{keys} cannot be used together: an app runs one of them")
+        kind = next(k for k in given if k in hosted.KINDS)
+        target = self.get(kind, lambda v: hosted.check_target(_as_str(v)), None)
+        if target is None:
+            return kind, None
+        if cwd_ok:
+            warning = hosted.module_warning(target, self.cwd)
+            if warning:
+                self.warn(kind, warning)
+        explicit = "interpreter" in self.values and self.values["interpreter"][1] is not None
+        why = None if explicit else hosted.extra_error(kind)
+        if why:
+            self.error(kind, why)
+        return kind, target
+
     def script(self, cwd_ok: bool) -> tuple[str | None, list[str], bool]:
         """(argv[0], leading args, whether argv[0] is a file)."""
         if "script" not in self.values:
-            self.ctx.error("'script' is missing: every app needs a script or command to run")
+            self.ctx.error(
+                "'script' is missing: every app needs a script or command to run"
+                " (or 'asgi'/'wsgi': MODULE:ATTR)"
+            )
             return None, [], False
         text = self.get("script", _as_str, None)
         if text is None:
