@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterui.core.accepting import accepting, socket_inode
 from clusterui.core.control import OpError
 from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener
@@ -30,6 +31,7 @@ from clusterui.reqstats import REQ_RATE
 
 HISTORY = 120  # samples (one per second) kept per slot
 HANDOFF_MODES = ("round-robin", "least-connections")
+ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
 @dataclass
@@ -157,8 +159,8 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        dispatched = self.listener is not None and self.spec.dispatch != "shared"
-        return dispatched or self.spec.wait_ready
+        # Shared mode: once the worker accepts on the socket (core.accepting).
+        return self.listener is not None or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
@@ -305,14 +307,25 @@ class App:
             proc.channel = our_channel
             our_channel.setblocking(False)
             loop.add_reader(our_channel.fileno(), self._read_channel, slot, proc)
-        needs_ready = mode in HANDOFF_MODES or mode == "proxy" or spec.wait_ready
+        needs_ready = mode is not None or spec.wait_ready
         if needs_ready:
             if mode not in HANDOFF_MODES and mode != "proxy":
                 # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
                 loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
+                if mode == "shared" and not spec.wait_ready:
+                    self._probe_accepting(slot, proc)
         else:
             self._ready(slot, proc)
         return proc
+
+    def _probe_accepting(self, slot: Slot, proc: Proc) -> None:
+        """Shared mode: online once the worker waits for connections on the socket."""
+        if proc.exited.done() or proc.ready.done() or self.listener is None:
+            return
+        if accepting(proc.pid, socket_inode(self.listener.sock.fileno())):
+            self._ready(slot, proc)
+            return
+        asyncio.get_running_loop().call_later(ACCEPT_PROBE, self._probe_accepting, slot, proc)
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -568,10 +581,9 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if self.spec.dispatch == "shared" and not self.spec.wait_ready:
-                    ok = True  # the kernel balances: it serves as soon as it accepts
-                else:
-                    ok = await self.wait_ready(new, timeout)
+                fallback = self.spec.dispatch not in (*HANDOFF_MODES, "proxy")
+                # Where listen_timeout also means "online anyway", let that timer win.
+                ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
                     slot.proc = old

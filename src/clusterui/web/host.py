@@ -37,13 +37,13 @@ logger = logging.getLogger("uvicorn.error")
 
 DEFAULT_KILL_TIMEOUT_MS = 1600  # clusterui's default, when run outside clusterui
 # WebSockets are closed this long before kill_timeout, so the close handshake can finish.
-WS_CLOSE_MARGIN = 0.5
+WS_CLOSE_MARGIN = 1.0
 
 
 def ws_close_delay(kill_timeout_ms: int) -> float:
     """Seconds after the drain begins at which open WebSockets get their 1001 close."""
     total = kill_timeout_ms / 1000
-    return max(0.0, total - min(WS_CLOSE_MARGIN, total / 4))
+    return max(0.0, total - min(WS_CLOSE_MARGIN, total / 3))
 
 
 class _WebSocketSession:
