@@ -263,3 +263,39 @@ def test_zero_failed_requests_across_rolling_reloads(cu, kind, target):
         assert any(str(p) in body for body in result.bodies for p in after)
         if keep_alive:
             assert result.closes_seen > 0  # draining workers said Connection: close
+
+
+WSGIREF_WORKER = """\
+from clusterui import worker
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"pid " + str(__import__("os").getpid()).encode()]
+
+
+with worker.make_wsgi_server(app) as server:
+    server.serve_forever()
+"""
+
+
+def test_clusterui_worker_servers_report_request_metrics_too(cu):
+    port = free_port()
+    cu.write("wsgiref_app.py", WSGIREF_WORKER)
+    cu.write(
+        "ecosystem.yaml",
+        f"""\
+        apps:
+          - name: plain
+            script: wsgiref_app.py
+            instances: 2
+            listen: 127.0.0.1:{port}
+        """,
+    )
+    r = cu.run("up", "-d", timeout=60)
+    assert r.returncode == 0, r.stderr
+    with Load(port, threads=2, keep_alive=False):
+        rows = wait_for(
+            lambda: [w for w in cu.ls() if (w["req_rate"] or 0) > 0], 15, "req_rate from wsgiref"
+        )
+    assert {"req_rate", "in_flight", "p50_ms", "p99_ms"} <= set(rows[0]["metrics"])
