@@ -13,6 +13,8 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+from clusterui.vocab import states
+
 T0 = 1_764_190_000.0  # the fake supervisor's start time (epoch seconds)
 UPTIME = 3 * 3600 + 12 * 60 + 5.0  # the fake supervisor has been up 3h12m05s
 NOW = T0 + UPTIME
@@ -65,7 +67,7 @@ def make_worker(
     exit_code: int | None = None,
     exit_signal: str | None = None,
 ) -> dict[str, Any]:
-    live = status in ("online", "launching", "draining", "stopping")
+    live = status in states.LIVE
     hist = make_history(history, cpu, memory, conn_rate, busy=busy, phase=wid * 0.7)
     return {
         "id": wid,

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from clusterui.core import inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
 
@@ -196,15 +197,28 @@ def supervisor_pid(home: Home) -> int | None:
         return None
 
 
-def ensure_supervisor(home: Home) -> bool:
-    """Start a supervisor for `home` unless one answers; True if we started it."""
+def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None) -> bool:
+    """Start a supervisor for `home` unless one answers; True if we started it.
+
+    `inherited`: listening sockets handed to us (systemd's LISTEN_FDS) that the new
+    supervisor is to use instead of binding; ClientError if one is running already.
+    """
     if _answers(home):
+        if inherited:
+            raise ClientError(
+                f"a supervisor is already running for {home.root}; it cannot take the "
+                "sockets handed to this command (use a CLUSTERUI_HOME of its own)",
+                1,
+            )
         return False
     try:
         home.ensure()
     except OSError as exc:
         raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", 1) from None
     r, w = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"}
+    if inherited:
+        env[inherit.ENV] = inherit.to_env(inherited)
     log = open(home.supervisor_log, "ab")  # noqa: SIM115 - handed to the child
     try:
         launcher = subprocess.Popen(
@@ -221,9 +235,9 @@ def ensure_supervisor(home: Home) -> bool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            pass_fds=(w,),
+            pass_fds=(w, *(fd for fd, _name in inherited or ())),
             start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"},
+            env=env,
         )
     finally:
         os.close(w)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from clusterui import __version__
-from clusterui.cli import render
+from clusterui.cli import export_cmd, foreground, render
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
-from clusterui.core import config
+from clusterui.core import config, inherit
 from clusterui.core.home import Home
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
@@ -34,6 +34,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "export",
 }
 
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("up", help="start FILE's apps headless")
     file_opts(sp)
     sp.add_argument("-d", "--detach", action="store_true", help="return once started")
+    sp.add_argument("--raw", action="store_true", help="the workers' output without prefixes")
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    export_cmd.add_parser(sub)
     return p
 
 
@@ -154,6 +157,8 @@ async def dispatch(opts: argparse.Namespace) -> int:
     verb = opts.verb
     if verb == "check":
         return cmd_check(opts)
+    if verb == "export":
+        return export_cmd.cmd_export(opts)
     if verb == "up":
         return await cmd_up(opts, home)
     if verb == "start":
@@ -232,7 +237,15 @@ def report_load(result: dict[str, Any]) -> None:
 
 async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     file, only = load_args(opts)
-    started = ensure_supervisor(home)
+    try:
+        handed = inherit.from_systemd()  # systemd's LISTEN_FDS: the supervisor takes them
+    except inherit.InheritError as exc:
+        raise ClientError(str(exc), 2) from None
+    try:
+        started = ensure_supervisor(home, handed)
+    finally:
+        for fd, _name in handed:
+            os.close(fd)  # the supervisor has its own copies (whoever passed them keeps theirs)
     client = await Client.connect(home)
     try:
         if not opts.detach:
@@ -249,45 +262,9 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
                 label = f"{row['app']}:{row['instance']}" if row else wid
                 print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
             return 1 if failed or result["errors"] else 0
-        return await follow_up(client, result, started)
+        return await foreground.follow(client, result, started, home, raw=opts.raw)
     finally:
         await client.close()
-
-
-async def follow_up(client: Client, result: dict[str, Any], started: bool) -> int:
-    """Foreground `up`: print prefixed logs until Ctrl-C/SIGTERM, then stop everything."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
-    colour = render.use_colour()
-    lost = False
-
-    async def pump() -> None:
-        nonlocal lost
-        async for event in client.events():
-            if event["event"] == "logs":
-                for line in event["lines"]:
-                    print(render.log_line(line, colour), flush=False)
-                sys.stdout.flush()
-            elif event["event"] == "notice":
-                print(f"clusterui: {event['message']}", file=sys.stderr)
-        lost = True
-        stop.set()
-
-    task = asyncio.ensure_future(pump())
-    await stop.wait()
-    if lost:
-        print("clusterui: lost the connection to the supervisor", file=sys.stderr)
-        return 1
-    print("clusterui: stopping...", file=sys.stderr)
-    names = result["started"]
-    if started:
-        await client.shutdown()
-    elif names:
-        await client.delete(names)
-    task.cancel()
-    return 0
 
 
 async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:

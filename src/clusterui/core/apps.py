@@ -28,6 +28,16 @@ from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_gr
 from clusterui.core.spec import AppSpec
 from clusterui.dispatch import protocol as proto
 from clusterui.reqstats import REQ_RATE
+from clusterui.vocab.states import (
+    DRAINING,
+    ERRORED,
+    LAUNCHING,
+    ONLINE,
+    STOPPED,
+    STOPPING,
+    WAITING_RESTART,
+    Lifecycle,
+)
 
 HISTORY = 120  # samples (one per second) kept per slot
 HANDOFF_MODES = ("round-robin", "least-connections")
@@ -54,7 +64,7 @@ class Proc:
         self.port = port  # proxy mode: the worker's own $PORT
         self.started = time.monotonic()
         self.started_wall = time.time()
-        self.status = "launching"
+        self.life = Lifecycle(LAUNCHING)
         self.ready = asyncio.get_running_loop().create_future()
         self.exited: asyncio.Future[tuple[int | None, str | None]] = (
             asyncio.get_running_loop().create_future()
@@ -69,6 +79,10 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+
+    @property
+    def status(self) -> str:
+        return self.life.value
 
     @property
     def uptime(self) -> float:
@@ -104,7 +118,7 @@ class Slot:
         self.instance = instance
         self.proc: Proc | None = None
         self.retiring: list[Proc] = []
-        self.idle_status = "stopped"  # status when there is no process
+        self.idle = Lifecycle(STOPPED)  # the status while there is no process
         self.restarts = 0
         self.tracker = RestartTracker()
         self.restart_timer: asyncio.TimerHandle | None = None
@@ -128,7 +142,7 @@ class Slot:
 
     @property
     def status(self) -> str:
-        return self.proc.status if self.proc else self.idle_status
+        return self.proc.status if self.proc else self.idle.value
 
     def cancel_restart(self) -> None:
         if self.restart_timer is not None:
@@ -219,6 +233,14 @@ class App:
             }
         )
 
+    def _orphan_grace(self) -> float:
+        """On a socket handed in from outside, a worker outlives a killed supervisor by
+        kill_timeout: it finishes what it was handed while the next supervisor takes
+        over the socket (new connections wait in its queue)."""
+        if self.listener is not None and self.listener.inherited:
+            return self.spec.kill_timeout / 1000
+        return 0.0
+
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
         env = dict(os.environ)
@@ -270,6 +292,7 @@ class App:
                     stderr=err_w,
                     fds=fds,
                     listen_pid=listen_pid,
+                    orphan_grace=self._orphan_grace(),
                 )
             )
         except SpawnError as exc:
@@ -280,7 +303,7 @@ class App:
                     s.close()
             if worker_end is not None and dispatcher_pair is None:
                 worker_end.close()
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
             self.ctx.notice("error", f"{self.name}:{slot.instance} failed to start: {exc}")
@@ -359,8 +382,8 @@ class App:
         if proc.exited.done() or proc.ready.done():
             return
         proc.mark_ready()
-        if proc.status == "launching":
-            proc.status = "online"
+        if proc.status == LAUNCHING:
+            proc.life.to(ONLINE)
 
     def _on_exit(self, slot: Slot, proc: Proc, code: int | None, sig: str | None) -> None:
         if proc.kill_timer is not None:
@@ -382,7 +405,7 @@ class App:
         slot.proc = None
         slot.last_exit = (code, sig)
         if proc.stop_requested:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"stopped ({what})")
             return
         self._unexpected_exit(slot, proc, what)
@@ -390,11 +413,11 @@ class App:
     def _unexpected_exit(self, slot: Slot, proc: Proc, what: str) -> None:
         label = f"{self.name}:{slot.instance}"
         if self.removed:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             return
         if proc.after_watch and proc.uptime * 1000 < self.spec.min_uptime and self.watch_on:
             # New code that dies at once: wait for the next save instead of crash-looping.
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             self.last_watch_event = f"{label} crashed after the change; waiting for file changes"
             self.ctx.logs.emit(
                 slot.id, self.name, slot.instance, f"{what}; {self.last_watch_event}"
@@ -403,7 +426,7 @@ class App:
             return
         decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
         if decision.action == "restart":
-            slot.idle_status = "waiting-restart"
+            slot.idle.to(WAITING_RESTART)
             delay = decision.delay_ms
             self.ctx.logs.emit(
                 slot.id, self.name, slot.instance, f"{what}; restarting in {delay} ms"
@@ -413,16 +436,16 @@ class App:
                 delay / 1000, lambda: self._restart_after_crash(slot)
             )
         elif decision.action == "errored":
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
             self.ctx.notice("error", f"{label} errored: {decision.reason}")
         else:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
 
     def _restart_after_crash(self, slot: Slot) -> None:
         slot.restart_timer = None
-        if slot.proc is None and slot.idle_status == "waiting-restart" and not self.removed:
+        if slot.proc is None and slot.idle.value == WAITING_RESTART and not self.removed:
             self.start_slot(slot, reason="crashed")
 
     async def stop_proc(self, proc: Proc, *, drain: bool = False) -> None:
@@ -438,12 +461,12 @@ class App:
         if not proc.stop_requested:
             proc.stop_requested = True
             if drain and self.listener is not None and self.spec.dispatch != "shared":
-                proc.status = "draining"
+                proc.life.to(DRAINING)
                 self.listener.send({"t": "drain", "id": proc.serial})
                 if self.spec.dispatch == "proxy":
                     signal_group(proc.pid, self.spec.kill_signal)
             else:
-                proc.status = "stopping"
+                proc.life.to(STOPPING)
                 signal_group(proc.pid, self.spec.kill_signal)
             loop = asyncio.get_running_loop()
             proc.kill_timer = loop.call_later(
@@ -452,8 +475,8 @@ class App:
 
     async def stop_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
-        if slot.proc is None and slot.idle_status in ("waiting-restart", "errored", "launching"):
-            slot.idle_status = "stopped"
+        if slot.proc is None and slot.idle.value != STOPPED:
+            slot.idle.to(STOPPED)
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
         for p in procs:
             self.request_stop(p)  # now, not when gather gets round to it
@@ -677,7 +700,7 @@ class App:
         await self.stop_all()
         self.close_listener()
         for slot in self.slots.values():
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             slot.last_error = "the dispatcher keeps exiting"
 
     async def _recover_dispatcher(self, delay: float) -> None:
@@ -690,9 +713,6 @@ class App:
                 self.start_all()
             except OpError as exc:
                 self.ctx.notice("error", exc.message)
-
-    def all_procs(self) -> list[Proc]:
-        return list(self._by_serial.values())
 
 
 def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterui.core import inherit
 from clusterui.core.control import OpError
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
@@ -117,7 +118,10 @@ class Listener:
     ):
         assert spec.listen is not None
         self.spec = spec
-        self.sock = bind(spec.listen)
+        # A socket handed in from outside (systemd) outlives us: use it, never bind.
+        inherited = inherit.take(spec.name, spec.listen)
+        self.inherited = inherited is not None
+        self.sock = inherited if inherited is not None else bind(spec.listen)
         self._on_event = on_event
         self._on_exit = on_dispatcher_exit
         self.pid: int | None = None
@@ -327,7 +331,7 @@ class Listener:
         if self._watcher is not None:
             # Keep reaping it: the exit callback still fires, and no zombie stays.
             pass
-        if self.spec.listen and self.spec.listen.kind == "unix":
+        if self.spec.listen and self.spec.listen.kind == "unix" and not self.inherited:
             with contextlib.suppress(OSError):
                 os.unlink(self.spec.listen.path)
         self.sock.close()

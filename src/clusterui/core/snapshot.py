@@ -5,18 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from clusterui.core.apps import App, Slot
-
-# Shown instead of these states while the process is stopped by the kernel; a worker that
-# is stopping or draining keeps saying so (its kill_timeout SIGKILL ends it either way).
-SUSPENDABLE = ("online", "launching")
+from clusterui.vocab import states
 
 
 def display_status(slot: Slot) -> str:
-    """The slot's state, or "suspended" while its live process is stopped (SIGSTOP)."""
-    status = slot.status
-    if slot.proc is not None and slot.proc.suspended and status in SUSPENDABLE:
-        return "suspended"
-    return status
+    """The slot's status, or "suspended" while its live process is stopped (SIGSTOP)."""
+    return states.shown(slot.status, slot.proc is not None and slot.proc.suspended)
 
 
 def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, guardian
+from clusterui.core import config, guardian, inherit
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
@@ -29,6 +29,7 @@ from clusterui.core.snapshot import app_row, snapshot, worker_row
 from clusterui.core.spec import DISPATCH_MODES, AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
+from clusterui.vocab import states
 
 TICK = 1.0
 NO_SAMPLE = Sample(0.0, 0, False)
@@ -152,7 +153,7 @@ class Supervisor:
             h.conn_rate.append(round(slot.conn_rate, 2))
             h.req_rate.append(round(slot.req_rate or 0.0, 1))
             limit = app.spec.max_memory_restart
-            if limit and slot.proc and rss > limit and slot.proc.status == "online":
+            if limit and slot.proc and rss > limit and slot.proc.status == states.ONLINE:
                 self.logs.emit(
                     slot.id,
                     app.name,
@@ -240,7 +241,8 @@ class Supervisor:
             "started": started,
             "kept": kept,
             "errors": errors,
-            "warnings": [str(w) for w in result.warnings],
+            "warnings": [str(w) for w in result.warnings]
+            + [f"clusterui: the socket handed in as {s} matches no app" for s in inherit.unused()],
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
 
@@ -258,7 +260,7 @@ class Supervisor:
         if app_spec.name in self.apps:
             raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
         app = await self.add_app(app_spec)
-        failed = [s for s in app.slots.values() if s.status == "errored" and s.last_error]
+        failed = [s for s in app.slots.values() if s.status == states.ERRORED and s.last_error]
         if failed:
             slot = failed[0]
             raise OpError(f"{app.name}:{slot.instance} failed to start: {slot.last_error}")
@@ -414,7 +416,7 @@ class Supervisor:
                     proc = slot.proc
                     first_pid.setdefault(slot.id, proc.pid if proc else None)
                     stable = min(app.spec.min_uptime, 1000) / 1000
-                    if slot.status == "errored":
+                    if slot.status == states.ERRORED:
                         verdicts[str(slot.id)] = slot.last_error or "errored"
                     elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
                         code, sig = slot.last_exit
@@ -422,7 +424,7 @@ class Supervisor:
                             f"exited ({sig or f'code {code}'})" if code or sig else "exited"
                         )
                     elif (
-                        proc.status == "online"
+                        proc.status == states.ONLINE
                         and not proc.suspended  # stopped: not serving, so not started yet
                         and (proc.uptime >= stable or app.signals_ready)
                     ):
@@ -545,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--daemonize", action="store_true")
     opts = parser.parse_args(argv)
+    try:
+        # Handed in by `clusterui up`, or by systemd when it starts us directly.
+        handed = inherit.from_env() or inherit.from_systemd()
+    except inherit.InheritError as exc:
+        _report_ready(opts.ready_fd, str(exc))
+        return 2
     if opts.daemonize and os.fork() > 0:
         os._exit(0)  # the launcher reaps us at once; the supervisor is nobody's child
     home = Home.from_env(opts.home)
@@ -560,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
+    for problem in inherit.install(handed):
+        print(f"clusterui: {problem}", file=sys.stderr)
     guardian.start()
     try:
         code = asyncio.run(run(home, ready_fd))
