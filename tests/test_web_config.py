@@ -209,3 +209,56 @@ def test_shared_mode_is_online_only_once_accepting_so_reload_rolls(cu):
         reload.communicate(timeout=60)
     assert reload.returncode == 0
     assert not old & {w["pid"] for w in cu.ls()}
+
+
+def test_request_stats_rate_percentiles_and_quiet_when_idle():
+    from clusterui import reqstats
+
+    now = [0.0]
+    stats = reqstats.RequestStats(clock=lambda: now[0])
+    for ms in range(1, 101):  # 100 requests of 1..100 ms, one after the other
+        started = stats.begin()
+        now[0] += ms / 1000
+        stats.end(started)
+    now[0] = 10.0
+    figures = stats.report()
+    assert figures[reqstats.REQ_RATE] == 10.0  # 100 requests over 10 s
+    assert figures[reqstats.IN_FLIGHT] == 0
+    assert figures[reqstats.P50] == 50.0 and figures[reqstats.P99] == 99.0
+    now[0] = 11.0
+    assert stats.report() == {reqstats.REQ_RATE: 0.0}  # idle: one 0, latencies kept
+    now[0] = 12.0
+    assert stats.report() == {}  # and then nothing
+    stats.begin()
+    now[0] = 13.0
+    assert stats.report() == {reqstats.IN_FLIGHT: 1}
+
+
+NODELAY_SHARED = """\
+import socket
+sock = socket.socket(fileno=3)  # what uvicorn --fd 3 does: it never sets TCP_NODELAY
+while True:
+    conn, _ = sock.accept()
+    conn.recv(65536)
+    flag = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    body = f"nodelay {flag}".encode()
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body))
+    conn.close()
+"""
+
+
+def test_shared_fd_3_connections_have_tcp_nodelay(cu):
+    cu.write("nodelay.py", NODELAY_SHARED)
+    port = free_port()
+    cu.write(
+        "ecosystem.yaml",
+        f"""\
+        apps:
+          - name: n
+            script: nodelay.py
+            listen: 127.0.0.1:{port}
+            dispatch: shared
+        """,
+    )
+    assert cu.run("up", "-d", timeout=60).returncode == 0
+    assert get(port)[1] == "nodelay 1"
