@@ -14,8 +14,9 @@ Everything in one run, side by side, two workers each, on 127.0.0.1:
 
 All servers of a group run at once and are measured in turn, ``--rounds`` times over;
 each figure is the best round (the background load drifts). Access logs are off.
-Ratios print against ``uvicorn --workers 2`` (FastAPI) and gunicorn gthread (Flask). The targets from issue 13: keep-alive req/s >= 1.0x,
-new conn/s >= 0.9x, zero failed requests across reloads, p99 under reload <= 2x steady.
+Ratios print against ``uvicorn --workers 2`` (FastAPI) and gunicorn gthread (Flask).
+The targets from issue 13: keep-alive req/s >= 1.0x, new conn/s >= 0.9x, zero failed
+requests across reloads, p99 under reload <= 2x steady.
 
     .venv/bin/python bench/web.py [--duration 8] [--connections 64] [--threads 2] [--rounds 2]
 
