@@ -143,7 +143,7 @@ def test_websocket_echo_survives_until_drain_then_gets_1001(cu):
             stderr=subprocess.PIPE,
         )
         try:
-            wait_for(lambda: pids_of(cu, "api") and pids_of(cu, "api")[0] != old, 20, "new pid")
+            wait_for(lambda: [p for p in pids_of(cu, "api") if p != old], 20, "new pid")
             started = time.monotonic()
             # The old worker is draining: the WebSocket still echoes...
             ws.send("during")
