@@ -262,3 +262,72 @@ def test_shared_fd_3_connections_have_tcp_nodelay(cu):
     )
     assert cu.run("up", "-d", timeout=60).returncode == 0
     assert get(port)[1] == "nodelay 1"
+
+
+def test_drain_answers_pipelined_requests_and_closes_idle_after_grace(tmp_path):
+    """The host alone (no supervisor): SIGTERM starts the same drain a reload does."""
+    import shutil
+    import signal
+    import socket
+
+    from test_web import APPS
+
+    shutil.copy(APPS / "fastapi_main.py", tmp_path / "fastapi_main.py")
+    port = free_port()
+    host = subprocess.Popen(
+        [sys.executable, "-m", "clusterui.web", "asgi", "fastapi_main:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"},
+    )
+    try:
+        wait_for(lambda: _answers(port), 30, "the host serving")
+        busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        for s in (busy, idle):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_responses(s, 1)[0].startswith(b"HTTP/1.1 200")
+        host.send_signal(signal.SIGTERM)
+        drain_began = time.monotonic()
+        time.sleep(0.3)
+        # Three pipelined requests on a kept-alive connection during the drain: all
+        # answered, and only the last answer closes the connection.
+        busy.sendall(b"GET /sleep?ms=20 HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        answers = _read_responses(busy, 3)
+        assert [b"connection: close" in a.lower() for a in answers] == [False, False, True]
+        assert busy.recv(100) == b""  # then it closed
+        # The idle one was kept for the grace (1 s), then closed without an answer.
+        assert idle.recv(100) == b""
+        assert time.monotonic() - drain_began >= 0.8
+        assert host.wait(10) == 0
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(port)[0] == 200
+    except OSError:
+        return False
+
+
+def _read_responses(sock, n: int) -> list[bytes]:
+    """n HTTP responses with Content-Length bodies, as raw bytes each."""
+    data, out = b"", []
+    while len(out) < n:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].lower()
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            end = head_end + 4 + length
+            if len(data) >= end:
+                out.append(data[:end])
+                data = data[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, (out, data)
+        data += chunk
+    return out
