@@ -1,6 +1,6 @@
 """An in-memory client for the dashboard: deterministic data, scripted events, recorded calls.
 
-It implements the client API of clusterui.client.Client (see DESIGN.md §6 and the client
+It implements the client API of clusterui.client.Client (see docs/architecture.md and the client
 contract). Everything is fixed: times count from T0, pids are made up, histories are
 computed from the sample index, so screenshots and snapshot tests are reproducible.
 """
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from clusterui.vocab import states
+from clusterui.vocab.snapshot import HISTORY, AppRow, Series, Snapshot, WorkerRow
 
 T0 = 1_764_190_000.0  # the fake supervisor's start time (epoch seconds)
 UPTIME = 3 * 3600 + 12 * 60 + 5.0  # the fake supervisor has been up 3h12m05s
@@ -35,7 +36,7 @@ def _wave(i: int, base: float, amp: float, period: float, phase: float) -> float
 
 def make_history(
     n: int, cpu: float, memory: int, conn_rate: float, *, busy: bool = False, phase: float = 0.0
-) -> dict[str, list[float]]:
+) -> Series:
     """`n` one-second samples ending at NOW, shaped so sparklines show something."""
     amp = 0.9 if busy else 0.35
     return {
@@ -61,12 +62,13 @@ def make_worker(
     restarts: int = 0,
     uptime: float = 3600.0,
     busy: bool = False,
-    history: int = 120,
+    history: int = HISTORY,
     metrics: dict[str, float] | None = None,
     restart_history: list[dict[str, Any]] | None = None,
     exit_code: int | None = None,
     exit_signal: str | None = None,
-) -> dict[str, Any]:
+    error: str | None = None,
+) -> WorkerRow:
     live = status in states.LIVE
     hist = make_history(history, cpu, memory, conn_rate, busy=busy, phase=wid * 0.7)
     return {
@@ -84,7 +86,7 @@ def make_worker(
         "conn_rate": hist["conn_rate"][-1] if history else conn_rate,
         "exit_code": exit_code,
         "exit_signal": exit_signal,
-        "error": None,
+        "error": error,
         "metrics": dict(metrics or {}),
         "history": hist if live else {"cpu": [], "memory": [], "conn_rate": [], "time": []},
         "restart_history": list(restart_history or []),
@@ -93,8 +95,8 @@ def make_worker(
     }
 
 
-def make_app(name: str, **over: Any) -> dict[str, Any]:
-    app = {
+def make_app(name: str, **over: Any) -> AppRow:
+    app: AppRow = {
         "name": name,
         "exec_mode": "cluster",
         "dispatch": "round-robin",
@@ -116,9 +118,31 @@ def make_app(name: str, **over: Any) -> dict[str, Any]:
     return app
 
 
+def app_spec(app: dict[str, Any]) -> dict[str, Any]:
+    """The `spec` part of a describe answer: the supervisor's AppSpec.to_dict() for this
+    app, env values left out (the supervisor sends the names only)."""
+    from clusterui.core.spec import AppSpec, parse_listen
+
+    spec = AppSpec(
+        name=app["name"],
+        script=app["script"],
+        args=list(app["args"]),
+        cwd=app["cwd"],
+        interpreter=app["interpreter"],
+        instances=app["instances"],
+        exec_mode=app["exec_mode"],
+        listen=parse_listen(app["listen"]) if app["listen"] else None,
+        dispatch=app["dispatch"] or "round-robin",
+        watch=list(app["watch_paths"]),
+        source=app["source"],
+    ).to_dict()
+    spec["env"] = sorted(app["env_names"])
+    return spec
+
+
 def make_snapshot(
-    apps: list[dict[str, Any]], workers: list[dict[str, Any]], *, conn_rate: float | None = None
-) -> dict[str, Any]:
+    apps: list[AppRow], workers: list[WorkerRow], *, conn_rate: float | None = None
+) -> Snapshot:
     rate = conn_rate if conn_rate is not None else sum(w["conn_rate"] for w in workers)
     return {
         "supervisor": {
@@ -141,7 +165,7 @@ def make_snapshot(
     }
 
 
-def demo_snapshot(*, api_workers: int = 2, busy: bool = False) -> dict[str, Any]:
+def demo_snapshot(*, api_workers: int = 2, busy: bool = False) -> Snapshot:
     """Three apps: a web app with file watch, an API (scaled and busy when asked), a job runner."""
     apps = [
         make_app(
@@ -318,7 +342,7 @@ class FakeClient:
         await self._op(op, args)
         return {"message": f"{op}: ok", "workers": []}
 
-    async def state(self) -> dict[str, Any]:
+    async def state(self) -> Snapshot:
         await self._op("state")
         return copy.deepcopy(self.snapshot)
 
@@ -352,6 +376,12 @@ class FakeClient:
         await self._op("reload", targets)
         return {"message": f"Reloaded {', '.join(targets)}.", "workers": self._ids(targets)}
 
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        await self._op("apply", file)
+        return {"message": f"Applied {file}: unchanged web.", "workers": []}
+
     async def delete(self, targets: list[str]) -> dict[str, Any]:
         await self._op("delete", targets)
         return {"message": f"Deleted {', '.join(targets)}.", "workers": self._ids(targets)}
@@ -372,7 +402,14 @@ class FakeClient:
 
     async def describe(self, target: str) -> dict[str, Any]:
         await self._op("describe", target)
-        return {}
+        name = target.split(":")[0]
+        app = next(a for a in self.snapshot["apps"] if a["name"] == name)
+        workers = [
+            w
+            for w in self.snapshot["workers"]
+            if w["app"] == name and target in (name, f"{name}:{w['instance']}", str(w["id"]))
+        ]
+        return copy.deepcopy({"app": app, "spec": app_spec(app), "workers": workers})
 
     async def shutdown(self) -> None:
         await self._op("shutdown")

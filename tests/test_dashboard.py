@@ -229,6 +229,10 @@ PALETTE_CASES = [
     ("Stop web:1", lambda c, a: c.calls_of("stop")[-1:] == [(["web:1"],)]),
     ("Start web:1", lambda c, a: c.calls_of("start")[-1:] == [(["web:1"],)]),
     ("Toggle file watch for web", lambda c, a: c.calls_of("watch")[-1:] == [("web", None)]),
+    (
+        "Apply the ecosystem file",
+        lambda c, a: c.calls_of("apply")[-1:] == [("/srv/shop/ecosystem.yaml",)],
+    ),
     ("Focus or maximise the logs", lambda c, a: a.log_view.has_focus),
     ("Filter the logs", lambda c, a: a.focused is not None and a.focused.id == "filter"),
     ("Show or hide details", lambda c, a: not a.main_screen.has_class("-details")),
@@ -280,6 +284,29 @@ async def test_palette_delete_asks_first() -> None:
         await pilot.press("y")
         await until(pilot, lambda: client.calls_of("delete") == [(["jobs"],)])
         await until(pilot, lambda: "Deleted jobs." in messages(app))
+
+
+async def test_u_applies_the_loaded_files_and_the_header_names_them() -> None:
+    client = FakeClient()
+    async with dashboard(client, file="/srv/shop/other.yaml") as (app, pilot, _):
+        await pilot.press("u")
+        await until(pilot, lambda: len(client.calls_of("apply")) == 2)
+        # The file we were started on (its apps are gone now) and the file apps come from.
+        assert client.calls_of("apply") == [
+            ("/srv/shop/other.yaml",),
+            ("/srv/shop/ecosystem.yaml",),
+        ]
+        await until(pilot, lambda: any("Applied" in m for m in messages(app)))
+        assert "ecosystem.yaml" in screen_text(app) and "other.yaml" not in screen_text(app)
+
+
+async def test_u_with_no_file_says_so() -> None:
+    client = FakeClient()
+    client.snapshot["supervisor"]["files"] = []
+    async with dashboard(client) as (app, pilot, _):
+        await pilot.press("u")
+        await until(pilot, lambda: "No ecosystem file is loaded." in messages(app))
+        assert client.calls_of("apply") == []
 
 
 # -- quitting --------------------------------------------------------------------
@@ -415,8 +442,33 @@ async def test_a_suspended_worker_is_shown_as_such(size: tuple[int, int], word: 
         assert "‖" in table.get_cell("w:1", "status").plain
         assert "1/2 up" in table.get_cell("app:web", "status").plain
         await select(app, pilot, "w:1")
-        if app.details_visible:
-            assert "‖ suspended" in screen_text(app)
+        if not app.details_visible:  # narrow: the details open on enter
+            await pilot.press("enter")
+            await until(pilot, lambda: app.details_visible)
+        assert "‖ suspended" in screen_text(app)
+
+
+@pytest.mark.parametrize("size", [(200, 60), (80, 24), (60, 20)])
+async def test_an_errored_worker_and_its_app_show_errored(size: tuple[int, int]) -> None:
+    async with dashboard(size=size) as (app, pilot, client):
+        snap = copy.deepcopy(client.snapshot)
+        snap["workers"][1].update(status="errored", pid=None, error="exited (code 1) 15 times")
+        client.push_state(snap)
+        table = app.table
+        await until(pilot, lambda: "✖" in table.get_cell("w:1", "status").plain)
+        assert "errored" in table.get_cell("w:1", "status").plain
+        # The app's summary: one of two up, and the errored glyph rather than "launching".
+        summary = table.get_cell("app:web", "status").plain
+        assert "✖" in summary and "1/2 up" in summary, summary
+        if size[0] < 78:  # narrower than any layout: the rest is a sideways scroll away
+            width = table.scrollable_content_region.width
+            assert table.max_scroll_x + width >= table.virtual_size.width > width
+        # An app whose every worker is errored is errored too, not "stopped".
+        for w in snap["workers"][:2]:
+            w.update(status="errored", pid=None)
+        client.push_state(snap)
+        await until(pilot, lambda: "0/2 up" in table.get_cell("app:web", "status").plain)
+        assert "✖" in table.get_cell("app:web", "status").plain
 
 
 async def test_j_k_and_arrows_move_the_selection() -> None:

@@ -2,7 +2,7 @@
 
 import time
 
-from helpers import wait_for
+from support import wait_for
 
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
 from clusterui.core.spec import AppSpec
@@ -21,13 +21,29 @@ def run(tracker: RestartTracker, s: AppSpec, uptimes: list[float]) -> list[tuple
 
 
 def test_autorestart_off_stops():
-    assert RestartTracker().on_exit(spec(autorestart=False), 5000).action == "stop"
+    decision = RestartTracker().on_exit(spec(autorestart=False), 5000)
+    assert (decision.action, decision.reason) == ("stop", "autorestart is off")
+
+
+def test_max_restarts_1_errors_at_the_first_unstable_exit():
+    s = spec(max_restarts=1, min_uptime=1000)
+    assert run(RestartTracker(), s, [10]) == [("errored", 0)]
+    assert run(RestartTracker(), s, [5000, 10]) == [("restart", 0), ("errored", 0)]
 
 
 def test_unstable_restarts_reach_errored_at_max_restarts():
     s = spec(max_restarts=3, min_uptime=1000)
     t = RestartTracker()
     assert run(t, s, [10, 10, 10]) == [("restart", 0), ("restart", 0), ("errored", 0)]
+
+
+def test_errored_says_why_in_the_log_line_and_notice():
+    s = spec(max_restarts=2, min_uptime=1000)
+    t = RestartTracker()
+    run(t, s, [10])
+    decision = t.on_exit(s, 10)
+    assert decision.action == "errored"
+    assert decision.reason == "2 unstable restarts (each up less than 1000 ms)"
 
 
 def test_a_stable_run_ends_the_unstable_streak():

@@ -23,18 +23,13 @@ from typing import Any
 from clusterui.core import inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
+from clusterui.vocab.exits import ClientError, Exit
+from clusterui.vocab.snapshot import Snapshot
+
+__all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
-
-
-class ClientError(Exception):
-    """One sentence for the user, and the CLI exit code (1 failed, 2 usage, 3 no supervisor)."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 class Client:
@@ -54,9 +49,13 @@ class Client:
             sock = await _connect_unix(str(home.socket))
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=64 * MAX_REQUEST)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ClientError(f"no supervisor is running (home {home.root})", 3) from None
+            raise ClientError(
+                f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR
+            ) from None
         except OSError as exc:
-            raise ClientError(f"cannot reach the supervisor: {exc.strerror or exc}", 3) from None
+            raise ClientError(
+                f"cannot reach the supervisor: {exc.strerror or exc}", Exit.NO_SUPERVISOR
+            ) from None
         return cls(reader, writer)
 
     async def _read_loop(self) -> None:
@@ -92,7 +91,7 @@ class Client:
 
     async def call(self, op: str, **args: Any) -> Any:
         if self._closed:
-            raise ClientError("lost the connection to the supervisor", 3)
+            raise ClientError("lost the connection to the supervisor", Exit.NO_SUPERVISOR)
         self._next += 1
         rid = self._next
         fut = asyncio.get_running_loop().create_future()
@@ -105,18 +104,35 @@ class Client:
             raise ClientError("lost the connection to the supervisor", 3) from err
         msg = await fut
         if not msg.get("ok"):
-            raise ClientError(msg.get("error") or "the operation failed", int(msg.get("code", 1)))
+            raise ClientError(
+                msg.get("error") or "the operation failed", int(msg.get("code", Exit.FAILED))
+            )
         return msg.get("result")
 
     # ---- convenience ---------------------------------------------------------------------
 
-    async def state(self, history: bool = True) -> dict[str, Any]:
+    async def state(self, history: bool = True) -> Snapshot:
         return await self.call("state", history=history)
 
     async def load(
-        self, file: str, env: str | None = None, only: list[str] | None = None
+        self,
+        file: str,
+        env: str | None = None,
+        only: list[str] | None = None,
+        caller_env: dict[str, str] | None = None,
+        **more: Any,
     ) -> dict[str, Any]:
-        return await self.call("load", file=str(Path(file).absolute()), env=env, only=only)
+        """`caller_env`: the environment the file's apps start with (core/environ.py)."""
+        args: dict[str, Any] = {"file": str(Path(file).absolute()), "env": env, "only": only}
+        if caller_env is not None:
+            args["caller_env"] = caller_env
+        return await self.call("load", **args, **more)
+
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        """`reload FILE`: make the loaded apps match the file (core/fileops.py)."""
+        return await self.load(file, caller_env=caller_env, apply=True, prune=prune)
 
     async def start(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("start", targets=list(targets))
@@ -124,11 +140,18 @@ class Client:
     async def stop(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("stop", targets=list(targets))
 
-    async def restart(self, targets: list[str]) -> dict[str, Any]:
-        return await self.call("restart", targets=list(targets))
+    async def restart(
+        self, targets: list[str], caller_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """`caller_env` (PM2's --update-env): the apps take it before restarting."""
+        more = {} if caller_env is None else {"caller_env": caller_env}
+        return await self.call("restart", targets=list(targets), **more)
 
-    async def reload(self, targets: list[str]) -> dict[str, Any]:
-        return await self.call("reload", targets=list(targets))
+    async def reload(
+        self, targets: list[str], caller_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        more = {} if caller_env is None else {"caller_env": caller_env}
+        return await self.call("reload", targets=list(targets), **more)
 
     async def delete(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("delete", targets=list(targets))
@@ -208,13 +231,13 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
             raise ClientError(
                 f"a supervisor is already running for {home.root}; it cannot take the "
                 "sockets handed to this command (use a CLUSTERUI_HOME of its own)",
-                1,
+                Exit.FAILED,
             )
         return False
     try:
         home.ensure()
     except OSError as exc:
-        raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", 1) from None
+        raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", Exit.FAILED) from None
     r, w = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"}
     if inherited:
@@ -248,12 +271,12 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
         return True
     if message == "":
         tail = _tail(home.supervisor_log)
-        raise ClientError(f"the supervisor did not start{': ' + tail if tail else ''}", 1)
+        raise ClientError(f"the supervisor did not start{': ' + tail if tail else ''}", Exit.FAILED)
     if message is None:
-        raise ClientError(f"the supervisor did not start within {START_TIMEOUT:g} s", 1)
+        raise ClientError(f"the supervisor did not start within {START_TIMEOUT:g} s", Exit.FAILED)
     if message.startswith("another supervisor") and _answers(home):
         return False  # a concurrent start won the race: fine
-    raise ClientError(f"the supervisor could not start: {message}", 1)
+    raise ClientError(f"the supervisor could not start: {message}", Exit.FAILED)
 
 
 def _answers(home: Home) -> bool:

@@ -19,15 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterui.core import environ
 from clusterui.core.accepting import accepting, socket_inode
-from clusterui.core.control import OpError
 from clusterui.core.expand import ExpandError, expand_argv
-from clusterui.core.listener import Listener
+from clusterui.core.listener import Listener, free_port
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.protocol import MODES, Mode, ProtocolError, decode
 from clusterui.reqstats import REQ_RATE
+from clusterui.vocab.exits import OpError
+from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
     DRAINING,
     ERRORED,
@@ -39,8 +41,6 @@ from clusterui.vocab.states import (
     Lifecycle,
 )
 
-HISTORY = 120  # samples (one per second) kept per slot
-HANDOFF_MODES = ("round-robin", "least-connections")
 ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
@@ -79,6 +79,8 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        # The environment it was exec'd with (`clusterui env`); values may be secrets.
+        self.env: dict[str, str] = {}
 
     @property
     def status(self) -> str:
@@ -173,12 +175,13 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        # Shared mode: once the worker accepts on the socket (core.accepting).
-        return self.listener is not None or self.spec.wait_ready
+        # Shared mode too: once the worker accepts on the socket (core.accepting).
+        return self.mode is not None or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
-        return self.listener is not None and self.spec.dispatch in HANDOFF_MODES
+        mode = self.mode
+        return mode is not None and mode.handoff
 
     def open_listener(self) -> None:
         """Bind before any worker starts, so a taken port fails this app alone."""
@@ -233,6 +236,11 @@ class App:
             }
         )
 
+    @property
+    def mode(self) -> Mode | None:
+        """The dispatch mode in force: None without a listener (fork mode, no 'listen')."""
+        return MODES[self.spec.dispatch] if self.listener is not None else None
+
     def _orphan_grace(self) -> float:
         """On a socket handed in from outside, a worker outlives a killed supervisor by
         kill_timeout: it finishes what it was handed while the next supervisor takes
@@ -243,66 +251,26 @@ class App:
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
-        fds: dict[int, int] = {}
-        listen_pid = False
-        port = None
-        dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
-        our_channel: socket.socket | None = None
-        worker_end: socket.socket | None = None
-        mode = spec.dispatch if self.listener else None
-        if mode in HANDOFF_MODES:
-            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            worker_end = dispatcher_pair[1]
-        elif spec.wait_ready and mode != "proxy":
-            our_channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if mode == "shared":
-            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
-            fds[3] = self.listener.sock.fileno()
-            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
-            listen_pid = True
-        if worker_end is not None:
-            channel_fd = 4 if mode == "shared" else 3
-            fds[channel_fd] = worker_end.fileno()
-            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
-        # Tells the worker helper how to serve: take handed connections, or listen itself.
-        env["CLUSTERUI_DISPATCH"] = mode or "none"
-        if mode == "proxy":
-            port = _free_port()
-            env["PORT"] = str(port)
-        # The worker's host drains WebSockets before this runs out (clusterui.web).
-        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
+        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, self.ctx.home)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=_expanded_argv(spec, env),
+                    argv=_expanded_argv(spec, wiring.env),
                     cwd=spec.cwd,
-                    env=env,
+                    env=wiring.env,
                     stdout=out_w,
                     stderr=err_w,
-                    fds=fds,
-                    listen_pid=listen_pid,
+                    fds=wiring.fds,
+                    listen_pid=wiring.listen_pid,
                     orphan_grace=self._orphan_grace(),
                 )
             )
         except SpawnError as exc:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
-            for s in (*(dispatcher_pair or ()), our_channel):
-                if s is not None:
-                    s.close()
-            if worker_end is not None and dispatcher_pair is None:
-                worker_end.close()
+            wiring.close()
             slot.idle.to(ERRORED)
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
@@ -312,34 +280,42 @@ class App:
             for fd in (out_w, err_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        proc = Proc(self.ctx.next_serial(), pid, port)
+        proc = Proc(self.ctx.next_serial(), pid, wiring.port)
+        proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
         proc.watcher = ExitWatcher(loop, pid, lambda c, s: self._on_exit(slot, proc, c, s))
         self._by_serial[proc.serial] = proc
-        if dispatcher_pair is not None:
-            ours, theirs = dispatcher_pair
+        self._connect(slot, proc, wiring)
+        return proc
+
+    def _connect(self, slot: Slot, proc: Proc, wiring: _Wiring) -> None:
+        """After the spawn: introduce the worker to the dispatcher, or watch its channel;
+        then decide what makes it online."""
+        mode = self.mode
+        loop = asyncio.get_running_loop()
+        if wiring.dispatcher_pair is not None:
+            ours, theirs = wiring.dispatcher_pair
             self.listener.send({"t": "add", "id": proc.serial}, [ours.fileno(), theirs.fileno()])
             ours.close()
             theirs.close()
-        elif mode == "proxy":
-            self.listener.send({"t": "add", "id": proc.serial, "port": port})
-        if our_channel is not None:
-            worker_end.close()
-            proc.channel = our_channel
-            our_channel.setblocking(False)
-            loop.add_reader(our_channel.fileno(), self._read_channel, slot, proc)
-        needs_ready = mode is not None or spec.wait_ready
-        if needs_ready:
-            if mode not in HANDOFF_MODES and mode != "proxy":
-                # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
-                loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
-                if mode == "shared" and not spec.wait_ready:
-                    self._probe_accepting(slot, proc)
+        elif mode is not None and mode.own_port:
+            self.listener.send({"t": "add", "id": proc.serial, "port": proc.port})
+        if wiring.our_channel is not None:
+            wiring.worker_end.close()
+            proc.channel = wiring.our_channel
+            proc.channel.setblocking(False)
+            loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
+        if mode is not None and mode.dispatcher:
+            return  # the dispatcher says when the worker is ready
+        if self.spec.wait_ready or (mode is not None and mode.listen_fd):
+            # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
+            loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
+            if not self.spec.wait_ready:
+                self._probe_accepting(slot, proc)
         else:
             self._ready(slot, proc)
-        return proc
 
     def _probe_accepting(self, slot: Slot, proc: Proc) -> None:
         """Shared mode: online once the worker waits for connections on the socket."""
@@ -365,8 +341,8 @@ class App:
             self._ready(slot, proc)
         elif b'"metrics"' in data:  # from a worker that listens itself (shared, fork)
             try:
-                msg = proto.decode(data)
-            except proto.ProtocolError:
+                msg = decode(data)
+            except ProtocolError:
                 return
             if msg.get("t") == "metrics":
                 self._on_dispatch_event({**msg, "id": proc.serial})
@@ -390,7 +366,7 @@ class App:
             proc.kill_timer.cancel()
         self._close_channel(proc)
         self._by_serial.pop(proc.serial, None)
-        if self.listener is not None and self.spec.dispatch != "shared":
+        if self.mode is not None and self.mode.dispatcher:
             self.listener.send({"t": "remove", "id": proc.serial})
         if not proc.ready.done():
             proc.ready.set_result(False)
@@ -460,10 +436,11 @@ class App:
             return
         if not proc.stop_requested:
             proc.stop_requested = True
-            if drain and self.listener is not None and self.spec.dispatch != "shared":
+            mode = self.mode
+            if drain and mode is not None and mode.dispatcher:
                 proc.life.to(DRAINING)
                 self.listener.send({"t": "drain", "id": proc.serial})
-                if self.spec.dispatch == "proxy":
+                if mode.own_port:  # no channel to drain over: the worker gets kill_signal
                     signal_group(proc.pid, self.spec.kill_signal)
             else:
                 proc.life.to(STOPPING)
@@ -604,8 +581,8 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                fallback = self.spec.dispatch not in (*HANDOFF_MODES, "proxy")
                 # Where listen_timeout also means "online anyway", let that timer win.
+                fallback = not MODES[self.spec.dispatch].dispatcher
                 ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
@@ -715,6 +692,71 @@ class App:
                 self.ctx.notice("error", exc.message)
 
 
+class _Wiring:
+    """What a new worker is given for its dispatch mode: environment, fds, sockets."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.fds: dict[int, int] = {}
+        self.listen_pid = False
+        self.port: int | None = None
+        # handoff: (our end for the dispatcher, the worker's end); both go to the dispatcher
+        self.dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
+        # wait_ready without a dispatcher: the channel is ours to read
+        self.our_channel: socket.socket | None = None
+        self.worker_end: socket.socket | None = None
+
+    @classmethod
+    def for_mode(
+        cls,
+        mode: Mode | None,
+        spec: AppSpec,
+        slot: Slot,
+        listener: Listener | None,
+        home: str = "",
+    ) -> _Wiring:
+        own = {
+            "CLUSTERUI_APP": spec.name,
+            "CLUSTERUI_INSTANCE": str(slot.instance),
+            "NODE_APP_INSTANCE": str(slot.instance),
+        }
+        if home:
+            own["CLUSTERUI_HOME"] = home
+        proxy = mode is not None and mode.own_port
+        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
+        w = cls(env)
+        if mode is not None and mode.handoff:
+            w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            w.worker_end = w.dispatcher_pair[1]
+        elif spec.wait_ready and not (mode is not None and mode.own_port):
+            w.our_channel, w.worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel_fd = 3
+        if mode is not None and mode.listen_fd:
+            assert listener is not None
+            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
+            w.fds[3] = listener.sock.fileno()
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
+            w.listen_pid = True
+            channel_fd = 4
+        if w.worker_end is not None:
+            w.fds[channel_fd] = w.worker_end.fileno()
+            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
+        # Tells the worker helper how to serve: take handed connections, or listen itself.
+        env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        # The worker's host drains WebSockets before this runs out (clusterui.web).
+        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
+        if mode is not None and mode.own_port:
+            w.port = free_port()
+            env["PORT"] = str(w.port)
+        return w
+
+    def close(self) -> None:
+        """The spawn failed: close every socket made for it."""
+        for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
+            if s is not None:
+                s.close()
+
+
 def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
     """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter)."""
     argv = spec.argv()
@@ -723,9 +765,3 @@ def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
         return expand_argv(argv, env, skip)
     except ExpandError as exc:
         raise SpawnError(f"cannot expand the command line: {exc}") from None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

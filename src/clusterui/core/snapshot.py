@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from clusterui.core.apps import App, Slot
 from clusterui.vocab import states
+from clusterui.vocab.snapshot import AppRow, Snapshot, SupervisorInfo, WorkerRow
 
 
 def display_status(slot: Slot) -> str:
@@ -13,10 +12,10 @@ def display_status(slot: Slot) -> str:
     return states.shown(slot.status, slot.proc is not None and slot.proc.suspended)
 
 
-def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
+def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
     proc = slot.proc
     out_file, err_file = app.ctx.logs.paths(app.name, slot.instance, app.spec)
-    row: dict[str, Any] = {
+    row: WorkerRow = {
         "id": slot.id,
         "app": app.name,
         "instance": slot.instance,
@@ -44,7 +43,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
     return row
 
 
-def app_row(app: App) -> dict[str, Any]:
+def app_row(app: App) -> AppRow:
     spec = app.spec
     return {
         "name": app.name,
@@ -66,7 +65,7 @@ def app_row(app: App) -> dict[str, Any]:
     }
 
 
-def snapshot(apps: dict[str, App], supervisor: dict[str, Any], history: bool = True) -> dict:
+def snapshot(apps: dict[str, App], supervisor: SupervisorInfo, history: bool = True) -> Snapshot:
     return {
         "supervisor": supervisor,
         "apps": [app_row(app) for app in apps.values()],

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clusterui.vocab.snapshot import HISTORY
+
 BARS = "▁▂▃▄▅▆▇█"
-HISTORY = 120  # samples kept per series (one per supervisor tick, so two minutes)
 
 
 def fmt_bytes(n: float | int | None) -> str:

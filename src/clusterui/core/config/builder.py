@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from clusterui.core import hosted
+from clusterui.core import environ, hosted
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
@@ -25,6 +24,7 @@ from clusterui.core.config.convert import (
     as_str,
     check_name,
     inside,
+    numeric,
     words,
 )
 from clusterui.core.config.keys import ALIASES, ENV_KEY, INTERPRETERS, KEYS, PM2_UNIMPLEMENTED
@@ -111,6 +111,7 @@ class AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
+        self.owned_env(env, listen is not None and dispatch == "proxy")
         spec_kwargs = self.plain_fields()
 
         if len(ctx.errors) > before or script is None or name is None:
@@ -157,39 +158,26 @@ class AppBuilder:
     def plain_fields(self) -> dict[str, Any]:
         """The keys given that need only a converter; absent ones keep AppSpec's default."""
         spec_kwargs: dict[str, Any] = {}
-        for key in (
-            "watch_delay",
-            "min_uptime",
-            "restart_delay",
-            "exp_backoff_restart_delay",
-            "kill_timeout",
-            "listen_timeout",
-        ):
-            if key in self.values:
-                spec_kwargs[key] = self.get(key, as_duration, 0)
-        for key in ("autorestart", "wait_ready", "merge_logs"):
-            if key in self.values:
-                spec_kwargs[key] = self.get(key, as_bool, False)
-        if "max_restarts" in self.values:
-            spec_kwargs["max_restarts"] = self.get(
-                "max_restarts", lambda v: as_int(v, 0, 1_000_000_000), 0
-            )
-        if "log_retain" in self.values:
-            spec_kwargs["log_retain"] = self.get("log_retain", lambda v: as_int(v, 0, 1000), 0)
-        if "kill_signal" in self.values:
-            spec_kwargs["kill_signal"] = self.get("kill_signal", as_signal, signal.SIGINT)
-        if "max_memory_restart" in self.values:
-            spec_kwargs["max_memory_restart"] = self.get(
-                "max_memory_restart", self.memory_limit, None
-            )
-        if "log_max_size" in self.values:
-            spec_kwargs["log_max_size"] = self.get("log_max_size", self.log_max_size, None)
-        for key in ("out_file", "error_file"):
-            if key in self.values:
-                spec_kwargs[key] = self.get(key, self.log_path, None)
-        if "log_date_format" in self.values:
-            spec_kwargs["log_date_format"] = self.get("log_date_format", as_opt_str, None)
+        for f in fields(AppSpec):
+            kind = f.metadata.get("key")
+            if kind is None or kind == "app" or f.name not in self.values:
+                continue
+            spec_kwargs[f.name] = self.get(f.name, self.converter(kind, f.metadata), None)
         return spec_kwargs
+
+    def converter(self, kind: str, options: Mapping[str, Any]) -> Callable[[Any], Any]:
+        if kind == "count":
+            high = options["high"]
+            return lambda v: as_int(v, 0, high)
+        return {
+            "duration": as_duration,
+            "bool": as_bool,
+            "signal": as_signal,
+            "memory": self.memory_limit,
+            "log_size": self.log_max_size,
+            "log_path": self.log_path,
+            "text": as_opt_str,
+        }[kind]
 
     # -- plumbing
 
@@ -382,6 +370,7 @@ class AppBuilder:
         cpus = os.cpu_count() or 1
         if isinstance(value, str) and value.strip().lower() == "max":
             return cpus
+        value = numeric(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Bad(f"must be a whole number, 'max', 0 or -N, not {show(value)}")
         if value == 0:
@@ -450,6 +439,12 @@ class AppBuilder:
             if not isinstance(item, str) or not item:
                 raise Bad(f"patterns must be strings, not {show(item)}", i)
         return list(items)
+
+    def owned_env(self, env: dict[str, str], proxy: bool) -> None:
+        """The file may not set what clusterui sets for each worker (core/environ.py)."""
+        taken = sorted(k for k in env if environ.owned(k, proxy))
+        if taken:
+            self.warn("env", environ.owned_warning(taken, "env").removeprefix("warning: env "))
 
     def env(self) -> dict[str, str]:
         env = self.get("env", as_env, {})
