@@ -102,7 +102,9 @@ def _running_verbs(sub: Any) -> None:
 def _lifecycle_verbs(sub: Any) -> None:
     """start, stop, restart, reload, delete, scale."""
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
-    sp.add_argument("what", nargs="+", metavar="SCRIPT|TARGET")
+    sp.add_argument("what", nargs="*", metavar="SCRIPT|TARGET")
+    sp.add_argument("--asgi", metavar="MODULE:ATTR", help="host an ASGI app (no SCRIPT)")
+    sp.add_argument("--wsgi", metavar="MODULE:ATTR", help="host a WSGI app (no SCRIPT)")
     sp.add_argument("-i", "--instances", help="number of instances (0 or max = CPU count)")
     sp.add_argument("--name")
     sp.add_argument("--listen", help="cluster mode: port, host:port or unix:/path")
@@ -394,19 +396,28 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
     what = opts.what
+    hosted = [(k, v) for k, v in (("asgi", opts.asgi), ("wsgi", opts.wsgi)) if v is not None]
+    if hosted:
+        if len(hosted) > 1 or what:
+            raise UsageError("start takes one of SCRIPT, --asgi MODULE:ATTR or --wsgi MODULE:ATTR")
+        what = [""]
+    elif not what:
+        raise UsageError("start needs a SCRIPT, a file, TARGETs, or --asgi/--wsgi MODULE:ATTR")
     scripted = (
         any(v is not None for v in (opts.instances, opts.name, opts.listen, opts.dispatch))
         or opts.watch
         or opts.extra
         or opts.interpreter
+        or hosted
     )
     first = Path(what[0])
     if len(what) == 1 and formats.is_ecosystem_file(what[0]) and not scripted:
         return await filecmds.start_file(client, what[0], opts)
     if (opts.only or opts.env) and not scripted:
         raise UsageError("--only and --env go with an ecosystem FILE")
-    if len(what) == 1 and (scripted or first.is_file()):
-        mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
+    if hosted or (len(what) == 1 and (scripted or first.is_file())):
+        mapping: dict[str, Any] = dict(hosted) if hosted else {"script": what[0]}
+        mapping["args"] = opts.extra
         if opts.name:
             mapping["name"] = opts.name
         if opts.instances is not None:
@@ -523,7 +534,11 @@ def render_describe(info: dict[str, Any]) -> str:
     app = info["app"]
     spec = info["spec"]
     head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
-    command = " ".join([*head, spec["script"], *spec["args"]])
+    head.append(spec["script"])
+    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
+    if kind:
+        head = [kind, spec[kind]]
+    command = " ".join([*head, *spec["args"]])
     lines = [
         f"app        {app['name']}  ({app['exec_mode']}"
         + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),

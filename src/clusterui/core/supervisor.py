@@ -157,6 +157,7 @@ class Supervisor:
             h.cpu.append(round(cpu, 1))
             h.memory.append(rss)
             h.conn_rate.append(round(slot.conn_rate, 2))
+            h.req_rate.append(round(slot.req_rate or 0.0, 1))
             limit = app.spec.max_memory_restart
             if limit and slot.proc and rss > limit and slot.proc.status == states.ONLINE:
                 self.logs.emit(
