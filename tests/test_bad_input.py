@@ -14,10 +14,10 @@ import socket
 import threading
 import time
 
-import helpers
 import pytest
-from helpers import Env, wait_for
-from test_chaos import QUEUE_CAP, WEB, Control, free_port
+import support
+from support import WEB, Control, Env, free_port, wait_for
+from test_chaos import QUEUE_CAP
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,7 +33,7 @@ def get_pid(port: int, timeout: float = 10.0) -> int:
 
 
 def web_app(cu, name: str = "web", instances: int = 2) -> int:
-    return helpers.web_app(cu, name=name, instances=instances)
+    return support.web_app(cu, name=name, instances=instances)
 
 
 @pytest.fixture(scope="module")

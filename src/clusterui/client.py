@@ -231,7 +231,7 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
             raise ClientError(
                 f"a supervisor is already running for {home.root}; it cannot take the "
                 "sockets handed to this command (use a CLUSTERUI_HOME of its own)",
-                1,
+                Exit.FAILED,
             )
         return False
     try:

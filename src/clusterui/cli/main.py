@@ -1,4 +1,4 @@
-"""`clusterui`: the command line (DESIGN §2)."""
+"""`clusterui`: the command line (the verbs are listed in the README)."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = parse(argv)
         if opts.verb in ("dashboard", "attach"):
             return cmd_dashboard(opts, Home.from_env())
-        return asyncio.run(dispatch(opts))
+        return asyncio.run(run_command(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
         return Exit.USAGE
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.FAILED
 
 
-async def dispatch(opts: argparse.Namespace) -> int:
+async def run_command(opts: argparse.Namespace) -> int:
+    """Run one verb (other than the dashboard) and return its exit code."""
     home = Home.from_env()
     verb = opts.verb
     if verb == "check":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import environ
-from clusterui.core.listener import Listener
+from clusterui.core.listener import Listener, free_port
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
@@ -713,7 +713,7 @@ class _Wiring:
         # Tells the worker helper how to serve: take handed connections, or listen itself.
         env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
         if mode is not None and mode.own_port:
-            w.port = _free_port()
+            w.port = free_port()
             env["PORT"] = str(w.port)
         return w
 
@@ -722,9 +722,3 @@ class _Wiring:
         for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
             if s is not None:
                 s.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
