@@ -137,6 +137,7 @@ def app_spec(app: dict[str, Any]) -> dict[str, Any]:
         source=app["source"],
     ).to_dict()
     spec["env"] = sorted(app["env_names"])
+    spec["caller_env"] = []  # names only, as the supervisor sends them
     return spec
 
 
