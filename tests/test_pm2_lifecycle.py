@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import WEB, Env, Load, free_port, get, wait_for
+from support import WEB, Env, Load, free_port, get, wait_for
 
 from clusterui.client import Client
 
