@@ -452,6 +452,7 @@ def render_describe(info: dict[str, Any]) -> str:
         f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
         f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
         f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
+        *render.upkeep_lines(app, spec),
     ]
     for w in info["workers"]:
         last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
@@ -471,4 +472,5 @@ def render_describe(info: dict[str, Any]) -> str:
             lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
+        lines += render.health_lines(w.get("health"))
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from yaml.constructor import SafeConstructor
 
+from clusterui.core import upkeep_keys
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
 from clusterui.core.units import parse_duration, parse_size
 
@@ -74,6 +75,8 @@ class LoadResult:
     apps: list[AppSpec]
     warnings: list[Problem]
     path: str
+    metrics_listen: str | None = None  # top-level: serve Prometheus metrics there
+    metrics_public: bool = False  # explicitly allowed on a non-loopback address
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -109,6 +112,7 @@ KEYS: tuple[str, ...] = (
     "log_date_format",
     "log_max_size",
     "log_retain",
+    *upkeep_keys.APP_KEYS,
 )
 
 # PM2's other spellings (lib/API/schema.json) → the key they stand for.
@@ -125,6 +129,7 @@ ALIASES: dict[str, str] = {
     "err_file": "error_file",
     "err_log": "error_file",
     "combine_logs": "merge_logs",
+    "cron": "cron_restart",
 }
 
 # PM2 keys clusterui accepts and ignores, with a hint where there is a useful one.
@@ -143,8 +148,6 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
     "source_map_support": "",
     "disable_source_map_support": "",
     "shutdown_with_message": "",
-    "cron_restart": "",
-    "cron": "",
     "vizion": "",
     "watch_options": "",
     "execute_command": "",
@@ -752,10 +755,15 @@ class _AppBuilder:
                 spec_kwargs[key] = self.get(key, self.log_path, None)
         if "log_date_format" in self.values:
             spec_kwargs["log_date_format"] = self.get("log_date_format", _as_opt_str, None)
+        for key in upkeep_keys.APP_KEYS:
+            if key in self.values:
+                spec_kwargs[key] = self.get(key, getattr(upkeep_keys, key), None)
+        if spec_kwargs.get("depends_on") is None:
+            spec_kwargs.pop("depends_on", None)
 
         if len(ctx.errors) > before or script is None or name is None:
             return None
-        return AppSpec(
+        spec = AppSpec(
             name=name,
             script=script,
             args=[*script_args, *args],
@@ -773,6 +781,9 @@ class _AppBuilder:
             source_line=ctx.fallback,
             **spec_kwargs,
         )
+        for key, sub, message in upkeep_keys.check_app(spec):
+            self.error(key, message, *sub)
+        return None if len(ctx.errors) > before else spec
 
     # -- plumbing
 
@@ -822,7 +833,7 @@ class _AppBuilder:
         except _Bad as e:
             self.error(key, e.message, *e.sub)
         except ValueError as e:  # from units / parse_listen: already a sentence
-            self.error(key, str(e))
+            self.error(key, str(e), *getattr(e, "sub", ()))
         return default
 
     # -- fields
@@ -1185,6 +1196,19 @@ def load_ecosystem(
         if spec is not None:
             specs.append(spec)
 
+    depends = {
+        n: upkeep_keys.depends_on(r.get("depends_on", {})) if _plain_depends(r) else {}
+        for n, r in named
+        if n is not None
+    }
+    has_health = {n: isinstance(r.get("health_check"), dict) for n, r in named if n}
+    lines_of = {n: reader.lines.get((*apps_path, i), apps_line) for i, (n, _) in enumerate(named)}
+    for app, dep, message in upkeep_keys.check_graph(depends, has_health):
+        i = next(k for k, (n, _) in enumerate(named) if n == app)
+        key = (*apps_path, i, "depends_on")
+        line = reader.keylines.get((*key, dep), reader.keylines.get(key, lines_of[app]))
+        errors.append(Problem(file, line, f"depends_on: {message}"))
+
     all_names = [n for n, _ in named if n is not None]
     selected_raw = [r for _, r in named]
     if only:
@@ -1209,7 +1233,23 @@ def load_ecosystem(
         errors.sort(key=lambda p: p.line)
         raise ConfigError(errors, warnings)
     warnings.sort(key=lambda p: p.line)
-    return LoadResult(specs, warnings, abs_file)
+    top = doc if isinstance(doc, dict) else {}
+    return LoadResult(
+        specs,
+        warnings,
+        abs_file,
+        metrics_listen=top.get("metrics_listen"),
+        metrics_public=top.get("metrics_public") is True,
+    )
+
+
+def _plain_depends(raw: dict) -> bool:
+    """Whether raw's depends_on reads cleanly (its own errors are reported already)."""
+    try:
+        upkeep_keys.depends_on(raw.get("depends_on", {}))
+    except ValueError:
+        return False
+    return not _has_invalid(raw.get("depends_on"))
 
 
 def _top_level(
@@ -1227,6 +1267,16 @@ def _top_level(
     for key in doc:
         line = reader.keylines.get((key,), 1)
         if key in _TOP_KEYS or key.startswith("x-"):
+            continue
+        if key in upkeep_keys.TOP_KEYS:
+            value = doc[key]
+            try:
+                if key == "metrics_listen":
+                    upkeep_keys.metrics_listen(value, doc.get("metrics_public") is True)
+                elif not isinstance(value, bool):
+                    raise ValueError("must be true or false")
+            except ValueError as exc:
+                errors.append(Problem(file, line, f"{key}: {exc}"))
             continue
         if key in _TOP_PM2_KEYS:
             warnings.append(

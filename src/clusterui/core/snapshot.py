@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from clusterui.core import upkeep
 from clusterui.core.apps import App, Slot
+from clusterui.core.health import display_health, is_unhealthy
 
 # Shown instead of these states while the process is stopped by the kernel; a worker that
 # is stopping or draining keeps saying so (its kill_timeout SIGKILL ends it either way).
@@ -16,6 +18,8 @@ def display_status(slot: Slot) -> str:
     status = slot.status
     if slot.proc is not None and slot.proc.suspended and status in SUSPENDABLE:
         return "suspended"
+    if status == "online" and is_unhealthy(slot.proc):
+        return "unhealthy"  # failed its health probe: gets no new connections
     return status
 
 
@@ -42,6 +46,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
         "restart_history": list(slot.restart_history),
         "out_file": out_file,
         "err_file": err_file,
+        "health": display_health(slot),
     }
     if history:
         row["history"] = slot.history.to_dict()
@@ -67,6 +72,7 @@ def app_row(app: App) -> dict[str, Any]:
         "env_names": sorted(spec.env),
         "reloading": app.reload_lock.locked(),
         "listener_pid": app.listener.pid if app.listener else None,
+        **upkeep.app_fields(app),
     }
 
 
