@@ -34,6 +34,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "metrics",
 }
 
 
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    sp = sub.add_parser("metrics", help="serve Prometheus metrics (GET /metrics)")
+    sp.add_argument("--listen", help="PORT or HOST:PORT (loopback unless --public)")
+    sp.add_argument("--public", action="store_true", help="allow a non-loopback address")
+    sp.add_argument("--off", action="store_true", help="stop serving")
     return p
 
 
@@ -154,7 +159,7 @@ async def dispatch(opts: argparse.Namespace) -> int:
         return cmd_check(opts)
     if verb == "up":
         return await cmd_up(opts, home)
-    if verb == "start":
+    if verb == "start" or (verb == "metrics" and opts.listen):
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
     client = await Client.connect(home)
     try:
@@ -334,7 +339,25 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         on = {"on": True, "off": False}.get(opts.state)
         print((await client.watch(opts.app, on))["message"])
         return 0
+    if verb == "metrics":
+        return await cmd_metrics(client, opts)
     raise UsageError(f"unknown verb {verb}")
+
+
+async def cmd_metrics(client: Client, opts: argparse.Namespace) -> int:
+    if opts.off:
+        result = await client.call("metrics", listen=None)
+    elif opts.listen:
+        result = await client.call("metrics", listen=opts.listen, public=opts.public)
+    else:
+        state = await client.state(history=False)
+        address = state["supervisor"].get("metrics_listen")
+        print(f"serving metrics on http://{address}/metrics" if address else "metrics are off")
+        return 0
+    if result.get("warning"):
+        print(f"clusterui: warning: {result['warning']}", file=sys.stderr)
+    print(result["message"])
+    return 0
 
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:

@@ -98,6 +98,33 @@ def first_unmet(app: App, app_of: Callable[[str], App | None]) -> str | None:
     return None
 
 
+def blocked(
+    app: App, app_of: Callable[[str], App | None], seen: frozenset[str] = frozenset()
+) -> str | None:
+    """app's wait message when the wait cannot end by itself: a dependency has errored,
+    or a job it needs to complete failed; None while it still may."""
+    for name, condition in app.spec.depends_on.items():
+        if unmet(app_of, name, condition) is None:
+            continue
+        dep = app_of(name)
+        if dep is None or name in seen:
+            return None
+        if dep.waiting_for:
+            if blocked(dep, app_of, seen | {app.name}) is None:
+                return None
+            return app.waiting_for
+        slots = list(dep.slots.values())
+        if any(s.proc is None and s.idle_status == "errored" for s in slots):
+            return app.waiting_for
+        if (
+            condition == "completed"
+            and all(s.proc is None and s.idle_status == "stopped" for s in slots)
+            and any(s.last_exit not in ((0, None), (None, None)) for s in slots)
+        ):
+            return app.waiting_for
+    return None
+
+
 async def start_when_ready(
     app: App, app_of: Callable[[str], App | None], start: Callable[[], None]
 ) -> None:

@@ -437,6 +437,9 @@ class Supervisor:
                     stable = min(app.spec.min_uptime, 1000) / 1000
                     if proc is None and slot.idle_status == deps.WAITING:
                         first_pid.pop(slot.id, None)  # not started yet: nothing to judge
+                        why = deps.blocked(app, self.apps.get)
+                        if why:
+                            verdicts[str(slot.id)] = why
                         continue
                     if slot.status == "errored":
                         verdicts[str(slot.id)] = slot.last_error or "errored"
