@@ -1,5 +1,5 @@
-"""Ecosystem keys for health checks, start order, scheduled restarts and metrics:
-their validation, kept apart from the general loader (it only calls these).
+"""The keys of health checks, start order, scheduled restarts and metrics: their
+validation (the builder and the loader call these).
 
 Each reader raises KeyProblem(message, *sub), sub being the path below the key (for the
 line number of the exact value).
@@ -14,8 +14,6 @@ from typing import Any
 from clusterui.core.spec import DEPENDENCY_CONDITIONS, HEALTH_KINDS, HealthCheck
 from clusterui.core.units import parse_duration
 
-APP_KEYS = ("health_check", "depends_on", "cron_restart")
-TOP_KEYS = ("metrics_listen", "metrics_public")
 HEALTH_FIELDS = (
     "type",
     "path",
@@ -202,3 +200,47 @@ def metrics_listen(value: Any, public: bool) -> str:
             "metrics to other machines (without authentication)"
         )
     return str(value)
+
+
+def dependency_problems(
+    named: list[tuple[str | None, dict]],
+    apps_path: tuple[Any, ...],
+    apps_line: int,
+    reader: Any,
+    file: str,
+) -> list[Any]:
+    """Unknown names, `healthy` without a health_check, cycles: FILE:LINE problems at the
+    depends_on entry that causes them."""
+    from clusterui.core.config.problems import Problem
+    from clusterui.core.config.yamlfile import has_invalid
+
+    def readable(raw: dict) -> dict[str, str]:
+        value = raw.get("depends_on", {})
+        if has_invalid(value):
+            return {}
+        try:
+            return depends_on(value)
+        except ValueError:
+            return {}  # reported by the app's own validation
+
+    index = {n: i for i, (n, _) in enumerate(named) if n is not None}
+    depends = {n: readable(r) for n, r in named if n is not None}
+    has_health = {n: isinstance(r.get("health_check"), dict) for n, r in named if n}
+    problems = []
+    for app, dep, message in check_graph(depends, has_health):
+        key = (*apps_path, index[app], "depends_on")
+        fallback = reader.lines.get((*apps_path, index[app]), apps_line)
+        line = reader.keylines.get((*key, dep), reader.keylines.get(key, fallback))
+        problems.append(Problem(file, line, f"depends_on: {message}"))
+    return problems
+
+
+def top_level_problem(key: str, doc: dict) -> str | None:
+    try:
+        if key == "metrics_listen":
+            metrics_listen(doc[key], doc.get("metrics_public") is True)
+        elif not isinstance(doc[key], bool):
+            return "must be true or false"
+    except ValueError as exc:
+        return str(exc)
+    return None
