@@ -249,11 +249,11 @@ def test_depends_on_blocks_on_a_failing_job(cu: Env) -> None:
     assert not (cu.root / "db.start").exists()
     assert not (cu.root / "api.start").exists()
     status = {w["app"]: w["status"] for w in cu.ls()}
-    assert status == {"api": "waiting", "db": "waiting", "job": "stopped"}
+    assert status == {"api": "pending", "db": "pending", "job": "stopped"}
     info = describe(cu, "db")
     assert info["app"]["waiting_for"] == "waiting for job: completed (job:0 exited with code 3)"
     text = cu.run("describe", "api", check=True).stdout
-    assert "waiting    waiting for db: healthy (db:0 is waiting)" in text
+    assert "waiting    waiting for db: healthy (db:0 is pending)" in text
 
 
 def test_cycle_and_unknown_names_are_file_line_errors(cu: Env) -> None:

@@ -18,7 +18,7 @@ STATUS_COLOURS = {
     "stopped": "90",
     "errored": "31",
     "unhealthy": "1;31",  # alive, but failing its health probe: no new connections
-    "waiting": "35",  # held back by depends_on
+    "pending": "35",  # held back by depends_on
 }
 
 

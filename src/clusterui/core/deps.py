@@ -7,7 +7,7 @@ Conditions (spec.DEPENDENCY_CONDITIONS):
 - ``healthy``: every instance passed its latest health probe (needs a `health_check`);
 - ``completed``: every instance exited with code 0 (a one-shot job, e.g. a migration).
 
-While it waits, an app's workers show ``waiting`` and the app says why, e.g.
+While it waits, an app's workers show ``pending`` and the app says why, e.g.
 ``waiting for db: healthy (db:0 is unhealthy)``. A dependency that fails keeps it waiting
 (it never starts anyway); starting it by hand (`clusterui start`) ends the wait.
 """
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from clusterui.core.apps import App
 
 POLL = 0.1  # seconds between looks at the dependencies while waiting
-WAITING = "waiting"  # the slot status while start waits
+WAITING = "pending"  # the slot status while start waits for its dependencies
 
 
 def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:

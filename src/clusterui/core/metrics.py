@@ -25,18 +25,6 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 5.0
-STATUSES = (
-    "launching",
-    "online",
-    "unhealthy",
-    "suspended",
-    "draining",
-    "stopping",
-    "waiting-restart",
-    "waiting",
-    "stopped",
-    "errored",
-)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -86,7 +74,9 @@ def render(apps: Iterable[App], display_status: Callable[[Any], str]) -> str:
 
     cpu = family("clusterui_worker_cpu_percent", "gauge", "CPU use of the worker's process tree")
     mem = family("clusterui_worker_memory_bytes", "gauge", "RSS of the worker's process tree")
-    status = family("clusterui_worker_status", "gauge", "1 for the worker's current status")
+    status = family(
+        "clusterui_worker_status", "gauge", "The worker's current status (label), always 1"
+    )
     restarts = family("clusterui_worker_restarts", "counter", "Restarts of the worker slot")
     uptime = family("clusterui_worker_uptime_seconds", "gauge", "Uptime of the worker's process")
     handed = family(
@@ -116,9 +106,7 @@ def render(apps: Iterable[App], display_status: Callable[[Any], str]) -> str:
             slot = app.slots[i]
             proc = slot.proc
             labels = {"app": app.name, "instance": slot.instance, "id": slot.id}
-            current = display_status(slot)
-            for s in STATUSES:
-                status.add({**labels, "status": s}, 1 if s == current else 0)
+            status.add({**labels, "status": display_status(slot)}, 1)
             restarts.add(labels, slot.restarts, "_total")
             handed.add(labels, slot.connections, "_total")
             rate.add(labels, slot.conn_rate)

@@ -22,6 +22,8 @@ STATUS_GLYPH = {
     "stopping": "◒",
     "waiting-restart": "↻",
     "suspended": "‖",  # alive but stopped by a signal (SIGSTOP, a debugger)
+    "unhealthy": "⊘",  # alive, failing its health probe: no new connections
+    "pending": "◌",  # not started yet: waiting for its depends_on
     "stopped": "○",
     "errored": "✖",
 }

@@ -36,7 +36,12 @@ from clusterui.dashboard.model import (
 )
 from clusterui.dashboard.style import StyleCache
 
-NARROW_STATUS = {"launching": "launch", "waiting-restart": "waiting", "suspended": "paused"}
+NARROW_STATUS = {
+    "launching": "launch",
+    "waiting-restart": "waiting",
+    "suspended": "paused",
+    "unhealthy": "failing",
+}
 # A hidden column still takes one cell: a zero-width column makes Textual's NO_COLOR
 # filter fail on the empty, unstyled segment it renders.
 HIDDEN = " "
@@ -141,6 +146,8 @@ class ProcessTable(ScrollView, can_focus=True):
         & > .proc--stopping { color: $text-warning; }
         & > .proc--waiting-restart { color: $text-warning; text-style: bold; }
         & > .proc--suspended { color: $text-warning; text-style: bold; }
+        & > .proc--unhealthy { color: $text-accent; text-style: bold reverse; }
+        & > .proc--pending { color: $text-secondary; }
         & > .proc--stopped { color: $text-muted; text-style: dim; }
         & > .proc--errored { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }
