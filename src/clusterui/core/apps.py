@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core.control import OpError
+from clusterui.core.deps import WAITING
 from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
@@ -426,7 +427,12 @@ class App:
 
     async def stop_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
-        if slot.proc is None and slot.idle_status in ("waiting-restart", "errored", "launching"):
+        if slot.proc is None and slot.idle_status in (
+            "waiting-restart",
+            "errored",
+            "launching",
+            WAITING,  # stopped before its dependencies were met: it stays stopped
+        ):
             slot.idle_status = "stopped"
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
         for p in procs:

@@ -134,8 +134,10 @@ async def start_when_ready(
         if slot.proc is None:
             slot.idle_status = WAITING
     while True:
-        if app.removed or any(s.proc is not None for s in app.slots.values()):
-            app.waiting_for = None  # deleted, or started by hand meanwhile
+        if app.removed or any(
+            s.proc is not None or s.idle_status != WAITING for s in app.slots.values()
+        ):
+            app.waiting_for = None  # deleted, started or stopped by hand meanwhile
             return
         why = first_unmet(app, app_of)
         if why is None:
