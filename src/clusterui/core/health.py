@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +72,8 @@ class ProbeFailed(Exception):
 
 
 class _Loopback:
-    """A loopback listener that makes connected TCP pairs for handoff probes."""
+    """A loopback listener that makes connected TCP pairs for handoff probes: we keep one
+    end, the dispatcher hands the other to a worker. Anyone else's connection is dropped."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -78,38 +81,196 @@ class _Loopback:
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()
-        self.lock = asyncio.Lock()
+        self.waiting: dict[Any, Callable[[socket.socket], None]] = {}
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.fileno(), self._accept)
 
-    async def pair(self) -> tuple[socket.socket, socket.socket]:
-        """(our end, the end to hand over). Anyone else's connection here is dropped."""
-        loop = asyncio.get_running_loop()
-        async with self.lock:
-            ours = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            ours.setblocking(False)
+    def connect(self, on_pair: Callable[[socket.socket], None]) -> socket.socket:
+        """Our end, connecting; on_pair(their end) runs once it is accepted."""
+        ours = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        err = ours.connect_ex(self.address)
+        if err not in (0, errno.EINPROGRESS):
+            ours.close()
+            raise OSError(err, os.strerror(err))
+        self.waiting[ours.getsockname()] = on_pair
+        return ours
+
+    def forget(self, ours: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            self.waiting.pop(ours.getsockname(), None)
+
+    def _accept(self) -> None:
+        for _ in range(64):
             try:
-                await loop.sock_connect(ours, self.address)
-                me = ours.getsockname()
-                while True:
-                    theirs, addr = await loop.sock_accept(self.sock)
-                    if addr == me:
-                        return ours, theirs
-                    theirs.close()  # not ours: another local user connected
-            except BaseException:
-                ours.close()
-                raise
+                theirs, addr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            on_pair = self.waiting.pop(addr, None)
+            if on_pair is None:
+                theirs.close()
+            else:
+                on_pair(theirs)
 
     def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
+        self.waiting.clear()
 
 
-_loopback: _Loopback | None = None
+class _SocketProbe:
+    """One http or tcp probe on a raw non-blocking socket, driven by event-loop callbacks
+    and one timer: no task and no stream objects, so probing many workers every second
+    costs the supervisor little."""
 
+    def __init__(self, monitor: HealthMonitor, slot: Slot, proc: Proc) -> None:
+        self.m = monitor
+        self.slot = slot
+        self.proc = proc
+        self.loop = asyncio.get_running_loop()
+        self.sock: socket.socket | None = None
+        self.token: int | None = None
+        self.buf = b""
+        self.done = False
+        self.watching = False
+        self.started = time.monotonic()
+        timeout = monitor.check.timeout
+        self.timer = self.loop.call_later(
+            timeout / 1000, self.finish, False, f"no answer within {timeout} ms"
+        )
 
-def _get_loopback() -> _Loopback:
-    global _loopback
-    if _loopback is None:
-        _loopback = _Loopback()
-    return _loopback
+    def start(self) -> None:
+        try:
+            if self.m.app.handoff:
+                self.sock = self.m.loopback().connect(self._handed)
+            else:
+                self._connect()
+        except ProbeFailed as exc:
+            self.finish(False, str(exc))
+        except OSError as exc:
+            self.finish(False, exc.strerror or str(exc))
+
+    # -- getting a connection
+
+    def _handed(self, theirs: socket.socket) -> None:
+        """Our loopback pair is up: have the dispatcher hand its far end to the worker."""
+        app = self.m.app
+        try:
+            if self.done or app.listener is None:
+                return
+            self.token = self.m.register(self)
+            msg = {"t": "probe", "id": self.proc.serial, "token": self.token}
+            if self.m.check.kind == "tcp":
+                msg["ack"] = True  # tcp passes when the worker takes it; http reads the answer
+            if not app.listener.send(msg, [theirs.fileno()]):
+                self.finish(False, "the dispatcher is not running")
+                return
+        finally:
+            theirs.close()
+        if self.m.check.kind == "http":
+            self._request()
+        # tcp: passes when the dispatcher says the worker took it (on_taken)
+
+    def on_taken(self, ok: bool, why: str) -> None:
+        if not ok:
+            self.finish(False, why)
+        elif self.m.check.kind == "tcp":
+            self.finish(True, "taken by the worker")
+
+    def _connect(self) -> None:
+        family, address = self.m.address(self.proc)
+        sock = self.sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        err = sock.connect_ex(address)
+        if err == 0:
+            self._connected()
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            self.watching = True
+            self.loop.add_writer(sock.fileno(), self._on_connect)
+        else:
+            raise OSError(err, os.strerror(err))
+
+    def _on_connect(self) -> None:
+        assert self.sock is not None
+        self.loop.remove_writer(self.sock.fileno())
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.finish(False, os.strerror(err))
+        else:
+            self._connected()
+
+    def _connected(self) -> None:
+        if self.m.check.kind == "tcp":
+            self.finish(True, "connected")
+        else:
+            self._request()
+
+    # -- http
+
+    def _request(self) -> None:
+        assert self.sock is not None
+        request = self.m.request
+        try:
+            sent = self.sock.send(request)
+        except OSError as exc:
+            self.finish(False, exc.strerror or str(exc))
+            return
+        if sent != len(request):
+            self.finish(False, "could not send the request")
+            return
+        self.watching = True
+        self.loop.add_reader(self.sock.fileno(), self._on_read)
+
+    def _on_read(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(MAX_STATUS_LINE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.finish(False, exc.strerror or str(exc))
+            return
+        if not data:
+            self.finish(False, "closed without an answer")
+            return
+        self.buf += data
+        end = self.buf.find(b"\n")
+        if end < 0:
+            if len(self.buf) >= MAX_STATUS_LINE:
+                self.finish(False, "not an HTTP answer")
+            return
+        parts = self.buf[:end].split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            self.finish(False, "not an HTTP answer")
+            return
+        status, want = int(parts[1]), self.m.check.status
+        if status == want:
+            self.finish(True, f"HTTP {status}")
+        else:
+            self.finish(False, f"HTTP {status}, expected {want}")
+
+    # -- the end
+
+    def finish(self, ok: bool, detail: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        sock = self.sock
+        if sock is not None:
+            if self.watching:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(sock.fileno())
+                    self.loop.remove_writer(sock.fileno())
+            if self.m._loopback is not None:
+                self.m._loopback.forget(sock)
+            sock.close()
+        if self.token is not None:
+            self.m.unregister(self.token)
+        self.m.finished(self.slot, self.proc, ok, detail, time.monotonic() - self.started)
 
 
 class HealthMonitor:
@@ -121,8 +282,14 @@ class HealthMonitor:
         self.task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()  # proc serials
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._tokens: dict[int, asyncio.Future[tuple[bool, str]]] = {}
+        self._probes: dict[int, _SocketProbe] = {}  # by token, handed and not yet answered
         self._next_token = 0
+        self._loopback: _Loopback | None = None
+        self.stopped = False
+        self.request = (
+            f"GET {check.path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: clusterui-health\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -131,6 +298,7 @@ class HealthMonitor:
             self.task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
+        self.stopped = True
         tasks = [t for t in (self.task, *self._tasks) if t is not None]
         self.task = None
         for t in tasks:
@@ -138,6 +306,11 @@ class HealthMonitor:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        for probe in list(self._probes.values()):
+            probe.finish(False, "stopped")
+        if self._loopback is not None:
+            self._loopback.close()
+            self._loopback = None
 
     async def _run(self) -> None:
         interval = max(self.check.interval, 50) / 1000
@@ -160,30 +333,72 @@ class HealthMonitor:
             ):
                 continue
             self._inflight.add(proc.serial)
-            task = asyncio.ensure_future(self._probe(slot, proc))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if self.check.kind == "exec":
+                task = asyncio.ensure_future(self._exec_probe(slot, proc))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                _SocketProbe(self, slot, proc).start()
 
-    # ---- one probe -----------------------------------------------------------------
+    # ---- what probes need ------------------------------------------------------------
 
-    async def _probe(self, slot: Slot, proc: Proc) -> None:
-        check = self.check
+    def loopback(self) -> _Loopback:
+        if self._loopback is None:
+            self._loopback = _Loopback()
+        return self._loopback
+
+    def register(self, probe: _SocketProbe) -> int:
+        self._next_token += 1
+        self._probes[self._next_token] = probe
+        return self._next_token
+
+    def unregister(self, token: int) -> None:
+        self._probes.pop(token, None)
+
+    def on_probe_event(self, msg: dict[str, Any]) -> None:
+        """The dispatcher's word on a handed probe: taken by the worker, or not sent."""
+        probe = self._probes.get(msg.get("token"))  # type: ignore[arg-type]
+        if probe is not None:
+            probe.on_taken(msg.get("ok") is True, str(msg.get("error") or "not handed"))
+
+    def address(self, proc: Proc) -> tuple[int, Any]:
+        """(family, address) a direct probe connects to (no dispatcher hands it over)."""
+        spec = self.app.spec
+        if spec.dispatch == "proxy" and proc.port:
+            return socket.AF_INET, ("127.0.0.1", proc.port)
+        listen = spec.listen
+        port = self.check.port
+        if port is None and listen is not None and listen.kind == "unix":
+            return socket.AF_UNIX, listen.path
+        host = "127.0.0.1"
+        if listen is not None and listen.kind == "tcp":
+            port = port or listen.port
+            if listen.host == "::":
+                host = "::1"
+            elif listen.host not in ("", "0.0.0.0"):
+                host = listen.host
+        if not port:
+            raise ProbeFailed("no port to probe (set health_check.port)")
+        return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
+
+    def finished(self, slot: Slot, proc: Proc, ok: bool, detail: str, latency: float) -> None:
+        self._inflight.discard(proc.serial)
+        if self.stopped or proc.exited.done() or proc.stop_requested:
+            return  # it went away meanwhile: the result says nothing
+        self._record(slot, proc, ok, detail, latency)
+
+    async def _exec_probe(self, slot: Slot, proc: Proc) -> None:
         started = time.monotonic()
         try:
-            try:
-                detail = await asyncio.wait_for(self._attempt(slot, proc), check.timeout / 1000)
-                ok = True
-            except TimeoutError:
-                ok, detail = False, f"no answer within {check.timeout} ms"
-            except ProbeFailed as exc:
-                ok, detail = False, str(exc)
-            except OSError as exc:
-                ok, detail = False, exc.strerror or str(exc)
-            if proc.exited.done() or proc.stop_requested:
-                return  # it went away meanwhile: the result says nothing
-            self._record(slot, proc, ok, detail, time.monotonic() - started)
-        finally:
-            self._inflight.discard(proc.serial)
+            detail = await asyncio.wait_for(self._exec(slot, proc), self.check.timeout / 1000)
+            ok = True
+        except TimeoutError:
+            ok, detail = False, f"no answer within {self.check.timeout} ms"
+        except ProbeFailed as exc:
+            ok, detail = False, str(exc)
+        except OSError as exc:
+            ok, detail = False, exc.strerror or str(exc)
+        self.finished(slot, proc, ok, detail, time.monotonic() - started)
 
     def _record(self, slot: Slot, proc: Proc, ok: bool, detail: str, latency: float) -> None:
         app = self.app
@@ -220,105 +435,6 @@ class HealthMonitor:
         listener = self.app.listener
         if listener is not None and self.app.spec.dispatch != "shared":
             listener.send({"t": "health", "id": proc.serial, "ok": ok})
-
-    async def _attempt(self, slot: Slot, proc: Proc) -> str:
-        check = self.check
-        if check.kind == "exec":
-            return await self._exec(slot, proc)
-        app = self.app
-        if app.handoff:
-            return await self._through_channel(proc)
-        reader, writer = await self._connect(proc)
-        try:
-            if check.kind == "tcp":
-                return "connected"
-            return await self._http(reader, writer)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _through_channel(self, proc: Proc) -> str:
-        app = self.app
-        assert app.listener is not None
-        ours, theirs = await _get_loopback().pair()
-        token = self._next_token = self._next_token + 1
-        taken = asyncio.get_running_loop().create_future()
-        self._tokens[token] = taken
-        try:
-            sent = app.listener.send(
-                {"t": "probe", "id": proc.serial, "token": token}, [theirs.fileno()]
-            )
-            theirs.close()
-            if not sent:
-                raise ProbeFailed("the dispatcher is not running")
-            if self.check.kind == "tcp":
-                ok, why = await taken
-                if not ok:
-                    raise ProbeFailed(why)
-                return "taken by the worker"
-            reader, writer = await asyncio.open_connection(sock=ours)
-            ours = None  # the transport owns it now
-            try:
-                exchange = asyncio.ensure_future(self._http(reader, writer))
-                done, _ = await asyncio.wait({exchange, taken}, return_when="FIRST_COMPLETED")
-                if taken in done and not taken.result()[0]:
-                    exchange.cancel()
-                    raise ProbeFailed(taken.result()[1])
-                return await exchange
-            finally:
-                writer.close()
-        finally:
-            self._tokens.pop(token, None)
-            theirs.close()
-            if ours is not None:
-                ours.close()
-
-    def on_probe_event(self, msg: dict[str, Any]) -> None:
-        """The dispatcher's word on a handed probe: taken by the worker, or not sent."""
-        fut = self._tokens.get(msg.get("token"))  # type: ignore[arg-type]
-        if fut is not None and not fut.done():
-            fut.set_result((msg.get("ok") is True, str(msg.get("error") or "not handed")))
-
-    async def _connect(self, proc: Proc) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        spec = self.app.spec
-        if spec.dispatch == "proxy" and proc.port:
-            return await asyncio.open_connection("127.0.0.1", proc.port)
-        listen = spec.listen
-        port = self.check.port
-        if port is None and listen is not None and listen.kind == "unix":
-            return await asyncio.open_unix_connection(listen.path)
-        host = "127.0.0.1"
-        if listen is not None and listen.kind == "tcp":
-            port = port or listen.port
-            if listen.host not in ("", "0.0.0.0", "::"):
-                host = listen.host
-            elif listen.host == "::":
-                host = "::1"
-        if not port:
-            raise ProbeFailed("no port to probe (set health_check.port)")
-        return await asyncio.open_connection(host, port)
-
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-        check = self.check
-        writer.write(
-            f"GET {check.path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: clusterui-health\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError:
-            raise ProbeFailed("closed without an answer") from None
-        except asyncio.LimitOverrunError:
-            raise ProbeFailed("not an HTTP answer") from None
-        parts = line[:MAX_STATUS_LINE].split()
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            raise ProbeFailed("not an HTTP answer")
-        status = int(parts[1])
-        if status != check.status:
-            raise ProbeFailed(f"HTTP {status}, expected {check.status}")
-        return f"HTTP {status}"
 
     async def _exec(self, slot: Slot, proc: Proc) -> str:
         spec = self.app.spec

@@ -344,7 +344,7 @@ class Dispatcher:
             self._add(wid, msg, fds)
             return
         if kind == "probe":
-            self._probe(wid, msg.get("token"), fds)
+            self._probe(wid, msg.get("token"), msg.get("ack") is True, fds)
             return
         proto.close_fds(fds)
         if kind == "stats":
@@ -545,10 +545,10 @@ class Dispatcher:
 
     # ---- health probes (the supervisor's) ---------------------------------------------
 
-    def _probe(self, wid: Any, token: Any, fds: list[int]) -> None:
+    def _probe(self, wid: Any, token: Any, ack: bool, fds: list[int]) -> None:
         """Hand one probe connection to worker wid itself, ready or not, as a client's
-        connection would reach it; report once the worker has taken it off its channel
-        (a worker whose loop hangs never does)."""
+        connection would reach it. With ack, report once the worker has taken it off its
+        channel (a worker whose loop hangs never does); a failure is always reported."""
         w = self.workers.get(wid)
         if len(fds) != 1 or w is None or w.dend is None:
             proto.close_fds(fds)
@@ -568,8 +568,9 @@ class Dispatcher:
         w.probes += 1
         w.queued.append(1)
         w.queued_fds += 1
-        w.probe_marks.append((w.taken + len(w.queued), token))
-        self.probe_watch.add(wid)
+        if ack:
+            w.probe_marks.append((w.taken + len(w.queued), token))
+            self.probe_watch.add(wid)
 
     def _check_probes(self) -> None:
         for wid in list(self.probe_watch):
