@@ -10,7 +10,7 @@ import contextlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from clusterui.core.control import OpError
+from clusterui.vocab.exits import OpError
 
 if TYPE_CHECKING:
     from clusterui.core.apps import App

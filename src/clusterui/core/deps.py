@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from clusterui.core.health import is_healthy
+from clusterui.vocab import states
 
 if TYPE_CHECKING:
     from clusterui.core.apps import App
 
 POLL = 0.1  # seconds between looks at the dependencies while waiting
-WAITING = "pending"  # the slot status while start waits for its dependencies
 
 
 def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
@@ -81,7 +81,7 @@ def unmet(app_of: Callable[[str], App | None], name: str, condition: str) -> str
             return f"{label} is {why}"
         if condition == "started":
             continue
-        if proc.status != "online":
+        if proc.status != states.ONLINE:
             return f"{label} is {proc.status}"
         if condition == "healthy" and not is_healthy(proc):
             if proc.probe is None:
@@ -114,11 +114,11 @@ def blocked(
                 return None
             return app.waiting_for
         slots = list(dep.slots.values())
-        if any(s.proc is None and s.idle_status == "errored" for s in slots):
+        if any(s.proc is None and s.idle.value == states.ERRORED for s in slots):
             return app.waiting_for
         if (
             condition == "completed"
-            and all(s.proc is None and s.idle_status == "stopped" for s in slots)
+            and all(s.proc is None and s.idle.value == states.STOPPED for s in slots)
             and any(s.last_exit not in ((0, None), (None, None)) for s in slots)
         ):
             return app.waiting_for
@@ -132,10 +132,10 @@ async def start_when_ready(
     slots = app.ensure_slots(app.spec.instances)
     for slot in slots:
         if slot.proc is None:
-            slot.idle_status = WAITING
+            slot.idle.to(states.PENDING)
     while True:
         if app.removed or any(
-            s.proc is not None or s.idle_status != WAITING for s in app.slots.values()
+            s.proc is not None or s.idle.value != states.PENDING for s in app.slots.values()
         ):
             app.waiting_for = None  # deleted, started or stopped by hand meanwhile
             return
@@ -149,8 +149,8 @@ async def start_when_ready(
         await asyncio.sleep(POLL)
     app.waiting_for = None
     for slot in app.slots.values():
-        if slot.idle_status == WAITING:
-            slot.idle_status = "stopped"
+        if slot.idle.value == states.PENDING:
+            slot.idle.to(states.STOPPED)
     start()
 
 

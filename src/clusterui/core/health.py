@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from clusterui.core.spec import HealthCheck
+from clusterui.vocab import states
 
 if TYPE_CHECKING:
     from clusterui.core.apps import App, Proc, Slot
@@ -325,7 +326,7 @@ class HealthMonitor:
             proc = slot.proc
             if (
                 proc is None
-                or proc.status != "online"
+                or proc.status != states.ONLINE
                 or proc.stop_requested
                 or proc.suspended  # stopped on purpose (a debugger): not a hang
                 or proc.uptime < delay

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from clusterui.core.control import OpError
 from clusterui.core.health import is_unhealthy
+from clusterui.vocab.exits import OpError
 
 if TYPE_CHECKING:
     from clusterui.core.apps import App
