@@ -345,7 +345,9 @@ class Supervisor:
         for app, _slots in groups:
             app.removed = True
             names.append(app.name)
-        await asyncio.gather(*(app.stop_all() for app, _ in groups))
+        # Dependents first, then what they need (depends_on), as `down` does.
+        for layer in deps.stop_layers({app.name: app for app, _ in groups}):
+            await asyncio.gather(*(app.stop_all() for app in layer))
         for app, _ in groups:
             await upkeep.detach(app)
             await app.set_watch(False)
