@@ -210,8 +210,9 @@ STAMP_APP = """
 import os, signal, sys, time
 name, mode = sys.argv[1], sys.argv[2]
 def stamp(what):
-    with open(f"{name}.{what}", "w") as f:
+    with open(f"{name}.{what}.tmp", "w") as f:
         f.write(repr(time.time()))
+    os.replace(f"{name}.{what}.tmp", f"{name}.{what}")  # whole, or not there at all
 stamp("start")
 if mode == "job":
     time.sleep(0.5)
@@ -293,6 +294,10 @@ def test_depends_on_blocks_on_a_failing_job(cu: Env) -> None:
     assert info["app"]["waiting_for"] == "waiting for job: completed (job:0 exited with code 3)"
     text = cu.run("describe", "api", check=True).stdout
     assert "waiting    waiting for db: healthy (db:0 is pending)" in text
+    # Starting db by hand ends its wait; api then follows once db is healthy.
+    cu.run("start", "db", check=True)
+    wait_for(lambda: (cu.root / "api.start").exists(), timeout=20, what="api started")
+    assert stamp(cu, "db.ready") <= stamp(cu, "api.start")
 
 
 def test_cycle_and_unknown_names_are_file_line_errors(cu: Env) -> None:

@@ -112,16 +112,16 @@ def blocked(
         if dep.waiting_for:
             if blocked(dep, app_of, seen | {app.name}) is None:
                 return None
-            return app.waiting_for
+            return first_unmet(app, app_of)
         slots = list(dep.slots.values())
         if any(s.proc is None and s.idle.value == states.ERRORED for s in slots):
-            return app.waiting_for
+            return first_unmet(app, app_of)
         if (
             condition == "completed"
             and all(s.proc is None and s.idle.value == states.STOPPED for s in slots)
             and any(s.last_exit not in ((0, None), (None, None)) for s in slots)
         ):
-            return app.waiting_for
+            return first_unmet(app, app_of)
     return None
 
 
