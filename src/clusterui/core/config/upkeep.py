@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from clusterui.core.config.problems import quote
 from clusterui.core.spec import DEPENDENCY_CONDITIONS, HEALTH_KINDS, HealthCheck
 from clusterui.core.units import parse_duration
 
@@ -125,7 +126,8 @@ def depends_on(value: Any) -> dict[str, str]:
             raise KeyProblem("app names must be strings")
         if condition not in DEPENDENCY_CONDITIONS:
             raise KeyProblem(
-                f"{name}: condition must be one of {', '.join(DEPENDENCY_CONDITIONS)}", name
+                f"{_name(name)}: condition must be one of {', '.join(DEPENDENCY_CONDITIONS)}",
+                name,
             )
         out[name] = condition
     return out
@@ -173,16 +175,27 @@ def check_graph(
     for app, needs in depends.items():
         for dep, condition in needs.items():
             if dep == app:
-                problems.append((app, dep, f"{app} cannot depend on itself"))
+                problems.append((app, dep, f"{_name(app)} cannot depend on itself"))
             elif dep not in depends:
-                known = ", ".join(sorted(depends)) or "none"
-                problems.append((app, dep, f"{dep!r} is not an app in this file (apps: {known})"))
+                known = ", ".join(_name(n) for n in sorted(depends)) or "none"
+                problems.append(
+                    (app, dep, f"{quote(dep)} is not an app in this file (apps: {known})")
+                )
             elif condition == "healthy" and not has_health.get(dep):
-                problems.append((app, dep, f"{dep}: healthy needs a health_check on {dep}"))
+                problems.append(
+                    (app, dep, f"{_name(dep)}: healthy needs a health_check on {_name(dep)}")
+                )
     cycle = find_cycle({a: [d for d in n if d != a] for a, n in depends.items()})
     if cycle:
-        problems.append((cycle[0], cycle[1], "dependency cycle: " + " -> ".join(cycle)))
+        shown = " -> ".join(_name(n) for n in cycle)
+        problems.append((cycle[0], cycle[1], f"dependency cycle: {shown}"))
     return problems
+
+
+def _name(name: str) -> str:
+    """An app name as written when it is plain, else quoted (one line, no control bytes)."""
+    plain = name.isprintable() and not any(c.isspace() for c in name) and len(name) <= 64
+    return name if plain else quote(name)
 
 
 def metrics_listen(value: Any, public: bool) -> str:
@@ -196,7 +209,7 @@ def metrics_listen(value: Any, public: bool) -> str:
         raise KeyProblem(str(exc)) from None
     if not is_loopback(host) and not public:
         raise KeyProblem(
-            f"{host} is not a loopback address; add 'metrics_public: true' to serve "
+            f"{_name(host)} is not a loopback address; add 'metrics_public: true' to serve "
             "metrics to other machines (without authentication)"
         )
     return str(value)
