@@ -67,6 +67,10 @@ class AppSpec:
     log_date_format: str | None = None
     log_max_size: int | None = 10 * 1024 * 1024
     log_retain: int = 5
+    # PM2's uid/user/gid: not applied by clusterui (apps run as its own user), kept for
+    # `clusterui export` (systemd User=/Group=).
+    user: str | None = None
+    group: str | None = None
     # Where this app came from, for messages ("ecosystem.yaml:12").
     source: str = ""
     source_line: int = 0

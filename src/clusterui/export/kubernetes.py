@@ -176,6 +176,9 @@ def _deployment(
         "terminationGracePeriodSeconds": grace,
         "containers": [container],
     }
+    security = _run_as(app, out, notes)
+    if security:
+        pod_spec["securityContext"] = security
     return {
         "apiVersion": API_APPS,
         "kind": "Deployment",
@@ -186,6 +189,22 @@ def _deployment(
             "template": {"metadata": {"labels": _labels(app.name, opts)}, "spec": pod_spec},
         },
     }
+
+
+def _run_as(app: AppSpec, out: Export, notes: list[str]) -> dict[str, int]:
+    """user/group as runAsUser/runAsGroup: Kubernetes takes numbers only."""
+    security = {}
+    for value, field_name, what in (
+        (app.user, "runAsUser", "user"),
+        (app.group, "runAsGroup", "group"),
+    ):
+        if value is None:
+            continue
+        if value.isdigit():
+            security[field_name] = int(value)
+        else:
+            notes.append(out.unmapped(app, f"{what} {value!r} (Kubernetes takes a number)"))
+    return security
 
 
 def _policy_notes(app: AppSpec, out: Export, notes: list[str]) -> None:

@@ -161,11 +161,10 @@ def _service(
             f"max_memory_restart + {SUPERVISOR_MEMORY // 2**20} MiB for clusterui); clusterui "
             "still restarts a single worker over max_memory_restart"
         )
-    user, group = getattr(app, "user", None), getattr(app, "group", None)
-    if user:
-        service.append(f"User={_text(user)}")
-    if group:
-        service.append(f"Group={_text(group)}")
+    if app.user:
+        service.append(f"User={_text(app.user)}")
+    if app.group:
+        service.append(f"Group={_text(app.group)}")
 
     lines = [*_header(app, opts), *notes, *unit, "", *service, ""]
     lines += ["[Install]", f"WantedBy={target}", ""]

@@ -14,6 +14,7 @@ from typing import Any
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
+    as_account,
     as_bool,
     as_duration,
     as_env,
@@ -26,7 +27,14 @@ from clusterui.core.config.convert import (
     inside,
     words,
 )
-from clusterui.core.config.keys import ALIASES, ENV_KEY, INTERPRETERS, KEYS, PM2_UNIMPLEMENTED
+from clusterui.core.config.keys import (
+    ALIASES,
+    ENV_KEY,
+    EXPORT_ONLY,
+    INTERPRETERS,
+    KEYS,
+    PM2_UNIMPLEMENTED,
+)
 from clusterui.core.config.problems import Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import has_invalid
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
@@ -172,6 +180,9 @@ class AppBuilder:
             )
         if "log_max_size" in self.values:
             spec_kwargs["log_max_size"] = self.get("log_max_size", self.log_max_size, None)
+        for key in ("user", "group"):
+            if key in self.values:
+                spec_kwargs[key] = self.get(key, as_account, None)
         for key in ("out_file", "error_file"):
             if key in self.values:
                 spec_kwargs[key] = self.get(key, self.log_path, None)
@@ -206,6 +217,8 @@ class AppBuilder:
                     + (f" ({hint})" if hint else ""),
                     key,
                 )
+                if key in EXPORT_ONLY:
+                    self.values.setdefault(EXPORT_ONLY[key], (key, value))
                 continue
             else:
                 self.ctx.error(f"unknown key {quote(key)}{suggest(key, known)}", key)
