@@ -86,8 +86,8 @@ class Load:
             t.join(60)
 
 
-@pytest.fixture
-def activated():
+@pytest.fixture(params=["round-robin", "shared"])
+def activated(request):
     """`clusterui up` (restarted whenever it exits) on a socket systemd-socket-activate holds."""
     env = Env()
     port = free_port()
@@ -100,6 +100,7 @@ def activated():
             exec_mode: cluster
             instances: 2
             listen: 127.0.0.1:{port}
+            dispatch: {request.param}
         """,
     )
     log = open(env.root / "activate.log", "wb")  # noqa: SIM115 - closed below

@@ -235,7 +235,9 @@ class App:
         if mode in HANDOFF_MODES:
             dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             worker_end = dispatcher_pair[1]
-        elif spec.wait_ready and mode != "proxy":
+        elif (spec.wait_ready or self._orphan_grace()) and mode != "proxy":
+            # Also for a shared socket handed in from outside: the channel's end of file
+            # tells the worker its supervisor died, so it drains in its grace.
             our_channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if mode == "shared":
             # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
