@@ -83,8 +83,6 @@ def _socket(app: AppSpec, base: str, target: str, opts: Options, out: Export) ->
     ]
     if listen.kind == "tcp" and listen.host == "::":
         lines.append("BindIPv6Only=both")
-    if listen.kind == "unix":
-        lines.append("SocketMode=0660")
     lines += ["", "[Install]", "WantedBy=sockets.target", f"WantedBy={target}", ""]
     return "\n".join(lines)
 
@@ -109,6 +107,7 @@ def _service(
         f"WorkingDirectory={_text(app.cwd)}",
         # One supervisor per unit, with its own state (logs, control socket).
         f"StateDirectory=clusterui/{app.name}",
+        "StateDirectoryMode=0700",
         f'Environment="CLUSTERUI_HOME=%S/clusterui/{app.name}"',
     ]
     for key, value in app.env.items():
