@@ -210,8 +210,9 @@ class App:
         """On a socket handed in from outside, a worker outlives a killed supervisor by
         kill_timeout: it finishes what it was handed while the next supervisor takes
         over the socket (new connections wait in its queue)."""
-        if self.listener is not None and self.listener.inherited:
+        if self.listener is not None and self.listener.inherited and self.spec.dispatch != "proxy":
             return self.spec.kill_timeout / 1000
+        # proxy: every byte goes through the dispatcher, which dies with the supervisor.
         return 0.0
 
     def _spawn(self, slot: Slot) -> Proc | None:
