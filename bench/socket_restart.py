@@ -3,7 +3,8 @@ until the next supervisor answers, with the socket bound by clusterui and with t
 socket handed in by `systemd-socket-activate` (LISTEN_FDS).
 
 Both runs use tests/restart_always.py, which starts `clusterui up` again whenever it
-exits (systemd's Restart=always); only who holds the socket differs.
+exits (systemd's Restart=always). Bound by clusterui, `up` exits when its supervisor
+dies and is started again; handed in, `up` starts a new supervisor on the socket.
 
     .venv/bin/python bench/socket_restart.py [--rounds 3] [--clients 16]
 """
