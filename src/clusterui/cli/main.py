@@ -1,4 +1,4 @@
-"""`clusterui`: the command line (DESIGN §2)."""
+"""`clusterui`: the command line (the verbs are listed in the README)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from clusterui import __version__
 from clusterui.cli import export_cmd, foreground, render
 from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
 from clusterui.core import config, inherit
+from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
+from clusterui.vocab.exits import Exit
+from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
 VERBS = {
@@ -127,18 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         opts = parse(argv)
         if opts.verb in ("dashboard", "attach"):
             return cmd_dashboard(opts, Home.from_env())
-        return asyncio.run(dispatch(opts))
+        return asyncio.run(run_command(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except ClientError as exc:
         print(f"clusterui: {exc.message}", file=sys.stderr)
         return exc.code
     except config.ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # `clusterui ls --json | head`: the reader left; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -147,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"clusterui: internal error: {exc!r} (run with --debug for details)", file=sys.stderr)
-        return 1
+        return Exit.FAILED
 
 
-async def dispatch(opts: argparse.Namespace) -> int:
+async def run_command(opts: argparse.Namespace) -> int:
+    """Run one verb (other than the dashboard) and return its exit code."""
     home = Home.from_env()
     verb = opts.verb
     if verb == "check":
@@ -220,7 +224,7 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
 
         asyncio.run(load())
     elif not home.socket.exists():
-        raise ClientError(f"no supervisor is running (home {home.root})", 3)
+        raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
     return run_dashboard(lambda: Client.connect(home), file=file, started_supervisor=started)
 
 
@@ -238,7 +242,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     try:
         handed = inherit.from_systemd()  # systemd's LISTEN_FDS: the supervisor takes them
     except inherit.InheritError as exc:
-        raise ClientError(str(exc), 2) from None
+        raise ClientError(str(exc), Exit.USAGE) from None
     try:
         if opts.detach:
             return await up_detached(opts, home, file, only, handed)
@@ -292,23 +296,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     if verb == "ls":
         state = await client.state(history=False)
         if opts.json:
-            keys = (
-                "id",
-                "app",
-                "instance",
-                "pid",
-                "status",
-                "restarts",
-                "uptime",
-                "cpu",
-                "memory",
-                "connections",
-                "active",
-                "conn_rate",
-                "exit_code",
-                "exit_signal",
-            )
-            print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
+            print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
         return 0
@@ -366,8 +354,12 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
             mapping["watch"] = True
         if opts.interpreter:
             mapping["interpreter"] = opts.interpreter
-        spec = config.spec_from_mapping(mapping, base_dir=str(Path.cwd()), source="command line")
-        result = await client.call("start_script", spec=spec.to_dict())
+        base_dir = str(Path.cwd())
+        # Checked here too (like a file), so a mistake is reported before anything starts;
+        # the supervisor builds the app from the same keys with the same loader.
+        spec = config.spec_from_mapping(mapping, base_dir=base_dir, source=COMMAND_LINE)
+        mapping["name"] = spec.name
+        result = await client.call("start_script", spec=mapping, base_dir=base_dir)
         print(result["message"])
         return 0
     if scripted:

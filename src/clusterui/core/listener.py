@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import inherit
-from clusterui.core.control import OpError
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
 from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.protocol import MODES
+from clusterui.vocab.exits import OpError
 
 MAX_DATAGRAM = 65536
 # A dispatcher that ran at least this long, or said anything, and then died is replaced
@@ -50,7 +51,7 @@ _respawns: dict[str, list[float]] = {}
 
 
 @dataclass
-class _Worker:
+class _Handover:
     """What a new dispatcher needs to take over one worker."""
 
     add: dict[str, Any]  # the "add" message as first sent
@@ -59,6 +60,14 @@ class _Worker:
     draining: bool = False
     handed: int = 0  # "handed" as last reported to the app, carried across dispatchers
     handed_base: int = 0  # added to what the current dispatcher reports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (proxy mode's per-worker $PORT;
+    the tests and benchmarks use it too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
@@ -125,11 +134,11 @@ class Listener:
         self._ctl: socket.socket | None = None
         self._watcher: ExitWatcher | None = None
         self._loop = asyncio.get_running_loop()
-        self._workers: dict[str, _Worker] = {}  # by str(id): stats use string keys
+        self._workers: dict[str, _Handover] = {}  # by str(id): stats use string keys
         self._started_at = 0.0
         self._heard = False  # the current dispatcher has sent us something
         self._closed = False
-        if spec.dispatch != "shared":
+        if MODES[spec.dispatch].dispatcher:
             self._start_dispatcher()
 
     @property
@@ -191,7 +200,7 @@ class Listener:
         _respawns.setdefault(self.spec.name, []).append(time.monotonic())
         for w in self._workers.values():
             w.handed_base = w.handed  # the new dispatcher counts from zero
-            if self.spec.dispatch != "proxy" and not w.fds:
+            if MODES[self.spec.dispatch].handoff and not w.fds:
                 continue  # we could not keep its channel (fds exhausted): it drains and exits
             self._send_now(w.add, w.fds)
             if w.draining:
@@ -209,7 +218,7 @@ class Listener:
         )
         return True
 
-    def _inject_ready(self, w: _Worker, tries: int) -> None:
+    def _inject_ready(self, w: _Handover, tries: int) -> None:
         if self._closed or not w.fds or self._workers.get(str(w.add["id"])) is not w:
             return
         # Wrap without touching flags: this open file is shared with the worker's fd.
@@ -276,7 +285,7 @@ class Listener:
         kind, key = msg.get("t"), str(msg.get("id"))
         if kind == "add":
             self._forget(key)
-            w = _Worker(dict(msg))
+            w = _Handover(dict(msg))
             try:
                 for fd in fds or ():
                     w.fds.append(os.dup(fd))  # non-inheritable: no child gets these

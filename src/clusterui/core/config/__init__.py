@@ -17,6 +17,7 @@ One job per module:
 
 from clusterui.core.config.keys import ALIASES, KEYS, PM2_UNIMPLEMENTED
 from clusterui.core.config.loader import (
+    COMMAND_LINE,
     DEFAULT_FILES,
     MAX_FILE_BYTES,
     LoadResult,
@@ -28,6 +29,7 @@ from clusterui.core.config.problems import ConfigError, Problem
 
 __all__ = [
     "ALIASES",
+    "COMMAND_LINE",
     "DEFAULT_FILES",
     "KEYS",
     "MAX_FILE_BYTES",

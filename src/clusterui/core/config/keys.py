@@ -5,38 +5,10 @@ from __future__ import annotations
 
 import re
 
-KEYS: tuple[str, ...] = (
-    "name",
-    "script",
-    "args",
-    "cwd",
-    "interpreter",
-    "interpreter_args",
-    "instances",
-    "exec_mode",
-    "listen",
-    "dispatch",
-    "watch",
-    "ignore_watch",
-    "watch_delay",
-    "env",
-    "autorestart",
-    "max_restarts",
-    "min_uptime",
-    "restart_delay",
-    "exp_backoff_restart_delay",
-    "kill_timeout",
-    "kill_signal",
-    "wait_ready",
-    "listen_timeout",
-    "max_memory_restart",
-    "out_file",
-    "error_file",
-    "merge_logs",
-    "log_date_format",
-    "log_max_size",
-    "log_retain",
-)
+from clusterui.core.spec import KEY_KINDS
+
+# Every AppSpec field marked as a key (clusterui.core.spec.key) is one.
+KEYS: tuple[str, ...] = tuple(KEY_KINDS)
 
 # PM2's other spellings (lib/API/schema.json) → the key they stand for.
 ALIASES: dict[str, str] = {

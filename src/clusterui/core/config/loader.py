@@ -18,6 +18,9 @@ from clusterui.core.config.yamlfile import INVALID, Reader, compose, node_line
 from clusterui.core.spec import AppSpec
 
 MAX_FILE_BYTES = 1024 * 1024
+# The source of an app started by `clusterui start SCRIPT`, for messages.
+COMMAND_LINE = "command line"
+
 DEFAULT_FILES = ("ecosystem.yaml", "ecosystem.yml")
 
 
