@@ -127,6 +127,10 @@ def test_kubernetes_maps_the_keys() -> None:
     assert probe["exec"] == {"command": ["true"]}
     assert "# not mapped: depends_on cron-ish" in result.files["clusterui-shared.yaml"]
     assert "# not mapped: cron_restart" in result.files["clusterui-shared.yaml"]
+    # An asgi app runs under clusterui's host in the image.
+    hosted = next(yaml.safe_load_all(result.files["clusterui-hosted.yaml"]))
+    hosted_c = hosted["spec"]["template"]["spec"]["containers"][0]
+    assert hosted_c["command"] == ["python3", "-m", "clusterui.web", "asgi", "fastapi_main:app"]
     # A fork app without listen: a Deployment and nothing else.
     docs = list(yaml.safe_load_all(result.files["clusterui-cron-ish.yaml"]))
     assert [d["kind"] for d in docs] == ["Deployment"]
@@ -169,8 +173,8 @@ def test_systemd_maps_the_keys() -> None:
     assert any("api: exp_backoff_restart_delay" in w for w in result.warnings)
     target = result.files["clusterui.target"]
     assert (
-        "Wants=clusterui-api.service clusterui-sock_app.v2.service clusterui-shared.service\n"
-        in target
+        "Wants=clusterui-api.service clusterui-sock_app.v2.service clusterui-shared.service "
+        "clusterui-hosted.service\n" in target
     )
 
 

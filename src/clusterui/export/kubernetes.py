@@ -99,6 +99,12 @@ def _in_image(path: str, opts: Options, notes: list[str]) -> str:
 
 
 def _command(app: AppSpec, opts: Options, notes: list[str]) -> tuple[list[str], list[str]]:
+    if app.web is not None:
+        # Hosted by clusterui's asgi/wsgi worker: the image needs clusterui installed.
+        kind, target = app.web
+        notes.append(f"# {kind}: {target} runs under `python3 -m clusterui.web` (in the image)")
+        command = ["python3", *app.interpreter_args, "-m", "clusterui.web", kind, target]
+        return [_literal(w) for w in command], [_literal(w) for w in app.args]
     if app.interpreter:
         # The interpreter the loader found is a host path; the image has its own on PATH.
         interp = os.path.basename(app.interpreter)
