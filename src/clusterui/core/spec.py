@@ -113,6 +113,10 @@ class AppSpec:
     health_check: HealthCheck | None = field(default=None, metadata=key("health_check"))
     depends_on: dict[str, str] = field(default_factory=dict, metadata=key("depends_on"))
     cron_restart: str | None = field(default=None, metadata=key("cron_restart"))
+    # PM2's uid/user/gid: not keys of clusterui's own (apps run as its user; the loader
+    # warns), kept for `clusterui export` (systemd User=/Group=).
+    user: str | None = None
+    group: str | None = None
     # Where this app came from, for messages ("ecosystem.yaml:12"); not a key.
     source: str = ""
     source_line: int = 0

@@ -15,6 +15,7 @@ from clusterui.core.config import upkeep
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
+    as_account,
     as_bool,
     as_duration,
     as_env,
@@ -31,6 +32,7 @@ from clusterui.core.config.convert import (
 from clusterui.core.config.keys import (
     ALIASES,
     ENV_KEY,
+    EXPORT_ONLY,
     INTERPRETERS,
     KEYS,
     PM2_UNIMPLEMENTED,
@@ -173,6 +175,9 @@ class AppBuilder:
             if kind is None or kind == "app" or f.name not in self.values:
                 continue
             spec_kwargs[f.name] = self.get(f.name, self.converter(kind, f.metadata), None)
+        for name in ("user", "group"):  # kept from PM2's uid/user/gid for `export`
+            if name in self.values:
+                spec_kwargs[name] = self.get(name, as_account, None)
         return spec_kwargs
 
     def converter(self, kind: str, options: Mapping[str, Any]) -> Callable[[Any], Any]:
@@ -218,6 +223,8 @@ class AppBuilder:
                     + (f" ({hint})" if hint else ""),
                     key,
                 )
+                if key in EXPORT_ONLY:
+                    self.values.setdefault(EXPORT_ONLY[key], (key, value))
                 continue
             else:
                 self.ctx.error(f"unknown key {quote(key)}{suggest(key, known)}", key)
