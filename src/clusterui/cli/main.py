@@ -45,6 +45,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "metrics",
     "env",
     "save",
     "resurrect",
@@ -102,7 +103,9 @@ def _running_verbs(sub: Any) -> None:
 def _lifecycle_verbs(sub: Any) -> None:
     """start, stop, restart, reload, delete, scale."""
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
-    sp.add_argument("what", nargs="+", metavar="SCRIPT|TARGET")
+    sp.add_argument("what", nargs="*", metavar="SCRIPT|TARGET")
+    sp.add_argument("--asgi", metavar="MODULE:ATTR", help="host an ASGI app (no SCRIPT)")
+    sp.add_argument("--wsgi", metavar="MODULE:ATTR", help="host a WSGI app (no SCRIPT)")
     sp.add_argument("-i", "--instances", help="number of instances (0 or max = CPU count)")
     sp.add_argument("--name")
     sp.add_argument("--listen", help="cluster mode: port, host:port or unix:/path")
@@ -148,6 +151,10 @@ def _inspection_verbs(sub: Any) -> None:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    sp = sub.add_parser("metrics", help="serve Prometheus metrics (GET /metrics)")
+    sp.add_argument("--listen", help="PORT or HOST:PORT (loopback unless --public)")
+    sp.add_argument("--public", action="store_true", help="allow a non-loopback address")
+    sp.add_argument("--off", action="store_true", help="stop serving")
 
 
 def _saved_state_verbs(sub: Any) -> None:
@@ -231,7 +238,7 @@ async def run_command(opts: argparse.Namespace) -> int:
         return await cmd_up(opts, home)
     if verb in ("startup", "unstartup"):
         return filecmds.startup_verb(opts, home)
-    if verb in ("start", "resurrect"):
+    if verb in ("start", "resurrect") or (verb == "metrics" and opts.listen):
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
     client = await Client.connect(home)
     try:
@@ -310,37 +317,65 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     except inherit.InheritError as exc:
         raise ClientError(str(exc), Exit.USAGE) from None
     try:
-        started = ensure_supervisor(home, handed)
+        if opts.detach:
+            return await up_detached(opts, home, file, only, handed)
+
+        async def start() -> foreground.Started:
+            started = ensure_supervisor(home, handed)
+            client = await Client.connect(home)
+            try:
+                await client.subscribe(state=False, logs=True)
+                result = await up_load(client, opts, file, only)
+            except BaseException:
+                await client.close()
+                raise
+            return client, result, started
+
+        # The handed-in sockets stay open here too: a new supervisor may need them.
+        return await foreground.run(start, home, raw=opts.raw, restart=bool(handed))
     finally:
         for fd, _name in handed:
-            os.close(fd)  # the supervisor has its own copies (whoever passed them keeps theirs)
+            os.close(fd)
+
+
+async def up_load(
+    client: Client, opts: argparse.Namespace, file: str, only: list[str] | None
+) -> dict[str, Any]:
+    result = await client.load(
+        file,
+        env=opts.env,
+        only=only,
+        caller_env=caller_env(),
+        apply=True,
+        prune=opts.prune,
+        update_env=opts.update_env,
+    )
+    report_load(result, file)
+    return result
+
+
+async def up_detached(
+    opts: argparse.Namespace,
+    home: Home,
+    file: str,
+    only: list[str] | None,
+    handed: list[tuple[int, str]],
+) -> int:
+    ensure_supervisor(home, handed)
     client = await Client.connect(home)
     try:
-        if not opts.detach:
-            await client.subscribe(state=False, logs=True)
-        result = await client.load(
-            file,
-            env=opts.env,
-            only=only,
-            caller_env=caller_env(),
-            apply=True,
-            prune=opts.prune,
-            update_env=opts.update_env,
-        )
-        report_load(result, file)
-        if result.get("message") and opts.detach:
+        result = await up_load(client, opts, file, only)
+        if result.get("message"):
             print(result["message"])
-        if opts.detach:
-            verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
-            state = await client.state(history=False)
-            print(render.worker_table(state["workers"], render.use_colour()))
-            failed = {k: v for k, v in verdicts.items() if v != "ok"}
-            for wid, why in failed.items():
-                row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
-                label = f"{row['app']}:{row['instance']}" if row else wid
-                print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
-            return 1 if failed or result["errors"] or result.get("needs_restart") else 0
-        return await foreground.follow(client, result, started, home, raw=opts.raw)
+        verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
+        state = await client.state(history=False)
+        print(render.worker_table(state["workers"], render.use_colour()))
+        failed = {k: v for k, v in verdicts.items() if v != "ok"}
+        for wid, why in failed.items():
+            row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
+            label = f"{row['app']}:{row['instance']}" if row else wid
+            print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
+        return 1 if failed or result["errors"] or result.get("needs_restart") else 0
     finally:
         await client.close()
 
@@ -389,24 +424,51 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         on = {"on": True, "off": False}.get(opts.state)
         print((await client.watch(opts.app, on))["message"])
         return 0
+    if verb == "metrics":
+        return await cmd_metrics(client, opts)
     raise UsageError(f"unknown verb {verb}")
+
+
+async def cmd_metrics(client: Client, opts: argparse.Namespace) -> int:
+    if opts.off:
+        result = await client.call("metrics", listen=None)
+    elif opts.listen:
+        result = await client.call("metrics", listen=opts.listen, public=opts.public)
+    else:
+        state = await client.state(history=False)
+        address = state["supervisor"].get("metrics_listen")
+        print(f"serving metrics on http://{address}/metrics" if address else "metrics are off")
+        return 0
+    if result.get("warning"):
+        print(f"clusterui: warning: {result['warning']}", file=sys.stderr)
+    print(result["message"])
+    return 0
 
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
     what = opts.what
+    hosted = [(k, v) for k, v in (("asgi", opts.asgi), ("wsgi", opts.wsgi)) if v is not None]
+    if hosted:
+        if len(hosted) > 1 or what:
+            raise UsageError("start takes one of SCRIPT, --asgi MODULE:ATTR or --wsgi MODULE:ATTR")
+        what = [""]
+    elif not what:
+        raise UsageError("start needs a SCRIPT, a file, TARGETs, or --asgi/--wsgi MODULE:ATTR")
     scripted = (
         any(v is not None for v in (opts.instances, opts.name, opts.listen, opts.dispatch))
         or opts.watch
         or opts.extra
         or opts.interpreter
+        or hosted
     )
     first = Path(what[0])
     if len(what) == 1 and formats.is_ecosystem_file(what[0]) and not scripted:
         return await filecmds.start_file(client, what[0], opts)
     if (opts.only or opts.env) and not scripted:
         raise UsageError("--only and --env go with an ecosystem FILE")
-    if len(what) == 1 and (scripted or first.is_file()):
-        mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
+    if hosted or (len(what) == 1 and (scripted or first.is_file())):
+        mapping: dict[str, Any] = dict(hosted) if hosted else {"script": what[0]}
+        mapping["args"] = opts.extra
         if opts.name:
             mapping["name"] = opts.name
         if opts.instances is not None:
@@ -523,7 +585,11 @@ def render_describe(info: dict[str, Any]) -> str:
     app = info["app"]
     spec = info["spec"]
     head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
-    command = " ".join([*head, spec["script"], *spec["args"]])
+    head.append(spec["script"])
+    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
+    if kind:
+        head = [kind, spec[kind]]
+    command = " ".join([*head, *spec["args"]])
     lines = [
         f"app        {app['name']}  ({app['exec_mode']}"
         + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),
@@ -536,6 +602,7 @@ def render_describe(info: dict[str, Any]) -> str:
         f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
         f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
         f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
+        *render.upkeep_lines(app, spec),
     ]
     for w in info["workers"]:
         last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
@@ -555,4 +622,5 @@ def render_describe(info: dict[str, Any]) -> str:
             lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
+        lines += render.health_lines(w.get("health"))
     return "\n".join(lines)

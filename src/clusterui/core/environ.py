@@ -46,6 +46,7 @@ OWNED_NAMES: frozenset[str] = frozenset(
         "CLUSTERUI_HOME",
         "CLUSTERUI_DISPATCH",
         "CLUSTERUI_CHANNEL_FD",
+        "CLUSTERUI_KILL_TIMEOUT",
         # the dispatcher's and the supervisor's own, never a worker's
         "CLUSTERUI_DISPATCH_MODE",
         "CLUSTERUI_LISTEN_FD",
