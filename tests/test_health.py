@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import WEB, Env, free_port, wait_for
+from support import WEB, Env, free_port, wait_for
 
 from clusterui.core import config
 from clusterui.core.home import Home

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Env, free_port, wait_for
+from support import Env, free_port, wait_for
 from web_load import Load
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
