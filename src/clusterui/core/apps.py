@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterui.core import diagnose, nodeapp
 from clusterui.core.control import OpError
 from clusterui.core.listener import Listener
 from clusterui.core.policy import RestartTracker
@@ -103,6 +104,9 @@ class Slot:
         self.restart_timer: asyncio.TimerHandle | None = None
         self.last_exit: tuple[int | None, str | None] = (None, None)
         self.last_error: str | None = None
+        # Why a handoff worker here never got ready (kept across restarts until one is).
+        self.diagnosis: str | None = None
+        self.diagnosing = False  # an exit is being looked into (its last lines read)
         self.history = Series()
         self.restart_history: deque[dict[str, Any]] = deque(maxlen=20)
         self.cpu = 0.0
@@ -153,9 +157,15 @@ class App:
     def handoff(self) -> bool:
         return self.listener is not None and self.spec.dispatch in HANDOFF_MODES
 
+    @property
+    def node(self) -> bool:
+        """Node workers: the preload and Node's IPC channel instead of protocol v1."""
+        return nodeapp.uses_node_channel(self.spec)
+
     def open_listener(self) -> None:
         """Bind before any worker starts, so a taken port fails this app alone."""
-        if self.spec.exec_mode == "cluster" and self.spec.listen and self.listener is None:
+        wanted = self.spec.listen or nodeapp.learns_port(self.spec)
+        if self.spec.exec_mode == "cluster" and wanted and self.listener is None:
             self.listener = Listener(self.spec, self._on_dispatch_event, self._on_dispatcher_exit)
 
     def close_listener(self) -> None:
@@ -224,7 +234,12 @@ class App:
         our_channel: socket.socket | None = None
         worker_end: socket.socket | None = None
         mode = spec.dispatch if self.listener else None
-        if mode in HANDOFF_MODES:
+        node = mode in HANDOFF_MODES and self.node
+        if node:
+            # Node's own IPC channel is a stream socket (dispatch.node speaks its framing).
+            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            worker_end = dispatcher_pair[1]
+        elif mode in HANDOFF_MODES:
             dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             worker_end = dispatcher_pair[1]
         elif spec.wait_ready and mode != "proxy":
@@ -234,7 +249,10 @@ class App:
             fds[3] = self.listener.sock.fileno()
             env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
             listen_pid = True
-        if worker_end is not None:
+        if node:
+            fds[3] = worker_end.fileno()
+            env.update(nodeapp.env(spec, 3, env))
+        elif worker_end is not None:
             channel_fd = 4 if mode == "shared" else 3
             fds[channel_fd] = worker_end.fileno()
             env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
@@ -248,7 +266,7 @@ class App:
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=spec.argv(),
+                    argv=nodeapp.argv(spec) if node else spec.argv(),
                     cwd=spec.cwd,
                     env=env,
                     stdout=out_w,
@@ -282,7 +300,10 @@ class App:
         self._by_serial[proc.serial] = proc
         if dispatcher_pair is not None:
             ours, theirs = dispatcher_pair
-            self.listener.send({"t": "add", "id": proc.serial}, [ours.fileno(), theirs.fileno()])
+            add: dict[str, Any] = {"t": "add", "id": proc.serial}
+            if node:
+                add["framing"] = "node"
+            self.listener.send(add, [ours.fileno(), theirs.fileno()])
             ours.close()
             theirs.close()
         elif mode == "proxy":
@@ -297,6 +318,8 @@ class App:
             if mode not in HANDOFF_MODES and mode != "proxy":
                 # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
                 loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
+            elif mode in HANDOFF_MODES:
+                loop.call_later(spec.listen_timeout / 1000, self._check_ready, slot, proc)
         else:
             self._ready(slot, proc)
         return proc
@@ -325,13 +348,60 @@ class App:
     def _ready(self, slot: Slot, proc: Proc) -> None:
         if proc.exited.done() or proc.ready.done():
             return
+        slot.diagnosis = None
         proc.mark_ready()
         if proc.status == "launching":
             proc.status = "online"
 
+    # ---- why a handoff worker is not ready (core.diagnose) ----------------------------
+
+    def _label(self, slot: Slot) -> str:
+        return f"{self.name}:{slot.instance}"
+
+    def _set_diagnosis(self, slot: Slot, text: str) -> None:
+        if slot.diagnosis != text:
+            slot.diagnosis = text
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, text)
+            self.ctx.notice("error", text)
+
+    def _check_ready(self, slot: Slot, proc: Proc) -> None:
+        """listen_timeout passed: a worker still running and not ready gets a reason."""
+        if proc.exited.done() or proc.ready.done() or proc.stop_requested:
+            return
+        text = diagnose.not_ready_in_time(
+            self._label(slot),
+            self.spec.listen_timeout / 1000,
+            node=self.node,
+            wait_ready=self.spec.wait_ready,
+        )
+        self._set_diagnosis(slot, text)
+
+    async def _diagnose_exit(self, slot: Slot, proc: Proc, what: str) -> None:
+        """A handoff worker died before it was ready: read its last lines, say why."""
+        try:
+            if proc.logs is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.logs.wait_closed(), 0.5)
+            lines = [ln.text for ln in self.ctx.logs.recent([slot.id], 40) if ln.stream != "sys"]
+            listen = self.spec.listen
+            text = diagnose.exited_before_ready(
+                self._label(slot),
+                what,
+                lines,
+                node=self.node,
+                port=listen.port if listen is not None and listen.kind == "tcp" else None,
+            )
+            self._set_diagnosis(slot, text)
+        finally:
+            slot.diagnosing = False
+
     def _on_exit(self, slot: Slot, proc: Proc, code: int | None, sig: str | None) -> None:
         if proc.kill_timer is not None:
             proc.kill_timer.cancel()
+        if self.handoff and not proc.ready.done() and not proc.stop_requested and not self.removed:
+            slot.diagnosing = True
+            what = f"exited with code {code}" if sig is None else f"was killed by {sig}"
+            asyncio.ensure_future(self._diagnose_exit(slot, proc, what))
         self._close_channel(proc)
         self._by_serial.pop(proc.serial, None)
         if self.listener is not None and self.spec.dispatch != "shared":
@@ -592,6 +662,12 @@ class App:
                 )
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
+        elif kind == "bound":
+            self.ctx.notice("info", f"{self.name}: listening on {msg.get('listen')} (the port "
+                            "its first worker asked for)")  # fmt: skip
+        elif kind == "listen-failed":
+            self.ctx.notice("error", f"{self.name}: a worker's listen() failed: "
+                            f"{msg.get('message')}")  # fmt: skip
 
     def _apply_stats(self, msg: dict[str, Any]) -> None:
         workers = msg.get("workers")

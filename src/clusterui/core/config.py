@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from yaml.constructor import SafeConstructor
 
+from clusterui.core import nodeapp
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
 from clusterui.core.units import parse_duration, parse_size
 
@@ -76,6 +77,10 @@ class LoadResult:
     path: str
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # --- keys ---------------------------------------------------------------------------------
 
 KEYS: tuple[str, ...] = (
@@ -101,6 +106,7 @@ KEYS: tuple[str, ...] = (
     "kill_timeout",
     "kill_signal",
     "wait_ready",
+    "shutdown_with_message",
     "listen_timeout",
     "max_memory_restart",
     "out_file",
@@ -142,7 +148,6 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
     "pid": "",
     "source_map_support": "",
     "disable_source_map_support": "",
-    "shutdown_with_message": "",
     "cron_restart": "",
     "cron": "",
     "vizion": "",
@@ -704,15 +709,27 @@ class _AppBuilder:
         listen = self.get("listen", self.listen, None)
         if listen is not None and exec_mode == "fork":
             self.error("listen", "needs exec_mode cluster (exec_mode is fork)")
+        node = script is not None and nodeapp.is_node_script(script, interpreter)
         if exec_mode is None:
-            exec_mode = "cluster" if listen is not None else "fork"
-        if exec_mode == "cluster" and listen is None and "exec_mode" in self.values:
+            # PM2: a Node script with more than one instance runs in cluster mode.
+            raw = self.values["instances"][1] if "instances" in self.values else 1
+            spread = instances > 1 or raw == "max" or (_is_int(raw) and raw <= 0)
+            inferred = "cluster" if node and spread else "fork"
+            exec_mode = "cluster" if listen is not None else inferred
+        dispatch = self.get("dispatch", self.dispatch, "round-robin")
+        learned = node and exec_mode == "cluster" and listen is None
+        if learned and dispatch not in nodeapp.HANDOFF_MODES:
+            self.error(
+                "dispatch",
+                f"{dispatch} needs 'listen'; only round-robin and least-connections "
+                "take the port from a Node app's own listen()",
+            )
+        if exec_mode == "cluster" and listen is None and "exec_mode" in self.values and not node:
             self.warn(
                 "exec_mode",
                 f"cluster mode without 'listen' runs {instances} instance(s) with no dispatch",
             )
-        dispatch = self.get("dispatch", self.dispatch, "round-robin")
-        if "dispatch" in self.values and listen is None:
+        if "dispatch" in self.values and listen is None and not learned:
             self.warn("dispatch", "'dispatch' has no effect without 'listen'")
 
         watch = self.get("watch", self.watch, [])
@@ -730,7 +747,7 @@ class _AppBuilder:
         ):
             if key in self.values:
                 spec_kwargs[key] = self.get(key, _as_duration, 0)
-        for key in ("autorestart", "wait_ready", "merge_logs"):
+        for key in ("autorestart", "wait_ready", "merge_logs", "shutdown_with_message"):
             if key in self.values:
                 spec_kwargs[key] = self.get(key, _as_bool, False)
         if "max_restarts" in self.values:

@@ -59,6 +59,8 @@ class AppSpec:
     kill_timeout: int = 1600
     kill_signal: int = signal.SIGINT
     wait_ready: bool = False
+    # PM2: stop a worker with a 'shutdown' IPC message instead of kill_signal (Node).
+    shutdown_with_message: bool = False
     listen_timeout: int = 3000
     max_memory_restart: int | None = None
     out_file: str | None = None

@@ -413,7 +413,11 @@ class Supervisor:
                     proc = slot.proc
                     first_pid.setdefault(slot.id, proc.pid if proc else None)
                     stable = min(app.spec.min_uptime, 1000) / 1000
-                    if slot.status == "errored":
+                    if slot.diagnosing:
+                        continue  # its last lines are being read: the verdict says why
+                    if slot.diagnosis and (proc is None or not proc.ready.done()):
+                        verdicts[str(slot.id)] = slot.diagnosis
+                    elif slot.status == "errored":
                         verdicts[str(slot.id)] = slot.last_error or "errored"
                     elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
                         code, sig = slot.last_exit
