@@ -14,9 +14,9 @@ import re
 from collections.abc import Iterable
 
 _IN_USE = re.compile(r"EADDRINUSE|address already in use", re.IGNORECASE)
-_PORT_AFTER = re.compile(r"(?:EADDRINUSE|in use)\D{0,40}?(\d{1,5})(?!\d)", re.IGNORECASE)
-_PORT_BEFORE = re.compile(r"[:,(\s](\d{1,5})\D{0,10}(?:address already in use)", re.IGNORECASE)
-_LATE_PORT = re.compile(r"(?::|port\s)(\d{1,5})(?!\d)", re.IGNORECASE)
+# Node: "listen EADDRINUSE: address already in use :::3000"; never "[Errno 98]".
+_PORT_AFTER = re.compile(r"EADDRINUSE\D{0,40}?(\d{1,5})(?!\d)")
+_LATE_PORT = re.compile(r"(?::|port\s|',\s)(\d{1,5})(?!\d)", re.IGNORECASE)
 
 WAYS_OUT = "use dispatch: proxy or shared, or the worker helper (clusterui.worker)"
 
@@ -28,7 +28,7 @@ def port_in_use(lines: Iterable[str]) -> tuple[bool, int | None]:
         if not _IN_USE.search(text):
             continue
         found = True
-        for pattern in (_PORT_AFTER, _PORT_BEFORE, _LATE_PORT):
+        for pattern in (_PORT_AFTER, _LATE_PORT):
             m = pattern.search(text)
             if m and 0 < int(m.group(1)) < 65536:
                 return True, int(m.group(1))

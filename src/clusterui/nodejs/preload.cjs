@@ -85,7 +85,7 @@
   };
 
   function makeHandle(entry) {
-    return {
+    const handle = {
       listen() { return 0; },
       close(cb) {
         if (servers.delete(entry)) {
@@ -97,17 +97,19 @@
         }
         if (typeof cb === 'function') process.nextTick(cb);
       },
-      getsockname(out) {
-        if (bound && bound.port !== undefined) {
-          out.address = bound.address;
-          out.family = bound.family;
-          out.port = bound.port;
-        }
-        return 0;
-      },
       ref() { if (!entry.reffed) { entry.reffed = true; ref(1); } },
       unref() { if (entry.reffed) { entry.reffed = false; ref(-1); } },
     };
+    // server.address(): a TCP handle answers getsockname; a pipe server shows its path.
+    if (bound && bound.port !== undefined) {
+      handle.getsockname = (out) => {
+        out.address = bound.address;
+        out.family = bound.family;
+        out.port = bound.port;
+        return 0;
+      };
+    }
+    return handle;
   }
 
   function track(entry) {
@@ -275,8 +277,14 @@
     setImmediate(() => {
       if (shutdownWithMessage && process.listenerCount('message')) {
         process.emit('message', 'shutdown');
-      } else {
+      } else if (process.listenerCount(killSignal)) {
+        // Signals arrive asynchronously and a signal listener does not keep Node running:
+        // hold on until the app's handlers have run, then let it end as it chooses.
+        const hold = setTimeout(() => {}, 2 ** 31 - 1);
+        process.prependOnceListener(killSignal, () => setImmediate(() => clearTimeout(hold)));
         process.kill(process.pid, killSignal);
+      } else {
+        process.kill(process.pid, killSignal); // its default action, as under PM2
       }
     });
   }
