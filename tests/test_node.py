@@ -173,11 +173,11 @@ def test_wait_ready_without_ready_is_diagnosed(cu, node_apps):
       APP_PORT: "{port}"
 """,
     )
-    r = cu.run("up", "-d")
-    assert r.returncode == 1
-    assert "web:0 is not ready after 1 s: with wait_ready it must call " in r.stderr
-    assert "process.send('ready')" in r.stderr
+    assert cu.run("start", "ecosystem.yaml").returncode == 0
+    want = "web:0 is not ready after 1 s: with wait_ready it must call process.send('ready')"
+    wait_for(lambda: want in cu.run("ls").stdout, 15, "the diagnosis in ls")
     assert cu.ls()[0]["status"] == "launching"
+    assert want in cu.run("describe", "web").stdout
 
 
 # ---- reload, scale-down and stop ----------------------------------------------------
@@ -329,9 +329,9 @@ def test_node_worker_that_never_listens_is_diagnosed(cu, node_apps):
     listen_timeout: 1000
 """,
     )
-    r = cu.run("up", "-d")
-    assert r.returncode == 1
-    assert "quiet:0 is not ready after 1 s: its server never called listen()" in r.stderr
+    assert cu.run("start", "ecosystem.yaml").returncode == 0
+    want = "quiet:0 is not ready after 1 s: its server never called listen()"
+    wait_for(lambda: want in cu.run("ls").stdout, 15, "the diagnosis in ls")
 
 
 # ---- PM2's inference ----------------------------------------------------------------

@@ -415,8 +415,9 @@ class Supervisor:
                     stable = min(app.spec.min_uptime, 1000) / 1000
                     if slot.diagnosing:
                         continue  # its last lines are being read: the verdict says why
-                    if slot.diagnosis and (proc is None or not proc.ready.done()):
-                        verdicts[str(slot.id)] = slot.diagnosis
+                    exited = proc is None or proc.pid != first_pid[slot.id] or slot.restarts
+                    if slot.diagnosis and exited:
+                        verdicts[str(slot.id)] = slot.diagnosis  # it died before it was ready
                     elif slot.status == "errored":
                         verdicts[str(slot.id)] = slot.last_error or "errored"
                     elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
@@ -439,8 +440,11 @@ class Supervisor:
                     s.id for a in self.apps.values() for s in a.slots.values()
                     if s.proc is not None and s.proc.suspended
                 }  # fmt: skip
+                diagnosed = {
+                    s.id: s.diagnosis for a in self.apps.values() for s in a.slots.values()
+                }
                 for wid in pending:
-                    verdicts[str(wid)] = "not ready in time"
+                    verdicts[str(wid)] = diagnosed.get(wid) or "not ready in time"
                     if wid in stopped:
                         verdicts[str(wid)] = "suspended (stopped by a signal)"
                 break
