@@ -36,7 +36,6 @@
 
   // ---- the servers that registered instead of binding --------------------------------
 
-  // {server, handle, sockets: Map<socket, lastActive>, responses, reffed}
   const servers = new Set(); // listening now
   const entries = new Set(); // every server that ever registered: drained together
   let bound = null; // the address the dispatcher listens on, once known
@@ -115,7 +114,7 @@
   function track(entry) {
     const { server, sockets } = entry;
     server.on('connection', (socket) => {
-      sockets.set(socket, Date.now());
+      sockets.set(socket, 0);
       socket.once('close', () => {
         sockets.delete(socket);
         closedCount++;
@@ -126,22 +125,32 @@
         if (draining) maybeFinish();
       });
     });
-    // HTTP: during a drain, every response not yet started says Connection: close.
+  }
+
+  // HTTP during a drain: every response not yet started says Connection: close, and a
+  // connection's last activity is noted, so one idle for idleGrace can be closed. Nothing
+  // of this runs per request before the drain.
+  function drainHttp(entry) {
+    const { server, sockets } = entry;
+    const now = Date.now();
+    for (const socket of sockets.keys()) {
+      sockets.set(socket, now);
+      const res = socket._httpMessage; // the response in progress on it, if any
+      if (res && !res.headersSent) res.shouldKeepAlive = false;
+    }
     server.prependListener('request', (req, res) => {
+      res.shouldKeepAlive = false;
       const socket = req.socket;
       if (sockets.has(socket)) sockets.set(socket, Date.now());
-      if (draining) res.shouldKeepAlive = false;
-      entry.responses.add(res);
-      res.once('close', () => {
-        entry.responses.delete(res);
+      res.once('finish', () => {
         if (sockets.has(socket)) sockets.set(socket, Date.now());
       });
     });
   }
 
   function register(server, args) {
-    const entry = { server, handle: null, sockets: new Map(), responses: new Set(),
-      reffed: false };
+    // sockets: each open connection -> its last activity (kept during a drain only)
+    const entry = { server, handle: null, sockets: new Map(), reffed: false };
     entry.handle = makeHandle(entry);
     entry.handle.ref();
     track(entry);
@@ -241,11 +250,7 @@
     if (draining) return;
     draining = true;
     ready = false;
-    for (const entry of entries) {
-      for (const res of entry.responses) {
-        if (!res.headersSent) res.shouldKeepAlive = false;
-      }
-    }
+    for (const entry of entries) if (isHttp(entry.server)) drainHttp(entry);
     sweeper = setInterval(sweep, SWEEP_MS);
     sweep();
   }
