@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,8 @@ class Row:
     reload_failed: int = 0
     reload_detail: str = ""
     reload_seconds: list[float] = field(default_factory=list)
+    new_conn_rounds: list[int] = field(default_factory=list)
+    keepalive_rounds: list[int] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
 
@@ -107,7 +110,9 @@ def wrk_argv(port: int, args: argparse.Namespace, seconds: float, close: bool) -
 
 def wrk(port: int, args: argparse.Namespace, close: bool, row: Row) -> Wrk:
     argv = wrk_argv(port, args, args.seconds, close)
-    row.commands.append(" ".join(a if " " not in a else repr(a) for a in argv))
+    command = " ".join(a if " " not in a else repr(a) for a in argv)
+    if command not in row.commands:
+        row.commands.append(command)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 60)
     return parse_wrk(out.stdout)
 
@@ -262,47 +267,59 @@ LABELS = {
 # ---- one manager --------------------------------------------------------------------------
 
 
-def measure(name: str, args: argparse.Namespace) -> Row:
-    row = Row(LABELS[name])
-    port = free_port()
-    with MANAGERS[name](port) as app:
-        row.commands.extend(app.commands)
-        wait_for(lambda: serving(port), 60, f"{WORKERS} {name} workers answering")
-        subprocess.run(wrk_argv(port, args, 2, False), capture_output=True, timeout=60)  # warm-up
-        closed = wrk(port, args, True, row)
-        row.new_conn_s, row.new_conn_errors = closed.rate, closed.errors
-        kept = wrk(port, args, False, row)
-        row.keepalive_req_s, row.keepalive_errors = kept.rate, kept.errors
-        # Reloads under load: wrk keeps connections alive, the Python client opens new ones.
-        argv = wrk_argv(port, args, 600, False)
-        row.commands.append(" ".join(argv) + "  (stopped with SIGINT after the reloads)")
-        load = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        try:
-            with NewConnClient(port) as client:
+def throughput(rows: dict[str, Row], apps: dict[str, Running], args: argparse.Namespace) -> None:
+    """wrk against each manager in turn, `--rounds` times: other load on this shared
+    machine comes and goes, and interleaving spreads it over all three alike. The
+    figures are the medians of the rounds."""
+    closed: dict[str, list[Wrk]] = {n: [] for n in apps}
+    kept: dict[str, list[Wrk]] = {n: [] for n in apps}
+    for app in apps.values():  # warm-up
+        subprocess.run(wrk_argv(app.port, args, 2, False), capture_output=True, timeout=60)
+    for _ in range(args.rounds):
+        for name, app in apps.items():
+            closed[name].append(wrk(app.port, args, True, rows[name]))
+            kept[name].append(wrk(app.port, args, False, rows[name]))
+    for name, row in rows.items():
+        row.new_conn_rounds = [round(w.rate) for w in closed[name]]
+        row.keepalive_rounds = [round(w.rate) for w in kept[name]]
+        row.new_conn_s = statistics.median(row.new_conn_rounds)
+        row.keepalive_req_s = statistics.median(row.keepalive_rounds)
+        row.new_conn_errors = sum(w.errors for w in closed[name])
+        row.keepalive_errors = sum(w.errors for w in kept[name])
+
+
+def reloads(row: Row, app: Running, args: argparse.Namespace) -> None:
+    port = app.port
+    # Reloads under load: wrk keeps connections alive, the Python client opens new ones.
+    argv = wrk_argv(port, args, 600, False)
+    row.commands.append(" ".join(argv) + "  (stopped with SIGINT after the reloads)")
+    load = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        with NewConnClient(port) as client:
+            time.sleep(1)
+            for _ in range(args.reloads):
+                t0 = time.monotonic()
+                app.reload()
+                row.reload_seconds.append(round(time.monotonic() - t0, 2))
+                wait_for(lambda: serving(port), 60, "both workers answering after a reload")
                 time.sleep(1)
-                for _ in range(args.reloads):
-                    t0 = time.monotonic()
-                    app.reload()
-                    row.reload_seconds.append(round(time.monotonic() - t0, 2))
-                    wait_for(lambda: serving(port), 60, "both workers answering after a reload")
-                    time.sleep(1)
-        finally:
-            load.send_signal(signal.SIGINT)
-            out, _ = load.communicate(timeout=30)
-        during = parse_wrk(out)
-        row.reload_requests = during.requests + client.ok + len(client.failed)
-        row.reload_failed = during.errors + len(client.failed)
-        row.reload_detail = (
-            f"wrk: {during.requests} requests, {during.detail}; python new-connection client: "
-            f"{client.ok} ok, {len(client.failed)} failed"
-            + (f" (first: {client.failed[0]})" if client.failed else "")
-        )
-    return row
+    finally:
+        load.send_signal(signal.SIGINT)
+        out, _ = load.communicate(timeout=30)
+    during = parse_wrk(out)
+    row.reload_requests = during.requests + client.ok + len(client.failed)
+    row.reload_failed = during.errors + len(client.failed)
+    row.reload_detail = (
+        f"wrk: {during.requests} requests, {during.detail}; python new-connection client: "
+        f"{client.ok} ok, {len(client.failed)} failed"
+        + (f" (first: {client.failed[0]})" if client.failed else "")
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reloads", type=int, default=3)
@@ -318,24 +335,32 @@ def main() -> int:
             raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
         if not (BENCH / "node_modules" / "express").exists() or ensure_pm2():
             raise BenchError("bench's Node packages are missing: npm install --prefix bench")
-        rows: list[Row] = []
-        with bench_lock():
+        rows = {name: Row(LABELS[name]) for name in names}
+        with bench_lock(), contextlib.ExitStack() as stack:
+            apps: dict[str, Running] = {}
+            for name in names:  # all three run side by side; only one is loaded at a time
+                apps[name] = stack.enter_context(MANAGERS[name](free_port()))
+                rows[name].commands.extend(apps[name].commands)
+                wait_for(lambda a=apps[name]: serving(a.port), 60, f"{name} workers answering")
+            print(f"throughput: {args.rounds} interleaved rounds ...", flush=True)
+            throughput(rows, apps, args)
             for name in names:
-                print(f"measuring {LABELS[name]} ...", flush=True)
-                rows.append(measure(name, args))
+                print(f"reloads: {LABELS[name]} ...", flush=True)
+                reloads(rows[name], apps[name], args)
     except BenchError as exc:
         print(f"node_cluster.py: {exc}", file=sys.stderr)
         return 1
-    report(rows, args)
+    report(list(rows.values()), args)
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows.values()], indent=2))
     return 0
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> None:
     print(
         f"\n{WORKERS} workers of bench/node/express_hello.js; wrk -t{args.threads} "
-        f"-c{args.connections} -d{args.seconds:g}s; {args.reloads} rolling reloads under load"
+        f"-c{args.connections} -d{args.seconds:g}s, median of {args.rounds} interleaved rounds; "
+        f"{args.reloads} rolling reloads under load"
     )
     print(
         f"{'manager':26} {'new conn/s':>11} {'errors':>7} {'keep-alive req/s':>17} "
@@ -348,7 +373,10 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
             f"{r.reload_failed:7d}"
         )
     for r in rows:
-        print(f"\n{r.manager}: reloads took {r.reload_seconds} s; {r.reload_detail}")
+        print(
+            f"\n{r.manager}: new conn/s rounds {r.new_conn_rounds}, keep-alive rounds "
+            f"{r.keepalive_rounds}; reloads took {r.reload_seconds} s; {r.reload_detail}"
+        )
         for c in r.commands:
             print(f"  $ {c}")
     by = {r.manager: r for r in rows}
