@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Env, Load, free_port, wait_for
+from support import Env, Load, free_port, wait_for
 
 from clusterui.core import config
 

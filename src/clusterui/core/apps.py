@@ -20,14 +20,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import diagnose, nodeapp
-from clusterui.core.control import OpError
-from clusterui.core.listener import Listener
+from clusterui.core.listener import Listener, free_port
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-
-HISTORY = 120  # samples (one per second) kept per slot
-HANDOFF_MODES = ("round-robin", "least-connections")
+from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.vocab.exits import OpError
+from clusterui.vocab.snapshot import HISTORY
+from clusterui.vocab.states import (
+    DRAINING,
+    ERRORED,
+    LAUNCHING,
+    ONLINE,
+    STOPPED,
+    STOPPING,
+    WAITING_RESTART,
+    Lifecycle,
+)
 
 
 @dataclass
@@ -50,7 +59,7 @@ class Proc:
         self.port = port  # proxy mode: the worker's own $PORT
         self.started = time.monotonic()
         self.started_wall = time.time()
-        self.status = "launching"
+        self.life = Lifecycle(LAUNCHING)
         self.ready = asyncio.get_running_loop().create_future()
         self.exited: asyncio.Future[tuple[int | None, str | None]] = (
             asyncio.get_running_loop().create_future()
@@ -65,6 +74,10 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+
+    @property
+    def status(self) -> str:
+        return self.life.value
 
     @property
     def uptime(self) -> float:
@@ -98,7 +111,7 @@ class Slot:
         self.instance = instance
         self.proc: Proc | None = None
         self.retiring: list[Proc] = []
-        self.idle_status = "stopped"  # status when there is no process
+        self.idle = Lifecycle(STOPPED)  # the status while there is no process
         self.restarts = 0
         self.tracker = RestartTracker()
         self.restart_timer: asyncio.TimerHandle | None = None
@@ -119,7 +132,7 @@ class Slot:
 
     @property
     def status(self) -> str:
-        return self.proc.status if self.proc else self.idle_status
+        return self.proc.status if self.proc else self.idle.value
 
     def cancel_restart(self) -> None:
         if self.restart_timer is not None:
@@ -150,12 +163,13 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        dispatched = self.listener is not None and self.spec.dispatch != "shared"
-        return dispatched or self.spec.wait_ready
+        mode = self.mode
+        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
-        return self.listener is not None and self.spec.dispatch in HANDOFF_MODES
+        mode = self.mode
+        return mode is not None and mode.handoff
 
     @property
     def node(self) -> bool:
@@ -163,7 +177,8 @@ class App:
         return nodeapp.uses_node_channel(self.spec)
 
     def open_listener(self) -> None:
-        """Bind before any worker starts, so a taken port fails this app alone."""
+        """Bind before any worker starts, so a taken port fails this app alone (a Node
+        app without `listen` binds when its first worker calls listen())."""
         wanted = self.spec.listen or nodeapp.learns_port(self.spec)
         if self.spec.exec_mode == "cluster" and wanted and self.listener is None:
             self.listener = Listener(self.spec, self._on_dispatch_event, self._on_dispatcher_exit)
@@ -216,74 +231,42 @@ class App:
             }
         )
 
+    @property
+    def mode(self) -> Mode | None:
+        """The dispatch mode in force: None without a listener (fork mode, no 'listen')."""
+        return MODES[self.spec.dispatch] if self.listener is not None else None
+
+    def _orphan_grace(self) -> float:
+        """On a socket handed in from outside, a worker outlives a killed supervisor by
+        kill_timeout: it finishes what it was handed while the next supervisor takes
+        over the socket (new connections wait in its queue)."""
+        if self.listener is not None and self.listener.inherited:
+            return self.spec.kill_timeout / 1000
+        return 0.0
+
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
-        fds: dict[int, int] = {}
-        listen_pid = False
-        port = None
-        dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
-        our_channel: socket.socket | None = None
-        worker_end: socket.socket | None = None
-        mode = spec.dispatch if self.listener else None
-        node = mode in HANDOFF_MODES and self.node
-        if node:
-            # Node's own IPC channel is a stream socket (dispatch.node speaks its framing).
-            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            worker_end = dispatcher_pair[1]
-        elif mode in HANDOFF_MODES:
-            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            worker_end = dispatcher_pair[1]
-        elif spec.wait_ready and mode != "proxy":
-            our_channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if mode == "shared":
-            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
-            fds[3] = self.listener.sock.fileno()
-            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
-            listen_pid = True
-        if node:
-            fds[3] = worker_end.fileno()
-            env.update(nodeapp.env(spec, 3, env))
-        elif worker_end is not None:
-            channel_fd = 4 if mode == "shared" else 3
-            fds[channel_fd] = worker_end.fileno()
-            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
-        # Tells the worker helper how to serve: take handed connections, or listen itself.
-        env["CLUSTERUI_DISPATCH"] = mode or "none"
-        if mode == "proxy":
-            port = _free_port()
-            env["PORT"] = str(port)
+        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, node=self.node)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=nodeapp.argv(spec) if node else spec.argv(),
+                    argv=nodeapp.argv(spec) if wiring.node else spec.argv(),
                     cwd=spec.cwd,
-                    env=env,
+                    env=wiring.env,
                     stdout=out_w,
                     stderr=err_w,
-                    fds=fds,
-                    listen_pid=listen_pid,
+                    fds=wiring.fds,
+                    listen_pid=wiring.listen_pid,
+                    orphan_grace=self._orphan_grace(),
                 )
             )
         except SpawnError as exc:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
-            for s in (*(dispatcher_pair or ()), our_channel):
-                if s is not None:
-                    s.close()
-            if worker_end is not None and dispatcher_pair is None:
-                worker_end.close()
-            slot.idle_status = "errored"
+            wiring.close()
+            slot.idle.to(ERRORED)
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
             self.ctx.notice("error", f"{self.name}:{slot.instance} failed to start: {exc}")
@@ -292,37 +275,44 @@ class App:
             for fd in (out_w, err_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        proc = Proc(self.ctx.next_serial(), pid, port)
+        proc = Proc(self.ctx.next_serial(), pid, wiring.port)
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
         proc.watcher = ExitWatcher(loop, pid, lambda c, s: self._on_exit(slot, proc, c, s))
         self._by_serial[proc.serial] = proc
-        if dispatcher_pair is not None:
-            ours, theirs = dispatcher_pair
+        self._connect(slot, proc, wiring)
+        return proc
+
+    def _connect(self, slot: Slot, proc: Proc, wiring: _Wiring) -> None:
+        """After the spawn: introduce the worker to the dispatcher, or watch its channel;
+        then decide what makes it online."""
+        mode = self.mode
+        loop = asyncio.get_running_loop()
+        if wiring.dispatcher_pair is not None:
+            ours, theirs = wiring.dispatcher_pair
             add: dict[str, Any] = {"t": "add", "id": proc.serial}
-            if node:
+            if wiring.node:
                 add["framing"] = "node"
             self.listener.send(add, [ours.fileno(), theirs.fileno()])
             ours.close()
             theirs.close()
-        elif mode == "proxy":
-            self.listener.send({"t": "add", "id": proc.serial, "port": port})
-        if our_channel is not None:
-            worker_end.close()
-            proc.channel = our_channel
-            our_channel.setblocking(False)
-            loop.add_reader(our_channel.fileno(), self._read_channel, slot, proc)
-        needs_ready = mode in HANDOFF_MODES or mode == "proxy" or spec.wait_ready
-        if needs_ready:
-            if mode not in HANDOFF_MODES and mode != "proxy":
-                # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
-                loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
-            elif mode in HANDOFF_MODES:
-                loop.call_later(spec.listen_timeout / 1000, self._check_ready, slot, proc)
+        elif mode is not None and mode.own_port:
+            self.listener.send({"t": "add", "id": proc.serial, "port": proc.port})
+        if wiring.our_channel is not None:
+            wiring.worker_end.close()
+            proc.channel = wiring.our_channel
+            proc.channel.setblocking(False)
+            loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
+        if mode is not None and mode.dispatcher:
+            if mode.handoff:  # a worker still silent after listen_timeout gets a reason
+                loop.call_later(self.spec.listen_timeout / 1000, self._check_ready, slot, proc)
+            return  # the dispatcher says when the worker is ready
+        if self.spec.wait_ready:
+            # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
+            loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
         else:
             self._ready(slot, proc)
-        return proc
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -350,8 +340,8 @@ class App:
             return
         slot.diagnosis = None
         proc.mark_ready()
-        if proc.status == "launching":
-            proc.status = "online"
+        if proc.status == LAUNCHING:
+            proc.life.to(ONLINE)
 
     # ---- why a handoff worker is not ready (core.diagnose) ----------------------------
 
@@ -404,7 +394,7 @@ class App:
             asyncio.ensure_future(self._diagnose_exit(slot, proc, what))
         self._close_channel(proc)
         self._by_serial.pop(proc.serial, None)
-        if self.listener is not None and self.spec.dispatch != "shared":
+        if self.mode is not None and self.mode.dispatcher:
             self.listener.send({"t": "remove", "id": proc.serial})
         if not proc.ready.done():
             proc.ready.set_result(False)
@@ -419,7 +409,7 @@ class App:
         slot.proc = None
         slot.last_exit = (code, sig)
         if proc.stop_requested:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"stopped ({what})")
             return
         self._unexpected_exit(slot, proc, what)
@@ -427,11 +417,11 @@ class App:
     def _unexpected_exit(self, slot: Slot, proc: Proc, what: str) -> None:
         label = f"{self.name}:{slot.instance}"
         if self.removed:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             return
         if proc.after_watch and proc.uptime * 1000 < self.spec.min_uptime and self.watch_on:
             # New code that dies at once: wait for the next save instead of crash-looping.
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             self.last_watch_event = f"{label} crashed after the change; waiting for file changes"
             self.ctx.logs.emit(
                 slot.id, self.name, slot.instance, f"{what}; {self.last_watch_event}"
@@ -440,7 +430,7 @@ class App:
             return
         decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
         if decision.action == "restart":
-            slot.idle_status = "waiting-restart"
+            slot.idle.to(WAITING_RESTART)
             delay = decision.delay_ms
             self.ctx.logs.emit(
                 slot.id, self.name, slot.instance, f"{what}; restarting in {delay} ms"
@@ -450,16 +440,16 @@ class App:
                 delay / 1000, lambda: self._restart_after_crash(slot)
             )
         elif decision.action == "errored":
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
             self.ctx.notice("error", f"{label} errored: {decision.reason}")
         else:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
 
     def _restart_after_crash(self, slot: Slot) -> None:
         slot.restart_timer = None
-        if slot.proc is None and slot.idle_status == "waiting-restart" and not self.removed:
+        if slot.proc is None and slot.idle.value == WAITING_RESTART and not self.removed:
             self.start_slot(slot, reason="crashed")
 
     async def stop_proc(self, proc: Proc, *, drain: bool = False) -> None:
@@ -474,13 +464,14 @@ class App:
             return
         if not proc.stop_requested:
             proc.stop_requested = True
-            if drain and self.listener is not None and self.spec.dispatch != "shared":
-                proc.status = "draining"
+            mode = self.mode
+            if drain and mode is not None and mode.dispatcher:
+                proc.life.to(DRAINING)
                 self.listener.send({"t": "drain", "id": proc.serial})
-                if self.spec.dispatch == "proxy":
+                if mode.own_port:  # no channel to drain over: the worker gets kill_signal
                     signal_group(proc.pid, self.spec.kill_signal)
             else:
-                proc.status = "stopping"
+                proc.life.to(STOPPING)
                 signal_group(proc.pid, self.spec.kill_signal)
             loop = asyncio.get_running_loop()
             proc.kill_timer = loop.call_later(
@@ -489,8 +480,8 @@ class App:
 
     async def stop_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
-        if slot.proc is None and slot.idle_status in ("waiting-restart", "errored", "launching"):
-            slot.idle_status = "stopped"
+        if slot.proc is None and slot.idle.value != STOPPED:
+            slot.idle.to(STOPPED)
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
         for p in procs:
             self.request_stop(p)  # now, not when gather gets round to it
@@ -618,7 +609,7 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if self.spec.dispatch == "shared" and not self.spec.wait_ready:
+                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
                     ok = True  # the kernel balances: it serves as soon as it accepts
                 else:
                     ok = await self.wait_ready(new, timeout)
@@ -663,11 +654,10 @@ class App:
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
         elif kind == "bound":
-            self.ctx.notice("info", f"{self.name}: listening on {msg.get('listen')} (the port "
-                            "its first worker asked for)")  # fmt: skip
+            listen = msg.get("listen")
+            self.ctx.notice("info", f"{self.name}: listening on {listen} (its workers' listen())")
         elif kind == "listen-failed":
-            self.ctx.notice("error", f"{self.name}: a worker's listen() failed: "
-                            f"{msg.get('message')}")  # fmt: skip
+            self.ctx.notice("error", f"{self.name}: a worker's listen(): {msg.get('message')}")
 
     def _apply_stats(self, msg: dict[str, Any]) -> None:
         workers = msg.get("workers")
@@ -720,7 +710,7 @@ class App:
         await self.stop_all()
         self.close_listener()
         for slot in self.slots.values():
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             slot.last_error = "the dispatcher keeps exiting"
 
     async def _recover_dispatcher(self, delay: float) -> None:
@@ -734,11 +724,77 @@ class App:
             except OpError as exc:
                 self.ctx.notice("error", exc.message)
 
-    def all_procs(self) -> list[Proc]:
-        return list(self._by_serial.values())
 
+class _Wiring:
+    """What a new worker is given for its dispatch mode: environment, fds, sockets."""
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.fds: dict[int, int] = {}
+        self.listen_pid = False
+        self.port: int | None = None
+        # handoff: (our end for the dispatcher, the worker's end); both go to the dispatcher
+        self.dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
+        # wait_ready without a dispatcher: the channel is ours to read
+        self.our_channel: socket.socket | None = None
+        self.worker_end: socket.socket | None = None
+        self.node = False  # Node's IPC channel and the preload (core.nodeapp)
+
+    @classmethod
+    def for_mode(
+        cls,
+        mode: Mode | None,
+        spec: AppSpec,
+        slot: Slot,
+        listener: Listener | None,
+        *,
+        node: bool = False,
+    ) -> _Wiring:
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.update(
+            CLUSTERUI_APP=spec.name,
+            CLUSTERUI_INSTANCE=str(slot.instance),
+            NODE_APP_INSTANCE=str(slot.instance),
+        )
+        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            env.pop(key, None)
+        w = cls(env)
+        if mode is not None and mode.handoff and node:
+            # Node's own IPC channel is a stream socket; the dispatcher speaks its framing
+            # (dispatch.node), and the preload turns listen() into a registration.
+            w.node = True
+            w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            w.worker_end = w.dispatcher_pair[1]
+            w.fds[3] = w.worker_end.fileno()
+            env.update(nodeapp.env(spec, 3, env))
+            env["CLUSTERUI_DISPATCH"] = mode.name
+            return w
+        if mode is not None and mode.handoff:
+            w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            w.worker_end = w.dispatcher_pair[1]
+        elif spec.wait_ready and not (mode is not None and mode.own_port):
+            w.our_channel, w.worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel_fd = 3
+        if mode is not None and mode.listen_fd:
+            assert listener is not None
+            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
+            w.fds[3] = listener.sock.fileno()
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
+            w.listen_pid = True
+            channel_fd = 4
+        if w.worker_end is not None:
+            w.fds[channel_fd] = w.worker_end.fileno()
+            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
+        # Tells the worker helper how to serve: take handed connections, or listen itself.
+        env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        if mode is not None and mode.own_port:
+            w.port = free_port()
+            env["PORT"] = str(w.port)
+        return w
+
+    def close(self) -> None:
+        """The spawn failed: close every socket made for it."""
+        for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
+            if s is not None:
+                s.close()

@@ -30,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core import nodeapp
-from clusterui.core.control import OpError
+from clusterui.core import inherit, nodeapp
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
 from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.protocol import MODES
+from clusterui.vocab.exits import OpError
 
 MAX_DATAGRAM = 65536
 
@@ -62,7 +63,7 @@ _respawns: dict[str, list[float]] = {}
 
 
 @dataclass
-class _Worker:
+class _Handover:
     """What a new dispatcher needs to take over one worker."""
 
     add: dict[str, Any]  # the "add" message as first sent
@@ -71,6 +72,14 @@ class _Worker:
     draining: bool = False
     handed: int = 0  # "handed" as last reported to the app, carried across dispatchers
     handed_base: int = 0  # added to what the current dispatcher reports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (proxy mode's per-worker $PORT;
+    the tests and benchmarks use it too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
@@ -132,19 +141,24 @@ class Listener:
     ):
         assert spec.listen is not None or nodeapp.learns_port(spec)
         self.spec = spec
+        # A socket handed in from outside (systemd) outlives us: use it, never bind.
         # A Node app without `listen` binds when its first worker calls listen().
-        self.sock: socket.socket | None = bind(spec.listen) if spec.listen else None
+        inherited = inherit.take(spec.name, spec.listen) if spec.listen else None
+        self.inherited = inherited is not None
+        self.sock: socket.socket | None = inherited
+        if inherited is None and spec.listen is not None:
+            self.sock = bind(spec.listen)
         self._on_event = on_event
         self._on_exit = on_dispatcher_exit
         self.pid: int | None = None
         self._ctl: socket.socket | None = None
         self._watcher: ExitWatcher | None = None
         self._loop = asyncio.get_running_loop()
-        self._workers: dict[str, _Worker] = {}  # by str(id): stats use string keys
+        self._workers: dict[str, _Handover] = {}  # by str(id): stats use string keys
         self._started_at = 0.0
         self._heard = False  # the current dispatcher has sent us something
         self._closed = False
-        if spec.dispatch != "shared":
+        if MODES[spec.dispatch].dispatcher:
             self._start_dispatcher()
 
     @property
@@ -210,7 +224,7 @@ class Listener:
         _respawns.setdefault(self.spec.name, []).append(time.monotonic())
         for w in self._workers.values():
             w.handed_base = w.handed  # the new dispatcher counts from zero
-            if self.spec.dispatch != "proxy" and not w.fds:
+            if MODES[self.spec.dispatch].handoff and not w.fds:
                 continue  # we could not keep its channel (fds exhausted): it drains and exits
             self._send_now(w.add, w.fds)
             if w.draining:
@@ -228,7 +242,7 @@ class Listener:
         )
         return True
 
-    def _inject_ready(self, w: _Worker, tries: int) -> None:
+    def _inject_ready(self, w: _Handover, tries: int) -> None:
         if self._closed or not w.fds or self._workers.get(str(w.add["id"])) is not w:
             return
         # Wrap without touching flags: this open file is shared with the worker's fd.
@@ -328,7 +342,7 @@ class Listener:
         kind, key = msg.get("t"), str(msg.get("id"))
         if kind == "add":
             self._forget(key)
-            w = _Worker(dict(msg))
+            w = _Handover(dict(msg))
             try:
                 for fd in fds or ():
                     w.fds.append(os.dup(fd))  # non-inheritable: no child gets these
@@ -380,10 +394,11 @@ class Listener:
         if self._watcher is not None:
             # Keep reaping it: the exit callback still fires, and no zombie stays.
             pass
-        if self.spec.listen and self.spec.listen.kind == "unix":
+        if self.spec.listen and self.spec.listen.kind == "unix" and not self.inherited:
             with contextlib.suppress(OSError):
                 os.unlink(self.spec.listen.path)
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def _close_all(fds: list[int]) -> None:

@@ -16,6 +16,7 @@ import signal
 from importlib import resources
 
 from clusterui.core.spec import AppSpec, Listen
+from clusterui.dispatch.protocol import MODES
 
 # What PM2 counts as a Node script (with its interpreter) for its cluster-mode inference.
 NODE_EXTENSIONS = (".js", ".cjs", ".mjs", ".ts", ".cts", ".mts")
@@ -23,7 +24,12 @@ NODE_EXTENSIONS = (".js", ".cjs", ".mjs", ".ts", ".cts", ".mts")
 # so the preload goes through NODE_OPTIONS for them).
 NODE_BINARIES = ("node", "nodejs")
 NODE_WRAPPERS = ("ts-node", "tsx", "ts-node-esm")
-HANDOFF_MODES = ("round-robin", "least-connections")
+
+
+def handoff(mode: str) -> bool:
+    """Whether a dispatch mode hands connections over a channel (where the preload works)."""
+    m = MODES.get(mode)
+    return m is not None and m.handoff
 
 
 def preload_path() -> str:
@@ -47,7 +53,7 @@ def uses_node_channel(spec: AppSpec) -> bool:
     """Whether this app's workers get the preload and Node's IPC channel."""
     return (
         spec.exec_mode == "cluster"
-        and spec.dispatch in HANDOFF_MODES
+        and handoff(spec.dispatch)
         and is_node_script(spec.script, spec.interpreter)
         and spec.interpreter is not None
     )

@@ -24,7 +24,7 @@ from typing import Any
 from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
 
-MODES = ("round-robin", "least-connections", "proxy")
+MODES = proto.DISPATCHER_MODES
 
 ACCEPT_BATCH = 64  # connections accepted per wakeup, at most
 FDS_PER_MESSAGE = 64  # fds in one conn datagram, at most
@@ -58,7 +58,9 @@ _TCPI_UNACKED = struct.Struct("I")
 _TCPI_UNACKED_OFFSET = 24
 
 
-class Worker:
+class Backend:
+    """The dispatcher's record of one worker: its channel, readiness and counters."""
+
     __slots__ = (
         "id",
         "seq",
@@ -122,6 +124,42 @@ class Worker:
         return max(0, self.handed - self.closed)
 
 
+# Routing strategies (clusterui.dispatch.protocol.Mode.route): share out every pending
+# connection among `targets` (ready workers, in turn order) into `groups`, starting the
+# turn at `start`; return the index of the worker that got the last one.
+
+
+def _rotate(targets: list[Backend], start: int, pending: collections.deque, groups: list) -> int:
+    """Each worker in turn."""
+    count = len(targets)
+    n = len(pending)
+    for i in range(n):
+        groups[(start + i) % count].append(pending.popleft())
+    return (start + n - 1) % count
+
+
+def _fewest_open(
+    targets: list[Backend], start: int, pending: collections.deque, groups: list
+) -> int:
+    """The worker with the fewest open connections; ties go to the next in turn."""
+    count = len(targets)
+    loads = [w.open for w in targets]
+    best = start
+    for _ in range(len(pending)):
+        best = start
+        for j in range(1, count):
+            k = (start + j) % count
+            if loads[k] < loads[best]:
+                best = k
+        groups[best].append(pending.popleft())
+        loads[best] += 1
+        start = (best + 1) % count
+    return best
+
+
+_STRATEGIES = {"rotate": _rotate, "fewest-open": _fewest_open}
+
+
 class Dispatcher:
     def __init__(
         self, listen_sock: socket.socket | None, control: socket.socket, mode: str
@@ -129,13 +167,13 @@ class Dispatcher:
         if mode not in MODES:
             raise ValueError(f"unknown dispatch mode {mode!r} (expected one of {', '.join(MODES)})")
         self.mode = mode
-        self.proxy = mode == "proxy"
-        self.least = mode == "least-connections"
+        self.proxy = proto.MODES[mode].own_port
+        self.strategy = _STRATEGIES[proto.MODES[mode].route]
         self.ctl = control
         self.ctl.setblocking(False)
         self.ep = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
-        self.workers: dict[Any, Worker] = {}  # insertion order is the rotation order
+        self.workers: dict[Any, Backend] = {}  # insertion order is the rotation order
         self.seq = 0
         self.rr_seq = -1  # seq of the worker that got the last connection
         # Accepted connections waiting for a worker: fds (handoff) or sockets (proxy).
@@ -145,12 +183,12 @@ class Dispatcher:
         self.accept_paused_until = 0.0
         self.recheck_at = 0.0
         self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
-        self.rlist: list[Worker] | None = None  # routable workers; None: recompute
+        self.rlist: list[Backend] | None = None  # routable workers; None: recompute
         # The listening socket; None until the supervisor sends it (a Node app whose
         # port comes from its own listen()): workers asking for it wait in listen_waiters.
         self.lsock: socket.socket | None = None
         self.lfd = -1
-        self.listen_waiters: list[Worker] = []
+        self.listen_waiters: list[Backend] = []
         self.listen_asked = False
         self.out: collections.deque[bytes] = collections.deque()
         self.ctl_mask = IN
@@ -234,7 +272,7 @@ class Dispatcher:
                     self._start_probe(w)
 
     @staticmethod
-    def _probing(w: Worker) -> bool:
+    def _probing(w: Backend) -> bool:
         return not w.ready and not w.draining and w.probe is None
 
     def _register(self, fd: int, mask: int, handler: Callable[[int], None]) -> None:
@@ -298,7 +336,7 @@ class Dispatcher:
         self.last_stats = now
         self._emit(self.stats())
 
-    def _error(self, w: Worker | None, message: str) -> None:
+    def _error(self, w: Backend | None, message: str) -> None:
         if w is not None:
             now = time.monotonic()
             if now - w.err_window >= 1.0:
@@ -378,7 +416,7 @@ class Dispatcher:
             raise proto.ProtocolError('"add" needs a scalar "id"')
         if wid in self.workers:
             self._remove(self.workers[wid])
-        w = Worker(wid, self.seq)
+        w = Backend(wid, self.seq)
         self.seq += 1
         if self.proxy:
             proto.close_fds(fds)
@@ -404,7 +442,7 @@ class Dispatcher:
         self.workers[wid] = w
         self._register(w.dend.fileno(), IN, lambda ev: self._on_worker(w, ev))
 
-    def _drain(self, w: Worker) -> None:
+    def _drain(self, w: Backend) -> None:
         if w.draining:
             return
         w.draining = True
@@ -414,7 +452,7 @@ class Dispatcher:
             self._send_drain(w)
         self._update_listen()
 
-    def _send_drain(self, w: Worker) -> None:
+    def _send_drain(self, w: Backend) -> None:
         assert w.dend is not None
         if w.node:
             w.drain_pending = False
@@ -428,11 +466,11 @@ class Dispatcher:
         except OSError:
             w.drain_pending = False
 
-    def _want_writable(self, w: Worker) -> None:
+    def _want_writable(self, w: Backend) -> None:
         if w.dend is not None:
             self.ep.modify(w.dend.fileno(), IN | OUT)
 
-    def _remove(self, w: Worker) -> None:
+    def _remove(self, w: Backend) -> None:
         """The worker is gone: take back what it never received and route it elsewhere."""
         recovered = self._forget(w)
         if recovered:
@@ -442,7 +480,7 @@ class Dispatcher:
         self.dirty = True
         self._update_listen()
 
-    def _forget(self, w: Worker) -> list[int]:
+    def _forget(self, w: Backend) -> list[int]:
         self.workers.pop(w.id, None)
         self.rlist = None
         w.ready = False
@@ -473,7 +511,7 @@ class Dispatcher:
             w.wend = None
         return recovered
 
-    def _on_worker(self, w: Worker, ev: int) -> None:
+    def _on_worker(self, w: Backend, ev: int) -> None:
         if w.dend is None:
             return
         if ev & OUT and w.obuf and not self._node_flush(w):
@@ -526,7 +564,7 @@ class Dispatcher:
             except proto.ProtocolError as exc:
                 self._error(w, f"{exc}; ignored")
 
-    def _worker_message(self, w: Worker, msg: dict[str, Any]) -> None:
+    def _worker_message(self, w: Backend, msg: dict[str, Any]) -> None:
         kind = msg["t"]
         if kind == "closed":
             n = msg.get("n", 1)
@@ -550,7 +588,7 @@ class Dispatcher:
         else:
             raise proto.ProtocolError(f"unknown message type {kind!r}")
 
-    def _set_ready(self, w: Worker) -> None:
+    def _set_ready(self, w: Backend) -> None:
         if w.ready:
             return
         w.ready = True
@@ -561,7 +599,7 @@ class Dispatcher:
 
     # ---- accepting and routing -----------------------------------------------------
 
-    def _routable(self) -> list[Worker]:
+    def _routable(self) -> list[Backend]:
         rlist = self.rlist
         if rlist is None:
             rlist = self.rlist = [w for w in self.workers.values() if w.routable]
@@ -625,7 +663,7 @@ class Dispatcher:
         if pending or self.accept_paused_until or not self.listening:
             self._update_listen()
 
-    def _queued(self, w: Worker) -> int:
+    def _queued(self, w: Backend) -> int:
         """How many connections w has not taken off its channel yet.
 
         SIOCINQ on a SEQPACKET socket counts the bytes of every queued datagram, and
@@ -644,7 +682,7 @@ class Dispatcher:
                 w.queued_fds -= queued.popleft()
         return w.queued_fds
 
-    def _targets(self) -> list[Worker]:
+    def _targets(self) -> list[Backend]:
         return [
             w for w in self._routable() if w.queued_fds < QUEUE_CAP or self._queued(w) < QUEUE_CAP
         ]
@@ -657,7 +695,6 @@ class Dispatcher:
                 if self._routable():
                     self.recheck_at = time.monotonic() + RECHECK  # all busy, none gone
                 return
-            count = len(targets)
             # Continue the rotation after the worker that got the last connection.
             start = 0
             for i, w in enumerate(targets):
@@ -665,23 +702,8 @@ class Dispatcher:
                     start = i
                     break
             groups: list[list[Any]] = [[] for _ in targets]
-            if self.least:
-                loads = [w.open for w in targets]
-                for _ in range(len(pending)):
-                    best = start
-                    for j in range(1, count):
-                        k = (start + j) % count
-                        if loads[k] < loads[best]:
-                            best = k
-                    groups[best].append(pending.popleft())
-                    loads[best] += 1
-                    start = (best + 1) % count
-                    self.rr_seq = targets[best].seq
-            else:
-                n = len(pending)
-                for i in range(n):
-                    groups[(start + i) % count].append(pending.popleft())
-                self.rr_seq = targets[(start + n - 1) % count].seq
+            last = self.strategy(targets, start, pending, groups)
+            self.rr_seq = targets[last].seq
             for w, group in zip(targets, groups, strict=True):
                 if group:
                     unsent = self._hand(w, group)
@@ -689,11 +711,11 @@ class Dispatcher:
                         pending.extendleft(reversed(unsent))
             self.dirty = True
 
-    def _hand(self, w: Worker, conns: list[Any]) -> list[Any]:
+    def _hand(self, w: Backend, conns: list[Any]) -> list[Any]:
         """Give conns to w; return those it could not take (its channel is full)."""
         if self.proxy:
             for i, client in enumerate(conns):
-                if not w.routable or not _Pipe(self, w, client).started:
+                if not w.routable or not _ProxiedConnection(self, w, client).started:
                     return conns[i:]
             return []
         if w.node:
@@ -734,7 +756,7 @@ class Dispatcher:
 
     # ---- Node workers (dispatch.node framing) ------------------------------------
 
-    def _hand_node(self, w: Worker, conns: list[int]) -> list[int]:
+    def _hand_node(self, w: Backend, conns: list[int]) -> list[int]:
         """One sendmsg per connection: Node takes one handle per read."""
         dend = w.dend
         assert dend is not None
@@ -766,7 +788,7 @@ class Dispatcher:
                 return conns[i + 1 :]
         return []
 
-    def _node_write(self, w: Worker, data: bytes) -> None:
+    def _node_write(self, w: Backend, data: bytes) -> None:
         """A line without fds, after anything still half written."""
         if w.dend is None:
             return
@@ -783,7 +805,7 @@ class Dispatcher:
             w.obuf = data[n:]
             self._want_writable(w)
 
-    def _node_flush(self, w: Worker) -> bool:
+    def _node_flush(self, w: Backend) -> bool:
         """Write what is left of obuf; True once it is all out."""
         assert w.dend is not None
         try:
@@ -795,7 +817,7 @@ class Dispatcher:
         w.obuf = w.obuf[n:]
         return not w.obuf
 
-    def _node_read(self, w: Worker) -> None:
+    def _node_read(self, w: Backend) -> None:
         assert w.dend is not None
         for _ in range(READ_BATCH):
             try:
@@ -834,7 +856,7 @@ class Dispatcher:
             if w.dend is None:
                 return
 
-    def _node_message(self, w: Worker, msg: dict[str, Any]) -> None:
+    def _node_message(self, w: Backend, msg: dict[str, Any]) -> None:
         kind = msg["t"]
         if kind == "ready":
             self._set_ready(w)
@@ -851,7 +873,7 @@ class Dispatcher:
         elif kind == "listen":
             self._node_listen(w, msg)
 
-    def _node_listen(self, w: Worker, msg: dict[str, Any]) -> None:
+    def _node_listen(self, w: Backend, msg: dict[str, Any]) -> None:
         """A worker's server.listen(): answer with the shared socket's address."""
         if self.lsock is not None:
             self._node_write(
@@ -890,7 +912,7 @@ class Dispatcher:
 
     # ---- proxy mode ---------------------------------------------------------------
 
-    def _start_probe(self, w: Worker) -> None:
+    def _start_probe(self, w: Backend) -> None:
         assert w.port is not None
         s = socket.socket(socket.AF_INET6 if ":" in w.host else socket.AF_INET)
         s.setblocking(False)
@@ -905,7 +927,7 @@ class Dispatcher:
             s.close()
             w.next_probe = time.monotonic() + PROBE_INTERVAL
 
-    def _on_probe(self, w: Worker, s: socket.socket, ev: int) -> None:
+    def _on_probe(self, w: Backend, s: socket.socket, ev: int) -> None:
         self._unregister(s.fileno())
         try:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -920,14 +942,14 @@ class Dispatcher:
         elif w.id in self.workers:
             self._set_ready(w)
 
-    def _unreachable(self, w: Worker) -> None:
+    def _unreachable(self, w: Backend) -> None:
         """Connecting to w failed: take it out of rotation and probe it again."""
         if w.ready:
             w.ready = False
             self.rlist = None
             w.next_probe = time.monotonic() + PROBE_INTERVAL
 
-    def _upstream_failed(self, w: Worker, client: socket.socket) -> None:
+    def _upstream_failed(self, w: Backend, client: socket.socket) -> None:
         """No byte has moved yet, so the client can go to another worker."""
         w.pipes -= 1
         w.handed -= 1
@@ -937,7 +959,7 @@ class Dispatcher:
         self._update_listen()
 
 
-class _Pipe:
+class _ProxiedConnection:
     """One proxied connection: client ⇄ upstream, with back-pressure both ways."""
 
     __slots__ = (
@@ -955,7 +977,7 @@ class _Pipe:
         "started",
     )
 
-    def __init__(self, d: Dispatcher, w: Worker, client: socket.socket) -> None:
+    def __init__(self, d: Dispatcher, w: Backend, client: socket.socket) -> None:
         self.d = d
         self.w = w
         self.c = client
