@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from support import Env, Load, free_port, wait_for
 
@@ -357,3 +358,26 @@ def test_pm2_cluster_inference(tmp_path, script, keys, mode):
     assert spec.exec_mode == mode
     assert spec.listen is None
     assert not [w for w in result.warnings if "dispatch" in str(w)]
+
+
+def test_a_killed_dispatcher_is_replaced_and_node_workers_keep_serving(cu, node_apps):
+    port = free_port()
+    cu.env["APP_PORT"] = str(port)
+    start(cu, node_apps / "http_app.js", "-i", "2")
+    rows = online(cu, 2)
+    supervisor = psutil.Process(cu.supervisor_pid())
+    [dispatcher] = [p for p in supervisor.children() if "clusterui.dispatch" in p.cmdline()]
+    dispatcher.kill()
+    dispatcher.wait(5)
+    # The new dispatcher takes over the same workers (told they are ready, in Node's
+    # framing) and the same socket; the workers never notice.
+    pids = wait_for(lambda: _two_pids(port), 10, "both workers answering again")
+    assert pids == {w["pid"] for w in rows} == {w["pid"] for w in cu.ls()}
+
+
+def _two_pids(port: int) -> set[int] | None:
+    try:
+        pids = {pid_of(get(port)) for _ in range(4)}
+    except OSError:
+        return None
+    return pids if len(pids) == 2 else None
