@@ -381,3 +381,24 @@ def _two_pids(port: int) -> set[int] | None:
     except OSError:
         return None
     return pids if len(pids) == 2 else None
+
+
+def test_shutdown_with_message_stops_a_drained_worker_with_a_message(cu, node_apps):
+    port = free_port()
+    cu.write(
+        "ecosystem.yaml",
+        f"""apps:
+  - name: web
+    script: {node_apps / "express_app.js"}
+    exec_mode: cluster
+    shutdown_with_message: true
+    env:
+      APP_PORT: "{port}"
+""",
+    )
+    assert cu.run("up", "-d").returncode == 0
+    old = cu.ls()[0]["pid"]
+    assert cu.run("reload", "web").returncode == 0
+    wait_for(lambda: "shutdown message handled" in logs(cu, "web"), 10, "the message")
+    wait_for(lambda: f"old worker {old} exited with code 0" in logs(cu, "web"), 10, "exit")
+    assert "SIGINT handler ran" not in logs(cu, "web")

@@ -22,3 +22,11 @@ process.on('SIGINT', () => {
   console.log('SIGINT handler ran');
   server.close(() => process.exit(0));
 });
+
+// PM2's shutdown_with_message: the app is told 'shutdown' over IPC instead of a signal.
+process.on('message', (message) => {
+  if (message === 'shutdown') {
+    console.log('shutdown message handled');
+    server.close(() => process.exit(0));
+  }
+});
