@@ -348,6 +348,7 @@ def test_node_worker_that_never_listens_is_diagnosed(cu, node_apps):
         ("app.js", "instances: 1", "fork"),
         ("app.js", "", "fork"),
         ("app.py", "instances: 2", "fork"),
+        ("app.ts", "instances: 2\n    interpreter: tsx", "cluster"),
     ],
 )
 def test_pm2_cluster_inference(tmp_path, script, keys, mode):

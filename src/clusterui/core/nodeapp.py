@@ -42,11 +42,12 @@ def _interpreter_name(interpreter: str | None) -> str:
 
 
 def is_node_script(script: str, interpreter: str | None) -> bool:
-    """Whether PM2 would treat this as a Node app (for cluster-mode inference)."""
+    """Whether PM2 would treat this as a Node app (for cluster-mode inference): run by
+    node (or ts-node, tsx), or a .js/.cjs/.mjs file (TypeScript needs its interpreter)."""
     name = _interpreter_name(interpreter)
     if name in NODE_BINARIES or name in NODE_WRAPPERS:
-        return True
-    return interpreter is None and script.lower().endswith(NODE_EXTENSIONS)
+        return script.lower().endswith(NODE_EXTENSIONS) or name in NODE_BINARIES
+    return interpreter is None and script.lower().endswith(NODE_EXTENSIONS[:3])
 
 
 def uses_node_channel(spec: AppSpec) -> bool:
