@@ -169,6 +169,15 @@ WRONG_TYPES = [
     {"op": "start_script", "args": {"spec": 5}},
     {"op": "start_script", "args": {"spec": {"script": "/bin/true"}}},  # no name
     {"op": "start_script", "args": {"spec": {"name": "web", "script": "/bin/true"}}},  # taken
+    {"op": "load", "args": {"file": "ecosystem.yaml", "caller_env": {"A": 5}}},
+    {"op": "load", "args": {"file": "ecosystem.yaml", "caller_env": ["A=1"]}},
+    {"op": "restart", "args": {"targets": ["web"], "caller_env": "A=1"}},
+    {"op": "reload", "args": {"targets": ["web"], "caller_env": {"A=B": "1"}}},
+    {"op": "start_script", "args": {"spec": {"name": "x", "script": "/bin/true"}, "caller_env": 1}},
+    {"op": "resurrect", "args": {"caller_env": {"A": None}}},
+    {"op": "save", "args": {"path": "/tmp/elsewhere.yaml"}},
+    {"op": "env", "args": {"target": ["web"]}},
+    {"op": "env", "args": {"target": "nope"}},
     {"op": "ping", "args": {"x": 1}},
     {"op": "__init__", "args": {}},
     {"op": "shutdown", "args": {"now": True}},

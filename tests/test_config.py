@@ -173,7 +173,8 @@ def test_good_pm2_process_yml_with_aliases_and_warnings(monkeypatch) -> None:
     assert tasks.autorestart is False
     assert tasks.max_memory_restart == 512 * 1024
     messages = [(w.line, w.message) for w in result.warnings]
-    assert (10, "'cron_restart' is a PM2 key clusterui does not implement; ignored") in messages
+    assert worker.cron_restart == "0 3 * * *"  # implemented now: no warning
+    assert not any("cron_restart" in m for _line, m in messages)
     assert (11, "'vizion' is a PM2 key clusterui does not implement; ignored") in messages
     # A Node app in cluster mode without 'listen' takes the port from its own listen().
     assert not any("cluster mode without 'listen'" in m for _, m in messages)
@@ -623,12 +624,13 @@ def test_find_default_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         find_default_file(tmp_path)
     [problem] = info.value.problems
-    assert "no ecosystem.yaml or ecosystem.yml" in problem.message
+    assert "no ecosystem file" in problem.message and "ecosystem.config.js" in problem.message
     assert "ecosystem.example.yaml" in problem.message
     assert str(info.value) == problem.message
+    (tmp_path / "process.json").write_text("{}")
+    assert find_default_file(tmp_path) == tmp_path / "process.json"
     (tmp_path / "ecosystem.config.js").write_text("module.exports = {}")
-    with pytest.raises(ConfigError, match="ecosystem.config.js"):
-        find_default_file(tmp_path)
+    assert find_default_file(tmp_path) == tmp_path / "ecosystem.config.js"
     (tmp_path / "ecosystem.yml").write_text("")
     assert find_default_file(tmp_path) == tmp_path / "ecosystem.yml"
     (tmp_path / "ecosystem.yaml").write_text("")

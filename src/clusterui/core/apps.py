@@ -19,12 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core import diagnose, nodeapp
+from clusterui.core import diagnose, environ, nodeapp
+from clusterui.core.accepting import accepting, socket_inode
+from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener, free_port
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.dispatch.protocol import MODES, Mode, ProtocolError, decode
+from clusterui.reqstats import REQ_RATE
 from clusterui.vocab.exits import OpError
 from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
@@ -37,6 +40,8 @@ from clusterui.vocab.states import (
     WAITING_RESTART,
     Lifecycle,
 )
+
+ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
 @dataclass
@@ -74,6 +79,10 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        # core.health.ProbeState once a health probe ran against this process.
+        self.probe: Any = None
+        # The environment it was exec'd with (`clusterui env`); values may be secrets.
+        self.env: dict[str, str] = {}
 
     @property
     def status(self) -> str:
@@ -93,6 +102,7 @@ class Series:
     cpu: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     memory: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     conn_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    req_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     time: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def to_dict(self) -> dict[str, list]:
@@ -100,6 +110,7 @@ class Series:
             "cpu": list(self.cpu),
             "memory": list(self.memory),
             "conn_rate": list(self.conn_rate),
+            "req_rate": list(self.req_rate),
             "time": list(self.time),
         }
 
@@ -129,6 +140,13 @@ class Slot:
         self.conn_rate = 0.0
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
+        self.health: Any = None  # core.health.SlotHealth once probed
+
+    @property
+    def req_rate(self) -> float | None:
+        """Requests/s as the worker reports it (clusterui.web, clusterui.worker); None if not."""
+        value = self.metrics.get(REQ_RATE) if self.proc is not None else None
+        return float(value) if value is not None else None
 
     @property
     def status(self) -> str:
@@ -153,6 +171,10 @@ class App:
         self._by_serial: dict[int, Proc] = {}
         self._dispatcher_deaths: list[float] = []
         self._next_port = 0
+        self.prober: Any = None  # core.health.HealthMonitor when spec.health_check is set
+        self.cron: Any = None  # core.cron.CronRestart when spec.cron_restart is set
+        self.waiting_for: str | None = None  # set by core.deps while start waits
+        self.reloads = {"ok": 0, "failed": 0}  # rolling reloads and how they ended
 
     # ---- lifecycle of the whole app -------------------------------------------------
 
@@ -163,8 +185,8 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        mode = self.mode
-        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
+        # Shared mode too: once the worker accepts on the socket (core.accepting).
+        return self.mode is not None or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
@@ -246,13 +268,15 @@ class App:
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, node=self.node)
+        wiring = _Wiring.for_mode(
+            self.mode, spec, slot, self.listener, self.ctx.home, node=self.node
+        )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=nodeapp.argv(spec) if wiring.node else spec.argv(),
+                    argv=_expanded_argv(spec, wiring.env, node=wiring.node),
                     cwd=spec.cwd,
                     env=wiring.env,
                     stdout=out_w,
@@ -276,6 +300,7 @@ class App:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         proc = Proc(self.ctx.next_serial(), pid, wiring.port)
+        proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
@@ -308,11 +333,22 @@ class App:
             if mode.handoff:  # a worker still silent after listen_timeout gets a reason
                 loop.call_later(self.spec.listen_timeout / 1000, self._check_ready, slot, proc)
             return  # the dispatcher says when the worker is ready
-        if self.spec.wait_ready:
+        if self.spec.wait_ready or (mode is not None and mode.listen_fd):
             # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
             loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
+            if not self.spec.wait_ready:
+                self._probe_accepting(slot, proc)
         else:
             self._ready(slot, proc)
+
+    def _probe_accepting(self, slot: Slot, proc: Proc) -> None:
+        """Shared mode: online once the worker waits for connections on the socket."""
+        if proc.exited.done() or proc.ready.done() or self.listener is None:
+            return
+        if accepting(proc.pid, socket_inode(self.listener.sock.fileno())):
+            self._ready(slot, proc)
+            return
+        asyncio.get_running_loop().call_later(ACCEPT_PROBE, self._probe_accepting, slot, proc)
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -327,6 +363,13 @@ class App:
             return
         if b'"ready"' in data:
             self._ready(slot, proc)
+        elif b'"metrics"' in data:  # from a worker that listens itself (shared, fork)
+            try:
+                msg = decode(data)
+            except ProtocolError:
+                return
+            if msg.get("t") == "metrics":
+                self._on_dispatch_event({**msg, "id": proc.serial})
 
     def _close_channel(self, proc: Proc) -> None:
         if proc.channel is not None:
@@ -577,6 +620,15 @@ class App:
 
     async def rolling_reload(self, reason: str = "reload", after_watch: bool = False) -> str:
         """One instance at a time: start the new one, wait for ready, then drain the old."""
+        try:
+            message = await self._rolling_reload(reason, after_watch)
+        except OpError:
+            self.reloads["failed"] += 1
+            raise
+        self.reloads["ok"] += 1
+        return message
+
+    async def _rolling_reload(self, reason: str, after_watch: bool) -> str:
         async with self.reload_lock:
             if not self.slots:
                 raise OpError(f"{self.name} has no workers to reload")
@@ -609,10 +661,9 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
-                    ok = True  # the kernel balances: it serves as soon as it accepts
-                else:
-                    ok = await self.wait_ready(new, timeout)
+                # Where listen_timeout also means "online anyway", let that timer win.
+                fallback = not MODES[self.spec.dispatch].dispatcher
+                ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
                     slot.proc = old
@@ -643,7 +694,8 @@ class App:
         elif kind == "metrics":
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
-            if slot is not None and isinstance(msg.get("values"), dict):
+            # A draining old worker's last figures would mix with its replacement's.
+            if slot is not None and slot.proc is proc and isinstance(msg.get("values"), dict):
                 slot.metrics.update(
                     {
                         str(k): v
@@ -651,6 +703,9 @@ class App:
                         if isinstance(v, int | float) and not isinstance(v, bool)
                     }
                 )
+        elif kind == "probe":
+            if self.prober is not None:
+                self.prober.on_probe_event(msg)
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
         elif kind == "bound":
@@ -747,18 +802,19 @@ class _Wiring:
         spec: AppSpec,
         slot: Slot,
         listener: Listener | None,
+        home: str = "",
         *,
         node: bool = False,
     ) -> _Wiring:
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
+        own = {
+            "CLUSTERUI_APP": spec.name,
+            "CLUSTERUI_INSTANCE": str(slot.instance),
+            "NODE_APP_INSTANCE": str(slot.instance),
+        }
+        if home:
+            own["CLUSTERUI_HOME"] = home
+        proxy = mode is not None and mode.own_port
+        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
         w = cls(env)
         if mode is not None and mode.handoff and node:
             # Node's own IPC channel is a stream socket; the dispatcher speaks its framing
@@ -788,6 +844,8 @@ class _Wiring:
             env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
         # Tells the worker helper how to serve: take handed connections, or listen itself.
         env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        # The worker's host drains WebSockets before this runs out (clusterui.web).
+        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
         if mode is not None and mode.own_port:
             w.port = free_port()
             env["PORT"] = str(w.port)
@@ -798,3 +856,15 @@ class _Wiring:
         for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
             if s is not None:
                 s.close()
+
+
+def _expanded_argv(spec: AppSpec, env: dict[str, str], *, node: bool = False) -> list[str]:
+    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter);
+    a Node worker's preload goes first (core.nodeapp)."""
+    argv = spec.argv()
+    skip = 1 + len(spec.interpreter_args) if (spec.interpreter or spec.web) else 0
+    try:
+        argv = expand_argv(argv, env, skip)
+    except ExpandError as exc:
+        raise SpawnError(f"cannot expand the command line: {exc}") from None
+    return nodeapp.with_preload(spec, argv) if node else argv

@@ -65,13 +65,12 @@ def learns_port(spec: AppSpec) -> bool:
     return spec.listen is None and uses_node_channel(spec)
 
 
-def argv(spec: AppSpec) -> list[str]:
-    """The worker's command line: the preload goes first, before the user's node_args."""
+def with_preload(spec: AppSpec, argv: list[str]) -> list[str]:
+    """The worker's command line: the preload goes first, before the user's node_args
+    (argv is spec.argv(), expanded; argv[0] is the interpreter)."""
     if _interpreter_name(spec.interpreter) in NODE_BINARIES:
-        assert spec.interpreter is not None
-        return [spec.interpreter, "--require", preload_path(), *spec.interpreter_args,
-                spec.script, *spec.args]  # fmt: skip
-    return spec.argv()
+        return [argv[0], "--require", preload_path(), *argv[1:]]
+    return argv  # ts-node, tsx: through NODE_OPTIONS (env below)
 
 
 def env(spec: AppSpec, channel_fd: int, base: dict[str, str]) -> dict[str, str]:

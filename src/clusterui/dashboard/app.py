@@ -24,6 +24,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
+from clusterui.client import caller_env
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
@@ -410,6 +411,20 @@ class DashboardApp(App[None]):
             await self._call("watch", sel.app, None)
 
     @work(group="actions", exit_on_error=False)
+    async def action_apply_file(self) -> None:
+        """`clusterui reload FILE` for the files loaded now (and the one we were started on)."""
+        files = list((self.snapshot.get("supervisor") or {}).get("files") or [])
+        if self.file and self.file not in files:
+            files.insert(0, self.file)
+        if not files:
+            self.notify("No ecosystem file is loaded.", severity="warning", markup=False)
+            return
+        caller = caller_env()
+        for file in files:
+            self.notify(f"Applying {os.path.basename(file)}…", markup=False)
+            await self._call("apply", file, caller)
+
+    @work(group="actions", exit_on_error=False)
     async def action_delete(self) -> None:
         sel = self._selected()
         if sel is None:
@@ -572,6 +587,7 @@ class DashboardApp(App[None]):
             "stop": f"Stop {target}",
             "start": f"Start {target}",
             "watch": f"Toggle file watch for {app}",
+            "apply_file": "Apply the ecosystem file (reload FILE)",
             "logs": "Focus or maximise the logs",
             "filter": "Filter the logs",
             "details": "Show or hide details",

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clusterui.core import formats
+from clusterui.core.config import upkeep
 from clusterui.core.config.builder import AppBuilder, Ctx
-from clusterui.core.config.keys import TOP_KEYS, TOP_PM2_KEYS
+from clusterui.core.config.keys import TOP_KEYS, TOP_METRICS_KEYS, TOP_PM2_KEYS
 from clusterui.core.config.problems import ConfigError, Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import INVALID, Reader, compose, node_line
 from clusterui.core.spec import AppSpec
@@ -21,7 +23,7 @@ MAX_FILE_BYTES = 1024 * 1024
 # The source of an app started by `clusterui start SCRIPT`, for messages.
 COMMAND_LINE = "command line"
 
-DEFAULT_FILES = ("ecosystem.yaml", "ecosystem.yml")
+DEFAULT_FILES = formats.DEFAULT_FILES
 
 
 @dataclass
@@ -29,6 +31,8 @@ class LoadResult:
     apps: list[AppSpec]
     warnings: list[Problem]
     path: str
+    metrics_listen: str | None = None  # top-level: serve Prometheus metrics there
+    metrics_public: bool = False  # explicitly allowed on a non-loopback address
 
 
 def spec_from_mapping(
@@ -58,37 +62,66 @@ def spec_from_mapping(
 
 
 def find_default_file(cwd: Path) -> Path:
-    """./ecosystem.yaml, else ./ecosystem.yml; ConfigError when neither exists."""
+    """The first of DEFAULT_FILES in cwd; ConfigError when there is none."""
     cwd = Path(cwd)
     for name in DEFAULT_FILES:
         candidate = cwd / name
         if candidate.is_file():
             return candidate
     message = (
-        f"no ecosystem.yaml or ecosystem.yml in {cwd}; name a file, or start from"
-        " ecosystem.example.yaml"
+        f"no ecosystem file in {cwd} (looked for {', '.join(DEFAULT_FILES)}); name a file,"
+        " or start from ecosystem.example.yaml"
     )
-    if (cwd / "ecosystem.config.js").exists():
-        message += " (clusterui reads YAML, not ecosystem.config.js)"
     raise ConfigError([Problem("", 0, message)])
 
 
 def load_ecosystem(
-    path: str | Path, env_name: str | None = None, only: list[str] | None = None
+    path: str | Path,
+    env_name: str | None = None,
+    only: list[str] | None = None,
+    caller_env: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Read and validate an ecosystem file; raises ConfigError listing every error."""
+    """Read and validate an ecosystem file (any PM2 format, core/formats.py); raises
+    ConfigError listing every error. `caller_env` is what a JS file is evaluated with."""
     file = str(path)
+    text = _read_text(path, file, [])
+    try:
+        source = formats.to_source(file, text, caller_env, MAX_FILE_BYTES)
+    except formats.SourceError as e:
+        raise ConfigError([Problem(file, e.line, e.message)]) from None
+    if not source.synthetic:
+        return _load_text(source.text, file, env_name, only)
+    # Evaluated JS: its problems name the app (by name and index), not a line.
+    label = formats.app_labels(source.text)
+
+    def relabel(problems: list[Problem]) -> list[Problem]:
+        out = []
+        for p in problems:
+            where = label(p.line) if p.line > 0 else None
+            message = f"{where}: {p.message}" if where else p.message
+            out.append(Problem(p.file, 0, message, p.severity))
+        return out
+
+    try:
+        result = _load_text(source.text, file, env_name, only)
+    except ConfigError as exc:
+        raise ConfigError(relabel(exc.problems), relabel(exc.warnings)) from None
+    result.warnings = relabel(result.warnings)
+    return result
+
+
+def _load_text(text: str, file: str, env_name: str | None, only: list[str] | None) -> LoadResult:
     errors: list[Problem] = []
     warnings: list[Problem] = []
-    text = _read_text(path, file, warnings)
     reader = Reader(errors, file)
-    apps, apps_path = _apps_list(text, file, reader, errors, warnings)
+    apps, apps_path, top = _apps_list(text, file, reader, errors, warnings)
     apps_line = reader.keylines.get(apps_path, 1)
 
     abs_file = os.path.abspath(file)
     # (name if known, raw mapping) for every app, including broken ones.
     named: list[tuple[str | None, dict]] = []
     specs = _build_apps(apps, apps_path, apps_line, reader, warnings, abs_file, env_name, named)
+    errors.extend(upkeep.dependency_problems(named, apps_path, apps_line, reader, file))
     selected_raw = [r for _, r in named]
     if only:
         specs, selected_raw = _select_only(only, specs, named, apps_line, file, errors)
@@ -99,7 +132,13 @@ def load_ecosystem(
         errors.sort(key=lambda p: p.line)
         raise ConfigError(errors, warnings)
     warnings.sort(key=lambda p: p.line)
-    return LoadResult(specs, warnings, abs_file)
+    return LoadResult(
+        specs,
+        warnings,
+        abs_file,
+        metrics_listen=top.get("metrics_listen"),
+        metrics_public=top.get("metrics_public") is True,
+    )
 
 
 def _read_text(path: str | Path, file: str, warnings: list[Problem]) -> str:
@@ -128,8 +167,9 @@ def _read_text(path: str | Path, file: str, warnings: list[Problem]) -> str:
 
 def _apps_list(
     text: str, file: str, reader: Reader, errors: list[Problem], warnings: list[Problem]
-) -> tuple[list, tuple[Any, ...]]:
-    """The non-empty `apps` list (or the top-level list) and its path; else ConfigError."""
+) -> tuple[list, tuple[Any, ...], dict]:
+    """The non-empty `apps` list (or the top-level list), its path and the top-level
+    mapping ({} for a bare list); else ConfigError."""
     root = compose(text, file, errors)
     if root is INVALID:
         raise ConfigError(errors, warnings)
@@ -162,7 +202,7 @@ def _apps_list(
     if not apps:
         errors.append(Problem(file, apps_line, "'apps' is empty: there is nothing to run"))
         raise ConfigError(errors, warnings)
-    return apps, apps_path
+    return apps, apps_path, doc if isinstance(doc, dict) else {}
 
 
 def _build_apps(
@@ -255,6 +295,11 @@ def _top_level(
     for key in doc:
         line = reader.keylines.get((key,), 1)
         if key in TOP_KEYS or key.startswith("x-"):
+            continue
+        if key in TOP_METRICS_KEYS:
+            problem = upkeep.top_level_problem(key, doc)
+            if problem:
+                errors.append(Problem(file, line, f"{key}: {problem}"))
             continue
         if key in TOP_PM2_KEYS:
             warnings.append(
