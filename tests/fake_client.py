@@ -127,7 +127,7 @@ def make_app(name: str, **over: Any) -> AppRow:
 
 def app_spec(app: dict[str, Any]) -> dict[str, Any]:
     """The `spec` part of a describe answer: the supervisor's AppSpec.to_dict() for this
-    app, env values left out (the supervisor sends the names only)."""
+    app, env and caller_env values left out (the supervisor sends the names only)."""
     from clusterui.core.spec import AppSpec, parse_listen
 
     spec = AppSpec(
@@ -144,6 +144,7 @@ def app_spec(app: dict[str, Any]) -> dict[str, Any]:
         source=app["source"],
     ).to_dict()
     spec["env"] = sorted(app["env_names"])
+    spec["caller_env"] = sorted(spec["caller_env"])  # names only, as the supervisor sends
     return spec
 
 

@@ -151,3 +151,19 @@ def test_default_lookup_finds_pm2_names(tmp_path):
     assert find_default_file(tmp_path).name == "ecosystem.config.js"
     (tmp_path / "ecosystem.yaml").write_text("apps: []")
     assert find_default_file(tmp_path).name == "ecosystem.yaml"
+
+
+def test_json_the_yaml_parser_refuses_is_still_read(monkeypatch):
+    """Valid JSON with tab indentation: without libyaml, PyYAML refuses the tabs; the file
+    is then read from its parsed value (problems name the app instead of a line)."""
+    import json
+
+    import yaml
+
+    from clusterui.core import formats
+
+    text = (PM2 / "ecosystem.config.json").read_text()
+    assert formats.to_source("ecosystem.config.json", text, None, 1 << 20).synthetic is False
+    monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    source = formats.to_source("ecosystem.config.json", text, None, 1 << 20)
+    assert source.synthetic and json.loads(source.text) == json.loads(text)

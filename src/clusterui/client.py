@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from clusterui.core import inherit
+from clusterui.core import environ, inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
 from clusterui.vocab.exits import ClientError, Exit
@@ -30,6 +30,13 @@ __all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
+
+
+def caller_env() -> dict[str, str]:
+    """This process's environment as a caller sends it with the apps it starts or applies
+    (the names clusterui owns are left out: core.environ.capture)."""
+    env, _refused = environ.capture(os.environ)
+    return env
 
 
 class Client:

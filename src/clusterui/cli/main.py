@@ -67,29 +67,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"clusterui {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+    _running_verbs(sub)
+    _lifecycle_verbs(sub)
+    _inspection_verbs(sub)
+    _saved_state_verbs(sub)
+    export_cmd.add_parser(sub)
+    return p
 
-    def file_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "file",
-            nargs="?",
-            help="ecosystem file (default ./ecosystem.yaml, ecosystem.config.js, ...)",
-        )
-        sp.add_argument("--only", help="comma-separated app names to load")
-        sp.add_argument("--env", help="use env_NAME from each app")
 
+def _file_opts(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "file",
+        nargs="?",
+        help="ecosystem file (default ./ecosystem.yaml, ecosystem.config.js, ...)",
+    )
+    sp.add_argument("--only", help="comma-separated app names to load")
+    sp.add_argument("--env", help="use env_NAME from each app")
+
+
+def _running_verbs(sub: Any) -> None:
+    """dashboard, attach, up, ls."""
     sp = sub.add_parser("dashboard", help="the dashboard on FILE's apps (the default verb)")
-    file_opts(sp)
+    _file_opts(sp)
     sub.add_parser("attach", aliases=["monit"], help="dashboard for the running supervisor")
     sp = sub.add_parser("up", help="start FILE's apps headless (a changed file is applied)")
-    file_opts(sp)
+    _file_opts(sp)
     sp.add_argument("-d", "--detach", action="store_true", help="return once started")
     sp.add_argument("--prune", action="store_true", help="delete loaded apps the file dropped")
     sp.add_argument("--update-env", action="store_true", help="loaded apps take this shell's env")
     sp.add_argument("--raw", action="store_true", help="the workers' output without prefixes")
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
+
+
+def _lifecycle_verbs(sub: Any) -> None:
+    """start, stop, restart, reload, delete, scale."""
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
-    sp.add_argument("what", nargs="+", metavar="SCRIPT|TARGET")
+    sp.add_argument("what", nargs="*", metavar="SCRIPT|TARGET")
+    sp.add_argument("--asgi", metavar="MODULE:ATTR", help="host an ASGI app (no SCRIPT)")
+    sp.add_argument("--wsgi", metavar="MODULE:ATTR", help="host a WSGI app (no SCRIPT)")
     sp.add_argument("-i", "--instances", help="number of instances (0 or max = CPU count)")
     sp.add_argument("--name")
     sp.add_argument("--listen", help="cluster mode: port, host:port or unix:/path")
@@ -116,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
     sp.add_argument("app")
     sp.add_argument("count")
+
+
+def _inspection_verbs(sub: Any) -> None:
+    """logs, describe, check, down, watch."""
     sp = sub.add_parser("logs", aliases=["log"], help="recent log lines; -f to follow")
     sp.add_argument("target", nargs="?")
     sp.add_argument("--lines", type=int, default=15)
@@ -126,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("check", help="validate an ecosystem file")
-    file_opts(sp)
+    _file_opts(sp)
     sub.add_parser("down", aliases=["kill"], help="stop every app and the supervisor")
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
@@ -135,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--listen", help="PORT or HOST:PORT (loopback unless --public)")
     sp.add_argument("--public", action="store_true", help="allow a non-loopback address")
     sp.add_argument("--off", action="store_true", help="stop serving")
+
+
+def _saved_state_verbs(sub: Any) -> None:
+    """save, resurrect, startup, unstartup, env."""
     sub.add_parser("save", aliases=["dump"], help="save the running apps to HOME/dump.yaml")
     sub.add_parser("resurrect", help="start the apps saved by `save` (not those running)")
     for verb, text in (
@@ -148,8 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target")
     sp.add_argument("--values", action="store_true", help="print values too (may be secrets)")
     sp.add_argument("--json", action="store_true")
-    export_cmd.add_parser(sub)
-    return p
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -397,19 +419,28 @@ async def cmd_metrics(client: Client, opts: argparse.Namespace) -> int:
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
     what = opts.what
+    hosted = [(k, v) for k, v in (("asgi", opts.asgi), ("wsgi", opts.wsgi)) if v is not None]
+    if hosted:
+        if len(hosted) > 1 or what:
+            raise UsageError("start takes one of SCRIPT, --asgi MODULE:ATTR or --wsgi MODULE:ATTR")
+        what = [""]
+    elif not what:
+        raise UsageError("start needs a SCRIPT, a file, TARGETs, or --asgi/--wsgi MODULE:ATTR")
     scripted = (
         any(v is not None for v in (opts.instances, opts.name, opts.listen, opts.dispatch))
         or opts.watch
         or opts.extra
         or opts.interpreter
+        or hosted
     )
     first = Path(what[0])
     if len(what) == 1 and formats.is_ecosystem_file(what[0]) and not scripted:
         return await filecmds.start_file(client, what[0], opts)
     if (opts.only or opts.env) and not scripted:
         raise UsageError("--only and --env go with an ecosystem FILE")
-    if len(what) == 1 and (scripted or first.is_file()):
-        mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
+    if hosted or (len(what) == 1 and (scripted or first.is_file())):
+        mapping: dict[str, Any] = dict(hosted) if hosted else {"script": what[0]}
+        mapping["args"] = opts.extra
         if opts.name:
             mapping["name"] = opts.name
         if opts.instances is not None:
@@ -526,7 +557,11 @@ def render_describe(info: dict[str, Any]) -> str:
     app = info["app"]
     spec = info["spec"]
     head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
-    command = " ".join([*head, spec["script"], *spec["args"]])
+    head.append(spec["script"])
+    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
+    if kind:
+        head = [kind, spec[kind]]
+    command = " ".join([*head, *spec["args"]])
     lines = [
         f"app        {app['name']}  ({app['exec_mode']}"
         + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),

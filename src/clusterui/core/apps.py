@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import environ
+from clusterui.core.accepting import accepting, socket_inode
+from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener, free_port
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.dispatch.protocol import MODES, Mode, ProtocolError, decode
+from clusterui.reqstats import REQ_RATE
 from clusterui.vocab.exits import OpError
 from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
@@ -37,6 +40,8 @@ from clusterui.vocab.states import (
     WAITING_RESTART,
     Lifecycle,
 )
+
+ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Series:
     cpu: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     memory: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     conn_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    req_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     time: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def to_dict(self) -> dict[str, list]:
@@ -104,6 +110,7 @@ class Series:
             "cpu": list(self.cpu),
             "memory": list(self.memory),
             "conn_rate": list(self.conn_rate),
+            "req_rate": list(self.req_rate),
             "time": list(self.time),
         }
 
@@ -131,6 +138,12 @@ class Slot:
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
         self.health: Any = None  # core.health.SlotHealth once probed
+
+    @property
+    def req_rate(self) -> float | None:
+        """Requests/s as the worker reports it (clusterui.web, clusterui.worker); None if not."""
+        value = self.metrics.get(REQ_RATE) if self.proc is not None else None
+        return float(value) if value is not None else None
 
     @property
     def status(self) -> str:
@@ -169,8 +182,8 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        mode = self.mode
-        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
+        # Shared mode too: once the worker accepts on the socket (core.accepting).
+        return self.mode is not None or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
@@ -251,7 +264,7 @@ class App:
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=spec.argv(),
+                    argv=_expanded_argv(spec, wiring.env),
                     cwd=spec.cwd,
                     env=wiring.env,
                     stdout=out_w,
@@ -303,11 +316,22 @@ class App:
             loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
         if mode is not None and mode.dispatcher:
             return  # the dispatcher says when the worker is ready
-        if self.spec.wait_ready:
+        if self.spec.wait_ready or (mode is not None and mode.listen_fd):
             # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
             loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
+            if not self.spec.wait_ready:
+                self._probe_accepting(slot, proc)
         else:
             self._ready(slot, proc)
+
+    def _probe_accepting(self, slot: Slot, proc: Proc) -> None:
+        """Shared mode: online once the worker waits for connections on the socket."""
+        if proc.exited.done() or proc.ready.done() or self.listener is None:
+            return
+        if accepting(proc.pid, socket_inode(self.listener.sock.fileno())):
+            self._ready(slot, proc)
+            return
+        asyncio.get_running_loop().call_later(ACCEPT_PROBE, self._probe_accepting, slot, proc)
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -322,6 +346,13 @@ class App:
             return
         if b'"ready"' in data:
             self._ready(slot, proc)
+        elif b'"metrics"' in data:  # from a worker that listens itself (shared, fork)
+            try:
+                msg = decode(data)
+            except ProtocolError:
+                return
+            if msg.get("t") == "metrics":
+                self._on_dispatch_event({**msg, "id": proc.serial})
 
     def _close_channel(self, proc: Proc) -> None:
         if proc.channel is not None:
@@ -566,10 +597,9 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
-                    ok = True  # the kernel balances: it serves as soon as it accepts
-                else:
-                    ok = await self.wait_ready(new, timeout)
+                # Where listen_timeout also means "online anyway", let that timer win.
+                fallback = not MODES[self.spec.dispatch].dispatcher
+                ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
                     slot.proc = old
@@ -600,7 +630,8 @@ class App:
         elif kind == "metrics":
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
-            if slot is not None and isinstance(msg.get("values"), dict):
+            # A draining old worker's last figures would mix with its replacement's.
+            if slot is not None and slot.proc is proc and isinstance(msg.get("values"), dict):
                 slot.metrics.update(
                     {
                         str(k): v
@@ -731,6 +762,8 @@ class _Wiring:
             env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
         # Tells the worker helper how to serve: take handed connections, or listen itself.
         env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        # The worker's host drains WebSockets before this runs out (clusterui.web).
+        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
         if mode is not None and mode.own_port:
             w.port = free_port()
             env["PORT"] = str(w.port)
@@ -741,3 +774,13 @@ class _Wiring:
         for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
             if s is not None:
                 s.close()
+
+
+def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
+    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter)."""
+    argv = spec.argv()
+    skip = 1 + len(spec.interpreter_args) if (spec.interpreter or spec.web) else 0
+    try:
+        return expand_argv(argv, env, skip)
+    except ExpandError as exc:
+        raise SpawnError(f"cannot expand the command line: {exc}") from None

@@ -69,6 +69,23 @@ def _label(names: set[str]) -> str:
     return ", ".join(sorted(names))
 
 
+# The lists an apply report has, in the order they are reported.
+REPORT_LISTS = (
+    "started",
+    "reloaded",
+    "restarted",
+    "scaled",
+    "updated",
+    "unchanged",
+    "needs_restart",
+    "not_in_file",
+    "removed",
+    "errors",
+    "warnings",
+    "workers",
+)
+
+
 async def apply(
     sup: Supervisor,
     specs: list[AppSpec],
@@ -86,21 +103,8 @@ async def apply(
     `update_env`. `restart` (`restart FILE`) stops and starts every app of the file with its
     new spec, which is also how a changed listen takes effect.
     """
-    report: dict[str, Any] = {
-        "apps": [s.name for s in specs],
-        "started": [],
-        "reloaded": [],
-        "restarted": [],
-        "scaled": [],
-        "updated": [],
-        "unchanged": [],
-        "needs_restart": [],
-        "not_in_file": [],
-        "removed": [],
-        "errors": [],
-        "warnings": [],
-        "workers": [],
-    }
+    report: dict[str, Any] = {"apps": [s.name for s in specs]}
+    report.update((key, []) for key in REPORT_LISTS)
     for spec in specs:
         app = sup.apps.get(spec.name)
         if caller is not None and (app is None or update_env):

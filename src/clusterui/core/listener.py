@@ -88,6 +88,9 @@ def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Accepted connections inherit it: workers handed fd 3 (shared mode)
+                # often take it for AF_UNIX and never set it (uvicorn --fd 3).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.bind((listen.host, listen.port))
             except BaseException:
                 sock.close()

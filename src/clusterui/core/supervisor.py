@@ -162,6 +162,7 @@ class Supervisor:
             h.cpu.append(round(cpu, 1))
             h.memory.append(rss)
             h.conn_rate.append(round(slot.conn_rate, 2))
+            h.req_rate.append(round(slot.req_rate or 0.0, 1))
             limit = app.spec.max_memory_restart
             if limit and slot.proc and rss > limit and slot.proc.status == states.ONLINE:
                 self.logs.emit(
@@ -240,14 +241,7 @@ class Supervisor:
         with its spec from the file.
         """
         caller = _caller_env(caller_env)
-        if not isinstance(file, str) or not file:
-            raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
-        if env is not None and not isinstance(env, str):
-            raise OpError("env must be a name", Exit.USAGE)
-        if only is not None and not (
-            isinstance(only, list) and all(isinstance(n, str) for n in only)
-        ):
-            raise OpError("only must be a list of app names", Exit.USAGE)
+        _check_load_args(file, env, only)
         try:
             # In a thread: a JS file is evaluated by node, which takes a moment.
             result = await asyncio.to_thread(
@@ -271,8 +265,14 @@ class Supervisor:
                 [str(w) for w in result.warnings] + metrics_warnings + report["warnings"]
             )
             return report
+        return await self._load_new(result, caller, metrics_warnings)
+
+    async def _load_new(
+        self, result: config.LoadResult, caller: dict[str, str] | None, extra: list[str]
+    ) -> dict:
+        """Start the file's apps that are not loaded yet; the loaded ones are kept as they run."""
         started, kept, errors = [], [], []
-        warnings = [str(w) for w in result.warnings] + metrics_warnings
+        warnings = [str(w) for w in result.warnings] + extra
         for spec in result.apps:
             if spec.name in self.apps:
                 kept.append(spec.name)
@@ -655,6 +655,15 @@ class Supervisor:
             app.close_listener()
         await self.logs.aclose()
         await self.server.close()
+
+
+def _check_load_args(file: Any, env: Any, only: Any) -> None:
+    if not isinstance(file, str) or not file:
+        raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
+    if env is not None and not isinstance(env, str):
+        raise OpError("env must be a name", Exit.USAGE)
+    if only is not None and not (isinstance(only, list) and all(isinstance(n, str) for n in only)):
+        raise OpError("only must be a list of app names", Exit.USAGE)
 
 
 def _caller_env(raw: Any) -> dict[str, str] | None:
