@@ -1,6 +1,6 @@
 """An in-memory client for the dashboard: deterministic data, scripted events, recorded calls.
 
-It implements the client API of clusterui.client.Client (see DESIGN.md §6 and the client
+It implements the client API of clusterui.client.Client (see docs/architecture.md and the client
 contract). Everything is fixed: times count from T0, pids are made up, histories are
 computed from the sample index, so screenshots and snapshot tests are reproducible.
 """
@@ -120,7 +120,7 @@ def make_app(name: str, **over: Any) -> AppRow:
 
 def app_spec(app: dict[str, Any]) -> dict[str, Any]:
     """The `spec` part of a describe answer: the supervisor's AppSpec.to_dict() for this
-    app, env values left out (the supervisor sends the names only)."""
+    app, env and caller_env values left out (the supervisor sends the names only)."""
     from clusterui.core.spec import AppSpec, parse_listen
 
     spec = AppSpec(
@@ -137,6 +137,7 @@ def app_spec(app: dict[str, Any]) -> dict[str, Any]:
         source=app["source"],
     ).to_dict()
     spec["env"] = sorted(app["env_names"])
+    spec["caller_env"] = sorted(spec["caller_env"])  # names only, as the supervisor sends
     return spec
 
 
@@ -375,6 +376,12 @@ class FakeClient:
     async def reload(self, targets: list[str]) -> dict[str, Any]:
         await self._op("reload", targets)
         return {"message": f"Reloaded {', '.join(targets)}.", "workers": self._ids(targets)}
+
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        await self._op("apply", file)
+        return {"message": f"Applied {file}: unchanged web.", "workers": []}
 
     async def delete(self, targets: list[str]) -> dict[str, Any]:
         await self._op("delete", targets)

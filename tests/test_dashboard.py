@@ -7,8 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from fake_client import (
     make_worker,
     screen_text,
 )
+from support import pilot_until as until
 from textual.pilot import Pilot
 from textual.strip import Strip
 
@@ -31,15 +31,6 @@ from clusterui.dashboard.messages import LogsArrived, StateUpdated
 from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
 
 UTC = dt.UTC
-
-
-async def until(pilot: Pilot, cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Let the app run until cond() holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await pilot.pause(0.01)
 
 
 def notices(app: DashboardApp) -> list[tuple[str, str]]:
@@ -229,6 +220,10 @@ PALETTE_CASES = [
     ("Stop web:1", lambda c, a: c.calls_of("stop")[-1:] == [(["web:1"],)]),
     ("Start web:1", lambda c, a: c.calls_of("start")[-1:] == [(["web:1"],)]),
     ("Toggle file watch for web", lambda c, a: c.calls_of("watch")[-1:] == [("web", None)]),
+    (
+        "Apply the ecosystem file",
+        lambda c, a: c.calls_of("apply")[-1:] == [("/srv/shop/ecosystem.yaml",)],
+    ),
     ("Focus or maximise the logs", lambda c, a: a.log_view.has_focus),
     ("Filter the logs", lambda c, a: a.focused is not None and a.focused.id == "filter"),
     ("Show or hide details", lambda c, a: not a.main_screen.has_class("-details")),
@@ -280,6 +275,29 @@ async def test_palette_delete_asks_first() -> None:
         await pilot.press("y")
         await until(pilot, lambda: client.calls_of("delete") == [(["jobs"],)])
         await until(pilot, lambda: "Deleted jobs." in messages(app))
+
+
+async def test_u_applies_the_loaded_files_and_the_header_names_them() -> None:
+    client = FakeClient()
+    async with dashboard(client, file="/srv/shop/other.yaml") as (app, pilot, _):
+        await pilot.press("u")
+        await until(pilot, lambda: len(client.calls_of("apply")) == 2)
+        # The file we were started on (its apps are gone now) and the file apps come from.
+        assert client.calls_of("apply") == [
+            ("/srv/shop/other.yaml",),
+            ("/srv/shop/ecosystem.yaml",),
+        ]
+        await until(pilot, lambda: any("Applied" in m for m in messages(app)))
+        assert "ecosystem.yaml" in screen_text(app) and "other.yaml" not in screen_text(app)
+
+
+async def test_u_with_no_file_says_so() -> None:
+    client = FakeClient()
+    client.snapshot["supervisor"]["files"] = []
+    async with dashboard(client) as (app, pilot, _):
+        await pilot.press("u")
+        await until(pilot, lambda: "No ecosystem file is loaded." in messages(app))
+        assert client.calls_of("apply") == []
 
 
 # -- quitting --------------------------------------------------------------------
@@ -797,3 +815,21 @@ async def test_mouse_selects_rows_and_shows_details() -> None:
         assert "web:1  id 1" in screen_text(app)
         await pilot.click("#log")
         assert app.log_view.has_focus
+
+
+async def test_request_rate_column_and_latencies_for_web_hosts() -> None:
+    async with dashboard() as (app, pilot, client):
+        assert "conn/s" in screen_text(app) and "req/s" not in screen_text(app)
+        snap = copy.deepcopy(client.snapshot)
+        for w in snap["workers"]:
+            if w["app"] == "web":
+                w["req_rate"] = 1234.0 + w["id"]
+                w["history"]["req_rate"] = [1000.0, 1100.0, w["req_rate"]]
+                w["metrics"] = {"req_rate": w["req_rate"], "p50_ms": 1.5, "p99_ms": 9.0 + w["id"]}
+        app.post_message(StateUpdated(snap))
+        await until(pilot, lambda: "req/s" in screen_text(app))
+        text = screen_text(app)
+        assert "1.2k" in text  # the web workers' requests/s, where conn/s was
+        await select(app, pilot, "app:web")
+        text = screen_text(app)
+        assert "p99_ms" in text and "10" in text  # the slowest worker's p99, not a sum

@@ -13,7 +13,6 @@ import array
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import select
 import signal
@@ -25,10 +24,10 @@ import threading
 import time
 from collections import Counter
 
-import helpers
 import psutil
 import pytest
-from helpers import Load, free_port, get, wait_for
+import support
+from support import Control, Load, free_port, get, wait_for
 
 from clusterui.client import Client, ClientError
 
@@ -81,7 +80,7 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def web_app(cu, port: int, instances: int = 2) -> None:
-    helpers.web_app(cu, port, instances=instances, kill_timeout=3000)
+    support.web_app(cu, port, instances=instances, kill_timeout=3000)
 
 
 # ---- 1. a burst of control connections ---------------------------------------------------
@@ -251,37 +250,6 @@ def grandchild(worker: int) -> psutil.Process | None:
 HANG = 10.0
 
 
-class Control:
-    """One raw control connection; every answer must come within `timeout` seconds."""
-
-    def __init__(self, home, timeout: float = HANG):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(home / "supervisor.sock"))
-        self.file = self.sock.makefile("rwb")
-        self.slowest = 0.0
-
-    def call(self, op: str, **args) -> dict:
-        start = time.monotonic()
-        self.file.write(json.dumps({"id": 1, "op": op, "args": args}).encode() + b"\n")
-        self.file.flush()
-        try:
-            line = self.file.readline()
-        except TimeoutError:
-            raise AssertionError(f"the supervisor did not answer {op} (a hang)") from None
-        self.slowest = max(self.slowest, time.monotonic() - start)
-        answer = json.loads(line)
-        assert answer["ok"], answer
-        return answer["result"]
-
-    def workers(self, app: str) -> list[dict]:
-        return [w for w in self.call("state", history=False)["workers"] if w["app"] == app]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
 class PipeProbe:
     """How many bytes sit unread in the guardian's pipe (its read end, via /proc)."""
 
@@ -329,7 +297,7 @@ def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
     sup = cu.supervisor_pid()
     guardian = guardian_of(sup)
     probe = PipeProbe(sup, guardian.pid)
-    ctl = Control(cu.home)
+    ctl = Control(cu.home, timeout=HANG)
 
     def restarts() -> int:
         return sum(w["restarts"] for w in ctl.workers("churn"))
@@ -354,7 +322,7 @@ def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
         assert cu.run("ls", timeout=30).returncode == 0
         cli_took = time.monotonic() - cli_start
         # New worker groups while the guardian is stopped: they must be killed too later.
-        ctl.call("scale", app="keep", count="3")
+        ctl.result("scale", app="keep", count="3")
         keep = wait_for(
             lambda: (
                 len(rows := ctl.workers("keep")) == 3
@@ -364,7 +332,7 @@ def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
             15,
             "3 keep workers with a grandchild each",
         )
-        ctl.call("stop", targets=["churn"])
+        ctl.result("stop", targets=["churn"])
         wait_for(lambda: all(w["pid"] is None for w in ctl.workers("churn")), 10, "churn stopped")
         print(
             f"\nguardian stopped: {churned} restarts in {took:.1f} s"
@@ -379,7 +347,7 @@ def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
         guardian.resume()
         # Caught up: it read the pipe, we sent what waited in memory, it read that too.
         wait_for(lambda: probe.unread() == 0, 5, "the guardian to read its pipe")
-        ctl.call("ping")
+        ctl.result("ping")
         wait_for(lambda: probe.unread() == 0, 5, "the guardian to read the rest")
         family = psutil.Process(sup).children(recursive=True)
         grandchildren = [grandchild(w["pid"]) for w in keep]
@@ -504,7 +472,7 @@ def test_supervisor_sigkill_under_load_leaves_nothing_and_up_serves_at_once(cu):
 
 @pytest.mark.parametrize("dispatch", ["least-connections", "proxy"])
 def test_a_replaced_dispatcher_serves_in_every_mode_and_reload_still_works(cu, dispatch):
-    port = helpers.web_app(cu, dispatch=dispatch)
+    port = support.web_app(cu, dispatch=dispatch)
     sup = cu.supervisor_pid()
     pids = [w["pid"] for w in cu.ls()]
     victim = wait_for(lambda: dispatcher_of(sup), 5, "the dispatcher")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import WEB, free_port, get, wait_for
+from support import WEB, free_port, get, wait_for
 
 from clusterui.client import Client
 from clusterui.core.units import parse_size

@@ -2,7 +2,7 @@
 
 import time
 
-from helpers import wait_for
+from support import wait_for
 
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
 from clusterui.core.spec import AppSpec

@@ -48,6 +48,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from clusterui import reqstats
 from clusterui.dispatch import protocol as proto
 
 __all__ = [
@@ -91,6 +92,7 @@ class _State:
         self.channel_owner: object | None = None
         self.shared_fd: int | None = None
         self.shared_checked = False
+        self.requests: reqstats.RequestStats | None = None
         self.lock = threading.Lock()
 
 
@@ -303,6 +305,16 @@ def ready() -> None:
     chan = _channel()
     if chan is not None:
         chan.ready()
+
+
+def _request_stats() -> reqstats.RequestStats | None:
+    """This process's request figures, reported once a second; None without a channel."""
+    with _state.lock:
+        if _state.requests is not None or _state.channel is None:
+            return _state.requests
+        _state.requests = reqstats.RequestStats()
+        reqstats.Reporter(_state.requests, metrics)
+        return _state.requests
 
 
 def metrics(values: Mapping[str, float] | None = None, /, **kw: float) -> None:
@@ -1032,10 +1044,40 @@ def _clustered_handler_class(handler_cls: type) -> type:
         return _handler_classes[handler_cls]
 
     class Handler(handler_cls):  # type: ignore[valid-type, misc]
+        _cu_started: float | None = None
+
         def end_headers(self) -> None:
             if _state.draining and not self.close_connection:
                 self.send_header("Connection", "close")
             super().end_headers()
+
+        # Request metrics: a request runs from a parsed request line to its handler's end
+        # (handle_one_request for http.server, handle() for wsgiref's one-shot handler).
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            if ok:
+                stats = _request_stats()
+                if stats is not None:
+                    self._cu_started = stats.begin()
+            return ok
+
+        def _cu_finish(self) -> None:
+            started, self._cu_started = self._cu_started, None
+            stats = _request_stats()
+            if started is not None and stats is not None:
+                stats.end(started)
+
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            finally:
+                self._cu_finish()
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            finally:
+                self._cu_finish()
 
     Handler.__name__ = Handler.__qualname__ = handler_cls.__name__
     _handler_classes[handler_cls] = Handler

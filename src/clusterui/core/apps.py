@@ -19,11 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core.listener import Listener
+from clusterui.core import environ
+from clusterui.core.accepting import accepting, socket_inode
+from clusterui.core.expand import ExpandError, expand_argv
+from clusterui.core.listener import Listener, free_port
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.dispatch.protocol import MODES, Mode, ProtocolError, decode
+from clusterui.reqstats import REQ_RATE
 from clusterui.vocab.exits import OpError
 from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
@@ -36,6 +40,8 @@ from clusterui.vocab.states import (
     WAITING_RESTART,
     Lifecycle,
 )
+
+ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        # The environment it was exec'd with (`clusterui env`); values may be secrets.
+        self.env: dict[str, str] = {}
 
     @property
     def status(self) -> str:
@@ -92,6 +100,7 @@ class Series:
     cpu: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     memory: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     conn_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    req_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     time: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def to_dict(self) -> dict[str, list]:
@@ -99,6 +108,7 @@ class Series:
             "cpu": list(self.cpu),
             "memory": list(self.memory),
             "conn_rate": list(self.conn_rate),
+            "req_rate": list(self.req_rate),
             "time": list(self.time),
         }
 
@@ -125,6 +135,12 @@ class Slot:
         self.conn_rate = 0.0
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
+
+    @property
+    def req_rate(self) -> float | None:
+        """Requests/s as the worker reports it (clusterui.web, clusterui.worker); None if not."""
+        value = self.metrics.get(REQ_RATE) if self.proc is not None else None
+        return float(value) if value is not None else None
 
     @property
     def status(self) -> str:
@@ -159,8 +175,8 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        mode = self.mode
-        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
+        # Shared mode too: once the worker accepts on the socket (core.accepting).
+        return self.mode is not None or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
@@ -235,13 +251,13 @@ class App:
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener)
+        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, self.ctx.home)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=spec.argv(),
+                    argv=_expanded_argv(spec, wiring.env),
                     cwd=spec.cwd,
                     env=wiring.env,
                     stdout=out_w,
@@ -265,6 +281,7 @@ class App:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         proc = Proc(self.ctx.next_serial(), pid, wiring.port)
+        proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
@@ -292,11 +309,22 @@ class App:
             loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
         if mode is not None and mode.dispatcher:
             return  # the dispatcher says when the worker is ready
-        if self.spec.wait_ready:
+        if self.spec.wait_ready or (mode is not None and mode.listen_fd):
             # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
             loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
+            if not self.spec.wait_ready:
+                self._probe_accepting(slot, proc)
         else:
             self._ready(slot, proc)
+
+    def _probe_accepting(self, slot: Slot, proc: Proc) -> None:
+        """Shared mode: online once the worker waits for connections on the socket."""
+        if proc.exited.done() or proc.ready.done() or self.listener is None:
+            return
+        if accepting(proc.pid, socket_inode(self.listener.sock.fileno())):
+            self._ready(slot, proc)
+            return
+        asyncio.get_running_loop().call_later(ACCEPT_PROBE, self._probe_accepting, slot, proc)
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -311,6 +339,13 @@ class App:
             return
         if b'"ready"' in data:
             self._ready(slot, proc)
+        elif b'"metrics"' in data:  # from a worker that listens itself (shared, fork)
+            try:
+                msg = decode(data)
+            except ProtocolError:
+                return
+            if msg.get("t") == "metrics":
+                self._on_dispatch_event({**msg, "id": proc.serial})
 
     def _close_channel(self, proc: Proc) -> None:
         if proc.channel is not None:
@@ -546,10 +581,9 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
-                    ok = True  # the kernel balances: it serves as soon as it accepts
-                else:
-                    ok = await self.wait_ready(new, timeout)
+                # Where listen_timeout also means "online anyway", let that timer win.
+                fallback = not MODES[self.spec.dispatch].dispatcher
+                ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
                     slot.proc = old
@@ -580,7 +614,8 @@ class App:
         elif kind == "metrics":
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
-            if slot is not None and isinstance(msg.get("values"), dict):
+            # A draining old worker's last figures would mix with its replacement's.
+            if slot is not None and slot.proc is proc and isinstance(msg.get("values"), dict):
                 slot.metrics.update(
                     {
                         str(k): v
@@ -673,17 +708,22 @@ class _Wiring:
 
     @classmethod
     def for_mode(
-        cls, mode: Mode | None, spec: AppSpec, slot: Slot, listener: Listener | None
+        cls,
+        mode: Mode | None,
+        spec: AppSpec,
+        slot: Slot,
+        listener: Listener | None,
+        home: str = "",
     ) -> _Wiring:
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
+        own = {
+            "CLUSTERUI_APP": spec.name,
+            "CLUSTERUI_INSTANCE": str(slot.instance),
+            "NODE_APP_INSTANCE": str(slot.instance),
+        }
+        if home:
+            own["CLUSTERUI_HOME"] = home
+        proxy = mode is not None and mode.own_port
+        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
         w = cls(env)
         if mode is not None and mode.handoff:
             w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -703,8 +743,10 @@ class _Wiring:
             env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
         # Tells the worker helper how to serve: take handed connections, or listen itself.
         env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        # The worker's host drains WebSockets before this runs out (clusterui.web).
+        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
         if mode is not None and mode.own_port:
-            w.port = _free_port()
+            w.port = free_port()
             env["PORT"] = str(w.port)
         return w
 
@@ -715,7 +757,11 @@ class _Wiring:
                 s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
+    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter)."""
+    argv = spec.argv()
+    skip = 1 + len(spec.interpreter_args) if (spec.interpreter or spec.web) else 0
+    try:
+        return expand_argv(argv, env, skip)
+    except ExpandError as exc:
+        raise SpawnError(f"cannot expand the command line: {exc}") from None

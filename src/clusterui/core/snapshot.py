@@ -28,6 +28,8 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "connections": slot.connections,
         "active": slot.active if proc else 0,
         "conn_rate": round(slot.conn_rate, 2),
+        # Requests/s for workers that report it (metrics req_rate), else None.
+        "req_rate": slot.req_rate,
         "exit_code": slot.last_exit[0],
         "exit_signal": slot.last_exit[1],
         "error": slot.last_error,

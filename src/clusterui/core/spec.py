@@ -8,6 +8,7 @@ Durations are milliseconds, sizes are bytes, paths are absolute.
 from __future__ import annotations
 
 import signal
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -68,7 +69,11 @@ class AppSpec:
     watch: list[str] = field(default_factory=list, metadata=APP)
     ignore_watch: list[str] = field(default_factory=list, metadata=APP)
     watch_delay: int = field(default=300, metadata=DURATION)
+    # The file's env with env_NAME merged in (above the caller's environment).
     env: dict[str, str] = field(default_factory=dict, metadata=APP)
+    # The environment of the command that started the app (core/environ.py); not a key.
+    # It may hold secrets: only names leave the supervisor unless a client asks for values.
+    caller_env: dict[str, str] = field(default_factory=dict)
     autorestart: bool = field(default=True, metadata=BOOL)
     max_restarts: int = field(default=16, metadata=key("count", high=1_000_000_000))
     min_uptime: int = field(default=1000, metadata=DURATION)
@@ -88,9 +93,26 @@ class AppSpec:
     # Where this app came from, for messages ("ecosystem.yaml:12"); not a key.
     source: str = ""
     source_line: int = 0
+    # `asgi: MODULE:ATTR` / `wsgi: MODULE:ATTR` instead of a script: the worker is
+    # clusterui's host (python -m clusterui.web), `args` are its options.
+    asgi: str | None = field(default=None, metadata=APP)
+    wsgi: str | None = field(default=None, metadata=APP)
+
+    @property
+    def web(self) -> tuple[str, str] | None:
+        """("asgi"|"wsgi", "MODULE:ATTR") for a hosted app, else None."""
+        if self.asgi:
+            return "asgi", self.asgi
+        if self.wsgi:
+            return "wsgi", self.wsgi
+        return None
 
     def argv(self) -> list[str]:
         """The command line the worker is exec'd with (never through a shell)."""
+        if self.web is not None:
+            kind, target = self.web
+            python = self.interpreter or sys.executable
+            return [python, *self.interpreter_args, "-m", "clusterui.web", kind, target, *self.args]
         head = [self.interpreter, *self.interpreter_args] if self.interpreter else []
         return [*head, self.script, *self.args]
 

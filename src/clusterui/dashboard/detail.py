@@ -14,6 +14,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
+from clusterui import reqstats
 from clusterui.dashboard.model import (
     History,
     Selection,
@@ -23,6 +24,7 @@ from clusterui.dashboard.model import (
     fmt_duration,
     fmt_metric,
     fmt_rate,
+    max_series,
     metric_series,
     mode_label,
     spark_rows,
@@ -107,7 +109,8 @@ class SparkChart(Widget):
 
 
 # Worker fields the info grid does not show: they change every tick.
-LIVE_FIELDS = frozenset({"cpu", "memory", "uptime", "conn_rate"})
+LIVE_FIELDS = frozenset({"cpu", "memory", "uptime", "conn_rate", "req_rate"})
+LATENCIES = frozenset({reqstats.P50, reqstats.P99})
 
 
 class DetailPane(VerticalScroll):
@@ -195,6 +198,10 @@ class DetailPane(VerticalScroll):
             values = [
                 v for w in scope if isinstance(v := (w.get("metrics") or {}).get(name), int | float)
             ]
+            if name in LATENCIES:  # an app's latency is its slowest worker's, not a sum
+                series = max_series(metric_series(w, history, name) for w in scope)
+                chart.set_data(series, fmt_metric(max(values)) if values else "—")
+                continue
             series = sum_series(metric_series(w, history, name) for w in scope)
             chart.set_data(series, fmt_metric(sum(values)) if values else "—")
 

@@ -18,6 +18,7 @@ class Series(TypedDict):
     cpu: list[float]
     memory: list[int]
     conn_rate: list[float]
+    req_rate: list[float]
     time: list[float]
 
 
@@ -41,6 +42,7 @@ class WorkerRow(TypedDict):
     connections: int  # handed to it over its life (across replacements)
     active: int  # open right now
     conn_rate: float
+    req_rate: float | None  # requests/s where the worker reports them (metrics req_rate)
     exit_code: int | None
     exit_signal: str | None
     error: str | None
@@ -108,8 +110,10 @@ LS_JSON_KEYS: tuple[str, ...] = (
     "connections",
     "active",
     "conn_rate",
+    "req_rate",
     "exit_code",
     "exit_signal",
+    "metrics",
 )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from clusterui.core import environ, hosted
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
@@ -23,11 +24,13 @@ from clusterui.core.config.convert import (
     as_str,
     check_name,
     inside,
+    numeric,
     words,
 )
 from clusterui.core.config.keys import ALIASES, ENV_KEY, INTERPRETERS, KEYS, PM2_UNIMPLEMENTED
 from clusterui.core.config.problems import Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import has_invalid
+from clusterui.core.expand import check_expansion
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
 
 
@@ -90,9 +93,17 @@ class AppBuilder:
                 cwd_ok = False
         self.cwd = cwd
 
-        script, script_args, script_is_file = self.script(cwd_ok)
-        name = self.name(script)
+        web = self.hosted(cwd_ok)
+        if web is None:
+            script, script_args, script_is_file = self.script(cwd_ok)
+        else:
+            script, script_args, script_is_file = web[1], [], False
+        name = self.name(hosted.derive_name(script) if web and script else script)
         args = self.get("args", lambda v: words(v, "arguments"), [])
+        for i, word in enumerate([*script_args, *args]):
+            why = check_expansion(word)
+            if why:
+                self.error("script" if i < len(script_args) else "args", why)
         interpreter, interpreter_args = self.interpreter(script, script_is_file)
 
         instances = self.get("instances", self.instances, 1)
@@ -100,6 +111,7 @@ class AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
+        self.owned_env(env, listen is not None and dispatch == "proxy")
         spec_kwargs = self.plain_fields()
 
         if len(ctx.errors) > before or script is None or name is None:
@@ -120,6 +132,8 @@ class AppBuilder:
             env=env,
             source=self.source,
             source_line=ctx.fallback,
+            asgi=web[1] if web and web[0] == "asgi" else None,
+            wsgi=web[1] if web and web[0] == "wsgi" else None,
             **spec_kwargs,
         )
 
@@ -218,10 +232,35 @@ class AppBuilder:
 
     # -- fields
 
+    def hosted(self, cwd_ok: bool) -> tuple[str, str | None] | None:
+        """("asgi"|"wsgi", MODULE:ATTR or None if invalid) for a hosted app, else None."""
+        given = [k for k in ("script", *hosted.KINDS) if k in self.values]
+        if not any(k in hosted.KINDS for k in given):
+            return None
+        if len(given) > 1:
+            keys = " and ".join(repr(self.values[k][0]) for k in given)
+            self.error(given[1], f"{keys} cannot be used together: an app runs one of them")
+        kind = next(k for k in given if k in hosted.KINDS)
+        target = self.get(kind, lambda v: hosted.check_target(as_str(v)), None)
+        if target is None:
+            return kind, None
+        if cwd_ok:
+            warning = hosted.module_warning(target, self.cwd)
+            if warning:
+                self.warn(kind, warning)
+        explicit = "interpreter" in self.values and self.values["interpreter"][1] is not None
+        why = None if explicit else hosted.extra_error(kind)
+        if why:
+            self.error(kind, why)
+        return kind, target
+
     def script(self, cwd_ok: bool) -> tuple[str | None, list[str], bool]:
         """(argv[0], leading args, whether argv[0] is a file)."""
         if "script" not in self.values:
-            self.ctx.error("'script' is missing: every app needs a script or command to run")
+            self.ctx.error(
+                "'script' is missing: every app needs a script or command to run"
+                " (or 'asgi'/'wsgi': MODULE:ATTR)"
+            )
             return None, [], False
         text = self.get("script", as_str, None)
         if text is None:
@@ -331,6 +370,7 @@ class AppBuilder:
         cpus = os.cpu_count() or 1
         if isinstance(value, str) and value.strip().lower() == "max":
             return cpus
+        value = numeric(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Bad(f"must be a whole number, 'max', 0 or -N, not {show(value)}")
         if value == 0:
@@ -399,6 +439,12 @@ class AppBuilder:
             if not isinstance(item, str) or not item:
                 raise Bad(f"patterns must be strings, not {show(item)}", i)
         return list(items)
+
+    def owned_env(self, env: dict[str, str], proxy: bool) -> None:
+        """The file may not set what clusterui sets for each worker (core/environ.py)."""
+        taken = sorted(k for k in env if environ.owned(k, proxy))
+        if taken:
+            self.warn("env", environ.owned_warning(taken, "env").removeprefix("warning: env "))
 
     def env(self) -> dict[str, str]:
         env = self.get("env", as_env, {})
