@@ -92,6 +92,7 @@ def make_worker(
         "restart_history": list(restart_history or []),
         "out_file": f"/home/dev/.clusterui/logs/{app}-{instance}-out.log",
         "err_file": f"/home/dev/.clusterui/logs/{app}-{instance}-err.log",
+        "health": None,
     }
 
 
@@ -113,6 +114,12 @@ def make_app(name: str, **over: Any) -> AppRow:
         "env_names": ["PORT"],
         "reloading": False,
         "listener_pid": 40990,
+        "depends_on": {},
+        "waiting_for": None,
+        "cron_restart": None,
+        "cron_next": None,
+        "health_check": None,
+        "reloads": {"ok": 0, "failed": 0},
     }
     app.update(over)
     return app
@@ -160,6 +167,7 @@ def make_snapshot(
                 "cpus": 8,
             },
             "conn_rate": round(rate, 1),
+            "metrics_listen": None,
         },
         "apps": apps,
         "workers": workers,

@@ -45,6 +45,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "metrics",
     "env",
     "save",
     "resurrect",
@@ -150,6 +151,10 @@ def _inspection_verbs(sub: Any) -> None:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    sp = sub.add_parser("metrics", help="serve Prometheus metrics (GET /metrics)")
+    sp.add_argument("--listen", help="PORT or HOST:PORT (loopback unless --public)")
+    sp.add_argument("--public", action="store_true", help="allow a non-loopback address")
+    sp.add_argument("--off", action="store_true", help="stop serving")
 
 
 def _saved_state_verbs(sub: Any) -> None:
@@ -233,7 +238,7 @@ async def run_command(opts: argparse.Namespace) -> int:
         return await cmd_up(opts, home)
     if verb in ("startup", "unstartup"):
         return filecmds.startup_verb(opts, home)
-    if verb in ("start", "resurrect"):
+    if verb in ("start", "resurrect") or (verb == "metrics" and opts.listen):
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
     client = await Client.connect(home)
     try:
@@ -391,7 +396,25 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         on = {"on": True, "off": False}.get(opts.state)
         print((await client.watch(opts.app, on))["message"])
         return 0
+    if verb == "metrics":
+        return await cmd_metrics(client, opts)
     raise UsageError(f"unknown verb {verb}")
+
+
+async def cmd_metrics(client: Client, opts: argparse.Namespace) -> int:
+    if opts.off:
+        result = await client.call("metrics", listen=None)
+    elif opts.listen:
+        result = await client.call("metrics", listen=opts.listen, public=opts.public)
+    else:
+        state = await client.state(history=False)
+        address = state["supervisor"].get("metrics_listen")
+        print(f"serving metrics on http://{address}/metrics" if address else "metrics are off")
+        return 0
+    if result.get("warning"):
+        print(f"clusterui: warning: {result['warning']}", file=sys.stderr)
+    print(result["message"])
+    return 0
 
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
@@ -551,6 +574,7 @@ def render_describe(info: dict[str, Any]) -> str:
         f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
         f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
         f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
+        *render.upkeep_lines(app, spec),
     ]
     for w in info["workers"]:
         last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
@@ -570,4 +594,5 @@ def render_describe(info: dict[str, Any]) -> str:
             lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
+        lines += render.health_lines(w.get("health"))
     return "\n".join(lines)

@@ -79,6 +79,8 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        # core.health.ProbeState once a health probe ran against this process.
+        self.probe: Any = None
         # The environment it was exec'd with (`clusterui env`); values may be secrets.
         self.env: dict[str, str] = {}
 
@@ -135,6 +137,7 @@ class Slot:
         self.conn_rate = 0.0
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
+        self.health: Any = None  # core.health.SlotHealth once probed
 
     @property
     def req_rate(self) -> float | None:
@@ -165,6 +168,10 @@ class App:
         self._by_serial: dict[int, Proc] = {}
         self._dispatcher_deaths: list[float] = []
         self._next_port = 0
+        self.prober: Any = None  # core.health.HealthMonitor when spec.health_check is set
+        self.cron: Any = None  # core.cron.CronRestart when spec.cron_restart is set
+        self.waiting_for: str | None = None  # set by core.deps while start waits
+        self.reloads = {"ok": 0, "failed": 0}  # rolling reloads and how they ended
 
     # ---- lifecycle of the whole app -------------------------------------------------
 
@@ -549,6 +556,15 @@ class App:
 
     async def rolling_reload(self, reason: str = "reload", after_watch: bool = False) -> str:
         """One instance at a time: start the new one, wait for ready, then drain the old."""
+        try:
+            message = await self._rolling_reload(reason, after_watch)
+        except OpError:
+            self.reloads["failed"] += 1
+            raise
+        self.reloads["ok"] += 1
+        return message
+
+    async def _rolling_reload(self, reason: str, after_watch: bool) -> str:
         async with self.reload_lock:
             if not self.slots:
                 raise OpError(f"{self.name} has no workers to reload")
@@ -623,6 +639,9 @@ class App:
                         if isinstance(v, int | float) and not isinstance(v, bool)
                     }
                 )
+        elif kind == "probe":
+            if self.prober is not None:
+                self.prober.on_probe_event(msg)
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
 

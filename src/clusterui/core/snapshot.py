@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from clusterui.core import upkeep
 from clusterui.core.apps import App, Slot
+from clusterui.core.health import display_health, is_unhealthy
 from clusterui.vocab import states
 from clusterui.vocab.snapshot import AppRow, Snapshot, SupervisorInfo, WorkerRow
 
 
 def display_status(slot: Slot) -> str:
-    """The slot's status, or "suspended" while its live process is stopped (SIGSTOP)."""
-    return states.shown(slot.status, slot.proc is not None and slot.proc.suspended)
+    """The slot's status, or "suspended" while its live process is stopped (SIGSTOP), or
+    "unhealthy" while it is online and failing its health probe."""
+    proc = slot.proc
+    return states.shown(slot.status, proc is not None and proc.suspended, is_unhealthy(proc))
 
 
 def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
@@ -37,6 +41,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "restart_history": list(slot.restart_history),
         "out_file": out_file,
         "err_file": err_file,
+        "health": display_health(slot),
     }
     if history:
         row["history"] = slot.history.to_dict()
@@ -62,6 +67,7 @@ def app_row(app: App) -> AppRow:
         "env_names": sorted(spec.env),
         "reloading": app.reload_lock.locked(),
         "listener_pid": app.listener.pid if app.listener else None,
+        **upkeep.app_fields(app),
     }
 
 

@@ -35,6 +35,25 @@ class Listen:
         return f"{host}:{self.port}"
 
 
+HEALTH_KINDS: tuple[str, ...] = ("http", "tcp", "exec")
+DEPENDENCY_CONDITIONS: tuple[str, ...] = ("started", "online", "healthy", "completed")
+
+
+@dataclass
+class HealthCheck:
+    """A probe run against every worker of an app (see core.health)."""
+
+    kind: Literal["http", "tcp", "exec"]
+    path: str = "/"  # http
+    status: int = 200  # http: the status a healthy worker answers with
+    command: list[str] = field(default_factory=list)  # exec: exit 0 is healthy
+    port: int | None = None  # http/tcp for an app without `listen`
+    interval: int = 10_000  # ms between probes of one worker
+    timeout: int = 2_000  # ms
+    failures: int = 3  # consecutive failures before the worker is replaced
+    initial_delay: int = 0  # ms after the worker is online before the first probe
+
+
 def key(kind: str, **options: Any) -> dict[str, Any]:
     """Field metadata marking an AppSpec field as an ecosystem key of the same name.
 
@@ -90,6 +109,10 @@ class AppSpec:
     log_date_format: str | None = field(default=None, metadata=key("text"))
     log_max_size: int | None = field(default=10 * 1024 * 1024, metadata=key("log_size"))
     log_retain: int = field(default=5, metadata=key("count", high=1000))
+    # core.config.upkeep reads these three (their kind is the key's own name).
+    health_check: HealthCheck | None = field(default=None, metadata=key("health_check"))
+    depends_on: dict[str, str] = field(default_factory=dict, metadata=key("depends_on"))
+    cron_restart: str | None = field(default=None, metadata=key("cron_restart"))
     # Where this app came from, for messages ("ecosystem.yaml:12"); not a key.
     source: str = ""
     source_line: int = 0
@@ -130,6 +153,9 @@ class AppSpec:
         d["listen"] = parse_listen(listen) if listen else None
         sig = d.get("kill_signal", "SIGINT")
         d["kill_signal"] = int(signal.Signals[sig]) if isinstance(sig, str) else int(sig)
+        check = d.get("health_check")
+        if isinstance(check, dict):
+            d["health_check"] = HealthCheck(**check)
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
 

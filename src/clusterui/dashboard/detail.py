@@ -263,6 +263,7 @@ class DetailPane(VerticalScroll):
         )
         for name, value in sorted((w.get("metrics") or {}).items()):
             grid.add_row(f"· {name}", fmt_metric(value))
+        _health_rows(grid, w.get("health"), self.tz)
         history = list(w.get("restart_history") or [])
         grid.add_row("restarts", str(w.get("restarts", 0)))
         parts: list[Any] = [grid]
@@ -286,6 +287,7 @@ class DetailPane(VerticalScroll):
         self._watch_rows(grid, app)
         if app.get("source"):
             grid.add_row("from", app["source"])
+        _upkeep_rows(grid, app, self.tz)
         restarts = sum(int(w.get("restarts") or 0) for w in workers)
         grid.add_row("restarts", str(restarts))
         items = sorted(
@@ -305,6 +307,38 @@ class DetailPane(VerticalScroll):
                 events.add_row(fmt_clock(t, self.tz), f"{who} {_restart_text(item)}")
             parts.append(events)
         return Group(*parts)
+
+
+def _health_rows(grid: Table, health: dict[str, Any] | None, tz: Any) -> None:
+    """Probe state, counts and the latest results (text, never markup)."""
+    if not health:
+        return
+    state = {True: "passing", False: "failing", None: "not probed yet"}.get(health.get("ok"))
+    grid.add_row(
+        "health",
+        Text(
+            f"{state} · {health.get('probes', 0)} probes, {health.get('failed', 0)} failed"
+            + (f", {health['consecutive_failures']} in a row" if health.get("ok") is False else "")
+        ),
+    )
+    for r in (health.get("recent") or [])[-3:][::-1]:
+        mark = "ok" if r.get("ok") else "FAIL"
+        line = f"{mark} {float(r.get('latency_ms') or 0):.1f} ms · {r.get('detail', '')}"
+        grid.add_row(fmt_clock(float(r.get("time") or 0), tz), Text(line))
+
+
+def _upkeep_rows(grid: Table, app: dict[str, Any], tz: Any) -> None:
+    if app.get("health_check"):
+        grid.add_row("health", Text(f"{app['health_check']} probe on every worker"))
+    if app.get("depends_on"):
+        deps = ", ".join(f"{k}: {v}" for k, v in app["depends_on"].items())
+        grid.add_row("depends on", Text(deps))
+    if app.get("waiting_for"):
+        grid.add_row("", Text(str(app["waiting_for"])))
+    if app.get("cron_restart"):
+        nxt = app.get("cron_next")
+        when = _dt.datetime.fromtimestamp(float(nxt), tz).strftime("%Y-%m-%d %H:%M") if nxt else "—"
+        grid.add_row("cron", Text(f"{app['cron_restart']} · next {when}"))
 
 
 def _exit_text(code: Any, signal: Any) -> str:

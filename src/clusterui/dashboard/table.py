@@ -138,6 +138,8 @@ class ProcessTable(ScrollView, can_focus=True):
         & > .proc--busy { color: $text-warning; }
         & > .proc--waiting { color: $text-warning; text-style: bold; }
         & > .proc--alert { color: $text-warning; text-style: bold; }
+        & > .proc--failing { color: $text-accent; text-style: bold reverse; }
+        & > .proc--held { color: $text-secondary; }
         & > .proc--idle { color: $text-muted; text-style: dim; }
         & > .proc--bad { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }

@@ -29,6 +29,24 @@ class RestartRecord(TypedDict):
     signal: str | None
 
 
+class ProbeResult(TypedDict):
+    time: float
+    ok: bool
+    latency_ms: float
+    detail: str  # "HTTP 200", "no answer within 500 ms", "exit code 1", ...
+
+
+class HealthInfo(TypedDict):
+    """A worker's health probes (an app with a health_check only)."""
+
+    ok: bool | None  # the current process's last probe; None: not probed yet
+    consecutive_failures: int
+    probes: int  # over the slot's life
+    failed: int
+    last: ProbeResult | None
+    recent: list[ProbeResult]  # oldest first, at most 10
+
+
 class WorkerRow(TypedDict):
     id: int
     app: str
@@ -50,6 +68,7 @@ class WorkerRow(TypedDict):
     restart_history: list[RestartRecord]
     out_file: str
     err_file: str
+    health: HealthInfo | None
     history: NotRequired[Series]  # left out when asked for state without history
 
 
@@ -70,6 +89,12 @@ class AppRow(TypedDict):
     env_names: list[str]
     reloading: bool
     listener_pid: int | None
+    depends_on: dict[str, str]  # app name -> condition
+    waiting_for: str | None  # "waiting for db: healthy (db:0 is unhealthy)" while pending
+    cron_restart: str | None
+    cron_next: float | None  # epoch seconds
+    health_check: str | None  # its kind: http, tcp or exec
+    reloads: dict[str, int]  # rolling reloads: {"ok": n, "failed": m}
 
 
 class HostInfo(TypedDict):
@@ -88,6 +113,7 @@ class SupervisorInfo(TypedDict):
     files: list[str]
     host: HostInfo
     conn_rate: float
+    metrics_listen: str | None  # where Prometheus metrics are served, if they are
 
 
 class Snapshot(TypedDict):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from clusterui.core import environ, hosted
+from clusterui.core.config import upkeep
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
@@ -27,7 +28,13 @@ from clusterui.core.config.convert import (
     numeric,
     words,
 )
-from clusterui.core.config.keys import ALIASES, ENV_KEY, INTERPRETERS, KEYS, PM2_UNIMPLEMENTED
+from clusterui.core.config.keys import (
+    ALIASES,
+    ENV_KEY,
+    INTERPRETERS,
+    KEYS,
+    PM2_UNIMPLEMENTED,
+)
 from clusterui.core.config.problems import Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import has_invalid
 from clusterui.core.expand import check_expansion
@@ -116,7 +123,7 @@ class AppBuilder:
 
         if len(ctx.errors) > before or script is None or name is None:
             return None
-        return AppSpec(
+        spec = AppSpec(
             name=name,
             script=script,
             args=[*script_args, *args],
@@ -136,6 +143,9 @@ class AppBuilder:
             wsgi=web[1] if web and web[0] == "wsgi" else None,
             **spec_kwargs,
         )
+        for key, sub, message in upkeep.check_app(spec):
+            self.error(key, message, *sub)
+        return None if len(ctx.errors) > before else spec
 
     def placement(self, instances: int) -> tuple[str, Listen | None, str]:
         """(exec_mode, listen, dispatch), checked against each other."""
@@ -169,6 +179,8 @@ class AppBuilder:
         if kind == "count":
             high = options["high"]
             return lambda v: as_int(v, 0, high)
+        if kind in ("health_check", "depends_on", "cron_restart"):
+            return getattr(upkeep, kind)
         return {
             "duration": as_duration,
             "bool": as_bool,
@@ -227,7 +239,7 @@ class AppBuilder:
         except Bad as e:
             self.error(key, e.message, *e.sub)
         except ValueError as e:  # from units / parse_listen: already a sentence
-            self.error(key, str(e))
+            self.error(key, str(e), *getattr(e, "sub", ()))
         return default
 
     # -- fields
