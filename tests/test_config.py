@@ -715,8 +715,10 @@ uid: www-data
     assert [w.message for w in result.warnings] == [
         "'log_file' is a PM2 key clusterui does not implement; ignored"
         " (use out_file and error_file)",
-        "'uid' is a PM2 key clusterui does not implement; ignored (run clusterui as that user)",
+        "'uid' is a PM2 key clusterui does not implement; ignored (run clusterui as that user;"
+        " `clusterui export systemd` maps it to User=)",
     ]
+    assert spec.user == "www-data"  # kept for `clusterui export`, not applied
 
 
 def test_interpreter_args_without_interpreter_warns(tmp_path: Path) -> None:

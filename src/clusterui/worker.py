@@ -72,6 +72,9 @@ DEFAULT_PORT = 8000
 IDLE_GRACE = 1.0  # a keep-alive connection idle this long during a drain is closed
 EOF_GRACE = 5.0  # after the dispatcher vanished, in-flight work gets this long
 _DRAIN_TICK = 0.1
+# Loop turns from asyncio's accept() to the protocol's connection_made: a task step, then
+# a call_soon; a few more for margin.
+_ACCEPT_SETTLE_TURNS = 5
 # Closes are reported in batches at most this often: one datagram per burst rather than
 # per connection (fresh enough for least-connections, cheap under load).
 CLOSED_REPORT_DELAY = 0.02
@@ -368,6 +371,7 @@ class Server:
         self._on_drain = on_drain
         self._idle_grace = idle_grace
         self._conns: set[_Conn] = set()
+        self._settle = 0  # loop turns to wait after closing the server (see _start_drain)
         self._chan: _Channel | None = None
         self._server: asyncio.base_events.Server | None = None
         self._draining = False
@@ -597,7 +601,14 @@ class Server:
         self._draining = True
         _state.draining = True
         if self._server is not None:
-            self._server.close()
+            # Accept nothing more from now on, but close the server a turn later: asyncio
+            # makes the transports of sockets it accepted in this turn in tasks on the
+            # next, and a server already closed then drops them (they are reset). A few
+            # more turns pass before an empty connection set means "done".
+            for sock in self._server.sockets:
+                self._loop.remove_reader(sock.fileno())
+            self._loop.call_soon(self._server.close)
+            self._settle = _ACCEPT_SETTLE_TURNS
         if self._on_drain is not None:
             result = self._on_drain(self)
             if inspect.isawaitable(result):
@@ -645,6 +656,10 @@ class Server:
 
     def _maybe_finish(self) -> None:
         if self._done.done() or not self._draining or self._conns or self._tasks:
+            return
+        if self._settle:
+            self._settle -= 1
+            self._loop.call_soon(self._maybe_finish)
             return
         if self._hook is not None and not self._hook.done():
             return

@@ -317,37 +317,65 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     except inherit.InheritError as exc:
         raise ClientError(str(exc), Exit.USAGE) from None
     try:
-        started = ensure_supervisor(home, handed)
+        if opts.detach:
+            return await up_detached(opts, home, file, only, handed)
+
+        async def start() -> foreground.Started:
+            started = ensure_supervisor(home, handed)
+            client = await Client.connect(home)
+            try:
+                await client.subscribe(state=False, logs=True)
+                result = await up_load(client, opts, file, only)
+            except BaseException:
+                await client.close()
+                raise
+            return client, result, started
+
+        # The handed-in sockets stay open here too: a new supervisor may need them.
+        return await foreground.run(start, home, raw=opts.raw, restart=bool(handed))
     finally:
         for fd, _name in handed:
-            os.close(fd)  # the supervisor has its own copies (whoever passed them keeps theirs)
+            os.close(fd)
+
+
+async def up_load(
+    client: Client, opts: argparse.Namespace, file: str, only: list[str] | None
+) -> dict[str, Any]:
+    result = await client.load(
+        file,
+        env=opts.env,
+        only=only,
+        caller_env=caller_env(),
+        apply=True,
+        prune=opts.prune,
+        update_env=opts.update_env,
+    )
+    report_load(result, file)
+    return result
+
+
+async def up_detached(
+    opts: argparse.Namespace,
+    home: Home,
+    file: str,
+    only: list[str] | None,
+    handed: list[tuple[int, str]],
+) -> int:
+    ensure_supervisor(home, handed)
     client = await Client.connect(home)
     try:
-        if not opts.detach:
-            await client.subscribe(state=False, logs=True)
-        result = await client.load(
-            file,
-            env=opts.env,
-            only=only,
-            caller_env=caller_env(),
-            apply=True,
-            prune=opts.prune,
-            update_env=opts.update_env,
-        )
-        report_load(result, file)
-        if result.get("message") and opts.detach:
+        result = await up_load(client, opts, file, only)
+        if result.get("message"):
             print(result["message"])
-        if opts.detach:
-            verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
-            state = await client.state(history=False)
-            print(render.worker_table(state["workers"], render.use_colour()))
-            failed = {k: v for k, v in verdicts.items() if v != "ok"}
-            for wid, why in failed.items():
-                row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
-                label = f"{row['app']}:{row['instance']}" if row else wid
-                print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
-            return 1 if failed or result["errors"] or result.get("needs_restart") else 0
-        return await foreground.follow(client, result, started, home, raw=opts.raw)
+        verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
+        state = await client.state(history=False)
+        print(render.worker_table(state["workers"], render.use_colour()))
+        failed = {k: v for k, v in verdicts.items() if v != "ok"}
+        for wid, why in failed.items():
+            row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
+            label = f"{row['app']}:{row['instance']}" if row else wid
+            print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
+        return 1 if failed or result["errors"] or result.get("needs_restart") else 0
     finally:
         await client.close()
 

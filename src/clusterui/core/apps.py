@@ -252,13 +252,18 @@ class App:
         """On a socket handed in from outside, a worker outlives a killed supervisor by
         kill_timeout: it finishes what it was handed while the next supervisor takes
         over the socket (new connections wait in its queue)."""
-        if self.listener is not None and self.listener.inherited:
+        mode = self.mode
+        if self.listener is not None and self.listener.inherited and not mode.own_port:
             return self.spec.kill_timeout / 1000
+        # proxy: every byte goes through the dispatcher, which dies with the supervisor.
         return 0.0
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, self.ctx.home)
+        grace = self._orphan_grace()
+        wiring = _Wiring.for_mode(
+            self.mode, spec, slot, self.listener, self.ctx.home, eof_channel=grace > 0
+        )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -271,7 +276,7 @@ class App:
                     stderr=err_w,
                     fds=wiring.fds,
                     listen_pid=wiring.listen_pid,
-                    orphan_grace=self._orphan_grace(),
+                    orphan_grace=grace,
                 )
             )
         except SpawnError as exc:
@@ -733,7 +738,11 @@ class _Wiring:
         slot: Slot,
         listener: Listener | None,
         home: str = "",
+        *,
+        eof_channel: bool = False,
     ) -> _Wiring:
+        """`eof_channel`: a channel even without wait_ready, whose end of file tells the
+        worker its supervisor died (a shared socket handed in: it stops accepting, drains)."""
         own = {
             "CLUSTERUI_APP": spec.name,
             "CLUSTERUI_INSTANCE": str(slot.instance),
@@ -747,7 +756,7 @@ class _Wiring:
         if mode is not None and mode.handoff:
             w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             w.worker_end = w.dispatcher_pair[1]
-        elif spec.wait_ready and not (mode is not None and mode.own_port):
+        elif (spec.wait_ready or eof_channel) and not (mode is not None and mode.own_port):
             w.our_channel, w.worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel_fd = 3
         if mode is not None and mode.listen_fd:

@@ -113,6 +113,10 @@ class AppSpec:
     health_check: HealthCheck | None = field(default=None, metadata=key("health_check"))
     depends_on: dict[str, str] = field(default_factory=dict, metadata=key("depends_on"))
     cron_restart: str | None = field(default=None, metadata=key("cron_restart"))
+    # PM2's uid/user/gid: not keys of clusterui's own (apps run as its user; the loader
+    # warns), kept for `clusterui export` (systemd User=/Group=).
+    user: str | None = None
+    group: str | None = None
     # Where this app came from, for messages ("ecosystem.yaml:12"); not a key.
     source: str = ""
     source_line: int = 0
@@ -129,6 +133,11 @@ class AppSpec:
         if self.wsgi:
             return "wsgi", self.wsgi
         return None
+
+    @property
+    def own_port(self) -> bool:
+        """Whether each worker is given its own $PORT (the dispatch mode says so)."""
+        return self.listen is not None and MODES[self.dispatch].own_port
 
     def argv(self) -> list[str]:
         """The command line the worker is exec'd with (never through a shell)."""

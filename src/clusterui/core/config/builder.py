@@ -15,6 +15,7 @@ from clusterui.core.config import upkeep
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
+    as_account,
     as_bool,
     as_duration,
     as_env,
@@ -31,6 +32,7 @@ from clusterui.core.config.convert import (
 from clusterui.core.config.keys import (
     ALIASES,
     ENV_KEY,
+    EXPORT_ONLY,
     INTERPRETERS,
     KEYS,
     PM2_UNIMPLEMENTED,
@@ -39,6 +41,7 @@ from clusterui.core.config.problems import Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import has_invalid
 from clusterui.core.expand import check_expansion
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
+from clusterui.dispatch.protocol import DEFAULT_MODE, MODES
 
 
 @dataclass
@@ -118,7 +121,7 @@ class AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
-        self.owned_env(env, listen is not None and dispatch == "proxy")
+        self.owned_env(env, listen is not None and MODES[dispatch].own_port)
         spec_kwargs = self.plain_fields()
 
         if len(ctx.errors) > before or script is None or name is None:
@@ -160,7 +163,7 @@ class AppBuilder:
                 "exec_mode",
                 f"cluster mode without 'listen' runs {instances} instance(s) with no dispatch",
             )
-        dispatch = self.get("dispatch", self.dispatch, "round-robin")
+        dispatch = self.get("dispatch", self.dispatch, DEFAULT_MODE)
         if "dispatch" in self.values and listen is None:
             self.warn("dispatch", "'dispatch' has no effect without 'listen'")
         return exec_mode, listen, dispatch
@@ -173,6 +176,9 @@ class AppBuilder:
             if kind is None or kind == "app" or f.name not in self.values:
                 continue
             spec_kwargs[f.name] = self.get(f.name, self.converter(kind, f.metadata), None)
+        for name in ("user", "group"):  # kept from PM2's uid/user/gid for `export`
+            if name in self.values:
+                spec_kwargs[name] = self.get(name, as_account, None)
         return spec_kwargs
 
     def converter(self, kind: str, options: Mapping[str, Any]) -> Callable[[Any], Any]:
@@ -218,6 +224,8 @@ class AppBuilder:
                     + (f" ({hint})" if hint else ""),
                     key,
                 )
+                if key in EXPORT_ONLY:
+                    self.values.setdefault(EXPORT_ONLY[key], (key, value))
                 continue
             else:
                 self.ctx.error(f"unknown key {quote(key)}{suggest(key, known)}", key)

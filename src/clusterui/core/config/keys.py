@@ -61,9 +61,9 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
     "treekill": "the whole process group is always signalled",
     "port": "set PORT in env, or use 'listen'",
     "username": "",
-    "uid": "run clusterui as that user",
-    "user": "run clusterui as that user",
-    "gid": "run clusterui as that group",
+    "uid": "run clusterui as that user; `clusterui export systemd` maps it to User=",
+    "user": "run clusterui as that user; `clusterui export systemd` maps it to User=",
+    "gid": "run clusterui as that group; `clusterui export systemd` maps it to Group=",
     "windowsHide": "",
     "kill_retry_time": "",
     "write": "",
@@ -79,3 +79,8 @@ TOP_METRICS_KEYS = ("metrics_listen", "metrics_public")
 TOP_PM2_KEYS = ("deploy",)
 
 INTERPRETERS = {".py": "python", ".js": "node", ".mjs": "node", ".cjs": "node", ".sh": "bash"}
+
+
+# PM2 keys of the list above that clusterui does not apply (every app runs as clusterui's
+# own user) but keeps for `clusterui export`: key → the AppSpec field.
+EXPORT_ONLY: dict[str, str] = {"uid": "user", "user": "user", "gid": "group"}
