@@ -43,7 +43,7 @@ class Supervisor:
         self.home = home
         self.apps: dict[str, App] = {}
         self.started_at = time.time()
-        self.logs = LogHub(home.logs, notice=self.notice)
+        self.logs = LogHub(home.logs, notice=self.notice, sys_log=home.supervisor_log)
         self.sampler = Sampler()
         self.server = ControlServer(str(home.socket), self.handle)
         self.stopping = asyncio.Event()
