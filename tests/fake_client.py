@@ -45,6 +45,7 @@ def make_history(
         "conn_rate": [
             round(_wave(i, conn_rate, conn_rate * amp, 4.0, phase + 1), 1) for i in range(n)
         ],
+        "req_rate": [0.0] * n,  # these fake workers report no requests, as the helper-less do
         "time": [NOW - (n - 1 - i) for i in range(n)],
     }
 
@@ -84,11 +85,14 @@ def make_worker(
         "connections": int(conn_rate * 600) + 17 * wid,
         "active": active if live else 0,
         "conn_rate": hist["conn_rate"][-1] if history else conn_rate,
+        "req_rate": None,
         "exit_code": exit_code,
         "exit_signal": exit_signal,
         "error": error,
         "metrics": dict(metrics or {}),
-        "history": hist if live else {"cpu": [], "memory": [], "conn_rate": [], "time": []},
+        "history": hist
+        if live
+        else {"cpu": [], "memory": [], "conn_rate": [], "req_rate": [], "time": []},
         "restart_history": list(restart_history or []),
         "out_file": f"/home/dev/.clusterui/logs/{app}-{instance}-out.log",
         "err_file": f"/home/dev/.clusterui/logs/{app}-{instance}-err.log",

@@ -482,3 +482,39 @@ def test_metrics_cli_refuses_public_without_the_flag(cu: Env) -> None:
     assert f"127.0.0.1:{port}" in r.stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         assert b"clusterui_supervisor_rss_bytes" in resp.read()
+
+
+def test_save_keeps_health_checks_start_order_and_cron(tmp_path: Path) -> None:
+    """`clusterui save` writes these keys back, so `resurrect` gives the same specs."""
+    from clusterui.core import dump
+
+    path = tmp_path / "eco.yaml"
+    path.write_text(
+        f"""
+apps:
+  - name: job
+    script: /bin/true
+    autorestart: false
+  - name: api
+    script: {WEB}
+    listen: 127.0.0.1:0
+    depends_on: {{job: completed}}
+    cron_restart: "*/10 * * * * *"
+    health_check: {{type: http, path: /up, status: 204, interval: 2s, failures: 4}}
+  - name: db
+    script: /bin/sleep
+    args: "100"
+    health_check: {{type: exec, command: "test -f ready", initial_delay: 1s}}
+"""
+    )
+    specs = config.load_ecosystem(path).apps
+    again = tmp_path / "again.yaml"
+    again.write_text(dump.render([(s, False, s.instances) for s in specs]))
+    back = config.load_ecosystem(again).apps
+    for old, new in zip(specs, back, strict=True):
+        assert (new.health_check, new.depends_on, new.cron_restart) == (
+            old.health_check,
+            old.depends_on,
+            old.cron_restart,
+        )
+    assert back[1].health_check.timeout == 2000 and back[2].health_check.command[0] == "test"

@@ -134,6 +134,11 @@ class AppSpec:
             return "wsgi", self.wsgi
         return None
 
+    @property
+    def own_port(self) -> bool:
+        """Whether each worker is given its own $PORT (the dispatch mode says so)."""
+        return self.listen is not None and MODES[self.dispatch].own_port
+
     def argv(self) -> list[str]:
         """The command line the worker is exec'd with (never through a shell)."""
         if self.web is not None:

@@ -1088,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
     set_pdeathsig()
     if os.getppid() != parent:
         return 1  # the parent died before prctl took effect
-    mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", "round-robin")
+    mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", proto.DEFAULT_MODE)
     if mode not in MODES:
         print(f"clusterui.dispatch: unknown mode {mode!r} ({', '.join(MODES)})", file=sys.stderr)
         return 2

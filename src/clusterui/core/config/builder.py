@@ -41,6 +41,7 @@ from clusterui.core.config.problems import Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import has_invalid
 from clusterui.core.expand import check_expansion
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
+from clusterui.dispatch.protocol import DEFAULT_MODE, MODES
 
 
 @dataclass
@@ -120,7 +121,7 @@ class AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
-        self.owned_env(env, listen is not None and dispatch == "proxy")
+        self.owned_env(env, listen is not None and MODES[dispatch].own_port)
         spec_kwargs = self.plain_fields()
 
         if len(ctx.errors) > before or script is None or name is None:
@@ -162,7 +163,7 @@ class AppBuilder:
                 "exec_mode",
                 f"cluster mode without 'listen' runs {instances} instance(s) with no dispatch",
             )
-        dispatch = self.get("dispatch", self.dispatch, "round-robin")
+        dispatch = self.get("dispatch", self.dispatch, DEFAULT_MODE)
         if "dispatch" in self.values and listen is None:
             self.warn("dispatch", "'dispatch' has no effect without 'listen'")
         return exec_mode, listen, dispatch
