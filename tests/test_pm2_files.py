@@ -47,7 +47,8 @@ def test_ecosystem_config_js_module_exports(monkeypatch):
     text = "\n".join(warnings_of(result))
     assert "ecosystem.config.js: warning: 'deploy' is a PM2 key clusterui does not" in text
     assert "app 'api' (apps[0]): 'time' is a PM2 key" in text
-    assert "app 'worker' (apps[1]): 'cron_restart' is a PM2 key" in text
+    assert worker.cron_restart == "0 0 * * *"  # implemented: read, not warned about
+    assert "cron_restart" not in text
     # Without the caller's variable the file's own default applies.
     assert by_name(load("ecosystem.config.js", caller_env={}))["worker"].env == {"QUEUE": "default"}
 

@@ -131,7 +131,7 @@ def test_start_process_json_and_up_warns_once(cu):
         {
           "apps": [
             {"name": "pj", "script": "sleeper.py", "instances": "2", "max_restarts": "10",
-             "cron_restart": "0 * * * *"}
+             "vizion": false}
           ]
         }
         """,
@@ -141,7 +141,7 @@ def test_start_process_json_and_up_warns_once(cu):
     assert len(pids(cu, "pj")) == 2
     r = cu.run("up", "-d", "process.json")
     assert r.returncode == 0, r.stderr
-    warned = [line for line in r.stderr.splitlines() if "cron_restart" in line]
+    warned = [line for line in r.stderr.splitlines() if "vizion" in line]
     assert len(warned) == 1 and warned[0].startswith("process.json:"), r.stderr
 
 

@@ -7,7 +7,6 @@ are ordinary framework code with nothing clusterui-specific in them.
 from __future__ import annotations
 
 import http.client
-import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Env, free_port, wait_for
+from support import Control, Env, free_port, wait_for
 from web_load import Load
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -229,8 +228,15 @@ def test_request_metrics_in_ls_json_move_under_load(cu):
     # Load gone: the rate falls back to 0.
     wait_for(lambda: all(w["req_rate"] == 0 for w in cu.ls()), 15, "req_rate back to 0")
     # The table's history has the series too (what the dashboard's sparkline draws).
-    state = json.loads(cu.run("describe", "api", "--json").stdout or "{}")
-    assert state
+    ctl = Control(cu.home)
+    try:
+        workers = [w for w in ctl.result("state")["workers"] if w["app"] == "api"]
+    finally:
+        ctl.close()
+    assert len(workers) == 2
+    for w in workers:
+        series = w["history"]["req_rate"]
+        assert len(series) == len(w["history"]["time"]) and max(series) > 0, series
 
 
 @pytest.mark.timeout(150)

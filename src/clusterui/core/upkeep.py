@@ -30,6 +30,13 @@ async def detach(app: App) -> None:
         app.cron = None
 
 
+async def refresh(app: App) -> None:
+    """After app.spec changed: probes and the schedule as the new spec says."""
+    clock = app.cron.clock if app.cron is not None else None
+    await detach(app)
+    attach(app, clock)
+
+
 def app_fields(app: App) -> dict[str, Any]:
     """Additions to the snapshot's app row."""
     cron = app.cron

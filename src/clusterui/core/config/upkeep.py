@@ -192,6 +192,33 @@ def check_graph(
     return problems
 
 
+def keys_of(spec: Any) -> dict[str, Any]:
+    """The ecosystem keys that give back spec's health_check, depends_on and cron_restart
+    (for `clusterui save`): the inverse of the readers above."""
+    out: dict[str, Any] = {}
+    check: HealthCheck | None = spec.health_check
+    if check is not None:
+        mapping: dict[str, Any] = {"type": check.kind}
+        if check.kind == "http":
+            mapping.update(path=check.path, status=check.status)
+        if check.kind == "exec":
+            mapping["command"] = list(check.command)
+        if check.port is not None:
+            mapping["port"] = check.port
+        mapping.update(
+            interval=check.interval,
+            timeout=check.timeout,
+            failures=check.failures,
+            initial_delay=check.initial_delay,
+        )
+        out["health_check"] = mapping
+    if spec.depends_on:
+        out["depends_on"] = dict(spec.depends_on)
+    if spec.cron_restart:
+        out["cron_restart"] = spec.cron_restart
+    return out
+
+
 def _name(name: str) -> str:
     """An app name as written when it is plain, else quoted (one line, no control bytes)."""
     plain = name.isprintable() and not any(c.isspace() for c in name) and len(name) <= 64
