@@ -593,26 +593,28 @@ class Supervisor:
             if not pending:
                 break
             if time.monotonic() > deadline:
-                stopped = {
-                    s.id for a in self.apps.values() for s in a.slots.values()
-                    if s.proc is not None and s.proc.suspended
-                }  # fmt: skip
-                diagnosed = {
-                    s.id: s.diagnosis for a in self.apps.values() for s in a.slots.values()
-                }
-                waiting = {
-                    s.id: a.waiting_for for a in self.apps.values() for s in a.slots.values()
-                    if s.proc is None and a.waiting_for
-                }  # fmt: skip
-                for wid in pending:
-                    verdicts[str(wid)] = diagnosed.get(wid) or "not ready in time"
-                    if wid in stopped:
-                        verdicts[str(wid)] = "suspended (stopped by a signal)"
-                    if wid in waiting:
-                        verdicts[str(wid)] = str(waiting[wid])
+                self._late_verdicts(pending, verdicts)
                 break
             await asyncio.sleep(0.05)
         return verdicts
+
+    def _late_verdicts(self, pending: set[int], verdicts: dict[str, str]) -> None:
+        """Why each worker still pending at op_wait_started's deadline is not started."""
+        stopped = {
+            s.id for a in self.apps.values() for s in a.slots.values()
+            if s.proc is not None and s.proc.suspended
+        }  # fmt: skip
+        diagnosed = {s.id: s.diagnosis for a in self.apps.values() for s in a.slots.values()}
+        waiting = {
+            s.id: a.waiting_for for a in self.apps.values() for s in a.slots.values()
+            if s.proc is None and a.waiting_for
+        }  # fmt: skip
+        for wid in pending:
+            verdicts[str(wid)] = diagnosed.get(wid) or "not ready in time"
+            if wid in stopped:
+                verdicts[str(wid)] = "suspended (stopped by a signal)"
+            if wid in waiting:
+                verdicts[str(wid)] = str(waiting[wid])
 
     async def op_shutdown(self) -> None:
         asyncio.get_running_loop().call_soon(self.stopping.set)
