@@ -7,7 +7,9 @@ the same time, each in a private home under /tmp (CLUSTERUI_HOME, PM2_HOME). The
 `clusterui ls` and `pm2 ls` are timed in one run: by hyperfine (`-N`, no shell) when
 it is installed, else by this script's own loop, which alternates the two commands.
 Printed: mean wall time of each with its spread, mean CPU (user + system) of each,
-and the ratio pm2 / clusterui. Both managers are stopped (`down`, `pm2 kill`) after.
+and the ratio pm2 / clusterui; `python -c pass` (the same Python) is timed with them
+as the floor, what any Python command costs before it does anything. Both managers
+are stopped (`down`, `pm2 kill`) after.
 
 Wall time on a shared, loaded machine is mostly waiting for a core; the CPU figure is
 what each command itself costs. The load average is printed with the figures.
@@ -104,6 +106,8 @@ def main() -> int:
                 commands = {
                     "clusterui ls": ([cli, "ls"], cu_env),
                     "pm2 ls": ([str(PM2_BIN), "ls"], pm2_env),
+                    # The floor: the interpreter's own start-up, nothing of clusterui.
+                    "python -c pass": ([sys.executable, "-c", "pass"], cu_env),
                 }
                 measure = by_hyperfine if hyperfine else by_loop
                 figures = measure(commands, opts.runs, opts.warmup)
@@ -115,9 +119,9 @@ def main() -> int:
     print(f"PM2 {pm2_version()}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"on {os.cpu_count()} cores")
     print()
-    print(f"{'command':<14} {'wall mean':>10} {'± sd':>9} {'cpu mean':>10}")
+    print(f"{'command':<16} {'wall mean':>10} {'± sd':>9} {'cpu mean':>10}")
     for label, (mean, sd, cpu) in figures.items():
-        print(f"{label:<14} {mean * 1e3:8.1f} ms {sd * 1e3:6.1f} ms {cpu * 1e3:7.1f} ms")
+        print(f"{label:<16} {mean * 1e3:8.1f} ms {sd * 1e3:6.1f} ms {cpu * 1e3:7.1f} ms")
     cu, pm = figures["clusterui ls"], figures["pm2 ls"]
     print()
     print(f"pm2 ls / clusterui ls: {pm[0] / cu[0]:.2f}x wall, {pm[2] / cu[2]:.2f}x cpu")
