@@ -11,6 +11,9 @@ and the ratio pm2 / clusterui; `python -c pass` (the same Python) is timed with 
 as the floor, what any Python command costs before it does anything. Both managers
 are stopped (`down`, `pm2 kill`) after.
 
+clusterui's bytecode is compiled first (compileall), so an environment with
+PYTHONDONTWRITEBYTECODE does not time compiling it on every call.
+
 Wall time on a shared, loaded machine is mostly waiting for a core; the CPU figure is
 what each command itself costs. The load average is printed with the figures.
 """
@@ -18,6 +21,7 @@ what each command itself costs. The load average is printed with the figures.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -95,6 +99,12 @@ def main() -> int:
         raise BenchError(f"PM2 is needed for the comparison: {why_not}")
     hyperfine = None if opts.no_hyperfine else shutil.which("hyperfine")
     cli = clusterui_bin()
+    # With PYTHONDONTWRITEBYTECODE set (as on some CI and shared machines) an editable
+    # install never caches bytecode, and every call would time compiling clusterui's
+    # modules: cache it first, as any installed package has it.
+    import clusterui
+
+    compileall.compile_dir(Path(clusterui.__file__).parent, quiet=1)
     with bench_lock("cli"):
         directory = Path(tempfile.mkdtemp(prefix="cu-cli-", dir="/tmp"))
         try:
