@@ -374,7 +374,11 @@ async def up_detached(
         for wid, why in failed.items():
             row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
             label = f"{row['app']}:{row['instance']}" if row else wid
-            print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
+            why = render.printable(why)
+            if why.startswith(f"{label} "):  # a diagnosis names the worker itself
+                print(f"clusterui: {why}", file=sys.stderr)
+            else:
+                print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
         return 1 if failed or result["errors"] or result.get("needs_restart") else 0
     finally:
         await client.close()
@@ -388,6 +392,8 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
             print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
+            for line in render.worker_errors(state["workers"]):
+                print(line)
         return 0
     if verb == "start":
         return await cmd_start(client, opts)

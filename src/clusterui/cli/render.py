@@ -86,6 +86,17 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     return "\n".join(lines)
 
 
+def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
+    """One line per worker with an error or a diagnosis, under the table."""
+    out = []
+    for w in workers:
+        if w.get("error"):
+            text = printable(str(w["error"]))
+            label = f"{w['app']}:{w['instance']}"
+            out.append(f"  {text}" if text.startswith(f"{label} ") else f"  {label}: {text}")
+    return out
+
+
 def log_line(line: dict[str, Any], colour: bool = False, with_time: bool = False) -> str:
     prefix = f"{line['app']}:{line['instance']}"
     stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""
