@@ -25,6 +25,9 @@ from clusterui.core.home import Home
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
+# How long a call waits for its answer before giving up (exit 3): a stopped (SIGSTOP) or
+# wedged supervisor still accepts connections, so without a limit every command hangs.
+CALL_TIMEOUT = 60.0
 
 
 class ClientError(Exception):
@@ -37,9 +40,17 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float | None = CALL_TIMEOUT,
+        home: Home | None = None,
+    ):
         self._reader = reader
         self._writer = writer
+        self.timeout = timeout or None  # seconds per call; None or 0 waits for ever
+        self._home = home
         self._pending: dict[int, asyncio.Future] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._next = 0
@@ -47,7 +58,9 @@ class Client:
         self._task = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def connect(cls, home: Home | Path | str | None = None) -> Client:
+    async def connect(
+        cls, home: Home | Path | str | None = None, timeout: float | None = CALL_TIMEOUT
+    ) -> Client:
         home = home if isinstance(home, Home) else Home.from_env(home)
         try:
             sock = await _connect_unix(str(home.socket))
@@ -56,7 +69,7 @@ class Client:
             raise ClientError(f"no supervisor is running (home {home.root})", 3) from None
         except OSError as exc:
             raise ClientError(f"cannot reach the supervisor: {exc.strerror or exc}", 3) from None
-        return cls(reader, writer)
+        return cls(reader, writer, timeout=timeout, home=home)
 
     async def _read_loop(self) -> None:
         try:
@@ -89,7 +102,10 @@ class Client:
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
 
-    async def call(self, op: str, **args: Any) -> Any:
+    async def call(self, op: str, _timeout: float | None | bool = False, **args: Any) -> Any:
+        """Send one request and wait for its answer (at most `_timeout` s if given, else the
+        client's timeout); ClientError with the supervisor's message if it failed."""
+        timeout = self.timeout if _timeout is False else (_timeout or None)
         if self._closed:
             raise ClientError("lost the connection to the supervisor", 3)
         self._next += 1
@@ -102,10 +118,25 @@ class Client:
         except (ConnectionError, OSError) as err:
             self._pending.pop(rid, None)
             raise ClientError("lost the connection to the supervisor", 3) from err
-        msg = await fut
+        try:
+            msg = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise ClientError(self._silent_reason(op, timeout or 0), 3) from None
         if not msg.get("ok"):
             raise ClientError(msg.get("error") or "the operation failed", int(msg.get("code", 1)))
         return msg.get("result")
+
+    def _silent_reason(self, op: str, timeout: float) -> str:
+        """One sentence on why `op` got no answer: a stopped supervisor says so."""
+        pid = supervisor_pid(self._home) if self._home is not None else None
+        who = f"the supervisor (pid {pid})" if pid else "the supervisor"
+        if pid and process_state(pid) in ("T", "t"):
+            return (
+                f"{who} is stopped (SIGSTOP or a debugger) and did not answer {op} within "
+                f"{timeout:g} s; `kill -CONT {pid}` resumes it (and the request, still queued)"
+            )
+        return f"{who} did not answer {op} within {timeout:g} s (raise it with --timeout)"
 
     # ---- convenience ---------------------------------------------------------------------
 
@@ -194,6 +225,17 @@ def supervisor_pid(home: Home) -> int | None:
         return int(home.pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The name field may hold spaces and parentheses: the state follows the last ')'.
+    return data[data.rfind(b")") + 2 :][:1].decode() or None
 
 
 def ensure_supervisor(home: Home) -> bool:

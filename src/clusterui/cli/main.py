@@ -14,7 +14,13 @@ from typing import Any
 
 from clusterui import __version__
 from clusterui.cli import render
-from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
+from clusterui.client import (
+    CALL_TIMEOUT,
+    Client,
+    ClientError,
+    ensure_supervisor,
+    supervisor_pid,
+)
 from clusterui.core import config
 from clusterui.core.home import Home
 
@@ -48,7 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"clusterui {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Every verb takes --timeout (after the verb: `clusterui ls --timeout 5`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=CALL_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up (exit 3) when the supervisor does not answer a request within "
+        f"SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever)",
+    )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+    real_add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return real_add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     def file_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("file", nargs="?", help="ecosystem file (default ./ecosystem.yaml)")
@@ -93,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError("--timeout takes 0 or more seconds")
+    return value
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -156,7 +188,7 @@ async def dispatch(opts: argparse.Namespace) -> int:
         return await cmd_up(opts, home)
     if verb == "start":
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
-    client = await Client.connect(home)
+    client = await Client.connect(home, timeout=opts.timeout)
     try:
         return await run_verb(client, opts, home)
     finally:
@@ -207,7 +239,7 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
         started = ensure_supervisor(home)
 
         async def load() -> None:
-            client = await Client.connect(home)
+            client = await Client.connect(home, timeout=opts.timeout)
             try:
                 report_load(await client.load(file, env=opts.env, only=only))
             finally:
@@ -216,7 +248,8 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
         asyncio.run(load())
     elif not home.socket.exists():
         raise ClientError(f"no supervisor is running (home {home.root})", 3)
-    return run_dashboard(lambda: Client.connect(home), file=file, started_supervisor=started)
+    timeout = opts.timeout
+    return run_dashboard(lambda: Client.connect(home, timeout), file=file, started_supervisor=started)
 
 
 def report_load(result: dict[str, Any]) -> None:
@@ -231,14 +264,20 @@ def report_load(result: dict[str, Any]) -> None:
 async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     file, only = load_args(opts)
     started = ensure_supervisor(home)
-    client = await Client.connect(home)
+    client = await Client.connect(home, timeout=opts.timeout)
     try:
         if not opts.detach:
             await client.subscribe(state=False, logs=True)
         result = await client.load(file, env=opts.env, only=only)
         report_load(result)
         if opts.detach:
-            verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
+            wait = 30
+            verdicts = await client.call(
+                "wait_started",
+                workers=result["workers"],
+                timeout=wait,
+                _timeout=max(opts.timeout, wait + 5) if opts.timeout else None,
+            )
             state = await client.state(history=False)
             print(render.worker_table(state["workers"], render.use_colour()))
             failed = {k: v for k, v in verdicts.items() if v != "ok"}
