@@ -249,7 +249,9 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
     elif not home.socket.exists():
         raise ClientError(f"no supervisor is running (home {home.root})", 3)
     timeout = opts.timeout
-    return run_dashboard(lambda: Client.connect(home, timeout), file=file, started_supervisor=started)
+    return run_dashboard(
+        lambda: Client.connect(home, timeout), file=file, started_supervisor=started
+    )
 
 
 def report_load(result: dict[str, Any]) -> None:
