@@ -23,6 +23,7 @@ from clusterui.client import (
 )
 from clusterui.core import config
 from clusterui.core.home import Home
+from clusterui.core.safetext import escape
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
 VERBS = {
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-f", "--follow", action="store_true")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--time", action="store_true", help="prefix each line with its time")
+    sp.add_argument(
+        "--raw",
+        action="store_true",
+        help="print the worker's text as written, control characters and escapes included",
+    )
     sp = sub.add_parser("describe", aliases=["show"], help="everything about one target")
     sp.add_argument("target")
     sp.add_argument("--json", action="store_true")
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clusterui: {exc}", file=sys.stderr)
         return 2
     except ClientError as exc:
-        print(f"clusterui: {exc.message}", file=sys.stderr)
+        print(f"clusterui: {escape(exc.message, keep_tab=False)}", file=sys.stderr)
         return exc.code
     except config.ConfigError as exc:
         print(str(exc), file=sys.stderr)
@@ -286,7 +292,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
             for wid, why in failed.items():
                 row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
                 label = f"{row['app']}:{row['instance']}" if row else wid
-                print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
+                print(f"clusterui: {label} failed to start: {escape(why)}", file=sys.stderr)
             return 1 if failed or result["errors"] else 0
         return await follow_up(client, result, started)
     finally:
@@ -310,7 +316,7 @@ async def follow_up(client: Client, result: dict[str, Any], started: bool) -> in
                     print(render.log_line(line, colour), flush=False)
                 sys.stdout.flush()
             elif event["event"] == "notice":
-                print(f"clusterui: {event['message']}", file=sys.stderr)
+                print(f"clusterui: {escape(str(event['message']))}", file=sys.stderr)
         lost = True
         stop.set()
 
@@ -434,7 +440,7 @@ async def cmd_logs(client: Client, opts: argparse.Namespace) -> int:
         if opts.json:
             print(json.dumps(line))
         else:
-            print(render.log_line(line, colour, with_time=opts.time))
+            print(render.log_line(line, colour, with_time=opts.time, raw=opts.raw))
 
     for line in lines:
         emit(line)
@@ -512,4 +518,5 @@ def render_describe(info: dict[str, Any]) -> str:
             lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
-    return "\n".join(lines)
+    # Metric names, env names, errors and watch events can come from a worker: escape all.
+    return "\n".join(escape(line, keep_tab=False) for line in lines)

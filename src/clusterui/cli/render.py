@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from clusterui.core.safetext import escape
+
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
 STATUS_COLOURS = {
     "online": "32",
@@ -74,11 +76,15 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     return "\n".join(lines)
 
 
-def log_line(line: dict[str, Any], colour: bool = False, with_time: bool = False) -> str:
-    prefix = f"{line['app']}:{line['instance']}"
+def log_line(
+    line: dict[str, Any], colour: bool = False, with_time: bool = False, raw: bool = False
+) -> str:
+    """One line for the terminal. The worker's text is escaped (see core/safetext) unless
+    `raw` (`logs --raw`: the user asked for the bytes as written)."""
+    prefix = escape(f"{line['app']}:{line['instance']}")
     stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""
     sep = "|" if line["stream"] == "out" else ("!" if line["stream"] == "err" else "*")
-    text = line["text"]
+    text = line["text"] if raw else escape(line["text"])
     if colour:
         code = {"out": "36", "err": "31", "sys": "35"}.get(line["stream"], "0")
         return f"{stamp}\x1b[{code}m{prefix} {sep}\x1b[0m {text}"

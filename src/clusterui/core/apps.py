@@ -21,6 +21,7 @@ from typing import Any
 
 from clusterui.core.control import OpError
 from clusterui.core.listener import Listener
+from clusterui.core.metrics import MetricsGate
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
@@ -112,6 +113,7 @@ class Slot:
         self.conn_rate = 0.0
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
+        self.metrics_gate = MetricsGate()
 
     @property
     def status(self) -> str:
@@ -582,14 +584,10 @@ class App:
         elif kind == "metrics":
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
-            if slot is not None and isinstance(msg.get("values"), dict):
-                slot.metrics.update(
-                    {
-                        str(k): v
-                        for k, v in msg["values"].items()
-                        if isinstance(v, int | float) and not isinstance(v, bool)
-                    }
-                )
+            if slot is not None and slot.metrics_gate.apply(slot.metrics, msg.get("values")):
+                report = slot.metrics_gate.report()
+                self.ctx.logs.emit(slot.id, self.name, slot.instance, report)
+                self.ctx.notice("warning", f"{self.name}:{slot.instance}: {report}")
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
 

@@ -39,6 +39,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
         "exit_signal": slot.last_exit[1],
         "error": slot.last_error,
         "metrics": dict(slot.metrics),
+        "metrics_dropped": slot.metrics_gate.total_dropped,
         "restart_history": list(slot.restart_history),
         "out_file": out_file,
         "err_file": err_file,

@@ -24,6 +24,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
+from clusterui.core.safetext import visible
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.keys import KEYS, bindings
@@ -338,7 +339,9 @@ class DashboardApp(App[None]):
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         self.notify(
-            message.message, severity=SEVERITY.get(message.level, "information"), markup=False
+            visible(message.message),
+            severity=SEVERITY.get(message.level, "information"),
+            markup=False,
         )
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
@@ -606,7 +609,8 @@ class DashboardApp(App[None]):
         parts.append("follow" if log.follow else "paused")
         if not log.timestamps:
             parts.append("no times")
-        self.main_screen.query_one(LogPane).border_title = " · ".join(parts)
+        # Text, not str: a str title is parsed as markup, and the filter is typed data.
+        self.main_screen.query_one(LogPane).border_title = Text(visible(" · ".join(parts)))
 
     # -- command palette --------------------------------------------------------
 

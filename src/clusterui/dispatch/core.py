@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from clusterui.core.metrics import MAX_NAME_LEN, MAX_NAMES
 from clusterui.dispatch import protocol as proto
 
 MODES = ("round-robin", "least-connections", "proxy")
@@ -503,11 +504,12 @@ class Dispatcher:
             values = msg.get("values")
             if not isinstance(values, dict):
                 raise proto.ProtocolError('"metrics" needs an object "values"')
-            clean = {
-                str(k): v
-                for k, v in values.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+            clean = {}
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    clean[str(k)[: MAX_NAME_LEN + 1]] = v  # one past: still refused upstream
+                    if len(clean) >= MAX_NAMES:
+                        break  # the supervisor keeps no more than this per worker anyway
             if clean:
                 self._emit({"t": "metrics", "id": w.id, "values": clean})
         else:
