@@ -22,6 +22,7 @@ from typing import Any
 
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
+from clusterui.core.safefs import UnsafePath
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
@@ -244,10 +245,12 @@ def ensure_supervisor(home: Home) -> bool:
         return False
     try:
         home.ensure()
+        log = home.open_file(home.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except UnsafePath as exc:
+        raise ClientError(f"refusing to use {home.root}: {exc}", 1) from None
     except OSError as exc:
         raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", 1) from None
     r, w = os.pipe()
-    log = open(home.supervisor_log, "ab")  # noqa: SIM115 - handed to the child
     try:
         launcher = subprocess.Popen(
             [
@@ -269,7 +272,7 @@ def ensure_supervisor(home: Home) -> bool:
         )
     finally:
         os.close(w)
-        log.close()
+        os.close(log)
     launcher.wait()
     message = _read_ready(r, START_TIMEOUT)
     if message == "ok":

@@ -28,6 +28,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from clusterui.core import safefs
 from clusterui.core.spec import AppSpec
 
 # One os.read per wake-up, so a flooding worker costs the loop one bounded slice per turn.
@@ -298,10 +299,10 @@ class LogSink:
         self._open()
 
     def _open(self, truncate: bool = False) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        if truncate:
-            flags |= os.O_TRUNC
-        self.fd = os.open(self.path, flags, 0o644)
+        # Never through a link another user planted (see core/safefs); truncated only
+        # once the file is known to be ours.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self.fd = safefs.open_file(self.path, flags, 0o644, truncate=truncate)
         st = os.fstat(self.fd)
         self.regular = stat.S_ISREG(st.st_mode)
         self.size = st.st_size
@@ -360,9 +361,9 @@ class LogSink:
         if self.retain:
             for i in range(self.retain - 1, 0, -1):
                 with contextlib.suppress(FileNotFoundError):
-                    os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                    safefs.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self.path, f"{self.path}.1")
+                safefs.replace(self.path, f"{self.path}.1")
             self._open()
         else:
             self._open(truncate=True)
@@ -746,6 +747,7 @@ class LogHub:
         self._timer: asyncio.TimerHandle | None = None
         self._sys_sink: LogSink | None = None
         self._sys_stamp = compile_date_format(SUPERVISOR_DATE_FORMAT)
+        self._open_error: dict[str, str] = {}  # path → why it could not be opened, last time
         # path → (inode, size, mtime) when this hub first opened it (None: it did not exist):
         # what lies before is earlier supervisors' output, which `history` reads back.
         self._origins: dict[str, tuple[int, int, float] | None] = {}
@@ -800,6 +802,9 @@ class LogHub:
             if fd is None:
                 continue
             sink = self._acquire(path, spec.log_max_size, spec.log_retain)
+            if sink is None and path != os.devnull:
+                # In the app's own log view and describe too, not only a passing notice.
+                self.emit(worker_id, app, instance, self._open_error.get(path, "no log file"))
             cap._pipes.append(_Pipe(self, cap, stream, fd, sink, stamp))
         cap._left = len(cap._pipes)
         if cap._left:
@@ -1007,11 +1012,16 @@ class LogHub:
         if sink is None:
             self._origin(path)  # before our first write to it
             try:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                folder = os.path.dirname(path)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, mode=0o700, exist_ok=True)
                 sink = LogSink(path, max_size, retain)
             except OSError as exc:
-                self._report(f"cannot open log file {path}: {exc.strerror or exc}")
+                message = f"cannot open log file {path}: {exc.strerror or exc}"
+                self._open_error[path] = message
+                self._report(message)
                 return None
+            self._open_error.pop(path, None)
             self._sinks[path] = sink
         sink.refs += 1
         return sink

@@ -25,6 +25,7 @@ from clusterui.core.apps import App, Context, Slot
 from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
+from clusterui.core.safefs import UnsafePath
 from clusterui.core.snapshot import app_row, snapshot, worker_row
 from clusterui.core.spec import DISPATCH_MODES, AppSpec
 from clusterui.core.stats import Sample, Sampler
@@ -527,7 +528,7 @@ def _report_ready(fd: int | None, message: str) -> None:
 
 def lock_pidfile(home: Home) -> int:
     """Hold an exclusive lock on supervisor.pid for our lifetime: one supervisor per home."""
-    fd = os.open(home.pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = home.open_file(home.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -536,6 +537,10 @@ def lock_pidfile(home: Home) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _why(exc: OSError) -> str:
+    return str(exc) if isinstance(exc, UnsafePath) else exc.strerror or str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         _report_ready(ready_fd, exc.message)
         return 2
     except OSError as exc:
-        _report_ready(ready_fd, f"cannot use {home.root}: {exc.strerror or exc}")
+        _report_ready(ready_fd, f"cannot use {home.root}: {_why(exc)}")
         return 2
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
