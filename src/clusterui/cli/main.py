@@ -355,6 +355,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
                 "conn_rate",
                 "exit_code",
                 "exit_signal",
+                "draining_pids",
             )
             print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
         else:

@@ -55,7 +55,8 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
                 w["app"],
                 str(w["instance"]),
                 str(w["pid"] or "-"),
-                w["status"],
+                w["status"]
+                + (f" +{len(w['draining_pids'])} draining" if w.get("draining_pids") else ""),
                 str(w["restarts"]),
                 human_duration(w["uptime"]) if online else "-",
                 f"{w['cpu']:.1f}%" if online else "-",
@@ -70,7 +71,7 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     for r in rows:
         cells = [c.ljust(widths[i]) for i, c in enumerate(r)]
         if colour:
-            code = STATUS_COLOURS.get(r[4], "0")
+            code = STATUS_COLOURS.get(r[4].split()[0], "0")
             cells[4] = f"\x1b[{code}m{cells[4]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

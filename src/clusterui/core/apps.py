@@ -65,6 +65,7 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        self.over_memory = False  # a memory restart is queued for this process
 
     @property
     def uptime(self) -> float:
@@ -134,6 +135,10 @@ class App:
         self.watcher: Any = None  # core.watch.AppWatcher while watch is on
         self.last_watch_event: str | None = None
         self.reload_lock = asyncio.Lock()
+        # Operations that change the app's processes (start, stop, restart, reload, scale,
+        # delete, watch reloads, memory restarts, dispatcher recovery) run one at a time,
+        # in arrival order: overlapping ones left workers no slot listed ("ghosts").
+        self.op_lock = asyncio.Lock()
         self.removed = False
         self._by_serial: dict[int, Proc] = {}
         self._dispatcher_deaths: list[float] = []
@@ -187,6 +192,8 @@ class App:
         slot.cancel_restart()
         if slot.proc is not None:
             return slot.proc
+        if self.slots.get(slot.instance) is not slot:
+            return None  # scaled away meanwhile: a process here would be listed nowhere
         if manual:
             slot.tracker.reset()
         proc = self._spawn(slot)
@@ -467,6 +474,15 @@ class App:
         self.ctx.notice("warning" if "paused" in message else "info", f"{self.name}: {message}")
 
     async def _watch_reload(self, reason: str) -> None:
+        async with self.op_lock:
+            await self._watch_reload_locked(reason)
+
+    async def restart_for_memory(self, slot: Slot, proc: Proc) -> None:
+        async with self.op_lock:
+            if slot.proc is proc and proc.status == "online" and not self.removed:
+                await self.restart_slot(slot, reason="memory")
+
+    async def _watch_reload_locked(self, reason: str) -> None:
         if self.removed:
             return
         try:
@@ -639,6 +655,10 @@ class App:
         asyncio.ensure_future(self._recover_dispatcher(delay))
 
     async def _give_up_dispatch(self) -> None:
+        async with self.op_lock:
+            await self._give_up_dispatch_locked()
+
+    async def _give_up_dispatch_locked(self) -> None:
         await self.stop_all()
         self.close_listener()
         for slot in self.slots.values():
@@ -646,6 +666,10 @@ class App:
             slot.last_error = "the dispatcher keeps exiting"
 
     async def _recover_dispatcher(self, delay: float) -> None:
+        async with self.op_lock:
+            await self._recover_dispatcher_locked(delay)
+
+    async def _recover_dispatcher_locked(self, delay: float) -> None:
         # Workers lost their channels (EOF makes them exit); start over cleanly.
         await self.stop_all()
         self.close_listener()

@@ -40,6 +40,8 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
         "error": slot.last_error,
         "metrics": dict(slot.metrics),
         "metrics_dropped": slot.metrics_gate.total_dropped,
+        # Older processes of this slot still draining after a reload: alive, so listed.
+        "draining_pids": [p.pid for p in slot.retiring],
         "restart_history": list(slot.restart_history),
         "out_file": out_file,
         "err_file": err_file,

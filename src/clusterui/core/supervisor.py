@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from operator import attrgetter
 from typing import Any
 
@@ -152,14 +152,16 @@ class Supervisor:
             h.memory.append(rss)
             h.conn_rate.append(round(slot.conn_rate, 2))
             limit = app.spec.max_memory_restart
-            if limit and slot.proc and rss > limit and slot.proc.status == "online":
+            proc = slot.proc
+            if limit and proc and rss > limit and proc.status == "online" and not proc.over_memory:
+                proc.over_memory = True  # one restart per process, however long it queues
                 self.logs.emit(
                     slot.id,
                     app.name,
                     slot.instance,
                     f"memory {rss} bytes is over max_memory_restart ({limit}); restarting",
                 )
-                asyncio.ensure_future(app.restart_slot(slot, reason="memory"))
+                asyncio.ensure_future(app.restart_for_memory(slot, proc))
         self._conn_rate = total_rate
         if any(c.subscribed_state for c in self.server.connections):
             self.server.broadcast({"event": "state", "data": self.state()})
@@ -267,9 +269,26 @@ class Supervisor:
             "workers": [s.id for s in app.slots.values()],
         }
 
+    @contextlib.asynccontextmanager
+    async def _serialized(self, targets: list[str]) -> AsyncIterator[list[tuple[App, list[Slot]]]]:
+        """Hold the op lock of every app the targets name (in name order, so two
+        operations on the same apps cannot deadlock), then resolve the targets again:
+        an operation that ran meanwhile may have scaled slots away or deleted an app."""
+        first = resolve(self.apps, targets)
+        apps = sorted({app.name: app for app, _ in first}.values(), key=attrgetter("name"))
+        async with contextlib.AsyncExitStack() as stack:
+            for app in apps:
+                await stack.enter_async_context(app.op_lock)
+            locked = {app.name for app in apps}
+            yield [(a, slots) for a, slots in resolve(self.apps, targets) if a.name in locked]
+
     async def op_start(self, targets: list[str]) -> dict[str, Any]:
+        async with self._serialized(targets) as groups:
+            return self._start(groups)
+
+    def _start(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
         ids = []
-        for app, slots in resolve(self.apps, targets):
+        for app, slots in groups:
             app.removed = False
             if not app.slots:
                 slots = app.ensure_slots(app.spec.instances)
@@ -283,29 +302,33 @@ class Supervisor:
         return {"message": f"started {len(ids)} worker(s)", "workers": ids}
 
     async def op_stop(self, targets: list[str]) -> dict[str, Any]:
-        groups = resolve(self.apps, targets)
-        ids = [s.id for _, slots in groups for s in slots]
-        await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
+        async with self._serialized(targets) as groups:
+            ids = [s.id for _, slots in groups for s in slots]
+            await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
         return {"message": f"stopped {len(ids)} worker(s)", "workers": ids}
 
     async def op_restart(self, targets: list[str]) -> dict[str, Any]:
-        groups = resolve(self.apps, targets)
-        ids = [s.id for _, slots in groups for s in slots]
-        await asyncio.gather(
-            *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
-        )
+        async with self._serialized(targets) as groups:
+            ids = [s.id for _, slots in groups for s in slots]
+            await asyncio.gather(
+                *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
+            )
         return {"message": f"restarted {len(ids)} worker(s)", "workers": ids}
 
     async def op_reload(self, targets: list[str]) -> dict[str, Any]:
         messages = []
         ids = []
-        for app, slots in resolve(self.apps, targets):
-            messages.append(await app.rolling_reload())
-            ids.extend(s.id for s in slots)
+        async with self._serialized(targets) as groups:
+            for app, slots in groups:
+                messages.append(await app.rolling_reload())
+                ids.extend(s.id for s in slots)
         return {"message": "; ".join(messages), "workers": ids}
 
     async def op_delete(self, targets: list[str]) -> dict[str, Any]:
-        groups = resolve(self.apps, targets)
+        async with self._serialized(targets) as groups:
+            return await self._delete(groups)
+
+    async def _delete(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
         names = []
         for app, _slots in groups:
             app.removed = True
@@ -320,7 +343,11 @@ class Supervisor:
         return {"message": f"deleted {', '.join(names)}", "workers": []}
 
     async def op_scale(self, app: str, count: str) -> dict[str, Any]:
-        target = self._app(app)
+        self._app(app)
+        async with self._serialized([app]) as groups:
+            return await self._scale(groups[0][0], app, count)
+
+    async def _scale(self, target: App, app: str, count: str) -> dict[str, Any]:
         text = str(count).strip()
         try:
             n = int(text)
