@@ -357,7 +357,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
                 "exit_signal",
                 "draining_pids",
             )
-            print(json.dumps([{k: w[k] for k in keys} for w in state["workers"]], indent=2))
+            print(json.dumps([{k: w.get(k) for k in keys} for w in state["workers"]], indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
         return 0
