@@ -27,6 +27,7 @@ from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_gr
 from clusterui.core.spec import AppSpec
 
 HISTORY = 120  # samples (one per second) kept per slot
+PIPE_GRACE = 2.0  # seconds a dead worker's log pipes stay open for its last words
 HANDOFF_MODES = ("round-robin", "least-connections")
 
 
@@ -39,6 +40,7 @@ class Context:
     next_id: Callable[[str, int], int]  # stable worker id for (app, instance)
     next_serial: Callable[[], int]
     home: str = ""  # CLUSTERUI_HOME: never watched
+    cgroups: Any = None  # core.cgroups.CgroupTree, or None where cgroups are unavailable
 
 
 class Proc:
@@ -252,6 +254,8 @@ class App:
         if mode == "proxy":
             port = _free_port()
             env["PORT"] = str(port)
+        serial = self.ctx.next_serial()
+        cgroup = self.ctx.cgroups.create(serial) if self.ctx.cgroups is not None else None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -264,6 +268,7 @@ class App:
                     stderr=err_w,
                     fds=fds,
                     listen_pid=listen_pid,
+                    cgroup=cgroup,
                 )
             )
         except SpawnError as exc:
@@ -274,6 +279,8 @@ class App:
                     s.close()
             if worker_end is not None and dispatcher_pair is None:
                 worker_end.close()
+            if cgroup is not None:
+                self.ctx.cgroups.remove(cgroup)
             slot.idle_status = "errored"
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
@@ -283,11 +290,13 @@ class App:
             for fd in (out_w, err_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        proc = Proc(self.ctx.next_serial(), pid, port)
+        proc = Proc(serial, pid, port)
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
-        proc.watcher = ExitWatcher(loop, pid, lambda c, s: self._on_exit(slot, proc, c, s))
+        proc.watcher = ExitWatcher(
+            loop, pid, lambda c, s: self._on_exit(slot, proc, c, s), cgroup=cgroup
+        )
         self._by_serial[proc.serial] = proc
         if dispatcher_pair is not None:
             ours, theirs = dispatcher_pair
@@ -348,6 +357,10 @@ class App:
         if not proc.ready.done():
             proc.ready.set_result(False)
         proc.exited.set_result((code, sig))
+        if proc.logs is not None and not proc.logs.closed:
+            # A descendant may still hold the pipes (a cgroup kill or the subreaper ends it
+            # shortly): read what is there, then stop holding them for a dead worker.
+            asyncio.get_running_loop().call_later(PIPE_GRACE, proc.logs.close)
         what = f"exited with code {code}" if sig is None else f"killed by {sig}"
         if proc in slot.retiring:
             slot.retiring.remove(proc)

@@ -36,15 +36,19 @@ _backlog = bytearray()  # whole lines not yet written
 _writer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is scheduled
 
 
-def start() -> int:
-    """Fork the guardian; returns its pid. Call once, early, from the supervisor."""
+def start(cgroup_root: str | None = None) -> int:
+    """Fork the guardian; returns its pid. Call once, early, from the supervisor.
+
+    cgroup_root: the supervisor's folder of worker cgroups (core/cgroups.py); if the
+    supervisor dies, everything in it is killed too, whatever group or session it is in.
+    """
     global _pipe_w, _pid
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(w)
         try:
-            _run(r)
+            _run(r, cgroup_root)
         finally:
             os._exit(0)
     os.close(r)
@@ -55,7 +59,7 @@ def start() -> int:
     return pid
 
 
-def _run(r: int) -> None:
+def _run(r: int, cgroup_root: str | None = None) -> None:
     os.setsid()  # a signal aimed at the supervisor's group must not take us too
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
@@ -82,6 +86,19 @@ def _run(r: int) -> None:
     for pgid in groups:
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
+    if cgroup_root is not None:
+        _kill_cgroups(cgroup_root)
+
+
+def _kill_cgroups(root: str) -> None:
+    """Kill the whole tree of worker cgroups, then remove its folders once empty."""
+    from clusterui.core.cgroups import CgroupTree
+
+    CgroupTree.kill(root)
+    deadline = time.monotonic() + 5
+    while CgroupTree.populated(root) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    CgroupTree(root).close()
 
 
 def _flush() -> bool:
@@ -140,6 +157,11 @@ def track(pgid: int) -> None:
 def untrack(pgid: int) -> None:
     _tracked.discard(pgid)
     _send(b"-%d\n" % pgid)
+
+
+def pid() -> int | None:
+    """The guardian's pid (it is our child, and must not be taken for a stray one)."""
+    return _pid
 
 
 def pending() -> int:

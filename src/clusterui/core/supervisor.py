@@ -20,8 +20,9 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, guardian
+from clusterui.core import config, guardian, reaper
 from clusterui.core.apps import App, Context, Slot
+from clusterui.core.cgroups import CgroupTree
 from clusterui.core.control import Connection, ControlServer, OpError, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
@@ -129,7 +130,28 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), TICK)
             self.tick()
 
+    def known_children(self) -> set[int]:
+        """Every process we started and still account for (reaper.sweep spares them)."""
+        pids = {p.pid for app in self.apps.values() for p in app.all_procs()}
+        pids |= {
+            p.pid for app in self.apps.values() for s in app.slots.values()
+            for p in (s.proc, *s.retiring) if p is not None
+        }  # fmt: skip
+        pids |= {
+            app.listener.pid for app in self.apps.values() if app.listener and app.listener.pid
+        }
+        if guardian.pid() is not None:
+            pids.add(guardian.pid())
+        return pids
+
+    def sweep_orphans(self) -> None:
+        if not reaper.active():
+            return
+        for pid in reaper.sweep(self.known_children()):
+            self.notice("warning", f"killed process {pid}, left behind by an exited worker")
+
     def tick(self) -> None:
+        self.sweep_orphans()
         now = time.time()
         slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
         pids = [s.proc.pid for _, s in slots if s.proc]
@@ -481,6 +503,7 @@ class Supervisor:
         for app in self.apps.values():
             await app.set_watch(False)
             app.close_listener()
+        self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         await self.server.close()
 
@@ -522,8 +545,9 @@ def checked_spec(raw: Any) -> AppSpec:
     return spec
 
 
-async def run(home: Home, ready_fd: int | None) -> int:
+async def run(home: Home, ready_fd: int | None, tree: CgroupTree | None = None) -> int:
     sup = Supervisor(home)
+    sup.ctx.cgroups = tree
     try:
         await sup.server.start()
     except OpError as exc:
@@ -591,10 +615,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
-    guardian.start()
+    if os.environ.get("CLUSTERUI_NO_CGROUPS"):  # to exercise the fallback (tests)
+        tree, why = None, "CLUSTERUI_NO_CGROUPS is set"
+    else:
+        tree, why = CgroupTree.open(os.getpid())
+    if tree is None:
+        # The fallback: orphans of workers come to us (subreaper) and are killed; see
+        # RELIABILITY.md for what it cannot catch.
+        reaper.become_subreaper()
+        print(f"clusterui: no cgroup per worker ({why}); using a subreaper", file=sys.stderr)
+    guardian.start(tree.root if tree else None)
     try:
-        code = asyncio.run(run(home, ready_fd))
+        code = asyncio.run(run(home, ready_fd, tree))
         guardian.release()
+        if tree is not None:
+            tree.close()
         return code
     finally:
         os.close(lock_fd)
