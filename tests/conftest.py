@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,7 +8,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import leaks  # noqa: E402
 from helpers import Env  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(request):
+    """Mark everything the test starts (leaks.py); fail the test if any of it outlives the
+    test's own clean-up. Autouse, so torn down after every fixture the test used."""
+    test_id = f"{os.getpid()}:{request.node.nodeid}"
+    os.environ[leaks.OWNER] = test_id
+    try:
+        yield
+    finally:
+        del os.environ[leaks.OWNER]
+    leaks.fail_if_leaked(leaks.reap(leaks.owned_by(test_id)), request.node.nodeid)
 
 
 @pytest.fixture

@@ -13,6 +13,9 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+from clusterui.vocab import states
+from clusterui.vocab.snapshot import HISTORY, AppRow, Series, Snapshot, WorkerRow
+
 T0 = 1_764_190_000.0  # the fake supervisor's start time (epoch seconds)
 UPTIME = 3 * 3600 + 12 * 60 + 5.0  # the fake supervisor has been up 3h12m05s
 NOW = T0 + UPTIME
@@ -33,7 +36,7 @@ def _wave(i: int, base: float, amp: float, period: float, phase: float) -> float
 
 def make_history(
     n: int, cpu: float, memory: int, conn_rate: float, *, busy: bool = False, phase: float = 0.0
-) -> dict[str, list[float]]:
+) -> Series:
     """`n` one-second samples ending at NOW, shaped so sparklines show something."""
     amp = 0.9 if busy else 0.35
     return {
@@ -59,13 +62,13 @@ def make_worker(
     restarts: int = 0,
     uptime: float = 3600.0,
     busy: bool = False,
-    history: int = 120,
+    history: int = HISTORY,
     metrics: dict[str, float] | None = None,
     restart_history: list[dict[str, Any]] | None = None,
     exit_code: int | None = None,
     exit_signal: str | None = None,
-) -> dict[str, Any]:
-    live = status in ("online", "launching", "draining", "stopping")
+) -> WorkerRow:
+    live = status in states.LIVE
     hist = make_history(history, cpu, memory, conn_rate, busy=busy, phase=wid * 0.7)
     return {
         "id": wid,
@@ -91,8 +94,8 @@ def make_worker(
     }
 
 
-def make_app(name: str, **over: Any) -> dict[str, Any]:
-    app = {
+def make_app(name: str, **over: Any) -> AppRow:
+    app: AppRow = {
         "name": name,
         "exec_mode": "cluster",
         "dispatch": "round-robin",
@@ -115,8 +118,8 @@ def make_app(name: str, **over: Any) -> dict[str, Any]:
 
 
 def make_snapshot(
-    apps: list[dict[str, Any]], workers: list[dict[str, Any]], *, conn_rate: float | None = None
-) -> dict[str, Any]:
+    apps: list[AppRow], workers: list[WorkerRow], *, conn_rate: float | None = None
+) -> Snapshot:
     rate = conn_rate if conn_rate is not None else sum(w["conn_rate"] for w in workers)
     return {
         "supervisor": {
@@ -139,7 +142,7 @@ def make_snapshot(
     }
 
 
-def demo_snapshot(*, api_workers: int = 2, busy: bool = False) -> dict[str, Any]:
+def demo_snapshot(*, api_workers: int = 2, busy: bool = False) -> Snapshot:
     """Three apps: a web app with file watch, an API (scaled and busy when asked), a job runner."""
     apps = [
         make_app(
@@ -316,7 +319,7 @@ class FakeClient:
         await self._op(op, args)
         return {"message": f"{op}: ok", "workers": []}
 
-    async def state(self) -> dict[str, Any]:
+    async def state(self) -> Snapshot:
         await self._op("state")
         return copy.deepcopy(self.snapshot)
 

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import leaks
 import psutil
 
 
@@ -84,14 +84,13 @@ class Env:
             return False
 
     def cleanup(self) -> None:
-        """Stop the supervisor; SIGKILL whatever of ours is left (and fail loudly later)."""
-        pid = self.supervisor_pid()
+        """Stop the supervisor (`down`); then whatever still runs with this home is killed
+        and named in an AssertionError: `down` must leave nothing behind."""
         if self.supervisor_alive():
             self.run("down", timeout=30)
-        if pid and self.supervisor_alive():
-            os.kill(pid, signal.SIGKILL)
-        kill_ours(self.home)
+        left = leaks.reap(leaks.home_is(self.home))
         shutil.rmtree(self.root, ignore_errors=True)
+        leaks.fail_if_leaked(left, f"clusterui (CLUSTERUI_HOME={self.home}) after `down`")
 
 
 def kill_ours(home: Path) -> list[int]:

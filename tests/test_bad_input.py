@@ -217,8 +217,24 @@ def test_a_refused_start_script_leaves_nothing_behind(cu):
     ctl.close()
 
 
+# Loaded by every Python process the supervisor starts (PYTHONPATH): the dispatcher of
+# the app `loop` records its start, then dies at once, silent, as one that cannot start.
+DYING_DISPATCHER = """
+import os, time
+if os.environ.get("CLUSTERUI_APP") == "loop" and "CLUSTERUI_DISPATCH_MODE" in os.environ:
+    with open({starts!r}, "a") as f:
+        f.write(f"{{time.monotonic()}}\\n")
+    os._exit(3)
+"""
+
+
 def test_a_dispatcher_that_cannot_start_is_not_respawned_in_a_tight_loop(cu):
-    web_app(cu, instances=1)
+    site = cu.root / "site"
+    site.mkdir()
+    starts = cu.root / "dispatcher-starts"
+    (site / "sitecustomize.py").write_text(DYING_DISPATCHER.format(starts=str(starts)))
+    cu.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), cu.env.get("PYTHONPATH")]))
+    port = web_app(cu, instances=1)
     ctl = Control(cu.home)
     spec = {
         "name": "loop",
@@ -226,15 +242,27 @@ def test_a_dispatcher_that_cannot_start_is_not_respawned_in_a_tight_loop(cu):
         "args": ["60"],
         "exec_mode": "cluster",
         "listen": f"127.0.0.1:{free_port()}",
-        "dispatch": "bogus",
     }
-    ctl.call("start_script", spec=spec)
-    log = cu.home / "supervisor.log"
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        spawns = log.read_text().count("unknown mode 'bogus'")
-        assert spawns <= 5, f"{spawns} dispatchers spawned in 3 s"
-        time.sleep(0.1)
+    assert ctl.call("start_script", spec=spec)["ok"] is True
+    # A young, silent death is the app's to handle (backoff 0.1, 0.2, 0.4, 0.8, 1.6 s),
+    # never replaced in place: six starts, six deaths, then the app gives up.
+
+    def loop_workers() -> list[dict]:
+        workers = ctl.call("state", history=False)["result"]["workers"]
+        return [w for w in workers if w["app"] == "loop"]
+
+    wait_for(
+        lambda: loop_workers() and all(w["status"] == "errored" for w in loop_workers()),
+        30,
+        "the app to give up on its dispatcher",
+    )
+    times = [float(t) for t in starts.read_text().split()]
+    assert len(times) == 6, f"{len(times)} dispatchers started (replaced in place?)"
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(gap >= 0.09 for gap in gaps), f"restarted without the backoff: gaps {gaps}"
+    time.sleep(1)  # and nothing starts after it gave up
+    assert len(starts.read_text().split()) == 6
+    assert get_pid(port)  # the other app still serves
     ctl.close()
 
 

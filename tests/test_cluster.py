@@ -8,6 +8,7 @@ import socket
 import time
 
 import helpers
+import leaks
 import pytest
 from helpers import WEB, Load, free_port, get, wait_for
 
@@ -93,6 +94,11 @@ def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
     assert [w["pid"] for w in cu.ls()] == old
     assert [w["status"] for w in cu.ls()] == ["online", "online"]
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
+    # The replacement that never got ready was stopped, not left running unlisted.
+    running = {
+        p.pid for p in leaks.running(*leaks.home_is(cu.home)) if "app.py" in " ".join(p.cmdline())
+    }
+    assert running == set(old), f"running {sorted(running)}, listed {sorted(old)}"
 
 
 def test_killed_worker_is_replaced_and_others_keep_serving(cu):
@@ -223,3 +229,66 @@ def test_supervisor_sigkill_frees_the_port_for_the_next_one(cu):
     r = cu.run("up", "-d")
     assert r.returncode == 0, r.stderr
     assert "hello" in get(port)
+
+
+# A worker that does not treat signals as a drain (handle_signals=False): a signal stops
+# it at once. It records how it was stopped, so a reload that signals instead of draining
+# shows. The "slow" request holds its answer for a second.
+HOW_STOPPED = """
+import asyncio, os, signal, sys
+from clusterui import worker
+
+def record(how):
+    with open(f"stopped-{os.getpid()}", "w") as f:
+        f.write(how)
+
+def on_signal(*_):
+    record("signal")
+    os._exit(1)
+
+async def handle(reader, writer):
+    line = await reader.readline()
+    if line.startswith(b"slow"):
+        await asyncio.sleep(1)
+    writer.write(f"{os.getpid()}\\n".encode())
+    writer.close()
+
+async def main():
+    server = await worker.start_server(handle, handle_signals=False)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    await server.serve_forever()
+    record("drained")
+
+asyncio.run(main())
+"""
+
+
+def test_a_rolling_reload_drains_the_old_workers_rather_than_signalling_them(cu):
+    port = free_port()
+    cu.write("how.py", HOW_STOPPED)
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: how
+            script: how.py
+            listen: 127.0.0.1:{port}
+            instances: 2
+            kill_timeout: 5000
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    old = [w["pid"] for w in cu.ls()]
+    # One request in flight across the reload: a drained worker finishes it.
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow.sendall(b"slow\n")
+    time.sleep(0.2)
+    r = cu.run("reload", "how")
+    assert r.returncode == 0, r.stderr
+    assert int(slow.makefile().readline()) in old
+    slow.close()
+    files = [cu.root / f"stopped-{pid}" for pid in old]
+    wait_for(lambda: all(f.exists() for f in files), 10, "the old workers to finish")
+    assert [f.read_text() for f in files] == ["drained", "drained"]
+    assert not set(old) & {w["pid"] for w in cu.ls()}

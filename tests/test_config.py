@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clusterui.core import config
 from clusterui.core.config import (
     MAX_FILE_BYTES,
     ConfigError,
@@ -20,6 +19,7 @@ from clusterui.core.config import (
     find_default_file,
     load_ecosystem,
     spec_from_mapping,
+    yamlfile,
 )
 from clusterui.core.spec import AppSpec, Listen
 
@@ -82,9 +82,9 @@ def test_corpus_is_big_enough() -> None:
 def yaml_loader(request, monkeypatch) -> str:
     """Both parsers the loader may use: libyaml when installed, else PyYAML's own."""
     if request.param == "python":
-        monkeypatch.setattr(config, "_LOADER", yaml.SafeLoader)
-        monkeypatch.setattr(config, "_C_LOADER", False)
-    elif not config._C_LOADER:
+        monkeypatch.setattr(yamlfile, "_LOADER", yaml.SafeLoader)
+        monkeypatch.setattr(yamlfile, "_C_LOADER", False)
+    elif not yamlfile._C_LOADER:
         pytest.skip("PyYAML is built without libyaml")
     return request.param
 

@@ -415,8 +415,33 @@ async def test_a_suspended_worker_is_shown_as_such(size: tuple[int, int], word: 
         assert "‖" in table.get_cell("w:1", "status").plain
         assert "1/2 up" in table.get_cell("app:web", "status").plain
         await select(app, pilot, "w:1")
-        if app.details_visible:
-            assert "‖ suspended" in screen_text(app)
+        if not app.details_visible:  # narrow: the details open on enter
+            await pilot.press("enter")
+            await until(pilot, lambda: app.details_visible)
+        assert "‖ suspended" in screen_text(app)
+
+
+@pytest.mark.parametrize("size", [(200, 60), (80, 24), (60, 20)])
+async def test_an_errored_worker_and_its_app_show_errored(size: tuple[int, int]) -> None:
+    async with dashboard(size=size) as (app, pilot, client):
+        snap = copy.deepcopy(client.snapshot)
+        snap["workers"][1].update(status="errored", pid=None, error="exited (code 1) 15 times")
+        client.push_state(snap)
+        table = app.table
+        await until(pilot, lambda: "✖" in table.get_cell("w:1", "status").plain)
+        assert "errored" in table.get_cell("w:1", "status").plain
+        # The app's summary: one of two up, and the errored glyph rather than "launching".
+        summary = table.get_cell("app:web", "status").plain
+        assert "✖" in summary and "1/2 up" in summary, summary
+        if size[0] < 78:  # narrower than any layout: the rest is a sideways scroll away
+            width = table.scrollable_content_region.width
+            assert table.max_scroll_x + width >= table.virtual_size.width > width
+        # An app whose every worker is errored is errored too, not "stopped".
+        for w in snap["workers"][:2]:
+            w.update(status="errored", pid=None)
+        client.push_state(snap)
+        await until(pilot, lambda: "0/2 up" in table.get_cell("app:web", "status").plain)
+        assert "✖" in table.get_cell("app:web", "status").plain
 
 
 async def test_j_k_and_arrows_move_the_selection() -> None:

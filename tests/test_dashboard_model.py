@@ -85,6 +85,11 @@ def test_columns_fit_the_width(avail: int) -> None:
     assert set(fixed) == set(COLUMNS)
     if avail >= 78:
         assert total <= avail
+    else:
+        # Narrower than every layout: the narrowest one (no mode, no sparkline), and the
+        # table scrolls sideways (test_dashboard checks that at 60 columns).
+        assert lay.mode_w == 0 and lay.sparks == (0, 0, 0)
+        assert total > avail
     if avail >= 140:
         assert lay.mode_w and all(lay.sparks)
     if avail == 78:

@@ -1,5 +1,9 @@
 """PM2's restart policy as scripted histories of exits (uptime in ms is the fake clock)."""
 
+import time
+
+from helpers import wait_for
+
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
 from clusterui.core.spec import AppSpec
 
@@ -24,6 +28,15 @@ def test_unstable_restarts_reach_errored_at_max_restarts():
     s = spec(max_restarts=3, min_uptime=1000)
     t = RestartTracker()
     assert run(t, s, [10, 10, 10]) == [("restart", 0), ("restart", 0), ("errored", 0)]
+
+
+def test_errored_says_why_in_the_log_line_and_notice():
+    s = spec(max_restarts=2, min_uptime=1000)
+    t = RestartTracker()
+    run(t, s, [10])
+    decision = t.on_exit(s, 10)
+    assert decision.action == "errored"
+    assert decision.reason == "2 unstable restarts (each up less than 1000 ms)"
 
 
 def test_a_stable_run_ends_the_unstable_streak():
@@ -56,6 +69,26 @@ def test_backoff_resets_after_30s_up():
     assert t.on_exit(s, 31_000).delay_ms == 100
 
 
+def test_backoff_reset_boundary_is_exactly_30s_up():
+    """PM2 resets after 30 s up: 30,000 ms resets, 29,999 ms does not (nor 3 s or 29 s)."""
+    s = spec(exp_backoff_restart_delay=100, min_uptime=0, max_restarts=1000)
+    for uptime, want in [(3_000, 337), (29_000, 337), (29_999, 337), (30_000, 100)]:
+        t = RestartTracker()
+        run(t, s, [5, 5, 5])  # 100, 150, 225
+        assert t.on_exit(s, uptime).delay_ms == want, uptime
+
+
+def test_min_uptime_boundary_a_run_of_exactly_min_uptime_is_stable():
+    """`uptime < min_uptime` is unstable: exactly min_uptime counts as a stable run."""
+    s = spec(max_restarts=2, min_uptime=1000)
+    t = RestartTracker()
+    assert run(t, s, [999]) == [("restart", 0)]
+    assert t.unstable_restarts == 1
+    assert run(t, s, [1000]) == [("restart", 0)]
+    assert t.unstable_restarts == 0
+    assert run(t, s, [999, 999]) == [("restart", 0), ("errored", 0)]
+
+
 def test_manual_restart_forgives_history():
     s = spec(max_restarts=2, exp_backoff_restart_delay=100)
     t = RestartTracker()
@@ -67,3 +100,32 @@ def test_manual_restart_forgives_history():
 
 def test_max_restarts_zero_never_restarts():
     assert RestartTracker().on_exit(spec(max_restarts=0), 60_000).action == "errored"
+
+
+def test_a_manual_start_forgives_the_crash_history(cu):
+    """Through the supervisor: an app errored after max_restarts unstable runs gets the
+    full max_restarts again when started by hand, not one run."""
+    crash = "import time\nopen('starts', 'a').write('x')\ntime.sleep(1)\nraise SystemExit(3)\n"
+    cu.write("crash.py", crash)
+    cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - name: crash
+            script: crash.py
+            max_restarts: 3
+            min_uptime: 60000
+        """,
+    )
+    starts = cu.root / "starts"
+
+    def errored_after(n: int) -> bool:
+        ran = starts.read_text() if starts.exists() else ""
+        return cu.ls()[0]["status"] == "errored" and ran == n * "x"
+
+    assert cu.run("up", "-d").returncode == 0
+    wait_for(lambda: errored_after(3), 20, "errored after 3 starts")
+    assert cu.run("start", "crash").returncode == 0
+    wait_for(lambda: errored_after(6), 20, "errored after 3 more starts")
+    time.sleep(0.5)
+    assert starts.read_text() == 6 * "x"

@@ -20,24 +20,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from clusterui.core import inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
 from clusterui.core.safefs import UnsafePath
+from clusterui.vocab.exits import ClientError, Exit
+from clusterui.vocab.snapshot import Snapshot
+
+__all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
 # How long a call waits for its answer before giving up (exit 3): a stopped (SIGSTOP) or
 # wedged supervisor still accepts connections, so without a limit every command hangs.
 CALL_TIMEOUT = 60.0
-
-
-class ClientError(Exception):
-    """One sentence for the user, and the CLI exit code (1 failed, 2 usage, 3 no supervisor)."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 class Client:
@@ -67,9 +63,13 @@ class Client:
             sock = await _connect_unix(str(home.socket))
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=64 * MAX_REQUEST)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ClientError(f"no supervisor is running (home {home.root})", 3) from None
+            raise ClientError(
+                f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR
+            ) from None
         except OSError as exc:
-            raise ClientError(f"cannot reach the supervisor: {exc.strerror or exc}", 3) from None
+            raise ClientError(
+                f"cannot reach the supervisor: {exc.strerror or exc}", Exit.NO_SUPERVISOR
+            ) from None
         return cls(reader, writer, timeout=timeout, home=home)
 
     async def _read_loop(self) -> None:
@@ -108,7 +108,7 @@ class Client:
         client's timeout); ClientError with the supervisor's message if it failed."""
         timeout = self.timeout if _timeout is False else (_timeout or None)
         if self._closed:
-            raise ClientError("lost the connection to the supervisor", 3)
+            raise ClientError("lost the connection to the supervisor", Exit.NO_SUPERVISOR)
         self._next += 1
         rid = self._next
         fut = asyncio.get_running_loop().create_future()
@@ -123,9 +123,11 @@ class Client:
             msg = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             self._pending.pop(rid, None)
-            raise ClientError(self._silent_reason(op, timeout or 0), 3) from None
+            raise ClientError(self._silent_reason(op, timeout or 0), Exit.NO_SUPERVISOR) from None
         if not msg.get("ok"):
-            raise ClientError(msg.get("error") or "the operation failed", int(msg.get("code", 1)))
+            raise ClientError(
+                msg.get("error") or "the operation failed", int(msg.get("code", Exit.FAILED))
+            )
         return msg.get("result")
 
     def _silent_reason(self, op: str, timeout: float) -> str:
@@ -141,7 +143,7 @@ class Client:
 
     # ---- convenience ---------------------------------------------------------------------
 
-    async def state(self, history: bool = True) -> dict[str, Any]:
+    async def state(self, history: bool = True) -> Snapshot:
         return await self.call("state", history=history)
 
     async def load(
@@ -239,18 +241,31 @@ def process_state(pid: int) -> str | None:
     return data[data.rfind(b")") + 2 :][:1].decode() or None
 
 
-def ensure_supervisor(home: Home) -> bool:
-    """Start a supervisor for `home` unless one answers; True if we started it."""
+def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None) -> bool:
+    """Start a supervisor for `home` unless one answers; True if we started it.
+
+    `inherited`: listening sockets handed to us (systemd's LISTEN_FDS) that the new
+    supervisor is to use instead of binding; ClientError if one is running already.
+    """
     if _answers(home):
+        if inherited:
+            raise ClientError(
+                f"a supervisor is already running for {home.root}; it cannot take the "
+                "sockets handed to this command (use a CLUSTERUI_HOME of its own)",
+                1,
+            )
         return False
     try:
         home.ensure()
         log = home.open_file(home.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     except UnsafePath as exc:
-        raise ClientError(f"refusing to use {home.root}: {exc}", 1) from None
+        raise ClientError(f"refusing to use {home.root}: {exc}", Exit.FAILED) from None
     except OSError as exc:
-        raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", 1) from None
+        raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", Exit.FAILED) from None
     r, w = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"}
+    if inherited:
+        env[inherit.ENV] = inherit.to_env(inherited)
     try:
         launcher = subprocess.Popen(
             [
@@ -266,9 +281,9 @@ def ensure_supervisor(home: Home) -> bool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            pass_fds=(w,),
+            pass_fds=(w, *(fd for fd, _name in inherited or ())),
             start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"},
+            env=env,
         )
     finally:
         os.close(w)
@@ -279,12 +294,12 @@ def ensure_supervisor(home: Home) -> bool:
         return True
     if message == "":
         tail = _tail(home.supervisor_log)
-        raise ClientError(f"the supervisor did not start{': ' + tail if tail else ''}", 1)
+        raise ClientError(f"the supervisor did not start{': ' + tail if tail else ''}", Exit.FAILED)
     if message is None:
-        raise ClientError(f"the supervisor did not start within {START_TIMEOUT:g} s", 1)
+        raise ClientError(f"the supervisor did not start within {START_TIMEOUT:g} s", Exit.FAILED)
     if message.startswith("another supervisor") and _answers(home):
         return False  # a concurrent start won the race: fine
-    raise ClientError(f"the supervisor could not start: {message}", 1)
+    raise ClientError(f"the supervisor could not start: {message}", Exit.FAILED)
 
 
 def _answers(home: Home) -> bool:

@@ -150,14 +150,12 @@ def _shared_fd() -> int | None:
         return _state.shared_fd
 
 
-# Dispatch modes in which connections arrive over the channel. In any other (the
-# supervisor says CLUSTERUI_DISPATCH=shared, proxy or none) the channel only carries
-# ready/drain, e.g. for a fork-mode app with wait_ready, and we listen ourselves.
-_HANDOFF_MODES = ("round-robin", "least-connections")
-
-
 def _handoff() -> bool:
-    return os.environ.get("CLUSTERUI_DISPATCH", "round-robin") in _HANDOFF_MODES
+    """Whether connections arrive over the channel. In other modes (the supervisor says
+    CLUSTERUI_DISPATCH=shared, proxy or none) the channel only carries ready/drain, e.g.
+    for a fork-mode app with wait_ready, and we listen ourselves."""
+    mode = proto.MODES.get(os.environ.get("CLUSTERUI_DISPATCH", proto.DEFAULT_MODE))
+    return mode is not None and mode.handoff
 
 
 def mode() -> str:

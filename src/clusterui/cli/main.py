@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterui import __version__
-from clusterui.cli import render
+from clusterui.cli import export_cmd, foreground, render
 from clusterui.client import (
     CALL_TIMEOUT,
     Client,
@@ -21,9 +21,12 @@ from clusterui.client import (
     ensure_supervisor,
     supervisor_pid,
 )
-from clusterui.core import config
+from clusterui.core import config, inherit
+from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
 from clusterui.core.safetext import escape
+from clusterui.vocab.exits import Exit
+from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
 VERBS = {
@@ -41,6 +44,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "export",
 }
 
 
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("up", help="start FILE's apps headless")
     file_opts(sp)
     sp.add_argument("-d", "--detach", action="store_true", help="return once started")
+    sp.add_argument("--raw", action="store_true", help="the workers' output without prefixes")
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    export_cmd.add_parser(sub)
     return p
 
 
@@ -165,15 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(dispatch(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except ClientError as exc:
         print(f"clusterui: {escape(exc.message, keep_tab=False)}", file=sys.stderr)
         return exc.code
     except config.ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # `clusterui ls --json | head`: the reader left; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"clusterui: internal error: {exc!r} (run with --debug for details)", file=sys.stderr)
-        return 1
+        return Exit.FAILED
 
 
 async def dispatch(opts: argparse.Namespace) -> int:
@@ -190,6 +196,8 @@ async def dispatch(opts: argparse.Namespace) -> int:
     verb = opts.verb
     if verb == "check":
         return cmd_check(opts)
+    if verb == "export":
+        return export_cmd.cmd_export(opts)
     if verb == "up":
         return await cmd_up(opts, home)
     if verb == "start":
@@ -253,7 +261,7 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
 
         asyncio.run(load())
     elif not home.socket.exists():
-        raise ClientError(f"no supervisor is running (home {home.root})", 3)
+        raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
     timeout = opts.timeout
     return run_dashboard(
         lambda: Client.connect(home, timeout), file=file, started_supervisor=started
@@ -271,7 +279,15 @@ def report_load(result: dict[str, Any]) -> None:
 
 async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     file, only = load_args(opts)
-    started = ensure_supervisor(home)
+    try:
+        handed = inherit.from_systemd()  # systemd's LISTEN_FDS: the supervisor takes them
+    except inherit.InheritError as exc:
+        raise ClientError(str(exc), Exit.USAGE) from None
+    try:
+        started = ensure_supervisor(home, handed)
+    finally:
+        for fd, _name in handed:
+            os.close(fd)  # the supervisor has its own copies (whoever passed them keeps theirs)
     client = await Client.connect(home, timeout=opts.timeout)
     try:
         if not opts.detach:
@@ -294,45 +310,9 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
                 label = f"{row['app']}:{row['instance']}" if row else wid
                 print(f"clusterui: {label} failed to start: {escape(why)}", file=sys.stderr)
             return 1 if failed or result["errors"] else 0
-        return await follow_up(client, result, started)
+        return await foreground.follow(client, result, started, home, raw=opts.raw)
     finally:
         await client.close()
-
-
-async def follow_up(client: Client, result: dict[str, Any], started: bool) -> int:
-    """Foreground `up`: print prefixed logs until Ctrl-C/SIGTERM, then stop everything."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
-    colour = render.use_colour()
-    lost = False
-
-    async def pump() -> None:
-        nonlocal lost
-        async for event in client.events():
-            if event["event"] == "logs":
-                for line in event["lines"]:
-                    print(render.log_line(line, colour), flush=False)
-                sys.stdout.flush()
-            elif event["event"] == "notice":
-                print(f"clusterui: {escape(str(event['message']))}", file=sys.stderr)
-        lost = True
-        stop.set()
-
-    task = asyncio.ensure_future(pump())
-    await stop.wait()
-    if lost:
-        print("clusterui: lost the connection to the supervisor", file=sys.stderr)
-        return 1
-    print("clusterui: stopping...", file=sys.stderr)
-    names = result["started"]
-    if started:
-        await client.shutdown()
-    elif names:
-        await client.delete(names)
-    task.cancel()
-    return 0
 
 
 async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
@@ -340,24 +320,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     if verb == "ls":
         state = await client.state(history=False)
         if opts.json:
-            keys = (
-                "id",
-                "app",
-                "instance",
-                "pid",
-                "status",
-                "restarts",
-                "uptime",
-                "cpu",
-                "memory",
-                "connections",
-                "active",
-                "conn_rate",
-                "exit_code",
-                "exit_signal",
-                "draining_pids",
-            )
-            print(json.dumps([{k: w.get(k) for k in keys} for w in state["workers"]], indent=2))
+            print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
         return 0
@@ -415,8 +378,12 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
             mapping["watch"] = True
         if opts.interpreter:
             mapping["interpreter"] = opts.interpreter
-        spec = config.spec_from_mapping(mapping, base_dir=str(Path.cwd()), source="command line")
-        result = await client.call("start_script", spec=spec.to_dict())
+        base_dir = str(Path.cwd())
+        # Checked here too (like a file), so a mistake is reported before anything starts;
+        # the supervisor builds the app from the same keys with the same loader.
+        spec = config.spec_from_mapping(mapping, base_dir=base_dir, source=COMMAND_LINE)
+        mapping["name"] = spec.name
+        result = await client.call("start_script", spec=mapping, base_dir=base_dir)
         print(result["message"])
         return 0
     if scripted:

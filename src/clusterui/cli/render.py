@@ -8,17 +8,18 @@ import time
 from typing import Any
 
 from clusterui.core.safetext import escape
+from clusterui.vocab import states
 
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
-STATUS_COLOURS = {
-    "online": "32",
-    "suspended": "1;33",  # alive but stopped (SIGSTOP): bold, it needs someone's attention
-    "launching": "36",
-    "draining": "33",
-    "stopping": "33",
-    "waiting-restart": "33",
-    "stopped": "90",
-    "errored": "31",
+# ANSI colour per status tone (clusterui.vocab.states).
+TONE_COLOURS = {
+    "good": "32",
+    "starting": "36",
+    "busy": "33",
+    "waiting": "33",
+    "alert": "1;33",  # bold: it needs someone's attention
+    "idle": "90",
+    "bad": "31",
 }
 
 
@@ -71,7 +72,8 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     for r in rows:
         cells = [c.ljust(widths[i]) for i, c in enumerate(r)]
         if colour:
-            code = STATUS_COLOURS.get(r[4].split()[0], "0")
+            known = states.LOOKS.get(r[4].split()[0])
+            code = TONE_COLOURS[known.tone] if known else "0"
             cells[4] = f"\x1b[{code}m{cells[4]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

@@ -19,16 +19,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core.control import OpError
 from clusterui.core.listener import Listener
 from clusterui.core.metrics import MetricsGate
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
+from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.vocab.exits import OpError
+from clusterui.vocab.snapshot import HISTORY
+from clusterui.vocab.states import (
+    DRAINING,
+    ERRORED,
+    LAUNCHING,
+    ONLINE,
+    STOPPED,
+    STOPPING,
+    WAITING_RESTART,
+    Lifecycle,
+)
 
-HISTORY = 120  # samples (one per second) kept per slot
 PIPE_GRACE = 2.0  # seconds a dead worker's log pipes stay open for its last words
-HANDOFF_MODES = ("round-robin", "least-connections")
 
 
 @dataclass
@@ -52,7 +62,7 @@ class Proc:
         self.port = port  # proxy mode: the worker's own $PORT
         self.started = time.monotonic()
         self.started_wall = time.time()
-        self.status = "launching"
+        self.life = Lifecycle(LAUNCHING)
         self.ready = asyncio.get_running_loop().create_future()
         self.exited: asyncio.Future[tuple[int | None, str | None]] = (
             asyncio.get_running_loop().create_future()
@@ -68,6 +78,10 @@ class Proc:
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
         self.over_memory = False  # a memory restart is queued for this process
+
+    @property
+    def status(self) -> str:
+        return self.life.value
 
     @property
     def uptime(self) -> float:
@@ -101,7 +115,7 @@ class Slot:
         self.instance = instance
         self.proc: Proc | None = None
         self.retiring: list[Proc] = []
-        self.idle_status = "stopped"  # status when there is no process
+        self.idle = Lifecycle(STOPPED)  # the status while there is no process
         self.restarts = 0
         self.tracker = RestartTracker()
         self.restart_timer: asyncio.TimerHandle | None = None
@@ -120,7 +134,7 @@ class Slot:
 
     @property
     def status(self) -> str:
-        return self.proc.status if self.proc else self.idle_status
+        return self.proc.status if self.proc else self.idle.value
 
     def cancel_restart(self) -> None:
         if self.restart_timer is not None:
@@ -155,12 +169,13 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        dispatched = self.listener is not None and self.spec.dispatch != "shared"
-        return dispatched or self.spec.wait_ready
+        mode = self.mode
+        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
-        return self.listener is not None and self.spec.dispatch in HANDOFF_MODES
+        mode = self.mode
+        return mode is not None and mode.handoff
 
     def open_listener(self) -> None:
         """Bind before any worker starts, so a taken port fails this app alone."""
@@ -217,43 +232,22 @@ class App:
             }
         )
 
+    @property
+    def mode(self) -> Mode | None:
+        """The dispatch mode in force: None without a listener (fork mode, no 'listen')."""
+        return MODES[self.spec.dispatch] if self.listener is not None else None
+
+    def _orphan_grace(self) -> float:
+        """On a socket handed in from outside, a worker outlives a killed supervisor by
+        kill_timeout: it finishes what it was handed while the next supervisor takes
+        over the socket (new connections wait in its queue)."""
+        if self.listener is not None and self.listener.inherited:
+            return self.spec.kill_timeout / 1000
+        return 0.0
+
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
-        fds: dict[int, int] = {}
-        listen_pid = False
-        port = None
-        dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
-        our_channel: socket.socket | None = None
-        worker_end: socket.socket | None = None
-        mode = spec.dispatch if self.listener else None
-        if mode in HANDOFF_MODES:
-            dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            worker_end = dispatcher_pair[1]
-        elif spec.wait_ready and mode != "proxy":
-            our_channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if mode == "shared":
-            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
-            fds[3] = self.listener.sock.fileno()
-            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
-            listen_pid = True
-        if worker_end is not None:
-            channel_fd = 4 if mode == "shared" else 3
-            fds[channel_fd] = worker_end.fileno()
-            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
-        # Tells the worker helper how to serve: take handed connections, or listen itself.
-        env["CLUSTERUI_DISPATCH"] = mode or "none"
-        if mode == "proxy":
-            port = _free_port()
-            env["PORT"] = str(port)
+        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener)
         serial = self.ctx.next_serial()
         cgroup = self.ctx.cgroups.create(serial) if self.ctx.cgroups is not None else None
         out_r, out_w = os.pipe()
@@ -263,25 +257,22 @@ class App:
                 SpawnSpec(
                     argv=spec.argv(),
                     cwd=spec.cwd,
-                    env=env,
+                    env=wiring.env,
                     stdout=out_w,
                     stderr=err_w,
-                    fds=fds,
-                    listen_pid=listen_pid,
+                    fds=wiring.fds,
+                    listen_pid=wiring.listen_pid,
+                    orphan_grace=self._orphan_grace(),
                     cgroup=cgroup,
                 )
             )
         except SpawnError as exc:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
-            for s in (*(dispatcher_pair or ()), our_channel):
-                if s is not None:
-                    s.close()
-            if worker_end is not None and dispatcher_pair is None:
-                worker_end.close()
+            wiring.close()
             if cgroup is not None:
                 self.ctx.cgroups.remove(cgroup)
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
             self.ctx.notice("error", f"{self.name}:{slot.instance} failed to start: {exc}")
@@ -290,7 +281,7 @@ class App:
             for fd in (out_w, err_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        proc = Proc(serial, pid, port)
+        proc = Proc(serial, pid, wiring.port)
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
@@ -298,26 +289,33 @@ class App:
             loop, pid, lambda c, s: self._on_exit(slot, proc, c, s), cgroup=cgroup
         )
         self._by_serial[proc.serial] = proc
-        if dispatcher_pair is not None:
-            ours, theirs = dispatcher_pair
+        self._connect(slot, proc, wiring)
+        return proc
+
+    def _connect(self, slot: Slot, proc: Proc, wiring: _Wiring) -> None:
+        """After the spawn: introduce the worker to the dispatcher, or watch its channel;
+        then decide what makes it online."""
+        mode = self.mode
+        loop = asyncio.get_running_loop()
+        if wiring.dispatcher_pair is not None:
+            ours, theirs = wiring.dispatcher_pair
             self.listener.send({"t": "add", "id": proc.serial}, [ours.fileno(), theirs.fileno()])
             ours.close()
             theirs.close()
-        elif mode == "proxy":
-            self.listener.send({"t": "add", "id": proc.serial, "port": port})
-        if our_channel is not None:
-            worker_end.close()
-            proc.channel = our_channel
-            our_channel.setblocking(False)
-            loop.add_reader(our_channel.fileno(), self._read_channel, slot, proc)
-        needs_ready = mode in HANDOFF_MODES or mode == "proxy" or spec.wait_ready
-        if needs_ready:
-            if mode not in HANDOFF_MODES and mode != "proxy":
-                # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
-                loop.call_later(spec.listen_timeout / 1000, self._ready, slot, proc)
+        elif mode is not None and mode.own_port:
+            self.listener.send({"t": "add", "id": proc.serial, "port": proc.port})
+        if wiring.our_channel is not None:
+            wiring.worker_end.close()
+            proc.channel = wiring.our_channel
+            proc.channel.setblocking(False)
+            loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
+        if mode is not None and mode.dispatcher:
+            return  # the dispatcher says when the worker is ready
+        if self.spec.wait_ready:
+            # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
+            loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
         else:
             self._ready(slot, proc)
-        return proc
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -344,15 +342,15 @@ class App:
         if proc.exited.done() or proc.ready.done():
             return
         proc.mark_ready()
-        if proc.status == "launching":
-            proc.status = "online"
+        if proc.status == LAUNCHING:
+            proc.life.to(ONLINE)
 
     def _on_exit(self, slot: Slot, proc: Proc, code: int | None, sig: str | None) -> None:
         if proc.kill_timer is not None:
             proc.kill_timer.cancel()
         self._close_channel(proc)
         self._by_serial.pop(proc.serial, None)
-        if self.listener is not None and self.spec.dispatch != "shared":
+        if self.mode is not None and self.mode.dispatcher:
             self.listener.send({"t": "remove", "id": proc.serial})
         if not proc.ready.done():
             proc.ready.set_result(False)
@@ -371,7 +369,7 @@ class App:
         slot.proc = None
         slot.last_exit = (code, sig)
         if proc.stop_requested:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"stopped ({what})")
             return
         self._unexpected_exit(slot, proc, what)
@@ -379,11 +377,11 @@ class App:
     def _unexpected_exit(self, slot: Slot, proc: Proc, what: str) -> None:
         label = f"{self.name}:{slot.instance}"
         if self.removed:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             return
         if proc.after_watch and proc.uptime * 1000 < self.spec.min_uptime and self.watch_on:
             # New code that dies at once: wait for the next save instead of crash-looping.
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             self.last_watch_event = f"{label} crashed after the change; waiting for file changes"
             self.ctx.logs.emit(
                 slot.id, self.name, slot.instance, f"{what}; {self.last_watch_event}"
@@ -392,7 +390,7 @@ class App:
             return
         decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
         if decision.action == "restart":
-            slot.idle_status = "waiting-restart"
+            slot.idle.to(WAITING_RESTART)
             delay = decision.delay_ms
             self.ctx.logs.emit(
                 slot.id, self.name, slot.instance, f"{what}; restarting in {delay} ms"
@@ -402,16 +400,16 @@ class App:
                 delay / 1000, lambda: self._restart_after_crash(slot)
             )
         elif decision.action == "errored":
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
             self.ctx.notice("error", f"{label} errored: {decision.reason}")
         else:
-            slot.idle_status = "stopped"
+            slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
 
     def _restart_after_crash(self, slot: Slot) -> None:
         slot.restart_timer = None
-        if slot.proc is None and slot.idle_status == "waiting-restart" and not self.removed:
+        if slot.proc is None and slot.idle.value == WAITING_RESTART and not self.removed:
             self.start_slot(slot, reason="crashed")
 
     async def stop_proc(self, proc: Proc, *, drain: bool = False) -> None:
@@ -426,13 +424,14 @@ class App:
             return
         if not proc.stop_requested:
             proc.stop_requested = True
-            if drain and self.listener is not None and self.spec.dispatch != "shared":
-                proc.status = "draining"
+            mode = self.mode
+            if drain and mode is not None and mode.dispatcher:
+                proc.life.to(DRAINING)
                 self.listener.send({"t": "drain", "id": proc.serial})
-                if self.spec.dispatch == "proxy":
+                if mode.own_port:  # no channel to drain over: the worker gets kill_signal
                     signal_group(proc.pid, self.spec.kill_signal)
             else:
-                proc.status = "stopping"
+                proc.life.to(STOPPING)
                 signal_group(proc.pid, self.spec.kill_signal)
             loop = asyncio.get_running_loop()
             proc.kill_timer = loop.call_later(
@@ -441,8 +440,8 @@ class App:
 
     async def stop_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
-        if slot.proc is None and slot.idle_status in ("waiting-restart", "errored", "launching"):
-            slot.idle_status = "stopped"
+        if slot.proc is None and slot.idle.value != STOPPED:
+            slot.idle.to(STOPPED)
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
         for p in procs:
             self.request_stop(p)  # now, not when gather gets round to it
@@ -492,7 +491,7 @@ class App:
 
     async def restart_for_memory(self, slot: Slot, proc: Proc) -> None:
         async with self.op_lock:
-            if slot.proc is proc and proc.status == "online" and not self.removed:
+            if slot.proc is proc and proc.status == ONLINE and not self.removed:
                 await self.restart_slot(slot, reason="memory")
 
     async def _watch_reload_locked(self, reason: str) -> None:
@@ -579,7 +578,7 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if self.spec.dispatch == "shared" and not self.spec.wait_ready:
+                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
                     ok = True  # the kernel balances: it serves as soon as it accepts
                 else:
                     ok = await self.wait_ready(new, timeout)
@@ -675,7 +674,7 @@ class App:
         await self.stop_all()
         self.close_listener()
         for slot in self.slots.values():
-            slot.idle_status = "errored"
+            slot.idle.to(ERRORED)
             slot.last_error = "the dispatcher keeps exiting"
 
     async def _recover_dispatcher(self, delay: float) -> None:
@@ -693,8 +692,63 @@ class App:
             except OpError as exc:
                 self.ctx.notice("error", exc.message)
 
-    def all_procs(self) -> list[Proc]:
-        return list(self._by_serial.values())
+
+class _Wiring:
+    """What a new worker is given for its dispatch mode: environment, fds, sockets."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.fds: dict[int, int] = {}
+        self.listen_pid = False
+        self.port: int | None = None
+        # handoff: (our end for the dispatcher, the worker's end); both go to the dispatcher
+        self.dispatcher_pair: tuple[socket.socket, socket.socket] | None = None
+        # wait_ready without a dispatcher: the channel is ours to read
+        self.our_channel: socket.socket | None = None
+        self.worker_end: socket.socket | None = None
+
+    @classmethod
+    def for_mode(
+        cls, mode: Mode | None, spec: AppSpec, slot: Slot, listener: Listener | None
+    ) -> _Wiring:
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.update(
+            CLUSTERUI_APP=spec.name,
+            CLUSTERUI_INSTANCE=str(slot.instance),
+            NODE_APP_INSTANCE=str(slot.instance),
+        )
+        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            env.pop(key, None)
+        w = cls(env)
+        if mode is not None and mode.handoff:
+            w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            w.worker_end = w.dispatcher_pair[1]
+        elif spec.wait_ready and not (mode is not None and mode.own_port):
+            w.our_channel, w.worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel_fd = 3
+        if mode is not None and mode.listen_fd:
+            assert listener is not None
+            # systemd passes listeners from fd 3 on; a wait_ready channel goes after them.
+            w.fds[3] = listener.sock.fileno()
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
+            w.listen_pid = True
+            channel_fd = 4
+        if w.worker_end is not None:
+            w.fds[channel_fd] = w.worker_end.fileno()
+            env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
+        # Tells the worker helper how to serve: take handed connections, or listen itself.
+        env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        if mode is not None and mode.own_port:
+            w.port = _free_port()
+            env["PORT"] = str(w.port)
+        return w
+
+    def close(self) -> None:
+        """The spawn failed: close every socket made for it."""
+        for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
+            if s is not None:
+                s.close()
 
 
 def _free_port() -> int:

@@ -18,6 +18,10 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from clusterui.vocab.exits import Exit, OpError
+
+__all__ = ["OpError", "ControlServer", "encode"]
+
 MAX_REQUEST = 1 << 20  # a request line longer than this is refused
 # A subscriber that lets this much pile up unread is cut off, so it cannot grow our memory.
 MAX_PENDING_EVENTS = 8 << 20
@@ -26,15 +30,6 @@ SUN_PATH_MAX = 107
 # too few for a burst of clients (a dashboard per terminal, scripts in a loop): past
 # it a non-blocking connect fails with EAGAIN. The kernel clamps this to somaxconn.
 LISTEN_BACKLOG = 4096
-
-
-class OpError(Exception):
-    """An operation failed in a way the user should read; code is the CLI exit code."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def encode(obj: Any) -> bytes:
@@ -143,7 +138,9 @@ class ControlServer:
             except asyncio.IncompleteReadError:
                 return  # the client went away (possibly mid-request): nothing to do
             except asyncio.LimitOverrunError:
-                conn.send({"id": None, "ok": False, "error": "request too large", "code": 2})
+                conn.send(
+                    {"id": None, "ok": False, "error": "request too large", "code": Exit.USAGE}
+                )
                 return
             except (ConnectionError, OSError):
                 return
@@ -155,7 +152,9 @@ class ControlServer:
                 if not isinstance(args, dict):
                     raise ValueError
             except (ValueError, UnicodeDecodeError, RecursionError):
-                conn.send({"id": None, "ok": False, "error": "malformed request", "code": 2})
+                conn.send(
+                    {"id": None, "ok": False, "error": "malformed request", "code": Exit.USAGE}
+                )
                 continue
             # Each request runs on its own so a slow one (a reload) does not hold up others.
             asyncio.ensure_future(self._answer(conn, req.get("id"), req["op"], args))
@@ -168,7 +167,12 @@ class ControlServer:
             conn.send({"id": rid, "ok": False, "error": exc.message, "code": exc.code})
         except TypeError as exc:
             conn.send(
-                {"id": rid, "ok": False, "error": f"bad arguments for {op}: {exc}", "code": 2}
+                {
+                    "id": rid,
+                    "ok": False,
+                    "error": f"bad arguments for {op}: {exc}",
+                    "code": Exit.USAGE,
+                }
             )
         except Exception as exc:  # a bug must not take the supervisor down; say what it was
             conn.send({"id": rid, "ok": False, "error": f"internal error in {op}: {exc!r}"})

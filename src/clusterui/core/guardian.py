@@ -31,7 +31,8 @@ RELEASE_TIMEOUT = 1.0  # a clean shutdown waits this long for a stopped guardian
 
 _pipe_w: int | None = None
 _pid: int | None = None
-_tracked: set[int] = set()  # the groups the guardian must kill if we die
+# The groups the guardian must kill if we die → how long they may outlive us (ms).
+_tracked: dict[int, int] = {}
 _backlog = bytearray()  # whole lines not yet written
 _writer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is scheduled
 
@@ -47,6 +48,10 @@ def start(cgroup_root: str | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         os.close(w)
+        # Hold nothing of the supervisor's (its pidfile lock, listening sockets): while
+        # workers finish their grace, a new supervisor must be able to start.
+        os.closerange(3, r)
+        os.closerange(r + 1, 1 << 20)
         try:
             _run(r, cgroup_root)
         finally:
@@ -63,7 +68,7 @@ def _run(r: int, cgroup_root: str | None = None) -> None:
     os.setsid()  # a signal aimed at the supervisor's group must not take us too
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    groups: set[int] = set()
+    groups: dict[int, int] = {}  # pgid → grace in ms
     buf = b""
     while True:
         try:
@@ -76,17 +81,17 @@ def _run(r: int, cgroup_root: str | None = None) -> None:
         *lines, buf = buf.split(b"\n")
         for line in lines:
             if line.startswith(b"+"):
-                groups.add(int(line[1:]))
+                pgid, _, grace = line[1:].partition(b" ")
+                groups[int(pgid)] = int(grace or 0)
             elif line.startswith(b"-"):
-                groups.discard(int(line[1:]))
+                groups.pop(int(line[1:]), None)
             elif line == b"reset":
                 groups.clear()  # the whole set follows
             elif line == b"exit":
                 return  # a clean shutdown already stopped everything
-    for pgid in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
+    _kill_after_grace(groups)
     if cgroup_root is not None:
+        # After the graces: what left its group (setsid) but cannot leave its cgroup.
         _kill_cgroups(cgroup_root)
 
 
@@ -99,6 +104,28 @@ def _kill_cgroups(root: str) -> None:
     while CgroupTree.populated(root) and time.monotonic() < deadline:
         time.sleep(0.02)
     CgroupTree(root).close()
+
+
+def _kill_after_grace(groups: dict[int, int]) -> None:
+    """SIGKILL each group once its grace is over (at once for most). A group that is
+    gone before then is forgotten, so its number, if reused, is not killed."""
+    start = time.monotonic()
+    while groups:
+        now = time.monotonic()
+        for pgid, grace in list(groups.items()):
+            if now - start >= grace / 1000:
+                with contextlib.suppress(OSError):
+                    os.killpg(pgid, signal.SIGKILL)
+                del groups[pgid]
+                continue
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                del groups[pgid]
+            except OSError:
+                pass
+        if groups:
+            time.sleep(0.05)
 
 
 def _flush() -> bool:
@@ -134,7 +161,7 @@ def _send(message: bytes) -> None:
         return
     if _backlog and len(_backlog) + len(message) > max(BACKLOG_LIMIT, 16 * len(_tracked)):
         # The guardian is not reading: keep only what it will need, the current set.
-        _backlog[:] = b"reset\n" + b"".join(b"+%d\n" % pgid for pgid in sorted(_tracked))
+        _backlog[:] = b"reset\n" + b"".join(_add_line(p, g) for p, g in sorted(_tracked.items()))
         if message == b"exit\n":
             _backlog.extend(message)
     else:
@@ -149,13 +176,19 @@ def _send(message: bytes) -> None:
     _writer_loop = loop
 
 
-def track(pgid: int) -> None:
-    _tracked.add(pgid)
-    _send(b"+%d\n" % pgid)
+def _add_line(pgid: int, grace_ms: int) -> bytes:
+    return b"+%d %d\n" % (pgid, grace_ms) if grace_ms else b"+%d\n" % pgid
+
+
+def track(pgid: int, grace: float = 0.0) -> None:
+    """Kill this group if the supervisor dies: at once, or `grace` seconds later."""
+    grace_ms = max(0, int(grace * 1000))
+    _tracked[pgid] = grace_ms
+    _send(_add_line(pgid, grace_ms))
 
 
 def untrack(pgid: int) -> None:
-    _tracked.discard(pgid)
+    _tracked.pop(pgid, None)
     _send(b"-%d\n" % pgid)
 
 

@@ -29,10 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core.control import OpError
+from clusterui.core import inherit
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
 from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.protocol import MODES
+from clusterui.vocab.exits import OpError
 
 MAX_DATAGRAM = 65536
 # A dispatcher that ran at least this long, or said anything, and then died is replaced
@@ -114,7 +116,10 @@ class Listener:
     ):
         assert spec.listen is not None
         self.spec = spec
-        self.sock = bind(spec.listen)
+        # A socket handed in from outside (systemd) outlives us: use it, never bind.
+        inherited = inherit.take(spec.name, spec.listen)
+        self.inherited = inherited is not None
+        self.sock = inherited if inherited is not None else bind(spec.listen)
         self._on_event = on_event
         self._on_exit = on_dispatcher_exit
         self.pid: int | None = None
@@ -125,7 +130,7 @@ class Listener:
         self._started_at = 0.0
         self._heard = False  # the current dispatcher has sent us something
         self._closed = False
-        if spec.dispatch != "shared":
+        if MODES[spec.dispatch].dispatcher:
             self._start_dispatcher()
 
     @property
@@ -187,7 +192,7 @@ class Listener:
         _respawns.setdefault(self.spec.name, []).append(time.monotonic())
         for w in self._workers.values():
             w.handed_base = w.handed  # the new dispatcher counts from zero
-            if self.spec.dispatch != "proxy" and not w.fds:
+            if MODES[self.spec.dispatch].handoff and not w.fds:
                 continue  # we could not keep its channel (fds exhausted): it drains and exits
             self._send_now(w.add, w.fds)
             if w.draining:
@@ -324,7 +329,7 @@ class Listener:
         if self._watcher is not None:
             # Keep reaping it: the exit callback still fires, and no zombie stays.
             pass
-        if self.spec.listen and self.spec.listen.kind == "unix":
+        if self.spec.listen and self.spec.listen.kind == "unix" and not self.inherited:
             with contextlib.suppress(OSError):
                 os.unlink(self.spec.listen.path)
         self.sock.close()

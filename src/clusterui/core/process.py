@@ -43,6 +43,9 @@ class SpawnSpec:
     fds: dict[int, int] = field(default_factory=dict)
     # systemd socket activation: set LISTEN_PID to the child's own pid.
     listen_pid: bool = False
+    # Seconds the process may outlive a supervisor that died (0: killed with it). A
+    # worker on a socket handed in from outside finishes its connections meanwhile.
+    orphan_grace: float = 0.0
     # A cgroup v2 folder to enter before exec (see cgroups.py); None: none.
     cgroup: str | None = None
 
@@ -76,7 +79,7 @@ def spawn(spec: SpawnSpec) -> int:
     if chunks:
         os.waitpid(pid, 0)
         raise SpawnError(b"".join(chunks).decode(errors="replace"))
-    guardian.track(pid)
+    guardian.track(pid, spec.orphan_grace)
     return pid
 
 
@@ -85,7 +88,8 @@ def _child_setup(spec: SpawnSpec, parent_pid: int, env: dict[str, str]) -> None:
     if spec.cgroup is not None:
         with contextlib.suppress(OSError):  # not fatal: the subreaper path still applies
             cgroups.enter(spec.cgroup)
-    set_pdeathsig(signal.SIGKILL)
+    if not spec.orphan_grace:
+        set_pdeathsig(signal.SIGKILL)  # else the guardian kills it once the grace is over
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     # Python ignores SIGPIPE and the asyncio loop may block signals; give the program

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from clusterui.core.apps import App, Slot
-
-# Shown instead of these states while the process is stopped by the kernel; a worker that
-# is stopping or draining keeps saying so (its kill_timeout SIGKILL ends it either way).
-SUSPENDABLE = ("online", "launching")
+from clusterui.vocab import states
+from clusterui.vocab.snapshot import AppRow, Snapshot, SupervisorInfo, WorkerRow
 
 
 def display_status(slot: Slot) -> str:
-    """The slot's state, or "suspended" while its live process is stopped (SIGSTOP)."""
-    status = slot.status
-    if slot.proc is not None and slot.proc.suspended and status in SUSPENDABLE:
-        return "suspended"
-    return status
+    """The slot's status, or "suspended" while its live process is stopped (SIGSTOP)."""
+    return states.shown(slot.status, slot.proc is not None and slot.proc.suspended)
 
 
-def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
+def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
     proc = slot.proc
     out_file, err_file = app.ctx.logs.paths(app.name, slot.instance, app.spec)
-    row: dict[str, Any] = {
+    row: WorkerRow = {
         "id": slot.id,
         "app": app.name,
         "instance": slot.instance,
@@ -51,7 +44,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> dict[str, Any]:
     return row
 
 
-def app_row(app: App) -> dict[str, Any]:
+def app_row(app: App) -> AppRow:
     spec = app.spec
     return {
         "name": app.name,
@@ -73,7 +66,7 @@ def app_row(app: App) -> dict[str, Any]:
     }
 
 
-def snapshot(apps: dict[str, App], supervisor: dict[str, Any], history: bool = True) -> dict:
+def snapshot(apps: dict[str, App], supervisor: SupervisorInfo, history: bool = True) -> Snapshot:
     return {
         "supervisor": supervisor,
         "apps": [app_row(app) for app in apps.values()],

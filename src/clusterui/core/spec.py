@@ -8,12 +8,14 @@ Durations are milliseconds, sizes are bytes, paths are absolute.
 from __future__ import annotations
 
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from clusterui.dispatch.protocol import DEFAULT_MODE, MODES
+
 ExecMode = Literal["fork", "cluster"]
-DispatchMode = Literal["round-robin", "least-connections", "shared", "proxy"]
-DISPATCH_MODES: tuple[str, ...] = ("round-robin", "least-connections", "shared", "proxy")
+DispatchMode = str  # a key of clusterui.dispatch.protocol.MODES
+DISPATCH_MODES: tuple[str, ...] = tuple(MODES)
 
 
 @dataclass(frozen=True)
@@ -32,42 +34,58 @@ class Listen:
         return f"{host}:{self.port}"
 
 
+def key(kind: str, **options: Any) -> dict[str, Any]:
+    """Field metadata marking an AppSpec field as an ecosystem key of the same name.
+
+    `kind` says how clusterui.core.config reads it: "app" for the keys the app builder
+    works out together (script, name, cwd, listen, ...), else the name of a converter
+    ("duration", "bool", "count" with `high`, "signal", "memory", "log_size", "log_path",
+    "text"). A plain new key is one field here with an existing kind.
+    """
+    return {"key": kind, **options}
+
+
+APP = key("app")
+DURATION = key("duration")
+BOOL = key("bool")
+
+
 @dataclass
 class AppSpec:
-    name: str
+    name: str = field(metadata=APP)
     # argv[0] of the command: a script path (absolute) or a command name found on PATH.
-    script: str
-    args: list[str] = field(default_factory=list)
-    cwd: str = "."
+    script: str = field(metadata=APP)
+    args: list[str] = field(default_factory=list, metadata=APP)
+    cwd: str = field(default=".", metadata=APP)
     # Interpreter executable (absolute path or name on PATH); None means exec the script.
-    interpreter: str | None = None
-    interpreter_args: list[str] = field(default_factory=list)
-    instances: int = 1
-    exec_mode: ExecMode = "fork"
-    listen: Listen | None = None
-    dispatch: DispatchMode = "round-robin"
+    interpreter: str | None = field(default=None, metadata=APP)
+    interpreter_args: list[str] = field(default_factory=list, metadata=APP)
+    instances: int = field(default=1, metadata=APP)
+    exec_mode: ExecMode = field(default="fork", metadata=APP)
+    listen: Listen | None = field(default=None, metadata=APP)
+    dispatch: DispatchMode = field(default=DEFAULT_MODE, metadata=APP)
     # Empty list means watch is off.
-    watch: list[str] = field(default_factory=list)
-    ignore_watch: list[str] = field(default_factory=list)
-    watch_delay: int = 300
-    env: dict[str, str] = field(default_factory=dict)
-    autorestart: bool = True
-    max_restarts: int = 16
-    min_uptime: int = 1000
-    restart_delay: int = 0
-    exp_backoff_restart_delay: int = 0
-    kill_timeout: int = 1600
-    kill_signal: int = signal.SIGINT
-    wait_ready: bool = False
-    listen_timeout: int = 3000
-    max_memory_restart: int | None = None
-    out_file: str | None = None
-    error_file: str | None = None
-    merge_logs: bool = False
-    log_date_format: str | None = None
-    log_max_size: int | None = 10 * 1024 * 1024
-    log_retain: int = 5
-    # Where this app came from, for messages ("ecosystem.yaml:12").
+    watch: list[str] = field(default_factory=list, metadata=APP)
+    ignore_watch: list[str] = field(default_factory=list, metadata=APP)
+    watch_delay: int = field(default=300, metadata=DURATION)
+    env: dict[str, str] = field(default_factory=dict, metadata=APP)
+    autorestart: bool = field(default=True, metadata=BOOL)
+    max_restarts: int = field(default=16, metadata=key("count", high=1_000_000_000))
+    min_uptime: int = field(default=1000, metadata=DURATION)
+    restart_delay: int = field(default=0, metadata=DURATION)
+    exp_backoff_restart_delay: int = field(default=0, metadata=DURATION)
+    kill_timeout: int = field(default=1600, metadata=DURATION)
+    kill_signal: int = field(default=signal.SIGINT, metadata=key("signal"))
+    wait_ready: bool = field(default=False, metadata=BOOL)
+    listen_timeout: int = field(default=3000, metadata=DURATION)
+    max_memory_restart: int | None = field(default=None, metadata=key("memory"))
+    out_file: str | None = field(default=None, metadata=key("log_path"))
+    error_file: str | None = field(default=None, metadata=key("log_path"))
+    merge_logs: bool = field(default=False, metadata=BOOL)
+    log_date_format: str | None = field(default=None, metadata=key("text"))
+    log_max_size: int | None = field(default=10 * 1024 * 1024, metadata=key("log_size"))
+    log_retain: int = field(default=5, metadata=key("count", high=1000))
+    # Where this app came from, for messages ("ecosystem.yaml:12"); not a key.
     source: str = ""
     source_line: int = 0
 
@@ -120,3 +138,9 @@ def _port(n: int) -> int:
     if not 0 <= n <= 65535:
         raise ValueError(f"port {n} is out of range 0-65535")
     return n
+
+
+# The ecosystem keys, in AppSpec's order, with the kind each is read as.
+KEY_KINDS: dict[str, str] = {
+    f.name: f.metadata["key"] for f in fields(AppSpec) if "key" in f.metadata
+}

@@ -15,22 +15,26 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, guardian, reaper
+from clusterui.core import config, guardian, inherit, reaper
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.cgroups import CgroupTree
-from clusterui.core.control import Connection, ControlServer, OpError, encode
+from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.safefs import UnsafePath
 from clusterui.core.snapshot import app_row, snapshot, worker_row
-from clusterui.core.spec import DISPATCH_MODES, AppSpec
+from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
+from clusterui.vocab import states
+from clusterui.vocab.exits import Exit, OpError
+from clusterui.vocab.snapshot import Snapshot, SupervisorInfo
 
 TICK = 1.0
 NO_SAMPLE = Sample(0.0, 0, False)
@@ -100,7 +104,7 @@ class Supervisor:
                 )
             conn.send_encoded(data)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> SupervisorInfo:
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -112,7 +116,7 @@ class Supervisor:
             "conn_rate": round(self._conn_rate, 2),
         }
 
-    def state(self, history: bool = True) -> dict[str, Any]:
+    def state(self, history: bool = True) -> Snapshot:
         return snapshot(self.apps, self.info(), history=history)
 
     def _app(self, name: str) -> App:
@@ -128,15 +132,18 @@ class Supervisor:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), TICK)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not end sampling, sweeping and state
+                traceback.print_exc(file=sys.stderr)
 
     def known_children(self) -> set[int]:
         """Every process we started and still account for (reaper.sweep spares them)."""
-        pids = {p.pid for app in self.apps.values() for p in app.all_procs()}
-        pids |= {
+        pids = {
             p.pid for app in self.apps.values() for s in app.slots.values()
             for p in (s.proc, *s.retiring) if p is not None
         }  # fmt: skip
+        pids |= {p.pid for app in self.apps.values() for p in app._by_serial.values()}
         pids |= {
             app.listener.pid for app in self.apps.values() if app.listener and app.listener.pid
         }
@@ -175,8 +182,10 @@ class Supervisor:
             h.conn_rate.append(round(slot.conn_rate, 2))
             limit = app.spec.max_memory_restart
             proc = slot.proc
-            if limit and proc and rss > limit and proc.status == "online" and not proc.over_memory:
-                proc.over_memory = True  # one restart per process, however long it queues
+            if limit and proc and rss > limit and proc.status == states.ONLINE:
+                if proc.over_memory:
+                    continue  # its restart is queued already
+                proc.over_memory = True
                 self.logs.emit(
                     slot.id,
                     app.name,
@@ -205,7 +214,7 @@ class Supervisor:
     async def handle(self, conn: Connection, op: str, args: dict[str, Any]) -> Any:
         method = getattr(self, f"op_{op.replace('-', '_')}", None)
         if method is None:
-            raise OpError(f"unknown operation {op!r}", 2)
+            raise OpError(f"unknown operation {op!r}", Exit.USAGE)
         if op == "subscribe":
             return await method(conn, **args)
         return await method(**args)
@@ -224,7 +233,7 @@ class Supervisor:
         if live_lines is not None and (
             not isinstance(live_lines, int) or isinstance(live_lines, bool) or live_lines < 1
         ):
-            raise OpError("live_lines must be a whole number of at least 1", 2)
+            raise OpError("live_lines must be a whole number of at least 1", Exit.USAGE)
         conn.live_lines = live_lines
         conn.subscribed_state = bool(state)
         conn.subscribed_logs = bool(logs)
@@ -235,17 +244,17 @@ class Supervisor:
         self, file: str, env: str | None = None, only: list[str] | None = None
     ) -> dict[str, Any]:
         if not isinstance(file, str) or not file:
-            raise OpError("load takes the path of an ecosystem file", 2)
+            raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
         if env is not None and not isinstance(env, str):
-            raise OpError("env must be a name", 2)
+            raise OpError("env must be a name", Exit.USAGE)
         if only is not None and not (
             isinstance(only, list) and all(isinstance(n, str) for n in only)
         ):
-            raise OpError("only must be a list of app names", 2)
+            raise OpError("only must be a list of app names", Exit.USAGE)
         try:
             result = config.load_ecosystem(file, env_name=env, only=only)
         except config.ConfigError as exc:
-            raise OpError(str(exc), 2) from None
+            raise OpError(str(exc), Exit.USAGE) from None
         path = str(result.path)
         if path not in self.files:
             self.files.append(path)
@@ -264,7 +273,8 @@ class Supervisor:
             "started": started,
             "kept": kept,
             "errors": errors,
-            "warnings": [str(w) for w in result.warnings],
+            "warnings": [str(w) for w in result.warnings]
+            + [f"clusterui: the socket handed in as {s} matches no app" for s in inherit.unused()],
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
 
@@ -277,12 +287,23 @@ class Supervisor:
         app.start_all()
         return app
 
-    async def op_start_script(self, spec: dict[str, Any]) -> dict[str, Any]:
-        app_spec = checked_spec(spec)
+    async def op_start_script(self, spec: dict[str, Any], base_dir: str = "/") -> dict[str, Any]:
+        """`clusterui start SCRIPT ...`: `spec` holds ecosystem keys, read by the same loader
+        as a file (relative paths from `base_dir`, the CLI's directory)."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise OpError("start_script takes an app's keys, with its name", Exit.USAGE)
+        if not isinstance(base_dir, str) or not os.path.isabs(base_dir):
+            raise OpError("base_dir must be an absolute path", Exit.USAGE)
+        try:
+            app_spec = config.spec_from_mapping(spec, base_dir, source=config.COMMAND_LINE)
+        except config.ConfigError as exc:
+            raise OpError("; ".join(str(p) for p in exc.problems), Exit.USAGE) from None
         if app_spec.name in self.apps:
-            raise OpError(f"an app named {app_spec.name!r} is already loaded; pick --name", 2)
+            raise OpError(
+                f"an app named {app_spec.name!r} is already loaded; pick --name", Exit.USAGE
+            )
         app = await self.add_app(app_spec)
-        failed = [s for s in app.slots.values() if s.status == "errored" and s.last_error]
+        failed = [s for s in app.slots.values() if s.status == states.ERRORED and s.last_error]
         if failed:
             slot = failed[0]
             raise OpError(f"{app.name}:{slot.instance} failed to start: {slot.last_error}")
@@ -374,12 +395,12 @@ class Supervisor:
         try:
             n = int(text)
         except ValueError:
-            raise OpError(f"scale takes N, +N or -N, not {text!r}", 2) from None
+            raise OpError(f"scale takes N, +N or -N, not {text!r}", Exit.USAGE) from None
         new = len(target.slots) + n if text[0] in "+-" else n
         if new < 0:
-            raise OpError(f"cannot scale {app} to {new} instances", 2)
+            raise OpError(f"cannot scale {app} to {new} instances", Exit.USAGE)
         if new > 1024:
-            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", 2)
+            raise OpError(f"cannot scale {app} to {new} instances (at most 1024)", Exit.USAGE)
         target.removed = False
         if new and target.spec.listen:
             target.open_listener()
@@ -394,9 +415,9 @@ class Supervisor:
 
     async def op_logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
         if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
-            raise OpError("lines must be a whole number, 0 or more", 2)
+            raise OpError("lines must be a whole number, 0 or more", Exit.USAGE)
         if target is not None and not isinstance(target, str):
-            raise OpError("target must be a string", 2)
+            raise OpError("target must be a string", Exit.USAGE)
         groups = resolve(self.apps, [target]) if target else self._all_slots()
         ids = [s.id for _, slots in groups for s in slots] if target else None
         recent = self.logs.recent(ids, lines)
@@ -463,7 +484,7 @@ class Supervisor:
                     proc = slot.proc
                     first_pid.setdefault(slot.id, proc.pid if proc else None)
                     stable = min(app.spec.min_uptime, 1000) / 1000
-                    if slot.status == "errored":
+                    if slot.status == states.ERRORED:
                         verdicts[str(slot.id)] = slot.last_error or "errored"
                     elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
                         code, sig = slot.last_exit
@@ -471,7 +492,7 @@ class Supervisor:
                             f"exited ({sig or f'code {code}'})" if code or sig else "exited"
                         )
                     elif (
-                        proc.status == "online"
+                        proc.status == states.ONLINE
                         and not proc.suspended  # stopped: not serving, so not started yet
                         and (proc.uptime >= stable or app.signals_ready)
                     ):
@@ -506,43 +527,6 @@ class Supervisor:
         self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         await self.server.close()
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def checked_spec(raw: Any) -> AppSpec:
-    """An AppSpec from the socket, type-checked as the config loader would (OpError if not)."""
-    if not isinstance(raw, dict):
-        raise OpError("spec must be an object", 2)
-    try:
-        spec = AppSpec.from_dict(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OpError(f"bad spec: {exc}", 2) from None
-    ints = (
-        "instances", "watch_delay", "max_restarts", "min_uptime", "restart_delay",
-        "exp_backoff_restart_delay", "kill_timeout", "listen_timeout", "log_retain",
-    )  # fmt: skip
-    problems = [k for k in ints if not _count(getattr(spec, k))]
-    strs = ("name", "script", "cwd")
-    problems += [k for k in strs if not isinstance(getattr(spec, k), str) or not getattr(spec, k)]
-    for key in ("args", "interpreter_args", "watch", "ignore_watch"):
-        value = getattr(spec, key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(key)
-    env = spec.env
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        problems.append("env")
-    if spec.dispatch not in DISPATCH_MODES:
-        problems.append("dispatch")
-    if spec.exec_mode not in ("fork", "cluster"):
-        problems.append("exec_mode")
-    if problems:
-        raise OpError(f"bad spec: wrong value for {', '.join(problems)}", 2)
-    return spec
 
 
 async def run(home: Home, ready_fd: int | None, tree: CgroupTree | None = None) -> int:
@@ -600,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--daemonize", action="store_true")
     opts = parser.parse_args(argv)
+    try:
+        # Handed in by `clusterui up`, or by systemd when it starts us directly.
+        handed = inherit.from_env() or inherit.from_systemd()
+    except inherit.InheritError as exc:
+        _report_ready(opts.ready_fd, str(exc))
+        return 2
     if opts.daemonize and os.fork() > 0:
         os._exit(0)  # the launcher reaps us at once; the supervisor is nobody's child
     home = Home.from_env(opts.home)
@@ -615,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
+    for problem in inherit.install(handed):
+        print(f"clusterui: {problem}", file=sys.stderr)
     if os.environ.get("CLUSTERUI_NO_CGROUPS"):  # to exercise the fallback (tests)
         tree, why = None, "CLUSTERUI_NO_CGROUPS is set"
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from clusterui.core.apps import App, Slot
-from clusterui.core.control import OpError
+from clusterui.vocab.exits import OpError
 
 
 def resolve(apps: dict[str, App], targets: Iterable[str]) -> list[tuple[App, list[Slot]]]:

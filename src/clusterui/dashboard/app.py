@@ -38,6 +38,7 @@ from clusterui.dashboard.messages import (
 from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
 from clusterui.dashboard.model import History, Selection
 from clusterui.dashboard.table import ProcessTable
+from clusterui.vocab.exits import Exit
 
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
@@ -485,7 +486,8 @@ class DashboardApp(App[None]):
             self.exit_reason = "lost"
             reason = self.disconnect_reason.rstrip(".")
             self.exit(
-                return_code=3, message=Text(f"Lost the connection to the supervisor: {reason}.")
+                return_code=Exit.NO_SUPERVISOR,
+                message=Text(f"Lost the connection to the supervisor: {reason}."),
             )
         elif self.started_supervisor:
             self._ask_quit()
@@ -676,7 +678,7 @@ def run_dashboard(
             client = await _resolve(client_factory())
         except Exception as err:
             print(message_of(err), file=sys.stderr)
-            code = getattr(err, "code", 3)
+            code = getattr(err, "code", Exit.NO_SUPERVISOR)
             return code if isinstance(code, int) else 3
         app = DashboardApp(
             client,

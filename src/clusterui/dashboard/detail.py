@@ -16,7 +16,6 @@ from textual.widgets import Static
 
 from clusterui.core.safetext import visible
 from clusterui.dashboard.model import (
-    STATUS_GLYPH,
     History,
     Selection,
     fmt_bytes,
@@ -32,6 +31,7 @@ from clusterui.dashboard.model import (
     worker_series,
 )
 from clusterui.dashboard.style import fg_style
+from clusterui.vocab import states
 
 
 class SparkChart(Widget):
@@ -205,13 +205,13 @@ class DetailPane(VerticalScroll):
         status = w.get("status", "?")
         text = Text(visible(f"{app['name']}:{w['instance']}"), style="bold", end="")
         text.append(f"  id {w['id']}  ")
-        text.append(f"{STATUS_GLYPH.get(status, '?')} {status}")
+        text.append(f"{states.look(status).glyph} {status}")
         if w.get("pid") is not None:
             text.append(f"  pid {w['pid']}  up {fmt_duration(w.get('uptime'))}")
         return text
 
     def _app_title(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> Text:
-        online = sum(1 for w in workers if w.get("status") == "online")
+        online = sum(1 for w in workers if w.get("status") == states.ONLINE)
         text = Text(visible(app["name"]), style="bold", end="")
         text.append(f"  {mode_label(app, 40)}  {online}/{len(workers)} online")
         if app.get("reloading"):

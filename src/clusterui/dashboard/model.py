@@ -11,21 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-BARS = "▁▂▃▄▅▆▇█"
-HISTORY = 120  # samples kept per series (one per supervisor tick, so two minutes)
+from clusterui.vocab.snapshot import HISTORY
 
-# Statuses in the order they are most worth seeing, with a glyph so they read without colour.
-STATUS_GLYPH = {
-    "online": "●",
-    "launching": "◐",
-    "draining": "◑",
-    "stopping": "◒",
-    "waiting-restart": "↻",
-    "suspended": "‖",  # alive but stopped by a signal (SIGSTOP, a debugger)
-    "stopped": "○",
-    "errored": "✖",
-}
-STATUS_SHORT = {"waiting-restart": "waiting"}
+BARS = "▁▂▃▄▅▆▇█"
 
 
 def fmt_bytes(n: float | int | None) -> str:
@@ -96,10 +84,6 @@ def fmt_metric(v: Any) -> str:
     if isinstance(v, int) or float(v).is_integer():
         return f"{int(v):,}"
     return f"{v:,.2f}"
-
-
-def status_label(status: str) -> str:
-    return f"{STATUS_GLYPH.get(status, '?')} {STATUS_SHORT.get(status, status)}"
 
 
 def mode_label(app: dict[str, Any], width: int = 12) -> str:
@@ -251,15 +235,5 @@ def worker_series(worker: dict[str, Any], history: History, name: str) -> list[f
 
 
 def metric_series(worker: dict[str, Any], history: History, name: str) -> list[float]:
-    hist = (worker.get("history") or {}).get("metrics") or {}
-    if hist.get(name):
-        return [float(v or 0) for v in hist[name]]
+    """A worker's custom metric over time, as recorded from the snapshots seen."""
     return history.get(worker["id"], f"metric:{name}")
-
-
-def snapshot_now(snapshot: dict[str, Any]) -> float | None:
-    """The supervisor's clock at the time of the snapshot (no local clock involved)."""
-    sup = snapshot.get("supervisor") or {}
-    if sup.get("started_at") is not None and sup.get("uptime") is not None:
-        return float(sup["started_at"]) + float(sup["uptime"])
-    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from rich.style import Style
 from rich.text import Text
@@ -20,7 +20,6 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from clusterui.dashboard.model import (
-    STATUS_GLYPH,
     History,
     Selection,
     app_key,
@@ -35,8 +34,8 @@ from clusterui.dashboard.model import (
     worker_series,
 )
 from clusterui.dashboard.style import StyleCache
+from clusterui.vocab import states
 
-NARROW_STATUS = {"launching": "launch", "waiting-restart": "waiting", "suspended": "paused"}
 # A hidden column still takes one cell: a zero-width column makes Textual's NO_COLOR
 # filter fail on the empty, unstyled segment it renders.
 HIDDEN = " "
@@ -112,8 +111,7 @@ class _RowMessage(Message):
 
 class ProcessTable(ScrollView, can_focus=True):
     """The rows drawn with the Line API: each row is one Text rendered once into a Strip
-    and kept until its cells change, so a tick repaints only the rows that changed
-    (DataTable re-renders every cell of the table on any update).
+    and kept until its cells change, so a tick repaints only the rows that changed.
     """
 
     DEFAULT_CSS = """
@@ -135,14 +133,13 @@ class ProcessTable(ScrollView, can_focus=True):
         & > .proc--app { text-style: bold; }
         & > .proc--tree { color: $text-muted; text-style: dim; }
         & > .proc--dim { text-style: dim; }
-        & > .proc--online { color: $text-success; }
-        & > .proc--launching { color: $text-warning; }
-        & > .proc--draining { color: $text-warning; }
-        & > .proc--stopping { color: $text-warning; }
-        & > .proc--waiting-restart { color: $text-warning; text-style: bold; }
-        & > .proc--suspended { color: $text-warning; text-style: bold; }
-        & > .proc--stopped { color: $text-muted; text-style: dim; }
-        & > .proc--errored { color: $text-error; text-style: bold; }
+        & > .proc--good { color: $text-success; }
+        & > .proc--starting { color: $text-warning; }
+        & > .proc--busy { color: $text-warning; }
+        & > .proc--waiting { color: $text-warning; text-style: bold; }
+        & > .proc--alert { color: $text-warning; text-style: bold; }
+        & > .proc--idle { color: $text-muted; text-style: dim; }
+        & > .proc--bad { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }
         & > .proc--spark-mem { color: $text-secondary; }
         & > .proc--spark-conn { color: $text-accent; }
@@ -154,7 +151,7 @@ class ProcessTable(ScrollView, can_focus=True):
         "proc--app",
         "proc--tree",
         "proc--dim",
-        *(f"proc--{s}" for s in STATUS_GLYPH),
+        *(f"proc--{tone}" for tone in get_args(states.Tone)),
         "proc--spark-cpu",
         "proc--spark-mem",
         "proc--spark-conn",
@@ -219,9 +216,6 @@ class ProcessTable(ScrollView, can_focus=True):
     def cursor_row(self) -> int:
         return min(self._cursor, max(0, len(self._order) - 1))
 
-    def get_row_index(self, key: str) -> int:
-        return self._index[key]
-
     def get_cell(self, key: str, column: str) -> Text:
         return self._cells[key][COLUMNS.index(column)]
 
@@ -250,12 +244,6 @@ class ProcessTable(ScrollView, can_focus=True):
         self._index = {k: i for i, k in enumerate(self._order)}
         self._cells.pop(key, None)
         self._forget(key)
-
-    def clear(self) -> None:
-        self._order.clear()
-        self._index.clear()
-        self._cells.clear()
-        self._strips.clear()
 
     def update_snapshot(self, snapshot: dict[str, Any], history: History) -> None:
         """Bring the rows in line with a snapshot: add, remove, update by key."""
@@ -511,10 +499,9 @@ class ProcessTable(ScrollView, can_focus=True):
     def _worker_cells(self, app: dict[str, Any], w: dict[str, Any], last: bool) -> tuple[Text, ...]:
         lay = self._layout
         status = w.get("status", "?")
-        status_style = self._style(f"proc--{status}") if status in STATUS_GLYPH else Style()
-        word = NARROW_STATUS.get(status, status) if lay.narrow else status
-        if status == "waiting-restart" and not lay.narrow:
-            word = "waiting"
+        look = states.LOOKS.get(status)
+        status_style = self._style(f"proc--{look.tone}") if look else Style()
+        word = status if look is None else look.short if lay.narrow else look.word
         live = w.get("pid") is not None
         id_cell = _cell(str(w["id"]), 3, justify="right")
         name = Text(" ", end="")
@@ -529,7 +516,7 @@ class ProcessTable(ScrollView, can_focus=True):
             name,
             _cell("", lay.mode_w) if lay.mode_w else Text(HIDDEN, end=""),
             _cell(str(w["pid"]) if live else "—", 7, justify="right"),
-            _cell(f"{STATUS_GLYPH.get(status, '?')} {word}", lay.status_w, style=status_style),
+            _cell(f"{states.look(status).glyph} {word}", lay.status_w, style=status_style),
             _cell(_count(w.get("restarts", 0)), 3, justify="right"),
             _cell(fmt_duration(w.get("uptime")) if live else "—", 6, justify="right"),
             self._metric_cell(fmt_cpu(w.get("cpu")) if live else "—", cpu_s, "cpu", 100.0),
@@ -544,18 +531,18 @@ class ProcessTable(ScrollView, can_focus=True):
         lay = self._layout
         bold = self._style("proc--app")
         total = len(workers)
-        online = sum(1 for w in workers if w.get("status") == "online")
+        online = sum(1 for w in workers if w.get("status") == states.ONLINE)
         if app.get("reloading"):
-            status, word = "launching", "reloading"
-        elif any(w.get("status") == "errored" for w in workers):
-            status, word = "errored", f"{online}/{total} up"
+            status, word = states.LAUNCHING, "reloading"
+        elif any(w.get("status") == states.ERRORED for w in workers):
+            status, word = states.ERRORED, f"{online}/{total} up"
         elif total and online == total:
-            status, word = "online", f"{online}/{total} up"
+            status, word = states.ONLINE, f"{online}/{total} up"
         elif total == 0 or online == 0:
-            status, word = "stopped", f"{online}/{total} up"
+            status, word = states.STOPPED, f"{online}/{total} up"
         else:
-            status, word = "launching", f"{online}/{total} up"
-        glyph = "↻" if app.get("reloading") else STATUS_GLYPH[status]
+            status, word = states.LAUNCHING, f"{online}/{total} up"
+        glyph = "↻" if app.get("reloading") else states.LOOKS[status].glyph
         name = _cell(app["name"], lay.name_w, style=bold)
         if app.get("watch"):
             name = Text(" ", end="")
@@ -579,7 +566,7 @@ class ProcessTable(ScrollView, can_focus=True):
             _cell(
                 f"{glyph} {word}",
                 lay.status_w,
-                style=self._style(f"proc--{status}") + Style(bold=True),
+                style=self._style(f"proc--{states.LOOKS[status].tone}") + Style(bold=True),
             ),
             _cell(_count(sum(int(w.get("restarts") or 0) for w in workers)), 3, justify="right"),
             _cell("", 6),

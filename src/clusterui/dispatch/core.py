@@ -24,7 +24,7 @@ from typing import Any
 from clusterui.core.metrics import MAX_NAME_LEN, MAX_NAMES
 from clusterui.dispatch import protocol as proto
 
-MODES = ("round-robin", "least-connections", "proxy")
+MODES = proto.DISPATCHER_MODES
 
 ACCEPT_BATCH = 64  # connections accepted per wakeup, at most
 FDS_PER_MESSAGE = 64  # fds in one conn datagram, at most
@@ -116,13 +116,49 @@ class Worker:
         return max(0, self.handed - self.closed)
 
 
+# Routing strategies (clusterui.dispatch.protocol.Mode.route): share out every pending
+# connection among `targets` (ready workers, in turn order) into `groups`, starting the
+# turn at `start`; return the index of the worker that got the last one.
+
+
+def _rotate(targets: list[Worker], start: int, pending: collections.deque, groups: list) -> int:
+    """Each worker in turn."""
+    count = len(targets)
+    n = len(pending)
+    for i in range(n):
+        groups[(start + i) % count].append(pending.popleft())
+    return (start + n - 1) % count
+
+
+def _fewest_open(
+    targets: list[Worker], start: int, pending: collections.deque, groups: list
+) -> int:
+    """The worker with the fewest open connections; ties go to the next in turn."""
+    count = len(targets)
+    loads = [w.open for w in targets]
+    best = start
+    for _ in range(len(pending)):
+        best = start
+        for j in range(1, count):
+            k = (start + j) % count
+            if loads[k] < loads[best]:
+                best = k
+        groups[best].append(pending.popleft())
+        loads[best] += 1
+        start = (best + 1) % count
+    return best
+
+
+_STRATEGIES = {"rotate": _rotate, "fewest-open": _fewest_open}
+
+
 class Dispatcher:
     def __init__(self, listen_sock: socket.socket, control: socket.socket, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown dispatch mode {mode!r} (expected one of {', '.join(MODES)})")
         self.mode = mode
-        self.proxy = mode == "proxy"
-        self.least = mode == "least-connections"
+        self.proxy = proto.MODES[mode].own_port
+        self.strategy = _STRATEGIES[proto.MODES[mode].route]
         self.lsock = listen_sock
         self.lsock.setblocking(False)
         self.lfd = listen_sock.fileno()
@@ -617,7 +653,6 @@ class Dispatcher:
                 if self._routable():
                     self.recheck_at = time.monotonic() + RECHECK  # all busy, none gone
                 return
-            count = len(targets)
             # Continue the rotation after the worker that got the last connection.
             start = 0
             for i, w in enumerate(targets):
@@ -625,23 +660,8 @@ class Dispatcher:
                     start = i
                     break
             groups: list[list[Any]] = [[] for _ in targets]
-            if self.least:
-                loads = [w.open for w in targets]
-                for _ in range(len(pending)):
-                    best = start
-                    for j in range(1, count):
-                        k = (start + j) % count
-                        if loads[k] < loads[best]:
-                            best = k
-                    groups[best].append(pending.popleft())
-                    loads[best] += 1
-                    start = (best + 1) % count
-                    self.rr_seq = targets[best].seq
-            else:
-                n = len(pending)
-                for i in range(n):
-                    groups[(start + i) % count].append(pending.popleft())
-                self.rr_seq = targets[(start + n - 1) % count].seq
+            last = self.strategy(targets, start, pending, groups)
+            self.rr_seq = targets[last].seq
             for w, group in zip(targets, groups, strict=True):
                 if group:
                     unsent = self._hand(w, group)

@@ -12,7 +12,8 @@ import contextlib
 import json
 import os
 import socket
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 MAX_MESSAGE = 64 * 1024  # bytes of JSON in one datagram
 MAX_FDS = 253  # SCM_MAX_FD: the most fds Linux accepts in one message
@@ -24,6 +25,43 @@ _RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 CONN = b'{"t":"conn"}'
 DRAIN = b'{"t":"drain"}'
 READY = b'{"t":"ready"}'
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One dispatch mode: how its workers are wired at spawn, and how connections are
+    routed to them. The supervisor, the dispatcher and the worker helper all read this
+    table; nothing else lists the modes.
+
+    dispatcher: a dispatcher process owns the accept loop (else the workers accept
+      on the listening socket themselves and the kernel balances).
+    handoff: connections reach a worker as fds over its channel (CLUSTERUI_CHANNEL_FD).
+    own_port: each worker listens on its own $PORT and the dispatcher forwards bytes.
+    listen_fd: the listening socket is the worker's fd 3 (systemd socket activation).
+    route: the dispatcher's strategy for picking a worker: "rotate" (the next ready
+      worker in turn) or "fewest-open" (the fewest open connections, ties in turn).
+    """
+
+    name: str
+    dispatcher: bool
+    handoff: bool = False
+    own_port: bool = False
+    listen_fd: bool = False
+    route: Literal["rotate", "fewest-open"] | None = None
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("round-robin", dispatcher=True, handoff=True, route="rotate"),
+        Mode("least-connections", dispatcher=True, handoff=True, route="fewest-open"),
+        Mode("shared", dispatcher=False, listen_fd=True),
+        Mode("proxy", dispatcher=True, own_port=True, route="rotate"),
+    )
+}
+DEFAULT_MODE = "round-robin"
+# The modes a dispatcher process runs.
+DISPATCHER_MODES: tuple[str, ...] = tuple(name for name, m in MODES.items() if m.dispatcher)
 
 
 class ProtocolError(ValueError):

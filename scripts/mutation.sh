@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut 3) of the modules where a wrong comparison is a broken promise.
+# Slow and CPU heavy, so not part of CI. Each target mutates one module and runs only the
+# test files that cover it, under `nice -n 19`, in a scratch copy of this tree
+# ($MUTATION_DIR/<target>, default /tmp/clusterui-mutation), so editing meanwhile is safe.
+#
+#   scripts/mutation.sh [policy|dispatch|reload|logs|control ...]   (default: all five)
+#   then: cd /tmp/clusterui-mutation/<target> && mutmut results  (survivors; `--all` for all)
+#         mutmut show <mutant>                                     (its diff)
+#
+# Needs `pip install -e '.[mutation]'` (mutmut 3) in .venv. The supervisor and the dispatcher run in their
+# own processes; scripts/mutmut/ makes them run the mutants and report which functions
+# they called (see its sitecustomize.py).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+OUT=${MUTATION_DIR:-/tmp/clusterui-mutation}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(policy dispatch reload logs control)
+
+for target in "${targets[@]}"; do
+  case $target in
+    policy)   # the restart policy: backoff, its reset, unstable restarts
+      files='"src/clusterui/core/policy.py"'
+      tests='"tests/test_policy.py"'
+      names=('clusterui.core.policy.*') ;;
+    dispatch) # routing (round-robin, least-connections) and drain
+      files='"src/clusterui/dispatch/core.py"'
+      tests='"tests/test_dispatch.py"'
+      names=('clusterui.dispatch.core.*') ;;
+    reload)   # the rolling reload and the start/stop steps it is made of
+      files='"src/clusterui/core/apps.py"'
+      tests='"tests/test_cluster.py", "tests/test_reload_steps.py"'
+      names=('clusterui.core.apps.xǁAppǁrolling_reload*' 'clusterui.core.apps.xǁAppǁwait_ready*'
+             'clusterui.core.apps.xǁAppǁstart_slot*' 'clusterui.core.apps.xǁAppǁrequest_stop*') ;;
+    logs)     # log rotation (size limit, retained files)
+      files='"src/clusterui/core/logs*"'
+      tests='"tests/test_log_rotation.py"'
+      names=('clusterui.core.logs*LogSink*') ;;
+    control)  # the control socket: its modes and the peer-credential check
+      files='"src/clusterui/core/control.py"'
+      tests='"tests/test_control_peer.py"'
+      names=('clusterui.core.control.x_peer_uid*' 'clusterui.core.control.xǁControlServerǁ_serve*'
+             'clusterui.core.control.xǁControlServerǁstart*') ;;
+    *) echo "mutation.sh: unknown target $target (policy dispatch reload logs control)" >&2; exit 2 ;;
+  esac
+  work=$OUT/$target
+  rm -rf "$work"
+  # mutants/src must exist before Python starts, or the PYTHONPATH entry below is skipped.
+  mkdir -p "$work/hits" "$work/mutants/src"
+  cp -r "$ROOT/src" "$ROOT/tests" "$ROOT/examples" "$ROOT/pyproject.toml" "$work/"
+  cat >>"$work/pyproject.toml" <<TOML
+
+[tool.mutmut]
+source_paths = ["src"]
+only_mutate = [$files]
+also_copy = ["examples"]
+pytest_add_cli_args = ["-p", "mutmut_hits", "-p", "no:cacheprovider", "-q"]
+pytest_add_cli_args_test_selection = [$tests]
+use_git_change_detection = false
+TOML
+  echo "== $target: $work"
+  (
+    cd "$work"
+    export PATH="$VENV/bin:$PATH"
+    # Processes the tests start import the mutated copy, and report their calls.
+    export PYTHONPATH="$work/mutants/src:$ROOT/scripts/mutmut"
+    export CLUSTERUI_MUTMUT_HITS="$work/hits"
+    nice -n 19 mutmut run --max-children "${MUTATION_JOBS:-1}" "${names[@]}"
+    mutmut results --all true | sed 's/^ *//' >"$work/results.txt"
+    grep -c ': killed$' "$work/results.txt" | sed "s/^/$target killed: /" || true
+    grep -v ': killed$' "$work/results.txt" || true
+  )
+done

@@ -1,0 +1,37 @@
+"""The CLI's exit codes and the two errors that carry one.
+
+An operation the supervisor refuses raises OpError; the control connection sends its
+message and code to the client, which raises ClientError with them, and the CLI prints
+the message and exits with the code. Both live here, not in the transport modules, so
+every layer names the same codes.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # the operation failed (a worker did not start, a reload stopped, ...)
+    USAGE = 2  # the request was wrong: bad arguments, a bad file, an unknown app
+    NO_SUPERVISOR = 3  # none is running, or the connection to it was lost
+    INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+class ClusteruiError(Exception):
+    """One sentence for the user, and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = Exit.FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = int(code)
+
+
+class OpError(ClusteruiError):
+    """An operation the supervisor refuses or could not carry out."""
+
+
+class ClientError(ClusteruiError):
+    """What the CLI and the dashboard see: an OpError from the supervisor, or a failure
+    to reach it."""

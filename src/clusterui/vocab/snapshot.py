@@ -1,0 +1,122 @@
+"""The shape of the state the supervisor serves: the `state` op, `state` events to a
+subscribed dashboard, and (a subset) `clusterui ls --json`.
+
+The supervisor builds these (clusterui.core.snapshot), the CLI and the dashboard read
+them, and tests/fake_client.py fakes them; all four use these types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+HISTORY = 120  # samples kept per series: one per supervisor tick, so two minutes
+
+
+class Series(TypedDict):
+    """A worker's recent samples, oldest first, all the same length."""
+
+    cpu: list[float]
+    memory: list[int]
+    conn_rate: list[float]
+    time: list[float]
+
+
+class RestartRecord(TypedDict):
+    time: float
+    reason: str
+    exit_code: int | None
+    signal: str | None
+
+
+class WorkerRow(TypedDict):
+    id: int
+    app: str
+    instance: int
+    pid: int | None
+    status: str  # a clusterui.vocab.states status
+    restarts: int
+    uptime: float
+    cpu: float
+    memory: int
+    connections: int  # handed to it over its life (across replacements)
+    active: int  # open right now
+    conn_rate: float
+    exit_code: int | None
+    exit_signal: str | None
+    error: str | None
+    metrics: dict[str, float]  # at most core.metrics.MAX_NAMES names
+    metrics_dropped: int  # metric updates or names refused by the cap (core/metrics.py)
+    draining_pids: list[int]  # older processes of this slot still draining (a reload)
+    restart_history: list[RestartRecord]
+    out_file: str
+    err_file: str
+    history: NotRequired[Series]  # left out when asked for state without history
+
+
+class AppRow(TypedDict):
+    name: str
+    exec_mode: str
+    dispatch: str | None  # None without 'listen'
+    listen: str | None
+    instances: int
+    watch: bool
+    watch_paths: list[str]
+    last_watch_event: str | None
+    source: str
+    script: str
+    args: list[str]
+    cwd: str
+    interpreter: str | None
+    env_names: list[str]
+    reloading: bool
+    listener_pid: int | None
+
+
+class HostInfo(TypedDict):
+    cpu: float
+    memory_used: int
+    memory_total: int
+    cpus: int
+
+
+class SupervisorInfo(TypedDict):
+    pid: int
+    started_at: float
+    uptime: float
+    home: str
+    version: str
+    files: list[str]
+    host: HostInfo
+    conn_rate: float
+
+
+class Snapshot(TypedDict):
+    supervisor: SupervisorInfo
+    apps: list[AppRow]
+    workers: list[WorkerRow]
+
+
+# The worker fields `clusterui ls --json` prints, in this order.
+LS_JSON_KEYS: tuple[str, ...] = (
+    "id",
+    "app",
+    "instance",
+    "pid",
+    "status",
+    "restarts",
+    "uptime",
+    "cpu",
+    "memory",
+    "connections",
+    "active",
+    "conn_rate",
+    "exit_code",
+    "exit_signal",
+    "draining_pids",
+)
+
+
+def ls_json(workers: list[WorkerRow]) -> list[dict[str, Any]]:
+    """The rows `clusterui ls --json` prints."""
+    # .get: a key an older supervisor does not send is null, not a crash
+    return [{k: w.get(k) for k in LS_JSON_KEYS} for w in workers]
