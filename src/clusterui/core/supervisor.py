@@ -182,15 +182,20 @@ class Supervisor:
             h.conn_rate.append(round(slot.conn_rate, 2))
             limit = app.spec.max_memory_restart
             proc = slot.proc
+            # max_memory_restart compares PSS, not RSS: a tree of forks shares most of
+            # its pages, and RSS would count them once per process.
             if limit and proc and rss > limit and proc.status == states.ONLINE:
                 if proc.over_memory:
                     continue  # its restart is queued already
+                pss = Sampler.pss_tree(proc.pid)
+                if pss <= limit:
+                    continue
                 proc.over_memory = True
                 self.logs.emit(
                     slot.id,
                     app.name,
                     slot.instance,
-                    f"memory {rss} bytes is over max_memory_restart ({limit}); restarting",
+                    f"memory (PSS) {pss} bytes is over max_memory_restart ({limit}); restarting",
                 )
                 asyncio.ensure_future(app.restart_for_memory(slot, proc))
         self._conn_rate = total_rate
