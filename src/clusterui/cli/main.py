@@ -479,6 +479,11 @@ def render_describe(info: dict[str, Any]) -> str:
             f"  last exit  {last}" + (f"  error: {w['error']}" if w["error"] else ""),
             f"  out log    {w['out_file']}",
             f"  err log    {w['err_file']}",
+            *(
+                [f"  log lines  {w['log_dropped']} dropped (the files could not take them)"]
+                if w.get("log_dropped")
+                else []
+            ),
         ]
         for r in w["restart_history"][-5:]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))

@@ -79,6 +79,10 @@ class Supervisor:
         return self._serial
 
     def notice(self, level: str, message: str) -> None:
+        if level in ("error", "warning"):
+            # Also in supervisor.log (our stderr), for whoever was not attached just then.
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp} {level}: {message}", file=sys.stderr, flush=True)
         self.server.broadcast({"event": "notice", "level": level, "message": message})
 
     def _follow_logs(self) -> None:

@@ -47,6 +47,7 @@ class WorkerRow(TypedDict):
     metrics: dict[str, float]  # at most core.metrics.MAX_NAMES names
     metrics_dropped: int  # metric updates or names refused by the cap (core/metrics.py)
     draining_pids: list[int]  # older processes of this slot still draining (a reload)
+    log_dropped: int  # lines its log files could not take (a full disk), marked in them
     restart_history: list[RestartRecord]
     out_file: str
     err_file: str

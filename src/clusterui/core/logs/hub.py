@@ -368,10 +368,31 @@ class LogHub:
         try:
             sink.flush()
         except OSError as exc:
-            # Disk full or similar: the buffer is dropped rather than grown without bound.
+            # Disk full or similar: the buffer is dropped rather than grown without bound;
+            # the file gets a line counting the gap once it can be written again.
             if not sink.failed:
                 sink.failed = True
-                self._report(f"cannot write log file {sink.path}: {exc.strerror or exc}")
+                message = (
+                    f"cannot write log file {sink.path}: {exc.strerror or exc}; "
+                    "lines are dropped from it (counted) until it can be written again"
+                )
+                self._report(message)
+                if sink is not self._sys_sink:
+                    for worker_id, app, instance in self._writers_of(sink):
+                        self.emit(worker_id, app, instance, message)
+
+    def _writers_of(self, sink: LogSink) -> list[tuple[int, str, int]]:
+        """The workers whose capture writes to `sink` now."""
+        return [
+            (cap.worker_id, cap.app, cap.instance)
+            for cap in list(self._captures)
+            if any(pipe.sink is sink for pipe in cap._pipes)
+        ]
+
+    def dropped(self, path: str) -> int:
+        """Lines this hub could not write to the file at `path` (a full disk)."""
+        sink = self._sinks.get(path)
+        return sink.dropped_total if sink is not None else 0
 
     def _report(self, message: str) -> None:
         if self.notice is not None:
