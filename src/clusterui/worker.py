@@ -1008,17 +1008,32 @@ def _clustered_server_class(server_cls: type) -> type:
 
         def server_close(self) -> None:
             if self.socket.draining:
-                # In-flight requests finish; a keep-alive connection still open after the
-                # grace period is idle in a handler thread: end its reads.
-                deadline = time.monotonic() + self._clusterui_grace
-                with self._clusterui_lock:
-                    while self._clusterui_open and time.monotonic() < deadline:
-                        self._clusterui_cond.wait(max(0.0, deadline - time.monotonic()))
-                    left = list(self._clusterui_open)
-                for request in left:
-                    with contextlib.suppress(OSError):
-                        request.shutdown(socket.SHUT_RD)
+                self._clusterui_wait_in_flight()
             super().server_close()
+
+        def _clusterui_wait_in_flight(self) -> None:
+            """Requests in flight finish, however long they take (the supervisor's
+            kill_timeout bounds a drain); a keep-alive connection idle past the grace
+            has its reads ended. Without this wait the program would exit and its
+            daemon handler threads would die mid-request: an empty answer."""
+            deadline = time.monotonic() + self._clusterui_grace
+            ended: set[Any] = set()
+            with self._clusterui_lock:
+                while self._clusterui_open:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        if self._clusterui_busy is None:  # not HTTP: busy or idle is unknown
+                            idle = [r for r in self._clusterui_open if r not in ended]
+                        else:
+                            idle = [
+                                r for r in self._clusterui_open
+                                if r not in self._clusterui_busy and r not in ended
+                            ]  # fmt: skip
+                        for request in idle:
+                            ended.add(request)
+                            with contextlib.suppress(OSError):
+                                request.shutdown(socket.SHUT_RD)
+                    self._clusterui_cond.wait(max(0.05, deadline - now) if now < deadline else 0.1)
 
     Clustered.__name__ = Clustered.__qualname__ = server_cls.__name__
     _server_classes[server_cls] = Clustered
@@ -1032,6 +1047,25 @@ def _clustered_handler_class(handler_cls: type) -> type:
         return _handler_classes[handler_cls]
 
     class Handler(handler_cls):  # type: ignore[valid-type, misc]
+        # A request is busy from the moment its request line is read until its answer is
+        # done; in between a keep-alive connection is idle (a drain may end it).
+        def parse_request(self) -> bool:
+            busy = getattr(self.server, "_clusterui_busy", None)
+            if busy is not None:
+                with self.server._clusterui_lock:
+                    busy.add(self.request)
+            return super().parse_request()
+
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            finally:
+                busy = getattr(self.server, "_clusterui_busy", None)
+                if busy is not None:
+                    with self.server._clusterui_lock:
+                        busy.discard(self.request)
+                        self.server._clusterui_cond.notify_all()
+
         def end_headers(self) -> None:
             if _state.draining and not self.close_connection:
                 self.send_header("Connection", "close")
@@ -1077,6 +1111,11 @@ def make_server(
     server._clusterui_lock = threading.Lock()
     server._clusterui_cond = threading.Condition(server._clusterui_lock)
     server._clusterui_open = set()
+    # Requests being answered now (HTTP handlers say; None: unknown, the grace applies).
+    http_handler = isinstance(handler_cls, type) and issubclass(
+        handler_cls, http.server.BaseHTTPRequestHandler
+    )
+    server._clusterui_busy = set() if http_handler else None
     sock.on_drain(server._clusterui_drain)
     try:
         server.server_bind()  # fills in server_name/port (and WSGI's environ)
