@@ -226,6 +226,10 @@ class _Channel:
         self.ready_sent = False
         self.ready_wanted = False
         self.gone = False
+        self.conns_received = 0  # conn datagrams taken off the channel, in order
+        # (datagram number, fds we got) for conn datagrams whose fds the kernel could not
+        # all install (MSG_CTRUNC: our fd limit): the dispatcher counts the lost ones closed
+        self.lost: list[tuple[int, int]] = []
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -257,6 +261,10 @@ class _Channel:
                 if self.closed:
                     self._send(proto.encode({"t": "closed", "n": self.closed}), wait)
                     self.closed = 0
+                while self.lost:
+                    seq, got = self.lost[0]
+                    self._send(proto.encode({"t": "lost", "seq": seq, "got": got}), wait)
+                    del self.lost[0]
                 if self.metrics:
                     self._send(proto.encode({"t": "metrics", "values": self.metrics}), wait)
                     self.metrics = {}
@@ -285,6 +293,11 @@ class _Channel:
                 return None
             data, fds, truncated = got
             if data == proto.CONN:
+                self.conns_received += 1
+                if truncated:
+                    with self.lock:
+                        self.lost.append((self.conns_received, len(fds)))
+                    self.flush()
                 return "conn", fds
             try:
                 if truncated:
