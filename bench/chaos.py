@@ -1,4 +1,4 @@
-"""Chaos benchmark: workers killed (-9) and frozen (SIGSTOP) under HTTP load (DESIGN §7).
+"""Chaos benchmark: workers killed (-9) and frozen (SIGSTOP) under HTTP load (docs/targets.md).
 
 Measures, with a real supervisor and examples/web.py workers in cluster mode:
 
@@ -25,10 +25,8 @@ home under /tmp. bench/soak.py imports the helpers below.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -40,9 +38,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,80 +46,19 @@ from typing import Any
 import psutil
 
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-WEB = str(ROOT / "examples" / "web.py")
-LOCK_PATH = "/tmp/clusterui-bench.lock"
+sys.path.insert(0, str(BENCH))
+
+from common import (  # noqa: E402
+    WEB,
+    Control,
+    HttpLoad,
+    bench_lock,
+    free_port,
+    wait_for,
+)
+
 TARGET_SERVING_MS = 300
 QUEUE_CAP = 64  # clusterui.dispatch.core.QUEUE_CAP
-
-
-# ---- plumbing shared with soak.py -----------------------------------------------------------
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def exclusive(what: str) -> Iterator[None]:
-    """Hold /tmp/clusterui-bench.lock (flock) around one measured section."""
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"  waiting for {LOCK_PATH} (another benchmark is running) ...", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        load = os.getloadavg()[0]
-        if load > (os.cpu_count() or 1) * 0.5:
-            print(f"  note: load average {load:.2f} before {what}: figures may be high", flush=True)
-        yield
-    finally:
-        os.close(fd)
-
-
-class Control:
-    """One connection to the supervisor's control socket (newline-delimited JSON)."""
-
-    def __init__(self, home: Path, timeout: float = 60.0):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(home / "supervisor.sock"))
-        self.file = self.sock.makefile("rwb")
-        self.next_id = 0
-
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
-        self.next_id += 1
-        self.file.write(json.dumps({"id": self.next_id, "op": op, "args": args}).encode() + b"\n")
-        self.file.flush()
-        while True:
-            msg = json.loads(self.file.readline())
-            if msg.get("id") == self.next_id:
-                return msg
-
-    def state(self) -> dict[str, Any]:
-        return self.call("state", history=False)["result"]
-
-    def workers(self, app: str | None = None) -> list[dict[str, Any]]:
-        return [w for w in self.state()["workers"] if app is None or w["app"] == app]
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.file.close()
-            self.sock.close()
 
 
 class Supervisor:
@@ -187,98 +122,6 @@ def web_ecosystem(port: int, workers: int, name: str = "web", extra: str = "") -
         listen: 127.0.0.1:{port}
     {extra}
     """
-
-
-@dataclass
-class Result:
-    start: float
-    end: float
-    pid: int | None
-    error: str | None
-    client: int = 0
-
-
-class HttpLoad:
-    """Closed-loop HTTP/1.1 clients in a background asyncio loop; every request recorded."""
-
-    def __init__(
-        self,
-        port: int,
-        concurrency: int,
-        keep_alive: bool = False,
-        timeout: float = 30.0,
-        pause: float = 0.0,  # seconds each client waits between requests (soak.py)
-    ):
-        self.port = port
-        self.pause = pause
-        self.concurrency = concurrency
-        self.keep_alive = keep_alive
-        self.timeout = timeout
-        self.results: list[Result] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        conn = b"keep-alive" if keep_alive else b"close"
-        self._request = b"GET / HTTP/1.1\r\nHost: chaos\r\nConnection: " + conn + b"\r\n\r\n"
-
-    def __enter__(self) -> HttpLoad:
-        self._thread.start()
-        wait_for(lambda: self.ok() > 20, 30, "load to get going")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout + 5)
-
-    def ok(self, since: float = 0.0) -> int:
-        return sum(1 for r in list(self.results) if r.error is None and r.end >= since)
-
-    def failures(self) -> list[Result]:
-        return [r for r in list(self.results) if r.error is not None]
-
-    def first_from(self, exclude: set[int], since: float) -> Result | None:
-        for r in list(self.results):
-            if r.end >= since and r.pid is not None and r.pid not in exclude:
-                return r
-        return None
-
-    async def _run(self) -> None:
-        clients = [asyncio.ensure_future(self._client(i)) for i in range(self.concurrency)]
-        while not self._stop.is_set():
-            await asyncio.sleep(0.02)
-        await asyncio.wait(clients, timeout=self.timeout + 1)
-        for c in clients:
-            c.cancel()
-
-    async def _client(self, index: int) -> None:
-        reader = writer = None
-        while not self._stop.is_set():
-            start = time.monotonic()
-            pid = error = None
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection("127.0.0.1", self.port), self.timeout
-                    )
-                writer.write(self._request)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                body = await asyncio.wait_for(reader.readexactly(length), self.timeout)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"bad answer {head[:40]!r}")
-                pid = int(body.rsplit(b" pid ", 1)[1])
-                if not self.keep_alive or b"connection: close" in head.lower():
-                    writer.close()
-                    writer = None
-            except Exception as exc:  # recorded: failures are the data
-                error = repr(exc)
-                if writer is not None:
-                    writer.close()
-                writer = None
-            self.results.append(Result(start, time.monotonic(), pid, error, index))
-            if self.pause:
-                await asyncio.sleep(self.pause)
-        if writer is not None:
-            writer.close()
 
 
 def stats_ms(values: list[float]) -> dict[str, float]:
@@ -349,7 +192,7 @@ def anchor(runs: int) -> list[float]:
             start_new_session=True,
         )
         try:
-            wait_for(lambda p=port: answers(p), 20, "the standalone worker", every=0.002)
+            wait_for(lambda p=port: answers(p), 20, "the standalone worker", step=0.002)
             times.append(time.monotonic() - t0)
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -398,7 +241,7 @@ def kills(
                 ],
                 30,
                 "a stable online worker",
-                every=0.05,
+                step=0.05,
             )
             victim = rng.choice(rows)
             pids = {w["pid"] for w in ctl.workers("web")}
@@ -506,7 +349,7 @@ def main() -> int:
     try:
         port = free_port()
         sup.up(web_ecosystem(port, opts.workers))
-        with exclusive("the anchors"):
+        with bench_lock("the anchors"):
             idle = anchor(opts.anchor)
             # The same start while the cluster is under the kill phase's load: the new
             # worker competes for the CPU with the clients and the other workers.
@@ -519,7 +362,7 @@ def main() -> int:
         print(row(f"while {opts.concurrency} clients load the cluster", loaded))
         for keep_alive in (False, True):
             mode = "keep-alive" if keep_alive else "Connection: close"
-            with exclusive(f"kills ({mode})"):
+            with bench_lock(f"kills ({mode})"):
                 done, load, stray = kills(sup, port, opts.kills, opts.concurrency, keep_alive, rng)
             failures = [k.failed for k in done]
             report[f"kills_{'keepalive' if keep_alive else 'close'}"] = {
@@ -554,7 +397,7 @@ def main() -> int:
                 f"failures not in flight at a kill instant: {stray}"
                 + (" (keep-alive: the next request on a dead connection)" if keep_alive else "")
             )
-        with exclusive("stops"):
+        with bench_lock("stops"):
             frozen = stops(sup, port, opts.stops, opts.stop_seconds, rng)
         report["stops"] = frozen
         print(

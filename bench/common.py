@@ -1,20 +1,32 @@
-"""Helpers the benchmarks share: errors, running clusterui, waiting, the machine lock,
-cleaning up processes."""
+"""Helpers the benchmarks and the tests share: errors, running clusterui, waiting, free
+ports, the machine lock, a control connection, an HTTP load client, cleaning up processes.
+
+tests/support.py imports the generic ones from here, so each is defined once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clusterui.core.listener import free_port as free_port  # the one definition
+
 LOCK = "/tmp/clusterui-bench.lock"
+ROOT = Path(__file__).resolve().parents[1]
+WEB = str(ROOT / "examples" / "web.py")  # answers "hello from web instance I pid P"
 
 
 class BenchError(Exception):
@@ -43,20 +55,31 @@ def tail(out: subprocess.CompletedProcess) -> str:
     return text[-1] if text else f"exit code {out.returncode}"
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    """Poll check() until it returns something truthy, or fail naming what never happened."""
+class WaitTimeout(BenchError, AssertionError):
+    """wait_for's deadline passed: a failed step in a benchmark, a failed check in a test."""
+
+
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "condition",
+    step: float = 0.02,
+) -> Any:
+    """Poll check() until it returns something truthy (returned), or raise WaitTimeout
+    naming what never happened (`what` may be a function describing the state then)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g} s")
+            said = what if isinstance(what, str) else what()
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {said}")
         time.sleep(step)
 
 
 @contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
+def bench_lock(what: str = "") -> Iterator[None]:
     """Other benchmarks share this 2-core machine: measure only while holding the lock."""
     with open(LOCK, "a") as fh:
         try:
@@ -64,16 +87,165 @@ def bench_lock() -> Iterator[None]:
         except BlockingIOError:
             print(f"  waiting for {LOCK} (another benchmark is running) ...", flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        load = os.getloadavg()[0]
+        if what and load > (os.cpu_count() or 1) * 0.5:
+            print(f"  note: load average {load:.2f} before {what}: figures may be high", flush=True)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Control:
+    """One connection to the supervisor's control socket (newline-delimited JSON)."""
+
+    def __init__(self, home: Path, timeout: float = 60.0):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(home / "supervisor.sock"))
+        self.file = self.sock.makefile("rwb")
+        self.next_id = 0
+        self.slowest = 0.0  # the longest a `result` call took, in seconds
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        """The raw answer: {"id", "ok", "result"} or {"id", "ok": false, "error", "code"}."""
+        self.next_id += 1
+        self.file.write(json.dumps({"id": self.next_id, "op": op, "args": args}).encode() + b"\n")
+        self.file.flush()
+        while True:
+            msg = json.loads(self.file.readline())
+            if msg.get("id") == self.next_id:
+                return msg
+
+    def result(self, op: str, **args: Any) -> Any:
+        """The result of a call that must succeed within the timeout (else AssertionError)."""
+        start = time.monotonic()
+        try:
+            answer = self.call(op, **args)
+        except TimeoutError:
+            raise AssertionError(
+                f"the supervisor did not answer {op} within {self.sock.gettimeout():g} s"
+            ) from None
+        self.slowest = max(self.slowest, time.monotonic() - start)
+        assert answer["ok"], answer
+        return answer["result"]
+
+    def state(self) -> dict[str, Any]:
+        return self.result("state", history=False)
+
+    def workers(self, app: str | None = None) -> list[dict[str, Any]]:
+        return [w for w in self.state()["workers"] if app is None or w["app"] == app]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()
+
+
+@dataclass
+class Result:
+    start: float
+    end: float
+    pid: int | None
+    error: str | None
+    client: int = 0
+
+
+class HttpLoad:
+    """Closed-loop HTTP/1.1 clients in a background asyncio loop; every request recorded."""
+
+    def __init__(
+        self,
+        port: int,
+        concurrency: int = 4,
+        keep_alive: bool = False,
+        timeout: float = 10.0,
+        pause: float = 0.0,  # seconds each client waits between requests (soak.py)
+    ):
+        self.port = port
+        self.pause = pause
+        self.concurrency = concurrency
+        self.keep_alive = keep_alive
+        self.timeout = timeout
+        self.results: list[Result] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        conn = b"keep-alive" if keep_alive else b"close"
+        self._request = b"GET / HTTP/1.1\r\nHost: chaos\r\nConnection: " + conn + b"\r\n\r\n"
+
+    def __enter__(self) -> HttpLoad:
+        self._thread.start()
+        wait_for(lambda: self.ok() > 20, 30, "load to get going")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+
+    def ok(self, since: float = 0.0) -> int:
+        return sum(1 for r in list(self.results) if r.error is None and r.end >= since)
+
+    ok_count = ok
+
+    def failures(self) -> list[Result]:
+        return [r for r in list(self.results) if r.error is not None]
+
+    def first_from(self, exclude: set[int], since: float) -> Result | None:
+        for r in list(self.results):
+            if r.end >= since and r.pid is not None and r.pid not in exclude:
+                return r
+        return None
+
+    def pids_since(self, since: float) -> set[int]:
+        return {r.pid for r in list(self.results) if r.pid is not None and r.end >= since}
+
+    def first_answer_from(self, pids: set[int], since: float) -> Result | None:
+        for r in list(self.results):
+            if r.pid in pids and r.end >= since:
+                return r
+        return None
+
+    async def _run(self) -> None:
+        clients = [asyncio.ensure_future(self._client(i)) for i in range(self.concurrency)]
+        while not self._stop.is_set():
+            await asyncio.sleep(0.02)
+        await asyncio.wait(clients, timeout=self.timeout + 1)
+        for c in clients:
+            c.cancel()
+
+    async def _client(self, index: int) -> None:
+        reader = writer = None
+        while not self._stop.is_set():
+            start = time.monotonic()
+            pid = error = None
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", self.port), self.timeout
+                    )
+                writer.write(self._request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = await asyncio.wait_for(reader.readexactly(length), self.timeout)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"bad answer {head[:40]!r}")
+                pid = int(body.rsplit(b" pid ", 1)[1])
+                if not self.keep_alive or b"connection: close" in head.lower():
+                    writer.close()
+                    writer = None
+            except Exception as exc:  # recorded: failures are the data
+                error = repr(exc)
+                if writer is not None:
+                    writer.close()
+                writer = None
+            self.results.append(Result(start, time.monotonic(), pid, error, index))
+            if self.pause:
+                await asyncio.sleep(self.pause)
+        if writer is not None:
+            writer.close()
 
 
 def kill_all(procs: list[Any], grace: float = 3.0) -> None:

@@ -1,4 +1,4 @@
-"""Dashboard benchmark (DESIGN §6/§7): idle CPU, and key press → action under a log flood.
+"""Dashboard benchmark (docs/targets.md): idle CPU, and key press → action under a log flood.
 
 The real dashboard (`clusterui attach`) runs in a real terminal: a private tmux
 server, 200×60, on a supervisor with a private CLUSTERUI_HOME.
@@ -601,7 +601,7 @@ def print_report(result: Result, opts: argparse.Namespace) -> None:
     for note in result.notes:
         print(f"note: {note}")
     print()
-    print("targets (DESIGN §6/§7):")
+    print("targets (docs/targets.md):")
     dash = result.idle.get("dashboard")
     if dash:
         ok = dash.cpu < CPU_TARGET

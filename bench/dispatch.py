@@ -1,4 +1,4 @@
-"""Dispatch benchmark (DESIGN §7): clusterui's dispatcher against the kernel, Node and PM2.
+"""Dispatch benchmark (docs/targets.md): clusterui's dispatcher against the kernel, Node and PM2.
 
 Everything in one run, side by side (absolute figures on these machines mean little;
 ratios from the same run mean more), with wrk on loopback:
@@ -58,7 +58,7 @@ NODE_WORKER = BENCH / "node" / "http_worker.js"
 NODE_CLUSTER = BENCH / "node" / "cluster_rr.js"
 LOCK_PATH = "/tmp/clusterui-bench.lock"
 
-# Targets (DESIGN §7).
+# Targets (docs/targets.md).
 CLOSE_VS_REUSEPORT = 0.90
 KEEPALIVE_VS_REUSEPORT = 0.95
 CLOSE_VS_NODE_RR = 1.5
@@ -941,7 +941,13 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
     checks = [
         (RR, REUSE, "close", CLOSE_VS_REUSEPORT, "python / python: apples-to-apples"),
         (RR, REUSE, "keepalive", KEEPALIVE_VS_REUSEPORT, "python / python: apples-to-apples"),
-        (RR, NODE_RR, "close", CLOSE_VS_NODE_RR, "python / node: DESIGN's figure, mixes languages"),
+        (
+            RR,
+            NODE_RR,
+            "close",
+            CLOSE_VS_NODE_RR,
+            "python / node: the target's figure, mixes languages",
+        ),
     ]
     for a, b, kind, target, note in checks:
         value = ratio(a, b, kind)

@@ -1,4 +1,4 @@
-"""Idle-cost benchmark (DESIGN §7): the clusterui supervisor against PM2's God daemon.
+"""Idle-cost benchmark (docs/targets.md): the clusterui supervisor against PM2's God daemon.
 
 Both managers run the SAME 16 idle workers (bench/node/idle_server.js: an HTTP server
 nobody calls and a 1 s timer), from the SAME ecosystem YAML file, in fork mode, one
@@ -44,9 +44,9 @@ ROOT = BENCH.parent
 NODE_WORKER = BENCH / "node" / "idle_server.js"
 PM2_BIN = BENCH / "node_modules" / ".bin" / "pm2"
 MiB = 1024 * 1024
-CLUSTERUI_CPU_TARGET = 1.0  # % of one core (DESIGN §7)
+CLUSTERUI_CPU_TARGET = 1.0  # % of one core (docs/targets.md)
 CLUSTERUI_RSS_TARGET = 40.0  # MiB
-PM2_RSS_REFERENCE = 55.0  # MiB, DESIGN §7's figure for PM2's daemon
+PM2_RSS_REFERENCE = 55.0  # MiB, docs/targets.md's figure for PM2's daemon
 
 
 # ---- the Python idle worker ------------------------------------------------------------
@@ -408,7 +408,7 @@ def print_verdicts(rows: list[Row], workers: int) -> None:
         def mark(ok: bool) -> str:
             return "ok" if ok else "MISSED"
 
-        print("targets (DESIGN §7), clusterui supervisor with", node, "workers:")
+        print("targets (docs/targets.md), clusterui supervisor with", node, "workers:")
         print(
             f"  idle CPU < {CLUSTERUI_CPU_TARGET:g}% of a core: {cu.cpu:.2f}%"
             f"  {mark(cu.cpu < CLUSTERUI_CPU_TARGET)}"
@@ -418,7 +418,7 @@ def print_verdicts(rows: list[Row], workers: int) -> None:
             f"  {mark(cu.rss < CLUSTERUI_RSS_TARGET)}"
         )
     if pm2:
-        print(f"  PM2's daemon, DESIGN's reference ~{PM2_RSS_REFERENCE:g} MiB: {pm2.rss:.1f} MiB")
+        print(f"  PM2's daemon, reference ~{PM2_RSS_REFERENCE:g} MiB: {pm2.rss:.1f} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos import WEB, Control, HttpLoad, Supervisor, exclusive, free_port, wait_for  # noqa: E402
+from chaos import Supervisor  # noqa: E402
+from common import WEB, Control, HttpLoad, bench_lock, free_port, wait_for  # noqa: E402
 
 READY_SH = """\
 printf '{"t":"ready"}' >&"$CLUSTERUI_CHANNEL_FD"
@@ -184,7 +185,7 @@ def settle(ctl: Control, app: str, n: int | None = None) -> list[dict[str, Any]]
         good = rows and all(w["status"] == "online" for w in rows)
         return rows if good and (n is None or len(rows) == n) else []
 
-    return wait_for(ok, 60, f"{app} online", every=0.05)
+    return wait_for(ok, 60, f"{app} online", step=0.05)
 
 
 def mib(n: int) -> str:
@@ -344,7 +345,7 @@ def main() -> int:
             f"clusterui soak: {opts.minutes:g} min, ~{opts.rate:g} requests/s, seed {seed}, "
             f"supervisor pid {sup.pid}, {os.cpu_count()} CPUs"
         )
-        with exclusive("the soak"):
+        with bench_lock("the soak"):
             clients = 8
             pause = clients / opts.rate
             loads = [

@@ -1,4 +1,4 @@
-"""File-watch reload benchmark (DESIGN §6/§7): a saved file → every worker serving it.
+"""File-watch reload benchmark (docs/targets.md): a saved file → every worker serving it.
 
 The example app pattern: examples/web.py is copied into a temporary project folder
 (so the edits never touch the repository), with its greeting turned into a literal
@@ -564,7 +564,7 @@ def print_report(edits: list[Edit], totals: dict[str, Any], early: list[dict]) -
         print(f"  e.g. {'; '.join(examples)}")
     time_ok = bool(times) and len(times) == len(edits) and max(times) < TARGET_S
     fail_ok = failed == 0 and bool(totals)
-    print("targets (DESIGN §6/§7), default debounce:")
+    print("targets (docs/targets.md), default debounce:")
     print(
         f"  save → every worker new < {TARGET_S:g} s: "
         f"{'max ' + format(max(times), '.3f') + ' s' if times else 'no result'}"

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import leaks  # noqa: E402
-from helpers import Env  # noqa: E402
+from support import Env  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """An in-memory client for the dashboard: deterministic data, scripted events, recorded calls.
 
-It implements the client API of clusterui.client.Client (see DESIGN.md §6 and the client
+It implements the client API of clusterui.client.Client (see docs/architecture.md and the client
 contract). Everything is fixed: times count from T0, pids are made up, histories are
 computed from the sample index, so screenshots and snapshot tests are reproducible.
 """
@@ -67,6 +67,7 @@ def make_worker(
     restart_history: list[dict[str, Any]] | None = None,
     exit_code: int | None = None,
     exit_signal: str | None = None,
+    error: str | None = None,
 ) -> WorkerRow:
     live = status in states.LIVE
     hist = make_history(history, cpu, memory, conn_rate, busy=busy, phase=wid * 0.7)
@@ -85,7 +86,7 @@ def make_worker(
         "conn_rate": hist["conn_rate"][-1] if history else conn_rate,
         "exit_code": exit_code,
         "exit_signal": exit_signal,
-        "error": None,
+        "error": error,
         "metrics": dict(metrics or {}),
         "history": hist if live else {"cpu": [], "memory": [], "conn_rate": [], "time": []},
         "restart_history": list(restart_history or []),
@@ -115,6 +116,28 @@ def make_app(name: str, **over: Any) -> AppRow:
     }
     app.update(over)
     return app
+
+
+def app_spec(app: dict[str, Any]) -> dict[str, Any]:
+    """The `spec` part of a describe answer: the supervisor's AppSpec.to_dict() for this
+    app, env values left out (the supervisor sends the names only)."""
+    from clusterui.core.spec import AppSpec, parse_listen
+
+    spec = AppSpec(
+        name=app["name"],
+        script=app["script"],
+        args=list(app["args"]),
+        cwd=app["cwd"],
+        interpreter=app["interpreter"],
+        instances=app["instances"],
+        exec_mode=app["exec_mode"],
+        listen=parse_listen(app["listen"]) if app["listen"] else None,
+        dispatch=app["dispatch"] or "round-robin",
+        watch=list(app["watch_paths"]),
+        source=app["source"],
+    ).to_dict()
+    spec["env"] = sorted(app["env_names"])
+    return spec
 
 
 def make_snapshot(
@@ -353,6 +376,12 @@ class FakeClient:
         await self._op("reload", targets)
         return {"message": f"Reloaded {', '.join(targets)}.", "workers": self._ids(targets)}
 
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        await self._op("apply", file)
+        return {"message": f"Applied {file}: unchanged web.", "workers": []}
+
     async def delete(self, targets: list[str]) -> dict[str, Any]:
         await self._op("delete", targets)
         return {"message": f"Deleted {', '.join(targets)}.", "workers": self._ids(targets)}
@@ -373,7 +402,14 @@ class FakeClient:
 
     async def describe(self, target: str) -> dict[str, Any]:
         await self._op("describe", target)
-        return {}
+        name = target.split(":")[0]
+        app = next(a for a in self.snapshot["apps"] if a["name"] == name)
+        workers = [
+            w
+            for w in self.snapshot["workers"]
+            if w["app"] == name and target in (name, f"{name}:{w['instance']}", str(w["id"]))
+        ]
+        return copy.deepcopy({"app": app, "spec": app_spec(app), "workers": workers})
 
     async def shutdown(self) -> None:
         await self._op("shutdown")

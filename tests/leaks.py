@@ -4,7 +4,7 @@ Every test runs with CLUSTERUI_TEST_OWNER=<test id> in its environment (conftest
 everything it starts, and everything those start (a supervisor, its workers and
 dispatchers, a harness's processes), carries the mark. After the test's fixtures have
 cleaned up, whatever still carries it is killed and named in the failure. A supervisor's
-home is checked the same way when its Env is cleaned up (tests/helpers.py).
+home is checked the same way when its Env is cleaned up (tests/support.py).
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import socket
 import threading
 import time
 
-import helpers
 import pytest
-from helpers import Env, wait_for
-from test_chaos import QUEUE_CAP, WEB, Control, free_port
+import support
+from support import WEB, Control, Env, free_port, wait_for
+from test_chaos import QUEUE_CAP
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,7 +33,7 @@ def get_pid(port: int, timeout: float = 10.0) -> int:
 
 
 def web_app(cu, name: str = "web", instances: int = 2) -> int:
-    return helpers.web_app(cu, name=name, instances=instances)
+    return support.web_app(cu, name=name, instances=instances)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +169,15 @@ WRONG_TYPES = [
     {"op": "start_script", "args": {"spec": 5}},
     {"op": "start_script", "args": {"spec": {"script": "/bin/true"}}},  # no name
     {"op": "start_script", "args": {"spec": {"name": "web", "script": "/bin/true"}}},  # taken
+    {"op": "load", "args": {"file": "ecosystem.yaml", "caller_env": {"A": 5}}},
+    {"op": "load", "args": {"file": "ecosystem.yaml", "caller_env": ["A=1"]}},
+    {"op": "restart", "args": {"targets": ["web"], "caller_env": "A=1"}},
+    {"op": "reload", "args": {"targets": ["web"], "caller_env": {"A=B": "1"}}},
+    {"op": "start_script", "args": {"spec": {"name": "x", "script": "/bin/true"}, "caller_env": 1}},
+    {"op": "resurrect", "args": {"caller_env": {"A": None}}},
+    {"op": "save", "args": {"path": "/tmp/elsewhere.yaml"}},
+    {"op": "env", "args": {"target": ["web"]}},
+    {"op": "env", "args": {"target": "nope"}},
     {"op": "ping", "args": {"x": 1}},
     {"op": "__init__", "args": {}},
     {"op": "shutdown", "args": {"now": True}},

@@ -10,7 +10,7 @@ import sys
 
 import psutil
 import pytest
-from helpers import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

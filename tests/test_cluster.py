@@ -7,16 +7,16 @@ import signal
 import socket
 import time
 
-import helpers
 import leaks
 import pytest
-from helpers import WEB, Load, free_port, get, wait_for
+import support
+from support import WEB, Load, free_port, get, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def web_app(cu, port: int, **keys) -> None:
-    helpers.web_app(cu, port, kill_timeout=3000, **keys)
+    support.web_app(cu, port, kill_timeout=3000, **keys)
 
 
 def test_round_robin_through_the_supervisor_and_counters(cu):

@@ -622,12 +622,13 @@ def test_find_default_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         find_default_file(tmp_path)
     [problem] = info.value.problems
-    assert "no ecosystem.yaml or ecosystem.yml" in problem.message
+    assert "no ecosystem file" in problem.message and "ecosystem.config.js" in problem.message
     assert "ecosystem.example.yaml" in problem.message
     assert str(info.value) == problem.message
+    (tmp_path / "process.json").write_text("{}")
+    assert find_default_file(tmp_path) == tmp_path / "process.json"
     (tmp_path / "ecosystem.config.js").write_text("module.exports = {}")
-    with pytest.raises(ConfigError, match="ecosystem.config.js"):
-        find_default_file(tmp_path)
+    assert find_default_file(tmp_path) == tmp_path / "ecosystem.config.js"
     (tmp_path / "ecosystem.yml").write_text("")
     assert find_default_file(tmp_path) == tmp_path / "ecosystem.yml"
     (tmp_path / "ecosystem.yaml").write_text("")

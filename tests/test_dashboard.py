@@ -229,6 +229,10 @@ PALETTE_CASES = [
     ("Stop web:1", lambda c, a: c.calls_of("stop")[-1:] == [(["web:1"],)]),
     ("Start web:1", lambda c, a: c.calls_of("start")[-1:] == [(["web:1"],)]),
     ("Toggle file watch for web", lambda c, a: c.calls_of("watch")[-1:] == [("web", None)]),
+    (
+        "Apply the ecosystem file",
+        lambda c, a: c.calls_of("apply")[-1:] == [("/srv/shop/ecosystem.yaml",)],
+    ),
     ("Focus or maximise the logs", lambda c, a: a.log_view.has_focus),
     ("Filter the logs", lambda c, a: a.focused is not None and a.focused.id == "filter"),
     ("Show or hide details", lambda c, a: not a.main_screen.has_class("-details")),
@@ -280,6 +284,29 @@ async def test_palette_delete_asks_first() -> None:
         await pilot.press("y")
         await until(pilot, lambda: client.calls_of("delete") == [(["jobs"],)])
         await until(pilot, lambda: "Deleted jobs." in messages(app))
+
+
+async def test_u_applies_the_loaded_files_and_the_header_names_them() -> None:
+    client = FakeClient()
+    async with dashboard(client, file="/srv/shop/other.yaml") as (app, pilot, _):
+        await pilot.press("u")
+        await until(pilot, lambda: len(client.calls_of("apply")) == 2)
+        # The file we were started on (its apps are gone now) and the file apps come from.
+        assert client.calls_of("apply") == [
+            ("/srv/shop/other.yaml",),
+            ("/srv/shop/ecosystem.yaml",),
+        ]
+        await until(pilot, lambda: any("Applied" in m for m in messages(app)))
+        assert "ecosystem.yaml" in screen_text(app) and "other.yaml" not in screen_text(app)
+
+
+async def test_u_with_no_file_says_so() -> None:
+    client = FakeClient()
+    client.snapshot["supervisor"]["files"] = []
+    async with dashboard(client) as (app, pilot, _):
+        await pilot.press("u")
+        await until(pilot, lambda: "No ecosystem file is loaded." in messages(app))
+        assert client.calls_of("apply") == []
 
 
 # -- quitting --------------------------------------------------------------------

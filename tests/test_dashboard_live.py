@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from helpers import wait_for
+from support import wait_for
 
 from clusterui.client import Client
 from clusterui.core.home import Home

@@ -78,3 +78,44 @@ def test_confirm_dialog_80x24(snap_compare) -> None:
 
 def test_help_160x48(snap_compare) -> None:
     assert snap_compare(make_app(), terminal_size=(160, 48), run_before=loaded("question_mark"))
+
+
+def with_states(**by_worker: dict[str, object]) -> DashboardApp:
+    """The demo with some workers changed (keyword: w<id>) and apps (keyword: the name)."""
+    snap = demo_snapshot(api_workers=3)
+    for key, changes in by_worker.items():
+        if key.startswith("w") and key[1:].isdigit():
+            (row,) = [w for w in snap["workers"] if w["id"] == int(key[1:])]
+        else:
+            (row,) = [a for a in snap["apps"] if a["name"] == key]
+        row.update(changes)  # type: ignore[typeddict-item]
+    return DashboardApp(FakeClient(snap), tz=dt.UTC)  # type: ignore[arg-type]
+
+
+GONE = {"pid": None, "uptime": 0, "cpu": 0.0, "memory": 0, "active": 0}
+
+
+def test_errored_worker_with_details_160x48(snap_compare) -> None:
+    app = with_states(
+        w1={**GONE, "status": "errored", "exit_code": 1, "error": "exited (code 1) 16 times"}
+    )
+    assert snap_compare(app, terminal_size=(160, 48), run_before=loaded(select="w:1"))
+
+
+def test_suspended_and_stopped_workers_160x48(snap_compare) -> None:
+    app = with_states(w2={"status": "suspended"}, w5={**GONE, "status": "stopped"})
+    assert snap_compare(app, terminal_size=(160, 48), run_before=loaded(select="w:2"))
+
+
+def test_launching_and_draining_during_a_reload_160x48(snap_compare) -> None:
+    app = with_states(
+        api={"reloading": True},
+        w2={"status": "launching", "uptime": 0.4, "restarts": 1},
+        w3={"status": "draining", "active": 3},
+    )
+    assert snap_compare(app, terminal_size=(160, 48), run_before=loaded(select="app:api"))
+
+
+def test_narrow_60x20_with_an_errored_worker(snap_compare) -> None:
+    app = with_states(w1={**GONE, "status": "errored", "exit_code": 1})
+    assert snap_compare(app, terminal_size=(60, 20), run_before=loaded())

@@ -17,10 +17,10 @@ from dispatch_harness import (
     LAZY_WORKER,
     SILENT_WORKER,
     Harness,
-    free_port,
     instance_of,
     read_all,
 )
+from support import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import sys
 import leaks
 import psutil
 import pytest
-from helpers import Env, wait_for
+from support import Env, wait_for
 
 
 def test_a_process_left_behind_by_the_test_is_named_and_killed(request):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import test_logs
-from helpers import wait_for
+from support import wait_for
 from test_logs import attach, closed, spec
 
 from clusterui.core.logs import MAX_LINE, LogHub, LogLine, live_cut, skipped_note

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from support import wait_for
 from test_logs import Writer, attach, closed, spec
 
 from clusterui.core.logs import LogHub, compile_date_format, compile_date_parser

@@ -12,7 +12,7 @@ import time
 
 import psutil
 import pytest
-from helpers import Env, kill_ours, wait_for
+from support import Env, kill_ours, wait_for
 
 KILL_TIMEOUT_MS = 2000
 # The machine is shared: the bound is about correctness (kill_timeout, not a hang or

@@ -2,7 +2,7 @@
 
 import time
 
-from helpers import wait_for
+from support import wait_for
 
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
 from clusterui.core.spec import AppSpec
@@ -21,7 +21,14 @@ def run(tracker: RestartTracker, s: AppSpec, uptimes: list[float]) -> list[tuple
 
 
 def test_autorestart_off_stops():
-    assert RestartTracker().on_exit(spec(autorestart=False), 5000).action == "stop"
+    decision = RestartTracker().on_exit(spec(autorestart=False), 5000)
+    assert (decision.action, decision.reason) == ("stop", "autorestart is off")
+
+
+def test_max_restarts_1_errors_at_the_first_unstable_exit():
+    s = spec(max_restarts=1, min_uptime=1000)
+    assert run(RestartTracker(), s, [10]) == [("errored", 0)]
+    assert run(RestartTracker(), s, [5000, 10]) == [("restart", 0), ("errored", 0)]
 
 
 def test_unstable_restarts_reach_errored_at_max_restarts():

@@ -8,15 +8,11 @@ operations with RSS and fd series) are in bench/soak.py.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import socket
-import subprocess
 
 import psutil
 import pytest
-from helpers import wait_for, web_app
-from test_chaos import Control, free_port
+from support import Control, close_requests, free_port, wait_for, web_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,31 +133,6 @@ def test_no_fd_leak_after_200_restarts_and_200_crashes(cu):
     ctl.close()
 
 
-def connections(port: int, count: int) -> str:
-    """Open `count` Connection: close requests (wrk when installed); returns a summary."""
-    if shutil.which("wrk"):
-        # wrk runs for a time, not a count: ask for about count, then top up.
-        run = subprocess.run(
-            ["wrk", "-t1", "-c16", "-d3s", "-H", "Connection: close", f"http://127.0.0.1:{port}/"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert run.returncode == 0, run.stderr
-        done = int(re.search(r"(\d+) requests in", run.stdout).group(1))
-        # Every connection is answered: wrk prints these lines only when something failed.
-        errors = re.findall(r"Socket errors:.*|Non-2xx.*", run.stdout)
-        assert not errors, f"wrk: {errors} of {done} requests"
-        return f"wrk {done} requests"
-    request = b"GET / HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
-    for _ in range(count):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(request)
-            while s.recv(65536):
-                pass
-    return f"python {count} requests"
-
-
 def test_no_fd_leak_after_20000_handed_off_connections(cu):
     port = web_app(cu)
     ctl = Control(cu.home)
@@ -181,7 +152,7 @@ def test_no_fd_leak_after_20000_handed_off_connections(cu):
     base = {p: fd_count(p) for p in (sup, disp, *workers)}
     runs = []
     while handed() < 20_200:
-        runs.append(connections(port, 20_200 - handed()))
+        runs.append(close_requests(port, 20_200 - handed()))
         wait_for(lambda: ctl.call("state", history=False), 5, "state")
     total = handed() - 200
     after = {p: settles_to(p, n, f"pid {p}") for p, n in base.items()}

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from fake_client import demo_snapshot
-from helpers import web_app
+from support import web_app
 
 from clusterui.client import Client
 from clusterui.vocab.snapshot import (

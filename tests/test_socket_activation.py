@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import WEB, Env, free_port, wait_for
+from support import WEB, Env, free_port, wait_for
 
 from clusterui.core import inherit
 from clusterui.core.spec import parse_listen

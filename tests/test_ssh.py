@@ -1,35 +1,35 @@
 """The dashboard over a real SSH session: a dropped connection leaves the apps running.
 
-A private sshd on loopback, the ssh client in a tmux pane (a real terminal), the dashboard on
-the far side of the session. The ssh client is SIGKILLed, so sshd hangs up the session and the
-dashboard gets SIGHUP; `clusterui attach` over a new session then finds the same workers.
-Needs Debian's openssh-server (sshd; it pulls in openssh-client for ssh and ssh-keygen) and tmux.
+A private SSH server on loopback (tests/ssh_server.py, on asyncssh from PyPI), the OpenSSH
+client in a tmux pane (a real terminal), the dashboard on the far side of the session, on
+the pty the server made for it. The ssh client is SIGKILLed, so the server hangs up the
+session and the dashboard gets SIGHUP; `clusterui attach` over a new session then finds
+the same workers. Needs the OpenSSH client (ssh) and tmux, which fresh machines have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncssh
 import psutil
 import pytest
-from helpers import Env, kill_ours
+from support import Env, free_port, kill_ours, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin (not resolved: the symlink is the venv)
-PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client"}
-PACKAGES["tmux"] = "tmux"
+PACKAGES = {"ssh": "openssh-client", "tmux": "tmux"}
 SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 COLS, ROWS = 120, 40
 
@@ -40,35 +40,20 @@ def tool(name: str) -> str:
     path = shutil.which(name, path=SEARCH)
     if path is None:  # CI installs these: a missing one is a broken machine, not a skip
         pytest.fail(
-            f"{name} is not installed: this test needs Debian's {PACKAGES[name]} package "
-            f"(apt-get install -y openssh-server tmux)",
+            f"{name} is not installed: this test needs Debian's {PACKAGES[name]} package, "
+            "which a fresh machine has",
             pytrace=False,
         )
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(cond: Callable[[], object], timeout: float, what: Callable[[], str] | str) -> object:
-    """Poll cond() until truthy (returned) or fail, describing the state at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s: {what if isinstance(what, str) else what()}"
-            )
-        time.sleep(0.2)  # several conditions run the CLI: leave the two cores to the rest
+# Several conditions run the CLI: poll gently, leave the two cores to the rest.
+until = functools.partial(wait_for, step=0.2)
 
 
 class Sshd:
-    """sshd in the foreground (-D -e) on a free loopback port, with keys made for this test."""
+    """An SSH server on a free loopback port (tests/ssh_server.py: asyncssh, from PyPI), with
+    keys made for this test; it runs each command on a pty, as sshd does."""
 
     def __init__(self, root: Path) -> None:
         self.dir = root / "ssh"
@@ -79,49 +64,32 @@ class Sshd:
         self.port = 0
 
     def start(self) -> None:
-        sshd, keygen = tool("sshd"), tool("ssh-keygen")
         tool("ssh")
-        for name in ("host_key", "client_key"):
-            subprocess.run(
-                [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)],
-                check=True,
-                capture_output=True,
-                timeout=30,
+        host = asyncssh.generate_private_key("ssh-ed25519")
+        host.write_private_key(str(self.dir / "host_key"))
+        client = asyncssh.generate_private_key("ssh-ed25519")
+        client.write_private_key(str(self.key))
+        self.key.chmod(0o600)  # ssh refuses a key others can read
+        client.write_public_key(str(self.dir / "authorized_keys"))
+        out = self.dir / "port"
+        with open(self.log, "wb") as log, open(out, "wb") as port:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "ssh_server.py"), str(self.dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=port,
+                stderr=log,
+                start_new_session=True,
             )
-        (self.dir / "authorized_keys").write_text((self.dir / "client_key.pub").read_text())
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        for _ in range(3):  # the free port can be taken by another test before sshd binds it
-            self.port = free_port()
-            config = self.dir / "sshd_config"
-            config.write_text(
-                f"ListenAddress 127.0.0.1\nPort {self.port}\n"
-                f"HostKey {self.dir / 'host_key'}\n"
-                f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\n"
-                "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-                "PrintMotd no\nPrintLastLog no\nUseDNS no\n"
-                f"PidFile {self.dir / 'sshd.pid'}\n"
+        until(
+            lambda: self.proc.poll() is not None or out.read_text().strip(),
+            15,
+            lambda: f"the SSH server did not start:\n{self.log.read_text()}",
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"the SSH server exited {self.proc.returncode}:\n{self.log.read_text()}"
             )
-            with open(self.log, "wb") as log:
-                self.proc = subprocess.Popen(
-                    [sshd, "-D", "-e", "-f", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            until(
-                lambda: (
-                    self.proc.poll() is not None or b"Server listening" in self.log.read_bytes()
-                ),
-                15,
-                lambda: f"sshd did not start:\n{self.log.read_text()}",
-            )
-            if self.proc.poll() is None:
-                return
-            if b"Address already in use" not in self.log.read_bytes():
-                raise AssertionError(f"sshd exited {self.proc.returncode}:\n{self.log.read_text()}")
-        raise AssertionError(f"sshd found no free port:\n{self.log.read_text()}")
+        self.port = int(out.read_text())
 
     def client(self, remote: str) -> list[str]:
         """The ssh command line: a pty (-tt), this test's key, no user or system ssh config."""
@@ -135,7 +103,7 @@ class Sshd:
     def stop(self) -> None:
         if self.proc is None:
             return
-        # Each connection's sshd calls setsid: collect them before the listener goes.
+        # Each session's command is in its own session: collect them before the server goes.
         try:
             procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(True)]
         except psutil.Error:
@@ -202,7 +170,7 @@ class Tmux:
 
 
 def remote(cu: Env, *args: str) -> str:
-    """The remote command: sshd gives it a bare environment, so pass what clusterui needs."""
+    """The remote command: the server gives it a bare environment, so pass what clusterui needs."""
     exe = BIN / "clusterui"
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "clusterui"]
     env = {
@@ -340,7 +308,8 @@ def test_dropped_ssh_session_leaves_the_apps_and_attach_finds_them(
     before = samples(cu)
     supervisor = cu.supervisor_pid()
 
-    # 3. The connection drops: SIGKILL the ssh client, sshd hangs up, the dashboard gets SIGHUP.
+    # 3. The connection drops: SIGKILL the ssh client, the server hangs up the pty, and the
+    # dashboard gets SIGHUP.
     client.kill()
     until(lambda: tmux.dead("first"), 10, show("first"))
     psutil.wait_procs([dash], timeout=20)

@@ -15,7 +15,7 @@ import time
 
 import psutil
 import pytest
-from helpers import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,8 +11,8 @@ import signal
 import time
 
 import pytest
-from helpers import wait_for, web_app
-from test_chaos import QUEUE_CAP, Control, HttpLoad
+from support import Control, HttpLoad, wait_for, web_app
+from test_chaos import QUEUE_CAP
 
 from clusterui.cli import render
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import WEB, Load, free_port, get, wait_for
+from support import WEB, Load, free_port, get, wait_for
 
 from clusterui.core.spec import AppSpec
 from clusterui.core.watch import WatchFilter

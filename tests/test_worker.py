@@ -16,12 +16,11 @@ import pytest
 from dispatch_harness import (
     ECHO_WORKER,
     WEB,
-    free_port,
     instance_of,
     kill_group,
     read_all,
-    wait_for,
 )
+from support import free_port, wait_for
 
 from clusterui.dispatch import protocol as proto
 

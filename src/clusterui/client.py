@@ -147,9 +147,24 @@ class Client:
         return await self.call("state", history=history)
 
     async def load(
-        self, file: str, env: str | None = None, only: list[str] | None = None
+        self,
+        file: str,
+        env: str | None = None,
+        only: list[str] | None = None,
+        caller_env: dict[str, str] | None = None,
+        **more: Any,
     ) -> dict[str, Any]:
-        return await self.call("load", file=str(Path(file).absolute()), env=env, only=only)
+        """`caller_env`: the environment the file's apps start with (core/environ.py)."""
+        args: dict[str, Any] = {"file": str(Path(file).absolute()), "env": env, "only": only}
+        if caller_env is not None:
+            args["caller_env"] = caller_env
+        return await self.call("load", **args, **more)
+
+    async def apply(
+        self, file: str, caller_env: dict[str, str] | None = None, prune: bool = False
+    ) -> dict[str, Any]:
+        """`reload FILE`: make the loaded apps match the file (core/fileops.py)."""
+        return await self.load(file, caller_env=caller_env, apply=True, prune=prune)
 
     async def start(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("start", targets=list(targets))
@@ -157,11 +172,18 @@ class Client:
     async def stop(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("stop", targets=list(targets))
 
-    async def restart(self, targets: list[str]) -> dict[str, Any]:
-        return await self.call("restart", targets=list(targets))
+    async def restart(
+        self, targets: list[str], caller_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """`caller_env` (PM2's --update-env): the apps take it before restarting."""
+        more = {} if caller_env is None else {"caller_env": caller_env}
+        return await self.call("restart", targets=list(targets), **more)
 
-    async def reload(self, targets: list[str]) -> dict[str, Any]:
-        return await self.call("reload", targets=list(targets))
+    async def reload(
+        self, targets: list[str], caller_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        more = {} if caller_env is None else {"caller_env": caller_env}
+        return await self.call("reload", targets=list(targets), **more)
 
     async def delete(self, targets: list[str]) -> dict[str, Any]:
         return await self.call("delete", targets=list(targets))
@@ -252,7 +274,7 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
             raise ClientError(
                 f"a supervisor is already running for {home.root}; it cannot take the "
                 "sockets handed to this command (use a CLUSTERUI_HOME of its own)",
-                1,
+                Exit.FAILED,
             )
         return False
     try:

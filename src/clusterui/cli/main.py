@@ -1,4 +1,4 @@
-"""`clusterui`: the command line (DESIGN §2)."""
+"""`clusterui`: the command line (the verbs are listed in the README)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from clusterui import __version__
-from clusterui.cli import export_cmd, foreground, render
+from clusterui.cli import export_cmd, filecmds, foreground, render
+from clusterui.cli.filecmds import caller_env
 from clusterui.client import (
     CALL_TIMEOUT,
     Client,
@@ -21,14 +22,21 @@ from clusterui.client import (
     ensure_supervisor,
     supervisor_pid,
 )
-from clusterui.core import config, inherit
+from clusterui.core import config, formats, inherit
 from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
 from clusterui.core.safetext import escape
 from clusterui.vocab.exits import Exit
 from clusterui.vocab.snapshot import ls_json
 
-ALIASES = {"list": "ls", "log": "logs", "monit": "attach", "show": "describe", "kill": "down"}
+ALIASES = {
+    "list": "ls",
+    "log": "logs",
+    "monit": "attach",
+    "show": "describe",
+    "kill": "down",
+    "dump": "save",
+}
 VERBS = {
     "attach",
     "up",
@@ -44,6 +52,11 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "env",
+    "save",
+    "resurrect",
+    "startup",
+    "unstartup",
     "export",
 }
 
@@ -78,16 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     def file_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("file", nargs="?", help="ecosystem file (default ./ecosystem.yaml)")
+        sp.add_argument(
+            "file",
+            nargs="?",
+            help="ecosystem file (default ./ecosystem.yaml, ecosystem.config.js, ...)",
+        )
         sp.add_argument("--only", help="comma-separated app names to load")
         sp.add_argument("--env", help="use env_NAME from each app")
 
     sp = sub.add_parser("dashboard", help="the dashboard on FILE's apps (the default verb)")
     file_opts(sp)
     sub.add_parser("attach", aliases=["monit"], help="dashboard for the running supervisor")
-    sp = sub.add_parser("up", help="start FILE's apps headless")
+    sp = sub.add_parser("up", help="start FILE's apps headless (a changed file is applied)")
     file_opts(sp)
     sp.add_argument("-d", "--detach", action="store_true", help="return once started")
+    sp.add_argument("--prune", action="store_true", help="delete loaded apps the file dropped")
+    sp.add_argument("--update-env", action="store_true", help="loaded apps take this shell's env")
     sp.add_argument("--raw", action="store_true", help="the workers' output without prefixes")
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
@@ -99,9 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dispatch", help="round-robin, least-connections, shared or proxy")
     sp.add_argument("--watch", action="store_true")
     sp.add_argument("--interpreter")
+    sp.add_argument("--only", help="with FILE: comma-separated app names")
+    sp.add_argument("--env", help="with FILE: use env_NAME from each app")
     for verb in ("stop", "restart", "reload", "delete"):
-        sp = sub.add_parser(verb, help=f"{verb} apps or workers")
-        sp.add_argument("targets", nargs="+", metavar="TARGET")
+        sp = sub.add_parser(verb, help=f"{verb} apps or workers, or an ecosystem FILE's apps")
+        sp.add_argument("targets", nargs="+", metavar="TARGET", help="also an ecosystem FILE")
+        sp.add_argument("--only", metavar="A,B", help="with FILE: comma-separated app names")
+        sp.add_argument("--env", metavar="NAME", help="with FILE: use env_NAME from each app")
+        if verb == "reload":
+            sp.add_argument(
+                "--prune", action="store_true", help="with FILE: delete apps the file dropped"
+            )
+        if verb in ("restart", "reload"):
+            sp.add_argument(
+                "--update-env",
+                action="store_true",
+                help="the apps take this shell's environment (as PM2's --update-env)",
+            )
     sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
     sp.add_argument("app")
     sp.add_argument("count")
@@ -125,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    sub.add_parser("save", aliases=["dump"], help="save the running apps to HOME/dump.yaml")
+    sub.add_parser("resurrect", help="start the apps saved by `save` (not those running)")
+    for verb, text in (
+        ("startup", "a systemd unit that resurrects the saved apps at boot"),
+        ("unstartup", "remove the unit `startup` wrote"),
+    ):
+        sp = sub.add_parser(verb, help=text)
+        sp.add_argument("--user", action="store_true", help="a user unit (the default unless root)")
+        sp.add_argument("--root", help=argparse.SUPPRESS)  # install under DIR (packaging, tests)
+    sp = sub.add_parser("env", help="the environment a worker got: names (values with --values)")
+    sp.add_argument("target")
+    sp.add_argument("--values", action="store_true", help="print values too (may be secrets)")
+    sp.add_argument("--json", action="store_true")
     export_cmd.add_parser(sub)
     return p
 
@@ -168,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = parse(argv)
         if opts.verb in ("dashboard", "attach"):
             return cmd_dashboard(opts, Home.from_env())
-        return asyncio.run(dispatch(opts))
+        return asyncio.run(run_command(opts))
     except UsageError as exc:
         print(f"clusterui: {exc}", file=sys.stderr)
         return Exit.USAGE
@@ -191,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.FAILED
 
 
-async def dispatch(opts: argparse.Namespace) -> int:
+async def run_command(opts: argparse.Namespace) -> int:
+    """Run one verb (other than the dashboard) and return its exit code."""
     home = Home.from_env()
     verb = opts.verb
     if verb == "check":
@@ -200,7 +247,9 @@ async def dispatch(opts: argparse.Namespace) -> int:
         return export_cmd.cmd_export(opts)
     if verb == "up":
         return await cmd_up(opts, home)
-    if verb == "start":
+    if verb in ("startup", "unstartup"):
+        return filecmds.startup_verb(opts, home)
+    if verb in ("start", "resurrect"):
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
     client = await Client.connect(home, timeout=opts.timeout)
     try:
@@ -212,7 +261,8 @@ async def dispatch(opts: argparse.Namespace) -> int:
 def resolve_file(file: str | None) -> Path:
     if file:
         return Path(file)
-    return config.find_default_file(Path.cwd())
+    found = config.find_default_file(Path.cwd())
+    return Path(found.name)  # as the user would write it, for messages
 
 
 def cmd_check(opts: argparse.Namespace) -> int:
@@ -234,10 +284,9 @@ def load_args(opts: argparse.Namespace) -> tuple[str, list[str] | None]:
     path = resolve_file(opts.file)
     # Validate here too, so a broken file says FILE:LINE without starting a supervisor.
     only = [n.strip() for n in opts.only.split(",") if n.strip()] if opts.only else None
-    result = config.load_ecosystem(path, env_name=opts.env, only=only)
-    for warning in result.warnings:
-        print(str(warning), file=sys.stderr)
-    return str(path.absolute()), only
+    config.load_ecosystem(path, env_name=opts.env, only=only, caller_env=dict(os.environ))
+    # Its warnings come back from the supervisor's load; printed once, there.
+    return str(path), only
 
 
 def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
@@ -255,26 +304,24 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
         async def load() -> None:
             client = await Client.connect(home, timeout=opts.timeout)
             try:
-                report_load(await client.load(file, env=opts.env, only=only))
+                report_load(
+                    await client.load(file, env=opts.env, only=only, caller_env=caller_env()),
+                    file,
+                )
             finally:
                 await client.close()
 
         asyncio.run(load())
     elif not home.socket.exists():
         raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
+    shown = str(Path(file).absolute()) if file else None
     timeout = opts.timeout
     return run_dashboard(
-        lambda: Client.connect(home, timeout), file=file, started_supervisor=started
+        lambda: Client.connect(home, timeout), file=shown, started_supervisor=started
     )
 
 
-def report_load(result: dict[str, Any]) -> None:
-    for line in result.get("warnings", []):
-        print(line, file=sys.stderr)
-    for line in result.get("errors", []):
-        print(f"clusterui: {line}", file=sys.stderr)
-    if result.get("kept"):
-        print(f"already loaded, left as is: {', '.join(result['kept'])}", file=sys.stderr)
+report_load = filecmds.report
 
 
 async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
@@ -292,8 +339,18 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     try:
         if not opts.detach:
             await client.subscribe(state=False, logs=True)
-        result = await client.load(file, env=opts.env, only=only)
-        report_load(result)
+        result = await client.load(
+            file,
+            env=opts.env,
+            only=only,
+            caller_env=caller_env(),
+            apply=True,
+            prune=opts.prune,
+            update_env=opts.update_env,
+        )
+        report_load(result, file)
+        if result.get("message") and opts.detach:
+            print(result["message"])
         if opts.detach:
             wait = 30
             verdicts = await client.call(
@@ -309,7 +366,7 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
                 row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
                 label = f"{row['app']}:{row['instance']}" if row else wid
                 print(f"clusterui: {label} failed to start: {escape(why)}", file=sys.stderr)
-            return 1 if failed or result["errors"] else 0
+            return 1 if failed or result["errors"] or result.get("needs_restart") else 0
         return await foreground.follow(client, result, started, home, raw=opts.raw)
     finally:
         await client.close()
@@ -326,10 +383,24 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         return 0
     if verb == "start":
         return await cmd_start(client, opts)
-    if verb in ("stop", "restart", "reload", "delete"):
+    if verb in ("stop", "restart", "reload", "delete") and (file := filecmds.file_target(opts)):
+        return await filecmds.file_verb(client, verb, file, opts)
+    if verb == "save":
+        return await filecmds.save(client)
+    if verb == "resurrect":
+        return await filecmds.resurrect(client)
+    if verb in ("restart", "reload"):
+        update = caller_env() if opts.update_env else None
+        result = await getattr(client, verb)(opts.targets, caller_env=update)
+        report_load(result)
+        print(result["message"])
+        return 0
+    if verb in ("stop", "delete"):
         result = await getattr(client, verb)(opts.targets)
         print(result["message"])
         return 0
+    if verb == "env":
+        return await cmd_env(client, opts)
     if verb == "scale":
         print((await client.scale(opts.app, opts.count))["message"])
         return 0
@@ -357,11 +428,10 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
         or opts.interpreter
     )
     first = Path(what[0])
-    if len(what) == 1 and first.suffix in (".yaml", ".yml") and first.is_file():
-        result = await client.load(str(first.absolute()))
-        report_load(result)
-        print(f"started {', '.join(result['started']) or 'nothing new'}")
-        return 1 if result["errors"] else 0
+    if len(what) == 1 and formats.is_ecosystem_file(what[0]) and not scripted:
+        return await filecmds.start_file(client, what[0], opts)
+    if (opts.only or opts.env) and not scripted:
+        raise UsageError("--only and --env go with an ecosystem FILE")
     if len(what) == 1 and (scripted or first.is_file()):
         mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
         if opts.name:
@@ -383,13 +453,38 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
         # the supervisor builds the app from the same keys with the same loader.
         spec = config.spec_from_mapping(mapping, base_dir=base_dir, source=COMMAND_LINE)
         mapping["name"] = spec.name
-        result = await client.call("start_script", spec=mapping, base_dir=base_dir)
+        result = await client.call(
+            "start_script", spec=mapping, base_dir=base_dir, caller_env=caller_env()
+        )
+        report_load(result)
         print(result["message"])
         return 0
     if scripted:
         raise UsageError("options like -i/--name/--listen go with a single SCRIPT")
     result = await client.start(what)
     print(result["message"])
+    return 0
+
+
+async def cmd_env(client: Client, opts: argparse.Namespace) -> int:
+    rows = await client.call("env", target=opts.target, values=opts.values)
+    if opts.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    out = []
+    for row in rows:
+        pid = row["pid"] or "-"
+        out.append(f"worker {row['id']}  {row['app']}:{row['instance']}  pid {pid}")
+        if row["pid"] is None:
+            out.append("  (not running)")
+        width = max((len(n) for n in row["names"]), default=0)
+        for name, layer in row["names"].items():
+            shown = render.printable(name)
+            if row["values"] is not None:
+                out.append(f"  {shown}={render.printable(row['values'][name])}")
+            else:
+                out.append(f"  {shown.ljust(width)}  {layer}")
+    print("\n".join(out))
     return 0
 
 
@@ -454,7 +549,8 @@ async def cmd_down(client: Client, home: Home) -> int:
 def render_describe(info: dict[str, Any]) -> str:
     app = info["app"]
     spec = info["spec"]
-    command = " ".join([spec["interpreter"] or "", spec["script"], *spec["args"]]).strip()
+    head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
+    command = " ".join([*head, spec["script"], *spec["args"]])
     lines = [
         f"app        {app['name']}  ({app['exec_mode']}"
         + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),

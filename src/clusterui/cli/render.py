@@ -46,6 +46,13 @@ def human_size(n: float) -> str:
     return f"{n}"
 
 
+def printable(text: str) -> str:
+    """Text safe for a terminal: control and other unprintable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     rows = []
     for w in workers:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core.listener import Listener
+from clusterui.core import environ
+from clusterui.core.listener import Listener, free_port
 from clusterui.core.metrics import MetricsGate
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
@@ -78,6 +79,8 @@ class Proc:
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
         self.over_memory = False  # a memory restart is queued for this process
+        # The environment it was exec'd with (`clusterui env`); values may be secrets.
+        self.env: dict[str, str] = {}
 
     @property
     def status(self) -> str:
@@ -247,7 +250,7 @@ class App:
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener)
+        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, self.ctx.home)
         serial = self.ctx.next_serial()
         cgroup = self.ctx.cgroups.create(serial) if self.ctx.cgroups is not None else None
         out_r, out_w = os.pipe()
@@ -282,6 +285,7 @@ class App:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         proc = Proc(serial, pid, wiring.port)
+        proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
@@ -709,17 +713,22 @@ class _Wiring:
 
     @classmethod
     def for_mode(
-        cls, mode: Mode | None, spec: AppSpec, slot: Slot, listener: Listener | None
+        cls,
+        mode: Mode | None,
+        spec: AppSpec,
+        slot: Slot,
+        listener: Listener | None,
+        home: str = "",
     ) -> _Wiring:
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            CLUSTERUI_APP=spec.name,
-            CLUSTERUI_INSTANCE=str(slot.instance),
-            NODE_APP_INSTANCE=str(slot.instance),
-        )
-        for key in ("CLUSTERUI_CHANNEL_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
+        own = {
+            "CLUSTERUI_APP": spec.name,
+            "CLUSTERUI_INSTANCE": str(slot.instance),
+            "NODE_APP_INSTANCE": str(slot.instance),
+        }
+        if home:
+            own["CLUSTERUI_HOME"] = home
+        proxy = mode is not None and mode.own_port
+        env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
         w = cls(env)
         if mode is not None and mode.handoff:
             w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -740,7 +749,7 @@ class _Wiring:
         # Tells the worker helper how to serve: take handed connections, or listen itself.
         env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
         if mode is not None and mode.own_port:
-            w.port = _free_port()
+            w.port = free_port()
             env["PORT"] = str(w.port)
         return w
 
@@ -749,9 +758,3 @@ class _Wiring:
         for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
             if s is not None:
                 s.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

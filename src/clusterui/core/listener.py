@@ -51,7 +51,7 @@ _respawns: dict[str, list[float]] = {}
 
 
 @dataclass
-class _Worker:
+class _Handover:
     """What a new dispatcher needs to take over one worker."""
 
     add: dict[str, Any]  # the "add" message as first sent
@@ -60,6 +60,14 @@ class _Worker:
     draining: bool = False
     handed: int = 0  # "handed" as last reported to the app, carried across dispatchers
     handed_base: int = 0  # added to what the current dispatcher reports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (proxy mode's per-worker $PORT;
+    the tests and benchmarks use it too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
@@ -126,7 +134,7 @@ class Listener:
         self._ctl: socket.socket | None = None
         self._watcher: ExitWatcher | None = None
         self._loop = asyncio.get_running_loop()
-        self._workers: dict[str, _Worker] = {}  # by str(id): stats use string keys
+        self._workers: dict[str, _Handover] = {}  # by str(id): stats use string keys
         self._started_at = 0.0
         self._heard = False  # the current dispatcher has sent us something
         self._closed = False
@@ -210,7 +218,7 @@ class Listener:
         )
         return True
 
-    def _inject_ready(self, w: _Worker, tries: int) -> None:
+    def _inject_ready(self, w: _Handover, tries: int) -> None:
         if self._closed or not w.fds or self._workers.get(str(w.add["id"])) is not w:
             return
         # Wrap without touching flags: this open file is shared with the worker's fd.
@@ -277,7 +285,7 @@ class Listener:
         kind, key = msg.get("t"), str(msg.get("id"))
         if kind == "add":
             self._forget(key)
-            w = _Worker(dict(msg))
+            w = _Handover(dict(msg))
             try:
                 for fd in fds or ():
                     w.fds.append(os.dup(fd))  # non-inheritable: no child gets these

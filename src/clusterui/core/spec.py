@@ -68,7 +68,11 @@ class AppSpec:
     watch: list[str] = field(default_factory=list, metadata=APP)
     ignore_watch: list[str] = field(default_factory=list, metadata=APP)
     watch_delay: int = field(default=300, metadata=DURATION)
+    # The file's env with env_NAME merged in (above the caller's environment).
     env: dict[str, str] = field(default_factory=dict, metadata=APP)
+    # The environment of the command that started the app (core/environ.py); not a key.
+    # It may hold secrets: only names leave the supervisor unless a client asks for values.
+    caller_env: dict[str, str] = field(default_factory=dict)
     autorestart: bool = field(default=True, metadata=BOOL)
     max_restarts: int = field(default=16, metadata=key("count", high=1_000_000_000))
     min_uptime: int = field(default=1000, metadata=DURATION)

@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, guardian, inherit, reaper
+from clusterui.core import config, environ, fileops, guardian, inherit, reaper
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.cgroups import CgroupTree
 from clusterui.core.control import Connection, ControlServer, encode
@@ -44,7 +44,6 @@ class Supervisor:
     def __init__(self, home: Home):
         self.home = home
         self.apps: dict[str, App] = {}
-        self.files: list[str] = []
         self.started_at = time.time()
         self.logs = LogHub(home.logs, notice=self.notice)
         self.sampler = Sampler()
@@ -115,10 +114,15 @@ class Supervisor:
             "uptime": round(time.time() - self.started_at, 3),
             "home": str(self.home.root),
             "version": __version__,
-            "files": list(self.files),
+            "files": self.loaded_files(),
             "host": self._host,
             "conn_rate": round(self._conn_rate, 2),
         }
+
+    def loaded_files(self) -> list[str]:
+        """The ecosystem files at least one loaded app comes from, in loading order."""
+        files = [a.spec.source for a in self.apps.values() if os.path.isabs(a.spec.source)]
+        return list(dict.fromkeys(files))
 
     def state(self, history: bool = True) -> Snapshot:
         return snapshot(self.apps, self.info(), history=history)
@@ -250,8 +254,27 @@ class Supervisor:
             self._follow_logs()
 
     async def op_load(
-        self, file: str, env: str | None = None, only: list[str] | None = None
+        self,
+        file: str,
+        env: str | None = None,
+        only: list[str] | None = None,
+        caller_env: Any = None,
+        apply: bool = False,
+        prune: bool = False,
+        update_env: bool = False,
+        restart: bool = False,
     ) -> dict[str, Any]:
+        """Optional fields, all added to protocol v1 (README "Protocol additions"):
+
+        caller_env: the environment of the command that loads the file; the apps it starts
+        keep it (core/environ.py). Without it apps get only the basics.
+        apply: loaded apps are compared with the file and changed to match (core/fileops);
+        without it they are left as they run ("kept"). prune: with apply, apps loaded from
+        this file that it no longer has are deleted. update_env: with apply, loaded apps
+        take caller_env too. restart: every app of the file is stopped and started again
+        with its spec from the file.
+        """
+        caller = _caller_env(caller_env)
         if not isinstance(file, str) or not file:
             raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
         if env is not None and not isinstance(env, str):
@@ -261,17 +284,34 @@ class Supervisor:
         ):
             raise OpError("only must be a list of app names", Exit.USAGE)
         try:
-            result = config.load_ecosystem(file, env_name=env, only=only)
+            # In a thread: a JS file is evaluated by node, which takes a moment.
+            result = await asyncio.to_thread(
+                config.load_ecosystem, file, env_name=env, only=only, caller_env=caller
+            )
         except config.ConfigError as exc:
             raise OpError(str(exc), Exit.USAGE) from None
-        path = str(result.path)
-        if path not in self.files:
-            self.files.append(path)
+        if apply or restart:
+            report = await fileops.apply(
+                self,
+                result.apps,
+                str(result.path),
+                caller,
+                update_env=bool(update_env),
+                prune=bool(prune),
+                restart=bool(restart),
+                only=only,
+            )
+            report["warnings"] = [str(w) for w in result.warnings] + report["warnings"]
+            return report
         started, kept, errors = [], [], []
+        warnings = [str(w) for w in result.warnings]
         for spec in result.apps:
             if spec.name in self.apps:
                 kept.append(spec.name)
                 continue
+            if caller is not None:
+                spec.caller_env = caller
+            warnings += environ.spec_warnings(spec)
             try:
                 await self.add_app(spec)
                 started.append(spec.name)
@@ -282,7 +322,7 @@ class Supervisor:
             "started": started,
             "kept": kept,
             "errors": errors,
-            "warnings": [str(w) for w in result.warnings]
+            "warnings": warnings
             + [f"clusterui: the socket handed in as {s} matches no app" for s in inherit.unused()],
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
@@ -296,9 +336,13 @@ class Supervisor:
         app.start_all()
         return app
 
-    async def op_start_script(self, spec: dict[str, Any], base_dir: str = "/") -> dict[str, Any]:
+    async def op_start_script(
+        self, spec: dict[str, Any], base_dir: str = "/", caller_env: Any = None
+    ) -> dict[str, Any]:
         """`clusterui start SCRIPT ...`: `spec` holds ecosystem keys, read by the same loader
-        as a file (relative paths from `base_dir`, the CLI's directory)."""
+        as a file (relative paths from `base_dir`, the CLI's directory). caller_env
+        (optional): as for load."""
+        caller = _caller_env(caller_env)
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise OpError("start_script takes an app's keys, with its name", Exit.USAGE)
         if not isinstance(base_dir, str) or not os.path.isabs(base_dir):
@@ -307,6 +351,9 @@ class Supervisor:
             app_spec = config.spec_from_mapping(spec, base_dir, source=config.COMMAND_LINE)
         except config.ConfigError as exc:
             raise OpError("; ".join(str(p) for p in exc.problems), Exit.USAGE) from None
+        if caller is not None:
+            app_spec.caller_env = caller
+        warnings = environ.spec_warnings(app_spec)
         if app_spec.name in self.apps:
             raise OpError(
                 f"an app named {app_spec.name!r} is already loaded; pick --name", Exit.USAGE
@@ -319,6 +366,7 @@ class Supervisor:
         return {
             "message": f"started {app.name} ({len(app.slots)} instance(s))",
             "workers": [s.id for s in app.slots.values()],
+            "warnings": warnings,
         }
 
     @contextlib.asynccontextmanager
@@ -359,28 +407,48 @@ class Supervisor:
             await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
         return {"message": f"stopped {len(ids)} worker(s)", "workers": ids}
 
-    async def op_restart(self, targets: list[str]) -> dict[str, Any]:
+    def _update_env(self, groups: list[tuple[App, list[Slot]]], caller_env: Any) -> list[str]:
+        """`--update-env`: the targeted apps take this caller environment from now on."""
+        caller = _caller_env(caller_env)
+        warnings: list[str] = []
+        if caller is not None:
+            for app, _slots in groups:
+                app.spec.caller_env = caller
+                warnings += environ.spec_warnings(app.spec)
+        return warnings
+
+    async def op_restart(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
+        """caller_env (optional, `--update-env`): replaces the apps' saved caller env first."""
         async with self._serialized(targets) as groups:
+            warnings = self._update_env(groups, caller_env)
             ids = [s.id for _, slots in groups for s in slots]
             await asyncio.gather(
                 *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
             )
-        return {"message": f"restarted {len(ids)} worker(s)", "workers": ids}
+        return {"message": f"restarted {len(ids)} worker(s)", "workers": ids, "warnings": warnings}
 
-    async def op_reload(self, targets: list[str]) -> dict[str, Any]:
+    async def op_reload(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
+        """caller_env (optional, `--update-env`): as for restart."""
         messages = []
         ids = []
         async with self._serialized(targets) as groups:
+            warnings = self._update_env(groups, caller_env)
             for app, slots in groups:
                 messages.append(await app.rolling_reload())
                 ids.extend(s.id for s in slots)
-        return {"message": "; ".join(messages), "workers": ids}
+        return {"message": "; ".join(messages), "workers": ids, "warnings": warnings}
 
     async def op_delete(self, targets: list[str]) -> dict[str, Any]:
-        async with self._serialized(targets) as groups:
-            return await self._delete(groups)
+        return await self.delete_apps(targets)
 
-    async def _delete(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
+    async def delete_apps(self, targets: list[str], forget_logs: bool = True) -> dict[str, Any]:
+        """forget_logs=False: the app comes back at once (restart FILE), same ids and logs."""
+        async with self._serialized(targets) as groups:
+            return await self._delete(groups, forget_logs)
+
+    async def _delete(
+        self, groups: list[tuple[App, list[Slot]]], forget_logs: bool
+    ) -> dict[str, Any]:
         names = []
         for app, _slots in groups:
             app.removed = True
@@ -391,7 +459,8 @@ class Supervisor:
             app.close_listener()
             self.apps.pop(app.name, None)
             for slot in app.slots.values():
-                self.logs.forget(slot.id)
+                if forget_logs:
+                    self.logs.forget(slot.id)
         return {"message": f"deleted {', '.join(names)}", "workers": []}
 
     async def op_scale(self, app: str, count: str) -> dict[str, Any]:
@@ -473,11 +542,47 @@ class Supervisor:
         app, slots = groups[0]
         spec = app.spec.to_dict()
         spec["env"] = sorted(spec["env"])  # names only: values may be secrets
+        spec["caller_env"] = sorted(spec["caller_env"])
         return {
             "app": app_row(app),
             "spec": spec,
             "workers": [worker_row(app, s) for s in slots],
         }
+
+    async def op_save(self) -> dict[str, Any]:
+        """Write every app's spec, instance count, watch state and caller env to
+        CLUSTERUI_HOME/dump.yaml (atomically)."""
+        try:
+            return await asyncio.to_thread(fileops.save, self)
+        except OSError as exc:
+            raise OpError(f"cannot write the dump: {exc.strerror or exc}") from None
+
+    async def op_resurrect(self, caller_env: Any = None) -> dict[str, Any]:
+        """Start the apps of dump.yaml that are not running, each with its saved caller
+        environment (caller_env only for apps saved without one)."""
+        return await fileops.resurrect(self, _caller_env(caller_env))
+
+    async def op_env(self, target: str, values: bool = False) -> list[dict[str, Any]]:
+        """What each worker of TARGET was started with: names and where each came from
+        (supervisor, caller, file, clusterui); values only when asked for."""
+        if not isinstance(target, str):
+            raise OpError("target must be a string", Exit.USAGE)
+        rows = []
+        for app, slots in resolve(self.apps, [target]):
+            for slot in slots:
+                proc = slot.proc
+                got = proc.env if proc is not None else {}
+                rows.append(
+                    {
+                        "id": slot.id,
+                        "app": app.name,
+                        "instance": slot.instance,
+                        "pid": proc.pid if proc else None,
+                        "names": {k: environ.layer(k, app.spec) for k in sorted(got)},
+                        "values": dict(got) if values else None,
+                    }
+                )
+        return rows
 
     async def op_wait_started(self, workers: list[int], timeout: float = 10.0) -> dict[str, str]:
         """For `up -d`: each worker 'ok' once online and stable, else why it failed."""
@@ -536,6 +641,15 @@ class Supervisor:
         self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         await self.server.close()
+
+
+def _caller_env(raw: Any) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    env = environ.checked(raw)
+    if env is None:
+        raise OpError("caller_env must map variable names to strings", Exit.USAGE)
+    return env
 
 
 async def run(home: Home, ready_fd: int | None, tree: CgroupTree | None = None) -> int:

@@ -1,4 +1,4 @@
-"""TARGET strings (DESIGN §2): an app name, APP:INSTANCE, a worker id, or `all`."""
+"""TARGET strings: an app name, APP:INSTANCE, a worker id, or `all`."""
 
 from __future__ import annotations
 

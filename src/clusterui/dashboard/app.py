@@ -24,8 +24,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
+from clusterui.core import environ
 from clusterui.core.safetext import visible
 from clusterui.dashboard.detail import DetailPane
+from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.keys import KEYS, bindings
 from clusterui.dashboard.logview import LogView
@@ -43,27 +45,10 @@ from clusterui.vocab.exits import Exit
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
-# Log lines per supervisor batch (20 a second) the dashboard asks for: 40,000 lines/s is
-# more than anyone reads; past it a "sys" line counts what the files have and the view
-# skipped, and the CPU a key press needs is not spent decoding lines nobody sees.
-LIVE_LINES = 2000
-
-
-def message_of(err: BaseException) -> str:
-    """The one sentence to show for an error (ClientError carries .message)."""
-    msg = getattr(err, "message", None)
-    if isinstance(msg, str) and msg.strip():
-        return msg.strip()
-    text = str(err).strip()
-    return text.splitlines()[0] if text else f"{type(err).__name__} (no details)"
 
 
 async def _resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def _line_id(line: dict[str, Any]) -> tuple[Any, ...]:
-    return (line.get("worker"), line.get("time"), line.get("stream"), line.get("text"))
 
 
 class LogPane(Vertical):
@@ -231,41 +216,16 @@ class DashboardApp(App[None]):
 
     async def _session(self, client: Any) -> str:
         """Follow one connection until it ends; returns why it ended."""
-        try:
-            await client.subscribe(state=True, logs=True, live_lines=LIVE_LINES)
-            self.post_message(StateUpdated(await client.state()))
-            backlog = list(await client.logs(None, self.log_backlog)) if self.log_backlog else []
-            backlog = self._unseen(backlog)  # after a reconnect, most of it is on screen
-            if backlog:
-                self.post_message(LogsArrived(backlog))
-            self.call_later(self._on_loaded)  # runs after the two messages above
-            # Lines that arrived between subscribe() and logs() are in both: drop repeats
-            # until the stream passes the newest backlog line.
-            seen = {_line_id(line) for line in backlog}
-            newest = max((float(line.get("time", 0)) for line in backlog), default=0.0)
-            async for event in client.events():
-                kind = event.get("event")
-                if kind == "state":
-                    self.post_message(StateUpdated(event.get("data") or {}))
-                elif kind == "logs":
-                    lines = list(event.get("lines") or [])
-                    if seen:
-                        lines = [line for line in lines if _line_id(line) not in seen]
-                        if any(float(line.get("time", 0)) > newest for line in lines):
-                            seen.clear()
-                    if lines:
-                        self._post_logs(lines)
-                elif kind == "notice":
-                    self.post_message(
-                        NoticeArrived(
-                            str(event.get("level", "info")), str(event.get("message", ""))
-                        )
-                    )
-            return "the supervisor closed the connection"
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # a lost socket, a ClientError: shown, never raised
-            return message_of(err)
+        sink = Sink(
+            state=lambda snapshot: self.post_message(StateUpdated(snapshot)),
+            backlog=lambda lines: self.post_message(LogsArrived(lines)),
+            loaded=lambda: self.call_later(self._on_loaded),  # after the messages above
+            logs=self._post_logs,
+            notice=lambda level, text: self.post_message(NoticeArrived(level, text)),
+        )
+        return await follow(
+            client, sink, backlog=self.log_backlog, shown=lambda: self.log_view.records
+        )
 
     def _on_loaded(self) -> None:
         if self.freeze_gc and not self.loaded.is_set():
@@ -293,20 +253,6 @@ class DashboardApp(App[None]):
             return
         self._pending_logs = pending = lines[-self.max_log_lines :]
         self.post_message(LogsArrived(pending))
-
-    def _unseen(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        records = self.log_view.records
-        if not records:
-            return lines
-        newest = records[-1].time
-        shown = {
-            (r.worker, r.time, r.stream, r.text) for r in reversed(records) if r.time >= newest - 1
-        }
-        return [
-            line
-            for line in lines
-            if float(line.get("time", 0)) >= newest - 1 and _line_id(line) not in shown
-        ]
 
     async def _reconnect(self) -> Any:
         assert self.client_factory is not None
@@ -466,6 +412,20 @@ class DashboardApp(App[None]):
     async def action_watch(self) -> None:
         if sel := self._selected():
             await self._call("watch", sel.app, None)
+
+    @work(group="actions", exit_on_error=False)
+    async def action_apply_file(self) -> None:
+        """`clusterui reload FILE` for the files loaded now (and the one we were started on)."""
+        files = list((self.snapshot.get("supervisor") or {}).get("files") or [])
+        if self.file and self.file not in files:
+            files.insert(0, self.file)
+        if not files:
+            self.notify("No ecosystem file is loaded.", severity="warning", markup=False)
+            return
+        caller, _refused = environ.capture(os.environ)
+        for file in files:
+            self.notify(f"Applying {os.path.basename(file)}…", markup=False)
+            await self._call("apply", file, caller)
 
     @work(group="actions", exit_on_error=False)
     async def action_delete(self) -> None:
@@ -631,6 +591,7 @@ class DashboardApp(App[None]):
             "stop": f"Stop {target}",
             "start": f"Start {target}",
             "watch": f"Toggle file watch for {app}",
+            "apply_file": "Apply the ecosystem file (reload FILE)",
             "logs": "Focus or maximise the logs",
             "filter": "Filter the logs",
             "details": "Show or hide details",
@@ -679,7 +640,7 @@ def run_dashboard(
         except Exception as err:
             print(message_of(err), file=sys.stderr)
             code = getattr(err, "code", Exit.NO_SUPERVISOR)
-            return code if isinstance(code, int) else 3
+            return code if isinstance(code, int) else Exit.NO_SUPERVISOR
         app = DashboardApp(
             client,
             client_factory=client_factory,

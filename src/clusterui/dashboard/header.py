@@ -73,7 +73,8 @@ class StatusHeader(Widget):
         sup = self.snapshot.get("supervisor") or {}
         host = sup.get("host") or {}
         files = sup.get("files") or []
-        shown = self.file or (files[0] if files else None)
+        # The files apps come from now: one whose apps were all deleted is not named.
+        shown = self.file if self.file in files else (files[0] if files else None)
         parts: list[str] = []
         if shown:
             name = os.path.basename(shown)

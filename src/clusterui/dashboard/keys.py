@@ -49,6 +49,14 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("S", "S", "start", "Start", "Start the selected worker or app"),
     Key("w", "w", "watch", "Watch", "Turn file-watch reload on or off for the selected app"),
+    Key(
+        "u",
+        "u",
+        "apply_file",
+        "Apply",
+        "Apply the ecosystem file as it is now: new apps start, changed ones reload",
+        footer=False,
+    ),
     Key("l", "l", "logs", "Logs", "Focus the log pane; again to maximise it; again to restore"),
     Key("slash", "/", "filter", "Filter", "Filter the log lines (enter keeps it, esc clears)"),
     Key(

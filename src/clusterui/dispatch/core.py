@@ -59,7 +59,9 @@ _TCPI_UNACKED = struct.Struct("I")
 _TCPI_UNACKED_OFFSET = 24
 
 
-class Worker:
+class Backend:
+    """The dispatcher's record of one worker: its channel, readiness and counters."""
+
     __slots__ = (
         "id",
         "seq",
@@ -128,7 +130,7 @@ class Worker:
 # turn at `start`; return the index of the worker that got the last one.
 
 
-def _rotate(targets: list[Worker], start: int, pending: collections.deque, groups: list) -> int:
+def _rotate(targets: list[Backend], start: int, pending: collections.deque, groups: list) -> int:
     """Each worker in turn."""
     count = len(targets)
     n = len(pending)
@@ -138,7 +140,7 @@ def _rotate(targets: list[Worker], start: int, pending: collections.deque, group
 
 
 def _fewest_open(
-    targets: list[Worker], start: int, pending: collections.deque, groups: list
+    targets: list[Backend], start: int, pending: collections.deque, groups: list
 ) -> int:
     """The worker with the fewest open connections; ties go to the next in turn."""
     count = len(targets)
@@ -173,7 +175,7 @@ class Dispatcher:
         self.ctl.setblocking(False)
         self.ep = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
-        self.workers: dict[Any, Worker] = {}  # insertion order is the rotation order
+        self.workers: dict[Any, Backend] = {}  # insertion order is the rotation order
         self.seq = 0
         self.rr_seq = -1  # seq of the worker that got the last connection
         # Accepted connections waiting for a worker: fds (handoff) or sockets (proxy).
@@ -183,7 +185,7 @@ class Dispatcher:
         self.accept_paused_until = 0.0
         self.recheck_at = 0.0
         self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
-        self.rlist: list[Worker] | None = None  # routable workers; None: recompute
+        self.rlist: list[Backend] | None = None  # routable workers; None: recompute
         self._accept = self.lsock.accept if self.proxy else self.lsock._accept
         self._backlog_known = self._accept_queue() is not None
         self.out: collections.deque[bytes] = collections.deque()
@@ -258,7 +260,7 @@ class Dispatcher:
                     self._start_probe(w)
 
     @staticmethod
-    def _probing(w: Worker) -> bool:
+    def _probing(w: Backend) -> bool:
         return not w.ready and not w.draining and w.probe is None
 
     def _register(self, fd: int, mask: int, handler: Callable[[int], None]) -> None:
@@ -322,7 +324,7 @@ class Dispatcher:
         self.last_stats = now
         self._emit(self.stats())
 
-    def _error(self, w: Worker | None, message: str) -> None:
+    def _error(self, w: Backend | None, message: str) -> None:
         if w is not None:
             now = time.monotonic()
             if now - w.err_window >= 1.0:
@@ -396,7 +398,7 @@ class Dispatcher:
             raise proto.ProtocolError('"add" needs a scalar "id"')
         if wid in self.workers:
             self._remove(self.workers[wid])
-        w = Worker(wid, self.seq)
+        w = Backend(wid, self.seq)
         self.seq += 1
         if self.proxy:
             proto.close_fds(fds)
@@ -420,7 +422,7 @@ class Dispatcher:
         self.workers[wid] = w
         self._register(w.dend.fileno(), IN, lambda ev: self._on_worker(w, ev))
 
-    def _drain(self, w: Worker) -> None:
+    def _drain(self, w: Backend) -> None:
         if w.draining:
             return
         w.draining = True
@@ -430,7 +432,7 @@ class Dispatcher:
             self._send_drain(w)
         self._update_listen()
 
-    def _send_drain(self, w: Worker) -> None:
+    def _send_drain(self, w: Backend) -> None:
         assert w.dend is not None
         try:
             w.dend.sendmsg([proto.DRAIN], [], socket.MSG_DONTWAIT)
@@ -440,11 +442,11 @@ class Dispatcher:
         except OSError:
             w.drain_pending = False
 
-    def _want_writable(self, w: Worker) -> None:
+    def _want_writable(self, w: Backend) -> None:
         if w.dend is not None:
             self.ep.modify(w.dend.fileno(), IN | OUT)
 
-    def _remove(self, w: Worker) -> None:
+    def _remove(self, w: Backend) -> None:
         """The worker is gone: take back what it never received and route it elsewhere."""
         recovered = self._forget(w)
         if recovered:
@@ -454,7 +456,7 @@ class Dispatcher:
         self.dirty = True
         self._update_listen()
 
-    def _forget(self, w: Worker) -> list[int]:
+    def _forget(self, w: Backend) -> list[int]:
         self.workers.pop(w.id, None)
         self.rlist = None
         w.ready = False
@@ -485,7 +487,7 @@ class Dispatcher:
             w.wend = None
         return recovered
 
-    def _on_worker(self, w: Worker, ev: int) -> None:
+    def _on_worker(self, w: Backend, ev: int) -> None:
         if w.dend is None:
             return
         if ev & OUT:
@@ -533,7 +535,7 @@ class Dispatcher:
             except proto.ProtocolError as exc:
                 self._error(w, f"{exc}; ignored")
 
-    def _worker_message(self, w: Worker, msg: dict[str, Any]) -> None:
+    def _worker_message(self, w: Backend, msg: dict[str, Any]) -> None:
         kind = msg["t"]
         if kind == "closed":
             n = msg.get("n", 1)
@@ -570,7 +572,7 @@ class Dispatcher:
         else:
             raise proto.ProtocolError(f"unknown message type {kind!r}")
 
-    def _set_ready(self, w: Worker) -> None:
+    def _set_ready(self, w: Backend) -> None:
         if w.ready:
             return
         w.ready = True
@@ -581,7 +583,7 @@ class Dispatcher:
 
     # ---- accepting and routing -----------------------------------------------------
 
-    def _routable(self) -> list[Worker]:
+    def _routable(self) -> list[Backend]:
         rlist = self.rlist
         if rlist is None:
             rlist = self.rlist = [w for w in self.workers.values() if w.routable]
@@ -642,7 +644,7 @@ class Dispatcher:
         if pending or self.accept_paused_until or not self.listening:
             self._update_listen()
 
-    def _queued(self, w: Worker) -> int:
+    def _queued(self, w: Backend) -> int:
         """How many connections w has not taken off its channel yet.
 
         SIOCINQ on a SEQPACKET socket counts the bytes of every queued datagram, and
@@ -659,7 +661,7 @@ class Dispatcher:
                 w.queued_fds -= queued.popleft()
         return w.queued_fds
 
-    def _targets(self) -> list[Worker]:
+    def _targets(self) -> list[Backend]:
         return [
             w for w in self._routable() if w.queued_fds < QUEUE_CAP or self._queued(w) < QUEUE_CAP
         ]
@@ -688,11 +690,11 @@ class Dispatcher:
                         pending.extendleft(reversed(unsent))
             self.dirty = True
 
-    def _hand(self, w: Worker, conns: list[Any]) -> list[Any]:
+    def _hand(self, w: Backend, conns: list[Any]) -> list[Any]:
         """Give conns to w; return those it could not take (its channel is full)."""
         if self.proxy:
             for i, client in enumerate(conns):
-                if not w.routable or not _Pipe(self, w, client).started:
+                if not w.routable or not _ProxiedConnection(self, w, client).started:
                     return conns[i:]
             return []
         dend = w.dend
@@ -733,7 +735,7 @@ class Dispatcher:
 
     # ---- proxy mode ---------------------------------------------------------------
 
-    def _start_probe(self, w: Worker) -> None:
+    def _start_probe(self, w: Backend) -> None:
         assert w.port is not None
         s = socket.socket(socket.AF_INET6 if ":" in w.host else socket.AF_INET)
         s.setblocking(False)
@@ -748,7 +750,7 @@ class Dispatcher:
             s.close()
             w.next_probe = time.monotonic() + PROBE_INTERVAL
 
-    def _on_probe(self, w: Worker, s: socket.socket, ev: int) -> None:
+    def _on_probe(self, w: Backend, s: socket.socket, ev: int) -> None:
         self._unregister(s.fileno())
         try:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -763,14 +765,14 @@ class Dispatcher:
         elif w.id in self.workers:
             self._set_ready(w)
 
-    def _unreachable(self, w: Worker) -> None:
+    def _unreachable(self, w: Backend) -> None:
         """Connecting to w failed: take it out of rotation and probe it again."""
         if w.ready:
             w.ready = False
             self.rlist = None
             w.next_probe = time.monotonic() + PROBE_INTERVAL
 
-    def _upstream_failed(self, w: Worker, client: socket.socket) -> None:
+    def _upstream_failed(self, w: Backend, client: socket.socket) -> None:
         """No byte has moved yet, so the client can go to another worker."""
         w.pipes -= 1
         w.handed -= 1
@@ -780,7 +782,7 @@ class Dispatcher:
         self._update_listen()
 
 
-class _Pipe:
+class _ProxiedConnection:
     """One proxied connection: client ⇄ upstream, with back-pressure both ways."""
 
     __slots__ = (
@@ -798,7 +800,7 @@ class _Pipe:
         "started",
     )
 
-    def __init__(self, d: Dispatcher, w: Worker, client: socket.socket) -> None:
+    def __init__(self, d: Dispatcher, w: Backend, client: socket.socket) -> None:
         self.d = d
         self.w = w
         self.c = client

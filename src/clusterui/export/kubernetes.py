@@ -128,36 +128,11 @@ def _deployment(
         container["args"] = args
     container["workingDir"] = _in_image(app.cwd, opts, notes)
 
-    env = []
-    for key, value in app.env.items():
-        if not _ENV_NAME.fullmatch(key):
-            notes.append(out.unmapped(app, f"env {key} (not a valid Kubernetes variable name)"))
-            continue
-        env.append({"name": key, "value": _literal(value)})
     tcp = app.listen is not None and app.listen.kind == "tcp" and app.listen.port > 0
-    if tcp and "PORT" not in app.env:
-        env.append({"name": "PORT", "value": str(app.listen.port)})  # type: ignore[union-attr]
+    env = _environment(app, tcp, out, notes)
     if env:
         container["env"] = env
-
-    if tcp:
-        port = app.listen.port  # type: ignore[union-attr]
-        container["ports"] = [{"name": "listen", "containerPort": port, "protocol": "TCP"}]
-        ready_after = max(1, math.ceil(app.listen_timeout / 1000))
-        container["readinessProbe"] = {
-            "tcpSocket": {"port": "listen"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        }
-        container["livenessProbe"] = {
-            "tcpSocket": {"port": "listen"},
-            "initialDelaySeconds": ready_after,
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        }
-        container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}}
-    elif app.listen is not None:
-        notes.append(out.unmapped(app, f"listen {app.listen}: no Service or probe for it"))
+    _listening(app, tcp, container, out, notes)
 
     if app.max_memory_restart:
         container["resources"] = {"limits": {"memory": str(app.max_memory_restart)}}
@@ -186,6 +161,42 @@ def _deployment(
             "template": {"metadata": {"labels": _labels(app.name, opts)}, "spec": pod_spec},
         },
     }
+
+
+def _environment(app: AppSpec, tcp: bool, out: Export, notes: list[str]) -> list[dict[str, str]]:
+    env = []
+    for key, value in app.env.items():
+        if not _ENV_NAME.fullmatch(key):
+            notes.append(out.unmapped(app, f"env {key} (not a valid Kubernetes variable name)"))
+            continue
+        env.append({"name": key, "value": _literal(value)})
+    if tcp and "PORT" not in app.env:
+        env.append({"name": "PORT", "value": str(app.listen.port)})  # type: ignore[union-attr]
+    return env
+
+
+def _listening(
+    app: AppSpec, tcp: bool, container: dict[str, Any], out: Export, notes: list[str]
+) -> None:
+    """The container's port, probes and preStop pause for a TCP `listen`."""
+    if tcp:
+        port = app.listen.port  # type: ignore[union-attr]
+        container["ports"] = [{"name": "listen", "containerPort": port, "protocol": "TCP"}]
+        ready_after = max(1, math.ceil(app.listen_timeout / 1000))
+        container["readinessProbe"] = {
+            "tcpSocket": {"port": "listen"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        }
+        container["livenessProbe"] = {
+            "tcpSocket": {"port": "listen"},
+            "initialDelaySeconds": ready_after,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        }
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}}
+    elif app.listen is not None:
+        notes.append(out.unmapped(app, f"listen {app.listen}: no Service or probe for it"))
 
 
 def _policy_notes(app: AppSpec, out: Export, notes: list[str]) -> None:

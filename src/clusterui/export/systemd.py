@@ -111,6 +111,16 @@ def _service(
         f"StateDirectory=clusterui/{app.name}",
         f'Environment="CLUSTERUI_HOME=%S/clusterui/{app.name}"',
     ]
+    service += _environment(app, notes, out)
+    _restart_policy(app, unit, service, notes, out)
+    _stopping_and_limits(app, service, notes)
+    lines = [*_header(app, opts), *notes, *unit, "", *service, ""]
+    lines += ["[Install]", f"WantedBy={target}", ""]
+    return "\n".join(lines)
+
+
+def _environment(app: AppSpec, notes: list[str], out: Export) -> list[str]:
+    lines = []
     for key, value in app.env.items():
         if any(ord(c) < 32 for c in value) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             notes.append(
@@ -121,8 +131,13 @@ def _service(
                 )  # fmt: skip
             )
             continue
-        service.append(f"Environment={_env(key, value)}")
+        lines.append(f"Environment={_env(key, value)}")
+    return lines
 
+
+def _restart_policy(
+    app: AppSpec, unit: list[str], service: list[str], notes: list[str], out: Export
+) -> None:
     # The unit's restart policy is for clusterui itself; clusterui applies the app's
     # own policy to each worker inside the unit.
     service.append(f"Restart={'on-failure' if app.autorestart else 'no'}")
@@ -141,6 +156,8 @@ def _service(
             )  # fmt: skip
         )
 
+
+def _stopping_and_limits(app: AppSpec, service: list[str], notes: list[str]) -> None:
     sig = signal.Signals(app.kill_signal)
     if sig in STOP_SIGNALS:
         service.append(f"KillSignal={sig.name}")
@@ -166,10 +183,6 @@ def _service(
         service.append(f"User={_text(user)}")
     if group:
         service.append(f"Group={_text(group)}")
-
-    lines = [*_header(app, opts), *notes, *unit, "", *service, ""]
-    lines += ["[Install]", f"WantedBy={target}", ""]
-    return "\n".join(lines)
 
 
 def _command(app: AppSpec, opts: Options) -> list[str]:

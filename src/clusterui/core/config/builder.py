@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from clusterui.core import environ
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
@@ -23,6 +24,7 @@ from clusterui.core.config.convert import (
     as_str,
     check_name,
     inside,
+    numeric,
     words,
 )
 from clusterui.core.config.keys import ALIASES, ENV_KEY, INTERPRETERS, KEYS, PM2_UNIMPLEMENTED
@@ -100,6 +102,7 @@ class AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
+        self.owned_env(env, listen is not None and dispatch == "proxy")
         spec_kwargs = self.plain_fields()
 
         if len(ctx.errors) > before or script is None or name is None:
@@ -331,6 +334,7 @@ class AppBuilder:
         cpus = os.cpu_count() or 1
         if isinstance(value, str) and value.strip().lower() == "max":
             return cpus
+        value = numeric(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Bad(f"must be a whole number, 'max', 0 or -N, not {show(value)}")
         if value == 0:
@@ -399,6 +403,12 @@ class AppBuilder:
             if not isinstance(item, str) or not item:
                 raise Bad(f"patterns must be strings, not {show(item)}", i)
         return list(items)
+
+    def owned_env(self, env: dict[str, str], proxy: bool) -> None:
+        """The file may not set what clusterui sets for each worker (core/environ.py)."""
+        taken = sorted(k for k in env if environ.owned(k, proxy))
+        if taken:
+            self.warn("env", environ.owned_warning(taken, "env").removeprefix("warning: env "))
 
     def env(self) -> dict[str, str]:
         env = self.get("env", as_env, {})

@@ -17,6 +17,7 @@ MAX_INSTANCES = 1024
 MAX_DURATION_MS = 2**31 - 1
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,10}")
 _MAX_NAME = 64
 
 
@@ -45,7 +46,15 @@ def as_bool(value: Any) -> bool:
     return value
 
 
+def numeric(value: Any) -> Any:
+    """PM2 reads a number written as a string ("10") as that number; so do we."""
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    return value
+
+
 def as_int(value: Any, low: int, high: int) -> int:
+    value = numeric(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise Bad(f"must be a whole number, not {show(value)}")
     if not low <= value <= high:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clusterui.core import formats
 from clusterui.core.config.builder import AppBuilder, Ctx
 from clusterui.core.config.keys import TOP_KEYS, TOP_PM2_KEYS
 from clusterui.core.config.problems import ConfigError, Problem, quote, show, suggest
@@ -21,7 +22,7 @@ MAX_FILE_BYTES = 1024 * 1024
 # The source of an app started by `clusterui start SCRIPT`, for messages.
 COMMAND_LINE = "command line"
 
-DEFAULT_FILES = ("ecosystem.yaml", "ecosystem.yml")
+DEFAULT_FILES = formats.DEFAULT_FILES
 
 
 @dataclass
@@ -58,29 +59,57 @@ def spec_from_mapping(
 
 
 def find_default_file(cwd: Path) -> Path:
-    """./ecosystem.yaml, else ./ecosystem.yml; ConfigError when neither exists."""
+    """The first of DEFAULT_FILES in cwd; ConfigError when there is none."""
     cwd = Path(cwd)
     for name in DEFAULT_FILES:
         candidate = cwd / name
         if candidate.is_file():
             return candidate
     message = (
-        f"no ecosystem.yaml or ecosystem.yml in {cwd}; name a file, or start from"
-        " ecosystem.example.yaml"
+        f"no ecosystem file in {cwd} (looked for {', '.join(DEFAULT_FILES)}); name a file,"
+        " or start from ecosystem.example.yaml"
     )
-    if (cwd / "ecosystem.config.js").exists():
-        message += " (clusterui reads YAML, not ecosystem.config.js)"
     raise ConfigError([Problem("", 0, message)])
 
 
 def load_ecosystem(
-    path: str | Path, env_name: str | None = None, only: list[str] | None = None
+    path: str | Path,
+    env_name: str | None = None,
+    only: list[str] | None = None,
+    caller_env: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Read and validate an ecosystem file; raises ConfigError listing every error."""
+    """Read and validate an ecosystem file (any PM2 format, core/formats.py); raises
+    ConfigError listing every error. `caller_env` is what a JS file is evaluated with."""
     file = str(path)
+    text = _read_text(path, file, [])
+    try:
+        source = formats.to_source(file, text, caller_env, MAX_FILE_BYTES)
+    except formats.SourceError as e:
+        raise ConfigError([Problem(file, e.line, e.message)]) from None
+    if not source.synthetic:
+        return _load_text(source.text, file, env_name, only)
+    # Evaluated JS: its problems name the app (by name and index), not a line.
+    label = formats.app_labels(source.text)
+
+    def relabel(problems: list[Problem]) -> list[Problem]:
+        out = []
+        for p in problems:
+            where = label(p.line) if p.line > 0 else None
+            message = f"{where}: {p.message}" if where else p.message
+            out.append(Problem(p.file, 0, message, p.severity))
+        return out
+
+    try:
+        result = _load_text(source.text, file, env_name, only)
+    except ConfigError as exc:
+        raise ConfigError(relabel(exc.problems), relabel(exc.warnings)) from None
+    result.warnings = relabel(result.warnings)
+    return result
+
+
+def _load_text(text: str, file: str, env_name: str | None, only: list[str] | None) -> LoadResult:
     errors: list[Problem] = []
     warnings: list[Problem] = []
-    text = _read_text(path, file, warnings)
     reader = Reader(errors, file)
     apps, apps_path = _apps_list(text, file, reader, errors, warnings)
     apps_line = reader.keylines.get(apps_path, 1)

@@ -1,0 +1,5 @@
+module.exports = {
+  apps: [
+    { name: "a" script: "../worker.js" },
+  ],
+};

@@ -1,0 +1,2 @@
+const secret = require("./does-not-exist.json");
+module.exports = { apps: [] };
