@@ -63,6 +63,7 @@ class CgroupTree:
         if mine is None:
             return None, "this process is in no cgroup v2 (no 0:: line in /proc/self/cgroup)"
         base = os.path.join(mount, mine.lstrip("/"))
+        _remove_stale(base)
         root = os.path.join(base, f"{PREFIX}{owner_pid}")
         try:
             os.mkdir(root, 0o755)
@@ -120,6 +121,20 @@ class CgroupTree:
                 if name.startswith("w"):
                     self.remove(os.path.join(self.root, name))
         self.remove(self.root)
+
+
+def _remove_stale(base: str) -> None:
+    """Folders of supervisors that are gone (their guardian could not remove them while
+    killed processes waited to be reaped): kill what is left, remove what is empty."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(PREFIX) :]
+        if not name.startswith(PREFIX) or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        CgroupTree(os.path.join(base, name)).close()
 
 
 def enter(path: str) -> None:

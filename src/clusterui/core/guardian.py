@@ -100,9 +100,12 @@ def _kill_cgroups(root: str) -> None:
     from clusterui.core.cgroups import CgroupTree
 
     CgroupTree.kill(root)
-    deadline = time.monotonic() + 5
+    # Killed processes leave the cgroup once reaped; with their parent (the supervisor)
+    # gone that is init's job, which may take a while. A next supervisor removes what
+    # is still left then (CgroupTree.open).
+    deadline = time.monotonic() + 30
     while CgroupTree.populated(root) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.05)
     CgroupTree(root).close()
 
 
