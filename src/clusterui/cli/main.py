@@ -72,23 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"clusterui {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    # Every verb takes --timeout (after the verb: `clusterui ls --timeout 5`).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    # Taken out of argv before parsing (see parse), so it goes anywhere: before or after
+    # the verb; listed here for --help.
+    p.add_argument(
         "--timeout",
         type=_seconds,
         default=CALL_TIMEOUT,
         metavar="SECONDS",
         help=f"give up (exit 3) when the supervisor does not answer a request within "
-        f"SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever)",
+        f"SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever); works with every verb",
     )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    real_add = sub.add_parser
-
-    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return real_add(name, parents=[common], **kw)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     def file_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -138,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
     sp.add_argument("app")
     sp.add_argument("count")
-    sp = sub.add_parser("logs", aliases=["log"], help="recent log lines; -f to follow")
+    sp = sub.add_parser(
+        "logs",
+        aliases=["log"],
+        help="recent log lines; -f to follow",
+        usage="clusterui logs [-h] [TARGET] [--lines N] [-f] [--json] [--time] [--raw]",
+    )
     sp.add_argument("target", nargs="?")
     sp.add_argument("--lines", type=int, default=15)
     sp.add_argument("-f", "--follow", action="store_true")
@@ -185,10 +184,36 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _take_timeout(argv: list[str]) -> tuple[list[str], float]:
+    """`--timeout S` / `--timeout=S` anywhere (every verb takes it): (the rest, S)."""
+    rest: list[str] = []
+    timeout = CALL_TIMEOUT
+    it = iter(argv)
+    for arg in it:
+        if arg == "--timeout" or arg.startswith("--timeout="):
+            value = arg.partition("=")[2] if "=" in arg else next(it, None)
+            if value is None:
+                raise UsageError("--timeout takes a number of seconds")
+            try:
+                timeout = _seconds(value)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(str(exc)) from None
+            continue
+        rest.append(arg)
+    return rest, timeout
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     argv = list(argv)
     # `clusterui [FILE]`: anything that is not a verb (or an option) means the dashboard.
-    head = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    head = next(
+        (
+            i
+            for i, a in enumerate(argv)
+            if not a.startswith("-") and (i == 0 or argv[i - 1] != "--timeout")
+        ),
+        None,
+    )
     if head is None:
         if not any(a in ("-h", "--help", "--version") for a in argv):
             argv.insert(0, "dashboard")
@@ -199,7 +224,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         argv, extra = argv[:cut], argv[cut + 1 :]
     else:
         extra = []
+    argv, timeout = _take_timeout(argv)
     opts = build_parser().parse_args(argv)
+    opts.timeout = timeout
     opts.verb = ALIASES.get(opts.verb, opts.verb)
     opts.extra = extra
     if extra and opts.verb != "start":
