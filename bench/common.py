@@ -78,6 +78,26 @@ def wait_for(
         time.sleep(step)
 
 
+async def wait_for_async(
+    check: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "condition",
+    step: float = 0.005,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> Any:
+    """wait_for for code under an event loop: `sleep` lets it run between checks (a
+    Textual test passes its pilot's pause)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            said = what if isinstance(what, str) else what()
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {said}")
+        await sleep(step)
+
+
 @contextlib.contextmanager
 def bench_lock(what: str = "") -> Iterator[None]:
     """Other benchmarks share this 2-core machine: measure only while holding the lock."""

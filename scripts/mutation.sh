@@ -7,6 +7,7 @@
 #   scripts/mutation.sh [policy|dispatch|reload|logs|control ...]   (default: all five)
 #   then: cd /tmp/clusterui-mutation/<target> && mutmut results  (survivors; `--all` for all)
 #         mutmut show <mutant>                                     (its diff)
+#         python <this dir>/mutmut/killers.py                      (the test killing each)
 #
 # Needs `pip install -e '.[mutation]'` (mutmut 3) in .venv. The supervisor and the dispatcher run in their
 # own processes; scripts/mutmut/ makes them run the mutants and report which functions
@@ -30,7 +31,7 @@ for target in "${targets[@]}"; do
       names=('clusterui.dispatch.core.*') ;;
     reload)   # the rolling reload and the start/stop steps it is made of
       files='"src/clusterui/core/apps.py"'
-      tests='"tests/test_cluster.py", "tests/test_reload_steps.py"'
+      tests='"tests/test_cluster.py"'
       names=('clusterui.core.apps.xǁAppǁrolling_reload*' 'clusterui.core.apps.xǁAppǁwait_ready*'
              'clusterui.core.apps.xǁAppǁstart_slot*' 'clusterui.core.apps.xǁAppǁrequest_stop*') ;;
     logs)     # log rotation (size limit, retained files)
@@ -44,6 +45,8 @@ for target in "${targets[@]}"; do
              'clusterui.core.control.xǁControlServerǁstart*') ;;
     *) echo "mutation.sh: unknown target $target (policy dispatch reload logs control)" >&2; exit 2 ;;
   esac
+  # MUTANTS="glob ..." narrows a run to some of the target's mutants.
+  [ -z "${MUTANTS:-}" ] || read -r -a names <<<"$MUTANTS"
   work=$OUT/$target
   rm -rf "$work"
   # mutants/src must exist before Python starts, or the PYTHONPATH entry below is skipped.

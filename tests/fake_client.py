@@ -45,6 +45,7 @@ def make_history(
         "conn_rate": [
             round(_wave(i, conn_rate, conn_rate * amp, 4.0, phase + 1), 1) for i in range(n)
         ],
+        "req_rate": [0.0] * n,  # these fake workers report no requests, as the helper-less do
         "time": [NOW - (n - 1 - i) for i in range(n)],
     }
 
@@ -84,14 +85,18 @@ def make_worker(
         "connections": int(conn_rate * 600) + 17 * wid,
         "active": active if live else 0,
         "conn_rate": hist["conn_rate"][-1] if history else conn_rate,
+        "req_rate": None,
         "exit_code": exit_code,
         "exit_signal": exit_signal,
         "error": error,
         "metrics": dict(metrics or {}),
-        "history": hist if live else {"cpu": [], "memory": [], "conn_rate": [], "time": []},
+        "history": hist
+        if live
+        else {"cpu": [], "memory": [], "conn_rate": [], "req_rate": [], "time": []},
         "restart_history": list(restart_history or []),
         "out_file": f"/home/dev/.clusterui/logs/{app}-{instance}-out.log",
         "err_file": f"/home/dev/.clusterui/logs/{app}-{instance}-err.log",
+        "health": None,
     }
 
 
@@ -113,6 +118,12 @@ def make_app(name: str, **over: Any) -> AppRow:
         "env_names": ["PORT"],
         "reloading": False,
         "listener_pid": 40990,
+        "depends_on": {},
+        "waiting_for": None,
+        "cron_restart": None,
+        "cron_next": None,
+        "health_check": None,
+        "reloads": {"ok": 0, "failed": 0},
     }
     app.update(over)
     return app
@@ -120,7 +131,7 @@ def make_app(name: str, **over: Any) -> AppRow:
 
 def app_spec(app: dict[str, Any]) -> dict[str, Any]:
     """The `spec` part of a describe answer: the supervisor's AppSpec.to_dict() for this
-    app, env values left out (the supervisor sends the names only)."""
+    app, env and caller_env values left out (the supervisor sends the names only)."""
     from clusterui.core.spec import AppSpec, parse_listen
 
     spec = AppSpec(
@@ -137,6 +148,7 @@ def app_spec(app: dict[str, Any]) -> dict[str, Any]:
         source=app["source"],
     ).to_dict()
     spec["env"] = sorted(app["env_names"])
+    spec["caller_env"] = sorted(spec["caller_env"])  # names only, as the supervisor sends
     return spec
 
 
@@ -159,6 +171,7 @@ def make_snapshot(
                 "cpus": 8,
             },
             "conn_rate": round(rate, 1),
+            "metrics_listen": None,
         },
         "apps": apps,
         "workers": workers,

@@ -14,7 +14,9 @@ import sys
 import tempfile
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import leaks
 import psutil
@@ -27,6 +29,7 @@ from common import (  # noqa: E402  (bench/common.py: shared with the benchmarks
     Result,
     free_port,
     wait_for,
+    wait_for_async,
 )
 
 __all__ = [
@@ -40,7 +43,9 @@ __all__ = [
     "free_port",
     "get",
     "kill_ours",
+    "pilot_until",
     "wait_for",
+    "wait_for_async",
     "web_app",
 ]
 
@@ -234,3 +239,10 @@ def close_requests(port: int, count: int, concurrency: int = 16) -> str:
         t.join()
     assert not errors, f"{len(errors)} of {count} requests failed, e.g. {errors[:3]}"
     return f"python {count} requests"
+
+
+async def pilot_until(
+    pilot: Any, cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition"
+) -> Any:
+    """wait_for in a Textual test: the app runs (pilot.pause) while we wait."""
+    return await wait_for_async(cond, timeout, what, step=0.01, sleep=pilot.pause)

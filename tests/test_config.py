@@ -172,7 +172,8 @@ def test_good_pm2_process_yml_with_aliases_and_warnings(monkeypatch) -> None:
     assert tasks.autorestart is False
     assert tasks.max_memory_restart == 512 * 1024
     messages = [(w.line, w.message) for w in result.warnings]
-    assert (10, "'cron_restart' is a PM2 key clusterui does not implement; ignored") in messages
+    assert worker.cron_restart == "0 3 * * *"  # implemented now: no warning
+    assert not any("cron_restart" in m for _line, m in messages)
     assert (11, "'vizion' is a PM2 key clusterui does not implement; ignored") in messages
     assert any(line == 4 and "cluster mode without 'listen'" in m for line, m in messages)
     assert all(w.severity == "warning" for w in result.warnings)
@@ -714,8 +715,10 @@ uid: www-data
     assert [w.message for w in result.warnings] == [
         "'log_file' is a PM2 key clusterui does not implement; ignored"
         " (use out_file and error_file)",
-        "'uid' is a PM2 key clusterui does not implement; ignored (run clusterui as that user)",
+        "'uid' is a PM2 key clusterui does not implement; ignored (run clusterui as that user;"
+        " `clusterui export systemd` maps it to User=)",
     ]
+    assert spec.user == "www-data"  # kept for `clusterui export`, not applied
 
 
 def test_interpreter_args_without_interpreter_warns(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def as_nobody(path: str) -> str:
 
 
 async def ask(path: str, request: bytes) -> dict[str, Any]:
-    reader, writer = await asyncio.open_unix_connection(path)
+    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 22)
     writer.write(request)
     line = await asyncio.wait_for(reader.readline(), 5)
     writer.close()
@@ -150,3 +150,64 @@ async def test_another_uid_is_refused_even_when_the_file_modes_allow_it():
         await srv.close()
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+async def test_the_socket_has_mode_0600_from_its_creation_not_only_after(tmp_path, monkeypatch):
+    seen = []
+    real_chmod = os.chmod
+
+    def spy(path, mode, *args, **kwargs):
+        if str(path).endswith("s.sock"):
+            seen.append(stat.S_IMODE(os.stat(path).st_mode))  # as bind() created it
+        return real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", spy)
+    srv = await server(tmp_path)
+    await srv.close()
+    assert seen == [0o600]
+
+
+async def test_a_socket_path_of_107_bytes_works_and_108_is_refused(tmp_path):
+    base = str(tmp_path / "d") + "/"
+    os.makedirs(base)
+    ok = base + "x" * (107 - len(base))
+    srv = ControlServer(ok, handler)
+    await srv.start()
+    assert (await ask(ok, b'{"id":1,"op":"ping"}\n'))["ok"] is True
+    await srv.close()
+    long = base + "y" * (108 - len(base))
+    with pytest.raises(OpError) as err:
+        await ControlServer(long, handler).start()
+    assert err.value.code == 2
+    assert err.value.message == (
+        f"socket path {long} is longer than 107 bytes; set CLUSTERUI_HOME to a shorter path"
+    )
+
+
+async def test_a_large_request_is_answered(tmp_path):
+    srv = await server(tmp_path)
+    blob = "z" * 500_000  # far over asyncio's 64 KiB default line limit, under ours
+    request = json.dumps({"id": 1, "op": "big", "args": {"b": blob}}).encode() + b"\n"
+    answer = await ask(str(tmp_path / "s.sock"), request)
+    assert answer["ok"] is True and answer["result"]["args"]["b"] == blob
+    await srv.close()
+
+
+async def test_a_burst_of_connections_waits_in_the_backlog(tmp_path):
+    srv = await server(tmp_path)
+    path = str(tmp_path / "s.sock")
+    socks, refused = [], 0
+    try:
+        for _ in range(500):  # the loop does not run meanwhile: nothing is accepted yet
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            socks.append(s)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                refused += 1
+        assert refused == 0, f"{refused} of 500 connects refused (backlog too small)"
+    finally:
+        for s in socks:
+            s.close()
+        await srv.close()

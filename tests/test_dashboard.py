@@ -7,8 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from fake_client import (
     make_worker,
     screen_text,
 )
+from support import pilot_until as until
 from textual.pilot import Pilot
 from textual.strip import Strip
 
@@ -31,15 +31,6 @@ from clusterui.dashboard.messages import LogsArrived, StateUpdated
 from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
 
 UTC = dt.UTC
-
-
-async def until(pilot: Pilot, cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Let the app run until cond() holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await pilot.pause(0.01)
 
 
 def notices(app: DashboardApp) -> list[tuple[str, str]]:
@@ -824,3 +815,21 @@ async def test_mouse_selects_rows_and_shows_details() -> None:
         assert "web:1  id 1" in screen_text(app)
         await pilot.click("#log")
         assert app.log_view.has_focus
+
+
+async def test_request_rate_column_and_latencies_for_web_hosts() -> None:
+    async with dashboard() as (app, pilot, client):
+        assert "conn/s" in screen_text(app) and "req/s" not in screen_text(app)
+        snap = copy.deepcopy(client.snapshot)
+        for w in snap["workers"]:
+            if w["app"] == "web":
+                w["req_rate"] = 1234.0 + w["id"]
+                w["history"]["req_rate"] = [1000.0, 1100.0, w["req_rate"]]
+                w["metrics"] = {"req_rate": w["req_rate"], "p50_ms": 1.5, "p99_ms": 9.0 + w["id"]}
+        app.post_message(StateUpdated(snap))
+        await until(pilot, lambda: "req/s" in screen_text(app))
+        text = screen_text(app)
+        assert "1.2k" in text  # the web workers' requests/s, where conn/s was
+        await select(app, pilot, "app:web")
+        text = screen_text(app)
+        assert "p99_ms" in text and "10" in text  # the slowest worker's p99, not a sum

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
-from support import wait_for
+from support import pilot_until, wait_for
 
 from clusterui.client import Client
 from clusterui.core.home import Home
 from clusterui.dashboard import DashboardApp
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def until(pilot, cond, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 async def test_plus_scales_a_real_app_and_the_table_follows(cu):
@@ -44,7 +35,7 @@ async def test_plus_scales_a_real_app_and_the_table_follows(cu):
             assert app.table.select_key("app:tick")
             await pilot.pause()
             await pilot.press("plus")
-            await until(pilot, lambda: len(app.table.rows) >= 3, what="a row for tick:1")
+            await pilot_until(pilot, lambda: len(app.table.rows) >= 3, 10, "a row for tick:1")
             rows = await asyncio.to_thread(
                 wait_for,
                 lambda: (r := cu.ls()) and [w["status"] for w in r] == ["online"] * 2 and r,
@@ -52,10 +43,11 @@ async def test_plus_scales_a_real_app_and_the_table_follows(cu):
                 "two online workers",
             )
             assert [w["instance"] for w in rows] == [0, 1]
-            await until(
+            await pilot_until(
                 pilot,
                 lambda: any("tick: 2 instance" in n.message for n in app._notifications),
-                what="the scale notice",
+                10,
+                "the scale notice",
             )
             await pilot.press("d")
     finally:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
+import leaks
 import psutil
 import pytest
-from helpers import Env, wait_for
+from support import Env, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -128,6 +129,13 @@ def test_env_verb_names_without_values(running):
     assert "NODE_APP_INSTANCE" in r.stdout
     rows = json.loads(cu.run("env", "sec", "--json").stdout)
     assert rows[0]["values"] is None and rows[0]["names"]["CLUSTERUI_APP"] == "clusterui"
+    # Every variable clusterui sets for a worker is one it owns (environ.OWNED_NAMES), so
+    # a file or a shell cannot override it; the harness's own mark is just a variable.
+    ours = {
+        n: layer for n, layer in rows[0]["names"].items() if n.startswith(("CLUSTERUI_", "LISTEN_"))
+    }
+    ours.pop(leaks.OWNER, None)
+    assert set(ours.values()) == {"clusterui"}, ours
     assert f"API_TOKEN={secret}" in cu.run("env", "sec", "--values").stdout
     assert secret not in cu.run("describe", "sec", "--json").stdout
     # Never written to clusterui's own logs.

@@ -108,12 +108,29 @@ def test_kubernetes_maps_the_keys() -> None:
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env == {"GREETING": 'say "hi" $HOME 50%', "MODE": "prod", "PORT": "8080"}
     assert c["resources"]["limits"]["memory"] == str(300 * 2**20)
-    assert c["readinessProbe"]["tcpSocket"]["port"] == "listen"
-    assert c["livenessProbe"]["tcpSocket"]["port"] == "listen"
+    # health_check (http /health, 5 s, 1.5 s, 4 failures, 2 s) makes both probes.
+    ready, live = c["readinessProbe"], c["livenessProbe"]
+    assert ready["httpGet"] == live["httpGet"] == {"path": "/health", "port": "listen"}
+    assert (ready["periodSeconds"], ready["timeoutSeconds"], ready["initialDelaySeconds"]) == (
+        5,
+        2,
+        2,
+    )
+    assert (ready["failureThreshold"], live["failureThreshold"]) == (1, 4)
     assert c["ports"][0]["containerPort"] == 8080
     # kill_timeout 8 s, plus the preStop sleep that lets the endpoints go first.
     prestop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] == 8 + prestop
+    # Without a health_check, probes come from listen; depends_on does not map.
+    shared = next(yaml.safe_load_all(result.files["clusterui-shared.yaml"]))
+    probe = shared["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["exec"] == {"command": ["true"]}
+    assert "# not mapped: depends_on cron-ish" in result.files["clusterui-shared.yaml"]
+    assert "# not mapped: cron_restart" in result.files["clusterui-shared.yaml"]
+    # An asgi app runs under clusterui's host in the image.
+    hosted = next(yaml.safe_load_all(result.files["clusterui-hosted.yaml"]))
+    hosted_c = hosted["spec"]["template"]["spec"]["containers"][0]
+    assert hosted_c["command"] == ["python3", "-m", "clusterui.web", "asgi", "fastapi_main:app"]
     # A fork app without listen: a Deployment and nothing else.
     docs = list(yaml.safe_load_all(result.files["clusterui-cron-ish.yaml"]))
     assert [d["kind"] for d in docs] == ["Deployment"]
@@ -144,16 +161,21 @@ def test_systemd_maps_the_keys() -> None:
     assert "ListenStream=[::]:9090" in result.files["clusterui-shared.socket"]
     assert "BindIPv6Only=both" in result.files["clusterui-shared.socket"]
     assert "ListenStream=/run/clusterui-corpus.sock" in result.files["clusterui-sock_app.v2.socket"]
-    assert "Restart=no" in result.files["clusterui-cron-ish.service"]
+    # shared depends_on cron-ish: one clusterui runs both (it waits for cron-ish itself).
+    assert "clusterui-cron-ish.service" not in result.files
     assert "clusterui-cron-ish.socket" not in result.files  # no listen, no socket
+    pair = result.files["clusterui-shared.service"]
+    assert "--only shared,cron-ish" in pair
+    assert "# also runs cron-ish" in pair
+    assert "# each app's kill_signal is sent" in pair and "KillSignal=SIGTERM" in pair
     # Unmappable: a comment in the unit and a warning.
     assert "# not mapped: exp_backoff_restart_delay" in service
     assert any("api: exp_backoff_restart_delay" in w for w in result.warnings)
-    # SIGQUIT is not a stop signal for `clusterui up`: the unit stops it with SIGTERM.
-    cron = result.files["clusterui-cron-ish.service"]
-    assert "KillSignal=SIGTERM" in cron and "# kill_signal SIGQUIT" in cron
     target = result.files["clusterui.target"]
-    assert "Wants=clusterui-api.service clusterui-sock_app.v2.service" in target
+    assert (
+        "Wants=clusterui-api.service clusterui-sock_app.v2.service clusterui-shared.service "
+        "clusterui-hosted.service\n" in target
+    )
 
 
 def test_kubernetes_without_image_is_a_clear_error(cu) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fake_client import FakeClient, FakeClientError, demo_snapshot
-from helpers import WEB, Env, free_port, wait_for
+from support import WEB, Env, free_port, wait_for
 from test_chaos import Control
 
 from clusterui.client import Client, ClientError

@@ -3,6 +3,9 @@ that the limits promise to keep, lines never split unless one alone is too long.
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,79 @@ def test_an_existing_file_counts_towards_the_limit(tmp_path):
     sink.close()
     assert path.with_name("old.log.1").read_bytes() == lines(0, 10)
     assert path.read_bytes() == lines(10, 1)
+
+
+def test_an_empty_line_into_a_full_file_starts_the_next_file(tmp_path):
+    path = tmp_path / "e.log"
+    sink = LogSink(str(path), max_size=100, retain=1)
+    write(sink, lines(0, 10))
+    write(sink, b"\n")
+    sink.close()
+    assert path.with_name("e.log.1").read_bytes() == lines(0, 10)
+    assert path.read_bytes() == b"\n"
+
+
+def test_a_line_that_fits_a_new_file_moves_there_whole(tmp_path):
+    path = tmp_path / "w.log"
+    sink = LogSink(str(path), max_size=10, retain=1)
+    write(sink, b"\n")  # one byte used: the next line does not fit beside it
+    write(sink, b"123456789\n")
+    sink.close()
+    assert path.with_name("w.log.1").read_bytes() == b"\n"
+    assert path.read_bytes() == b"123456789\n"
+
+
+def test_many_small_flushes_add_up_to_the_limit(tmp_path):
+    path = tmp_path / "s.log"
+    sink = LogSink(str(path), max_size=100, retain=2)
+    for i in range(25):  # 25 flushes of one 10-byte line: 2.5 files
+        write(sink, lines(i, 1))
+        assert path.stat().st_size <= 100
+    sink.close()
+    chain = [path.with_name(f"s.log.{i}") for i in (2, 1)] + [path]
+    assert [p.read_bytes() for p in chain] == [lines(0, 10), lines(10, 10), lines(20, 5)]
+
+
+def test_everything_buffered_before_a_flush_is_written(tmp_path):
+    path = tmp_path / "p.log"
+    sink = LogSink(str(path), max_size=100, retain=1)
+    sink.write(lines(0, 2))
+    sink.write(lines(2, 3))
+    assert sink.pending == 50
+    sink.flush()
+    assert sink.pending == 0
+    sink.close()
+    assert path.read_bytes() == lines(0, 5)
+
+
+def test_log_files_are_created_0644(tmp_path):
+    old = os.umask(0o022)
+    try:
+        sink = LogSink(str(tmp_path / "m.log"), max_size=100, retain=1)
+        write(sink, lines(0, 10))
+        write(sink, lines(10, 1))  # the rotated-to file too
+        sink.close()
+    finally:
+        os.umask(old)
+    for name in ("m.log", "m.log.1"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_a_rotation_that_cannot_open_the_new_file_loses_nothing_later(tmp_path, capfd):
+    """The folder vanishes mid-rotation: that flush fails; once it is back, the next
+    flush opens the file again and writes there (never to a stale descriptor)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / "r.log"
+    stdout = os.fstat(1).st_ino
+    sink = LogSink(str(path), max_size=100, retain=1)
+    write(sink, lines(0, 10))
+    shutil.rmtree(logs)
+    with pytest.raises(OSError):
+        write(sink, lines(10, 1))  # needs a rotation; the new file cannot be opened
+    logs.mkdir()
+    write(sink, lines(11, 2))
+    assert os.fstat(1).st_ino == stdout  # no descriptor of ours was closed or reused
+    sink.close()
+    assert path.read_bytes() == lines(11, 2)
+    assert capfd.readouterr().out == ""

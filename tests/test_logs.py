@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for_async as until
 
 from clusterui.core.logs import (
     MAX_LINE,
@@ -102,15 +103,6 @@ def attach(hub: LogHub, w: Writer, worker: int = 0, sp: AppSpec | None = None) -
 
 async def closed(cap: WorkerLogs, timeout: float = 10.0) -> None:
     await asyncio.wait_for(cap.wait_closed(), timeout)
-
-
-async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
-    return value
 
 
 def texts(lines: list[LogLine]) -> list[str]:

@@ -150,6 +150,7 @@ def test_pid1_reaps_orphans_and_stops_gracefully_on_sigterm(env: Env) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
+    print(f"SIGTERM to everything stopped: {elapsed:.2f} s (kill_timeout {KILL_TIMEOUT_MS} ms)")
     assert elapsed < KILL_TIMEOUT_MS / 1000 + STOP_SLACK, f"stopping took {elapsed:.1f}s"
     assert (env.root / "polite.marker").read_text() == "SIGTERM"  # graceful first
     # The stubborn one ignored SIGTERM: SIGKILLed at kill_timeout.

@@ -47,7 +47,8 @@ def test_ecosystem_config_js_module_exports(monkeypatch):
     text = "\n".join(warnings_of(result))
     assert "ecosystem.config.js: warning: 'deploy' is a PM2 key clusterui does not" in text
     assert "app 'api' (apps[0]): 'time' is a PM2 key" in text
-    assert "app 'worker' (apps[1]): 'cron_restart' is a PM2 key" in text
+    assert worker.cron_restart == "0 0 * * *"  # implemented: read, not warned about
+    assert "cron_restart" not in text
     # Without the caller's variable the file's own default applies.
     assert by_name(load("ecosystem.config.js", caller_env={}))["worker"].env == {"QUEUE": "default"}
 
@@ -150,3 +151,19 @@ def test_default_lookup_finds_pm2_names(tmp_path):
     assert find_default_file(tmp_path).name == "ecosystem.config.js"
     (tmp_path / "ecosystem.yaml").write_text("apps: []")
     assert find_default_file(tmp_path).name == "ecosystem.yaml"
+
+
+def test_json_the_yaml_parser_refuses_is_still_read(monkeypatch):
+    """Valid JSON with tab indentation: without libyaml, PyYAML refuses the tabs; the file
+    is then read from its parsed value (problems name the app instead of a line)."""
+    import json
+
+    import yaml
+
+    from clusterui.core import formats
+
+    text = (PM2 / "ecosystem.config.json").read_text()
+    assert formats.to_source("ecosystem.config.json", text, None, 1 << 20).synthetic is False
+    monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    source = formats.to_source("ecosystem.config.json", text, None, 1 << 20)
+    assert source.synthetic and json.loads(source.text) == json.loads(text)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import WEB, Env, Load, free_port, get, wait_for
+from support import WEB, Env, Load, free_port, get, wait_for
 
 from clusterui.client import Client
 
@@ -131,7 +131,7 @@ def test_start_process_json_and_up_warns_once(cu):
         {
           "apps": [
             {"name": "pj", "script": "sleeper.py", "instances": "2", "max_restarts": "10",
-             "cron_restart": "0 * * * *"}
+             "vizion": false}
           ]
         }
         """,
@@ -141,7 +141,7 @@ def test_start_process_json_and_up_warns_once(cu):
     assert len(pids(cu, "pj")) == 2
     r = cu.run("up", "-d", "process.json")
     assert r.returncode == 0, r.stderr
-    warned = [line for line in r.stderr.splitlines() if "cron_restart" in line]
+    warned = [line for line in r.stderr.splitlines() if "vizion" in line]
     assert len(warned) == 1 and warned[0].startswith("process.json:"), r.stderr
 
 
@@ -253,6 +253,8 @@ def test_save_down_resurrect_same_apps_scale_watch_and_env(cu):
     r = run_env(cu, {"FOO": "saved-value"}, "up", "-d", "eco.yaml")
     assert r.returncode == 0, r.stderr
     assert cu.run("scale", "api", "3").returncode == 0
+    r = run_env(cu, {"FOO": "updated"}, "restart", "api", "--update-env")
+    assert r.returncode == 0, r.stderr
     assert cu.run("watch", "plain", "on").returncode == 0
     assert cu.run("watch", "watched", "off").returncode == 0
     wait_for(lambda: all_online(cu), what="online")
@@ -274,8 +276,10 @@ def test_save_down_resurrect_same_apps_scale_watch_and_env(cu):
     wait_for(lambda: all_online(cu), what="resurrected apps online")
     assert sorted(pids(cu)) == shape
     assert watch_state(cu) == watches
+    # Each app's saved caller environment, --update-env included, not the resurrecting shell's.
     env = psutil.Process(pids(cu)[("api", 0)]).environ()
-    assert (env["FOO"], env["FROM_FILE"]) == ("saved-value", "f")  # the saved caller env
+    assert (env["FOO"], env["FROM_FILE"]) == ("updated", "f")
+    assert psutil.Process(pids(cu)[("plain", 0)]).environ()["FOO"] == "saved-value"
 
     # Again: nothing is started twice.
     running = pids(cu)

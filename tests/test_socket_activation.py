@@ -1,10 +1,11 @@
 """Listening sockets handed in from outside (systemd's LISTEN_FDS), and a supervisor
 SIGKILLed under load on such a socket: no connection refused, none lost.
 
-`systemd-socket-activate` binds the socket and execs tests/restart_always.py, which
-plays systemd's Restart=always: it keeps the socket and runs `clusterui up` again
-whenever it exits. The load is a plain Python client (one new connection per
-request, 16 at a time), so no wrk is needed.
+`systemd-socket-activate` binds the socket and starts `clusterui up` with it. Two
+ways back: the supervisor alone is killed and `up` starts a new one on the socket it
+still holds; or `up` is killed with it and tests/restart_always.py, playing systemd's
+Restart=always (it keeps the socket, as systemd does), starts `up` again. The load
+is a plain Python client (one new connection per request, 16 at a time), no wrk.
 """
 
 from __future__ import annotations
@@ -86,9 +87,17 @@ class Load:
             t.join(60)
 
 
-@pytest.fixture
-def activated():
+CASES = {
+    "round-robin, up restarts the supervisor": ("round-robin", "up"),
+    "shared, up restarts the supervisor": ("shared", "up"),
+    "round-robin, systemd restarts up": ("round-robin", "systemd"),
+}
+
+
+@pytest.fixture(params=list(CASES))
+def activated(request):
     """`clusterui up` (restarted whenever it exits) on a socket systemd-socket-activate holds."""
+    dispatch, restarter = CASES[request.param]
     env = Env()
     port = free_port()
     eco = env.write(
@@ -100,6 +109,7 @@ def activated():
             exec_mode: cluster
             instances: 2
             listen: 127.0.0.1:{port}
+            dispatch: {dispatch}
         """,
     )
     log = open(env.root / "activate.log", "wb")  # noqa: SIM115 - closed below
@@ -113,8 +123,7 @@ def activated():
             "CLUSTERUI_HOME",
             "-E",
             "NO_COLOR",
-            sys.executable,
-            RESTART_ALWAYS,
+            *([sys.executable, RESTART_ALWAYS] if restarter == "systemd" else []),
             sys.executable,
             "-m",
             "clusterui",
@@ -128,7 +137,7 @@ def activated():
         start_new_session=True,
     )
     try:
-        yield env, port, proc
+        yield env, port, proc, restarter
     finally:
         proc.send_signal(signal.SIGTERM)  # restart_always passes it on: a graceful stop
         try:
@@ -141,7 +150,7 @@ def activated():
 
 
 def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
-    env, port, proc = activated
+    env, port, proc, restarter = activated
     # The first answer also proves the supervisor took the socket: binding the same
     # address again would have failed (systemd-socket-activate holds it, no SO_REUSEPORT).
     wait_for(lambda: _answers(port), timeout=60, what="the first answer")
@@ -150,6 +159,9 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
     with Load(port) as load:
         wait_for(lambda: load.outcomes["ok"] > 200, timeout=30, what="load under way")
         old_workers = {pid for _s, _a, pid in load.answers}
+        if restarter == "systemd":  # the whole service died: `up` too
+            up = psutil.Process(proc.pid).children()[0]
+            up.kill()
         os.kill(first, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: not psutil.pid_exists(first) or _zombie(first), what="the kill")
@@ -161,7 +173,7 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
         wait_for(lambda: new_workers_answered() > 200, timeout=60, what="the new supervisor")
     second = env.supervisor_pid()
     assert second and second != first
-    assert proc.poll() is None  # systemd-socket-activate's socket stayed open throughout
+    assert proc.poll() is None  # the socket's holder stayed up throughout
 
     out = dict(load.outcomes)
     assert out.get("refused", 0) == 0, out

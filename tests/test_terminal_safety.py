@@ -24,7 +24,7 @@ import time
 import pytest
 from helpers import WEB, Env, free_port, wait_for
 
-from clusterui.core.metrics import MAX_NAMES
+from clusterui.core.metric_cap import MAX_NAMES
 from clusterui.core.safetext import escape, visible
 
 pytestmark = pytest.mark.timeout(120)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from clusterui.core import inherit
+from clusterui.core import environ, inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
 from clusterui.core.safefs import UnsafePath
@@ -34,6 +34,13 @@ CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
 # How long a call waits for its answer before giving up (exit 3): a stopped (SIGSTOP) or
 # wedged supervisor still accepts connections, so without a limit every command hangs.
 CALL_TIMEOUT = 60.0
+
+
+def caller_env() -> dict[str, str]:
+    """This process's environment as a caller sends it with the apps it starts or applies
+    (the names clusterui owns are left out: core.environ.capture)."""
+    env, _refused = environ.capture(os.environ)
+    return env
 
 
 class Client:

@@ -48,6 +48,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from clusterui import reqstats
 from clusterui.dispatch import protocol as proto
 
 __all__ = [
@@ -71,6 +72,9 @@ DEFAULT_PORT = 8000
 IDLE_GRACE = 1.0  # a keep-alive connection idle this long during a drain is closed
 EOF_GRACE = 5.0  # after the dispatcher vanished, in-flight work gets this long
 _DRAIN_TICK = 0.1
+# Loop turns from asyncio's accept() to the protocol's connection_made: a task step, then
+# a call_soon; a few more for margin.
+_ACCEPT_SETTLE_TURNS = 5
 # Closes are reported in batches at most this often: one datagram per burst rather than
 # per connection (fresh enough for least-connections, cheap under load).
 CLOSED_REPORT_DELAY = 0.02
@@ -91,6 +95,7 @@ class _State:
         self.channel_owner: object | None = None
         self.shared_fd: int | None = None
         self.shared_checked = False
+        self.requests: reqstats.RequestStats | None = None
         self.lock = threading.Lock()
 
 
@@ -318,6 +323,16 @@ def ready() -> None:
         chan.ready()
 
 
+def _request_stats() -> reqstats.RequestStats | None:
+    """This process's request figures, reported once a second; None without a channel."""
+    with _state.lock:
+        if _state.requests is not None or _state.channel is None:
+            return _state.requests
+        _state.requests = reqstats.RequestStats()
+        reqstats.Reporter(_state.requests, metrics)
+        return _state.requests
+
+
 def metrics(values: Mapping[str, float] | None = None, /, **kw: float) -> None:
     """Report custom figures for the dashboard, e.g. ``metrics(queue=3, hit_rate=0.9)``."""
     merged = {**(values or {}), **kw}
@@ -369,6 +384,7 @@ class Server:
         self._on_drain = on_drain
         self._idle_grace = idle_grace
         self._conns: set[_Conn] = set()
+        self._settle = 0  # loop turns to wait after closing the server (see _start_drain)
         self._chan: _Channel | None = None
         self._server: asyncio.base_events.Server | None = None
         self._draining = False
@@ -598,7 +614,14 @@ class Server:
         self._draining = True
         _state.draining = True
         if self._server is not None:
-            self._server.close()
+            # Accept nothing more from now on, but close the server a turn later: asyncio
+            # makes the transports of sockets it accepted in this turn in tasks on the
+            # next, and a server already closed then drops them (they are reset). A few
+            # more turns pass before an empty connection set means "done".
+            for sock in self._server.sockets:
+                self._loop.remove_reader(sock.fileno())
+            self._loop.call_soon(self._server.close)
+            self._settle = _ACCEPT_SETTLE_TURNS
         if self._on_drain is not None:
             result = self._on_drain(self)
             if inspect.isawaitable(result):
@@ -646,6 +669,10 @@ class Server:
 
     def _maybe_finish(self) -> None:
         if self._done.done() or not self._draining or self._conns or self._tasks:
+            return
+        if self._settle:
+            self._settle -= 1
+            self._loop.call_soon(self._maybe_finish)
             return
         if self._hook is not None and not self._hook.done():
             return
@@ -1060,29 +1087,51 @@ def _clustered_handler_class(handler_cls: type) -> type:
         return _handler_classes[handler_cls]
 
     class Handler(handler_cls):  # type: ignore[valid-type, misc]
-        # A request is busy from the moment its request line is read until its answer is
-        # done; in between a keep-alive connection is idle (a drain may end it).
+        _cu_started: float | None = None
+
+        def end_headers(self) -> None:
+            if _state.draining and not self.close_connection:
+                self.send_header("Connection", "close")
+            super().end_headers()
+
+        # Request metrics: a request runs from a parsed request line to its handler's end
+        # (handle_one_request for http.server, handle() for wsgiref's one-shot handler).
+        # It is also "busy" for a drain from then on: waited for, never cut (see
+        # server_close); in between requests a keep-alive connection is idle.
         def parse_request(self) -> bool:
             busy = getattr(self.server, "_clusterui_busy", None)
             if busy is not None:
                 with self.server._clusterui_lock:
                     busy.add(self.request)
-            return super().parse_request()
+            ok = super().parse_request()
+            if ok:
+                stats = _request_stats()
+                if stats is not None:
+                    self._cu_started = stats.begin()
+            return ok
+
+        def _cu_finish(self) -> None:
+            started, self._cu_started = self._cu_started, None
+            stats = _request_stats()
+            if started is not None and stats is not None:
+                stats.end(started)
 
         def handle_one_request(self) -> None:
             try:
                 super().handle_one_request()
             finally:
+                self._cu_finish()
                 busy = getattr(self.server, "_clusterui_busy", None)
                 if busy is not None:
                     with self.server._clusterui_lock:
                         busy.discard(self.request)
                         self.server._clusterui_cond.notify_all()
 
-        def end_headers(self) -> None:
-            if _state.draining and not self.close_connection:
-                self.send_header("Connection", "close")
-            super().end_headers()
+        def handle(self) -> None:
+            try:
+                super().handle()
+            finally:
+                self._cu_finish()
 
     Handler.__name__ = Handler.__qualname__ = handler_cls.__name__
     _handler_classes[handler_cls] = Handler

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from clusterui.cli import render
@@ -31,6 +32,10 @@ from clusterui.core.safetext import escape
 STOP_WAIT = 300.0
 # Then its exit (pidfile released, sockets closed) takes a moment more.
 EXIT_WAIT = 10.0
+# Supervisors replaced on handed-in sockets within the window before we give up (exit 1,
+# and whatever runs us decides: systemd's Restart=, a container's restart policy).
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
 
 
 def reap_orphans() -> int:
@@ -65,9 +70,20 @@ class Output:
         return stream
 
 
-async def follow(
-    client: Client, result: dict[str, Any], started: bool, home: Home, raw: bool = False
+Started = tuple[Client, dict[str, Any], bool]  # client, the load's result, we started it
+
+
+async def run(
+    start: Callable[[], Awaitable[Started]],
+    home: Home,
+    *,
+    raw: bool = False,
+    restart: bool = False,
 ) -> int:
+    """Start (via `start`), follow until a stop signal, stop. With `restart` (sockets
+    handed in from outside), a supervisor that dies is replaced on the same sockets,
+    RESTART_LIMIT times per RESTART_WINDOW: its workers finish what they hold, new
+    connections wait in the sockets' queues, and whoever runs us sees no failure."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -75,12 +91,43 @@ async def follow(
     if os.getpid() == 1:
         loop.add_signal_handler(signal.SIGCHLD, reap_orphans)
         reap_orphans()  # what exited before the handler was in place
-    pid = supervisor_pid(home) if started else None
     out = Output(raw)
-    lost = False
+    restarts: list[float] = []
+    client, result, started = await start()
+    try:
+        while True:
+            if await follow(client, result, started, home, out, stop):
+                return 0
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW]
+            if stop.is_set() or not restart or len(restarts) >= RESTART_LIMIT:
+                print("clusterui: lost the connection to the supervisor", file=sys.stderr)
+                return 1
+            restarts.append(now)
+            print(
+                "clusterui: the supervisor died; starting a new one on the sockets handed in",
+                file=sys.stderr,
+                flush=True,
+            )
+            await client.close()
+            client, result, started = await start()
+    finally:
+        await client.close()
+
+
+async def follow(
+    client: Client,
+    result: dict[str, Any],
+    started: bool,
+    home: Home,
+    out: Output,
+    stop: asyncio.Event,
+) -> bool:
+    """Print logs until `stop` (then stop everything: True) or the supervisor is lost
+    (False)."""
+    pid = supervisor_pid(home) if started else None
 
     async def pump() -> None:
-        nonlocal lost
         async for event in client.events():
             if event["event"] == "logs":
                 touched = {out.line(line) for line in event["lines"]}
@@ -88,14 +135,13 @@ async def follow(
                     stream.flush()
             elif event["event"] == "notice":
                 print(f"clusterui: {escape(str(event['message']))}", file=sys.stderr, flush=True)
-        lost = True
-        stop.set()
 
     task = asyncio.ensure_future(pump())
-    await stop.wait()
-    if lost:
-        print("clusterui: lost the connection to the supervisor", file=sys.stderr)
-        return 1
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        stopped.cancel()
+        return False  # the connection ended: the supervisor is gone
     print("clusterui: stopping...", file=sys.stderr, flush=True)
     names = result["started"]
     if started:
@@ -108,7 +154,7 @@ async def follow(
     elif names:
         await client.delete(names)
     task.cancel()
-    return 0
+    return True
 
 
 async def _gone(pid: int | None, deadline: float) -> None:

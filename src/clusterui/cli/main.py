@@ -52,6 +52,7 @@ VERBS = {
     "check",
     "down",
     "watch",
+    "metrics",
     "env",
     "save",
     "resurrect",
@@ -83,29 +84,45 @@ def build_parser() -> argparse.ArgumentParser:
         f"SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever); works with every verb",
     )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+    _running_verbs(sub)
+    _lifecycle_verbs(sub)
+    _inspection_verbs(sub)
+    _saved_state_verbs(sub)
+    export_cmd.add_parser(sub)
+    return p
 
-    def file_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "file",
-            nargs="?",
-            help="ecosystem file (default ./ecosystem.yaml, ecosystem.config.js, ...)",
-        )
-        sp.add_argument("--only", help="comma-separated app names to load")
-        sp.add_argument("--env", help="use env_NAME from each app")
 
+def _file_opts(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "file",
+        nargs="?",
+        help="ecosystem file (default ./ecosystem.yaml, ecosystem.config.js, ...)",
+    )
+    sp.add_argument("--only", help="comma-separated app names to load")
+    sp.add_argument("--env", help="use env_NAME from each app")
+
+
+def _running_verbs(sub: Any) -> None:
+    """dashboard, attach, up, ls."""
     sp = sub.add_parser("dashboard", help="the dashboard on FILE's apps (the default verb)")
-    file_opts(sp)
+    _file_opts(sp)
     sub.add_parser("attach", aliases=["monit"], help="dashboard for the running supervisor")
     sp = sub.add_parser("up", help="start FILE's apps headless (a changed file is applied)")
-    file_opts(sp)
+    _file_opts(sp)
     sp.add_argument("-d", "--detach", action="store_true", help="return once started")
     sp.add_argument("--prune", action="store_true", help="delete loaded apps the file dropped")
     sp.add_argument("--update-env", action="store_true", help="loaded apps take this shell's env")
     sp.add_argument("--raw", action="store_true", help="the workers' output without prefixes")
     sp = sub.add_parser("ls", aliases=["list"], help="list workers")
     sp.add_argument("--json", action="store_true")
+
+
+def _lifecycle_verbs(sub: Any) -> None:
+    """start, stop, restart, reload, delete, scale."""
     sp = sub.add_parser("start", help="start a script (PM2 style), a file's apps, or targets")
-    sp.add_argument("what", nargs="+", metavar="SCRIPT|TARGET")
+    sp.add_argument("what", nargs="*", metavar="SCRIPT|TARGET")
+    sp.add_argument("--asgi", metavar="MODULE:ATTR", help="host an ASGI app (no SCRIPT)")
+    sp.add_argument("--wsgi", metavar="MODULE:ATTR", help="host a WSGI app (no SCRIPT)")
     sp.add_argument("-i", "--instances", help="number of instances (0 or max = CPU count)")
     sp.add_argument("--name")
     sp.add_argument("--listen", help="cluster mode: port, host:port or unix:/path")
@@ -132,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
     sp.add_argument("app")
     sp.add_argument("count")
+
+
+def _inspection_verbs(sub: Any) -> None:
+    """logs, describe, check, down, watch."""
     sp = sub.add_parser(
         "logs",
         aliases=["log"],
@@ -152,11 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("check", help="validate an ecosystem file")
-    file_opts(sp)
+    _file_opts(sp)
     sub.add_parser("down", aliases=["kill"], help="stop every app and the supervisor")
     sp = sub.add_parser("watch", help="turn file-watch reload on or off for an app")
     sp.add_argument("app")
     sp.add_argument("state", nargs="?", choices=["on", "off", "toggle"], default="toggle")
+    sp = sub.add_parser("metrics", help="serve Prometheus metrics (GET /metrics)")
+    sp.add_argument("--listen", help="PORT or HOST:PORT (loopback unless --public)")
+    sp.add_argument("--public", action="store_true", help="allow a non-loopback address")
+    sp.add_argument("--off", action="store_true", help="stop serving")
+
+
+def _saved_state_verbs(sub: Any) -> None:
+    """save, resurrect, startup, unstartup, env."""
     sub.add_parser("save", aliases=["dump"], help="save the running apps to HOME/dump.yaml")
     sub.add_parser("resurrect", help="start the apps saved by `save` (not those running)")
     for verb, text in (
@@ -170,8 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target")
     sp.add_argument("--values", action="store_true", help="print values too (may be secrets)")
     sp.add_argument("--json", action="store_true")
-    export_cmd.add_parser(sub)
-    return p
 
 
 def _seconds(text: str) -> float:
@@ -276,7 +303,7 @@ async def run_command(opts: argparse.Namespace) -> int:
         return await cmd_up(opts, home)
     if verb in ("startup", "unstartup"):
         return filecmds.startup_verb(opts, home)
-    if verb in ("start", "resurrect"):
+    if verb in ("start", "resurrect") or (verb == "metrics" and opts.listen):
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
     client = await Client.connect(home, timeout=opts.timeout)
     try:
@@ -358,43 +385,71 @@ async def cmd_up(opts: argparse.Namespace, home: Home) -> int:
     except inherit.InheritError as exc:
         raise ClientError(str(exc), Exit.USAGE) from None
     try:
-        started = ensure_supervisor(home, handed)
+        if opts.detach:
+            return await up_detached(opts, home, file, only, handed)
+
+        async def start() -> foreground.Started:
+            started = ensure_supervisor(home, handed)
+            client = await Client.connect(home)
+            try:
+                await client.subscribe(state=False, logs=True)
+                result = await up_load(client, opts, file, only)
+            except BaseException:
+                await client.close()
+                raise
+            return client, result, started
+
+        # The handed-in sockets stay open here too: a new supervisor may need them.
+        return await foreground.run(start, home, raw=opts.raw, restart=bool(handed))
     finally:
         for fd, _name in handed:
-            os.close(fd)  # the supervisor has its own copies (whoever passed them keeps theirs)
+            os.close(fd)
+
+
+async def up_load(
+    client: Client, opts: argparse.Namespace, file: str, only: list[str] | None
+) -> dict[str, Any]:
+    result = await client.load(
+        file,
+        env=opts.env,
+        only=only,
+        caller_env=caller_env(),
+        apply=True,
+        prune=opts.prune,
+        update_env=opts.update_env,
+    )
+    report_load(result, file)
+    return result
+
+
+async def up_detached(
+    opts: argparse.Namespace,
+    home: Home,
+    file: str,
+    only: list[str] | None,
+    handed: list[tuple[int, str]],
+) -> int:
+    ensure_supervisor(home, handed)
     client = await Client.connect(home, timeout=opts.timeout)
     try:
-        if not opts.detach:
-            await client.subscribe(state=False, logs=True)
-        result = await client.load(
-            file,
-            env=opts.env,
-            only=only,
-            caller_env=caller_env(),
-            apply=True,
-            prune=opts.prune,
-            update_env=opts.update_env,
-        )
-        report_load(result, file)
-        if result.get("message") and opts.detach:
+        result = await up_load(client, opts, file, only)
+        if result.get("message"):
             print(result["message"])
-        if opts.detach:
-            wait = 30
-            verdicts = await client.call(
-                "wait_started",
-                workers=result["workers"],
-                timeout=wait,
-                _timeout=max(opts.timeout, wait + 5) if opts.timeout else None,
-            )
-            state = await client.state(history=False)
-            print(render.worker_table(state["workers"], render.use_colour()))
-            failed = {k: v for k, v in verdicts.items() if v != "ok"}
-            for wid, why in failed.items():
-                row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
-                label = f"{row['app']}:{row['instance']}" if row else wid
-                print(f"clusterui: {label} failed to start: {escape(why)}", file=sys.stderr)
-            return 1 if failed or result["errors"] or result.get("needs_restart") else 0
-        return await foreground.follow(client, result, started, home, raw=opts.raw)
+        wait = 30
+        verdicts = await client.call(
+            "wait_started",
+            workers=result["workers"],
+            timeout=wait,
+            _timeout=max(opts.timeout, wait + 5) if opts.timeout else None,
+        )
+        state = await client.state(history=False)
+        print(render.worker_table(state["workers"], render.use_colour()))
+        failed = {k: v for k, v in verdicts.items() if v != "ok"}
+        for wid, why in failed.items():
+            row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
+            label = f"{row['app']}:{row['instance']}" if row else wid
+            print(f"clusterui: {label} failed to start: {escape(why)}", file=sys.stderr)
+        return 1 if failed or result["errors"] or result.get("needs_restart") else 0
     finally:
         await client.close()
 
@@ -443,24 +498,51 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         on = {"on": True, "off": False}.get(opts.state)
         print((await client.watch(opts.app, on))["message"])
         return 0
+    if verb == "metrics":
+        return await cmd_metrics(client, opts)
     raise UsageError(f"unknown verb {verb}")
+
+
+async def cmd_metrics(client: Client, opts: argparse.Namespace) -> int:
+    if opts.off:
+        result = await client.call("metrics", listen=None)
+    elif opts.listen:
+        result = await client.call("metrics", listen=opts.listen, public=opts.public)
+    else:
+        state = await client.state(history=False)
+        address = state["supervisor"].get("metrics_listen")
+        print(f"serving metrics on http://{address}/metrics" if address else "metrics are off")
+        return 0
+    if result.get("warning"):
+        print(f"clusterui: warning: {result['warning']}", file=sys.stderr)
+    print(result["message"])
+    return 0
 
 
 async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
     what = opts.what
+    hosted = [(k, v) for k, v in (("asgi", opts.asgi), ("wsgi", opts.wsgi)) if v is not None]
+    if hosted:
+        if len(hosted) > 1 or what:
+            raise UsageError("start takes one of SCRIPT, --asgi MODULE:ATTR or --wsgi MODULE:ATTR")
+        what = [""]
+    elif not what:
+        raise UsageError("start needs a SCRIPT, a file, TARGETs, or --asgi/--wsgi MODULE:ATTR")
     scripted = (
         any(v is not None for v in (opts.instances, opts.name, opts.listen, opts.dispatch))
         or opts.watch
         or opts.extra
         or opts.interpreter
+        or hosted
     )
     first = Path(what[0])
     if len(what) == 1 and formats.is_ecosystem_file(what[0]) and not scripted:
         return await filecmds.start_file(client, what[0], opts)
     if (opts.only or opts.env) and not scripted:
         raise UsageError("--only and --env go with an ecosystem FILE")
-    if len(what) == 1 and (scripted or first.is_file()):
-        mapping: dict[str, Any] = {"script": what[0], "args": opts.extra}
+    if hosted or (len(what) == 1 and (scripted or first.is_file())):
+        mapping: dict[str, Any] = dict(hosted) if hosted else {"script": what[0]}
+        mapping["args"] = opts.extra
         if opts.name:
             mapping["name"] = opts.name
         if opts.instances is not None:
@@ -577,7 +659,11 @@ def render_describe(info: dict[str, Any]) -> str:
     app = info["app"]
     spec = info["spec"]
     head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
-    command = " ".join([*head, spec["script"], *spec["args"]])
+    head.append(spec["script"])
+    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
+    if kind:
+        head = [kind, spec[kind]]
+    command = " ".join([*head, *spec["args"]])
     lines = [
         f"app        {app['name']}  ({app['exec_mode']}"
         + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),
@@ -590,6 +676,7 @@ def render_describe(info: dict[str, Any]) -> str:
         f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
         f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
         f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
+        *render.upkeep_lines(app, spec),
     ]
     for w in info["workers"]:
         last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
@@ -614,5 +701,6 @@ def render_describe(info: dict[str, Any]) -> str:
             lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
+        lines += render.health_lines(w.get("health"))
     # Metric names, env names, errors and watch events can come from a worker: escape all.
     return "\n".join(escape(line, keep_tab=False) for line in lines)

@@ -18,6 +18,8 @@ TONE_COLOURS = {
     "busy": "33",
     "waiting": "33",
     "alert": "1;33",  # bold: it needs someone's attention
+    "failing": "1;35",  # unhealthy: alive, failing its health probe
+    "held": "35",  # pending: waiting for its depends_on
     "idle": "90",
     "bad": "31",
 }
@@ -99,3 +101,56 @@ def log_line(
         code = {"out": "36", "err": "31", "sys": "35"}.get(line["stream"], "0")
         return f"{stamp}\x1b[{code}m{prefix} {sep}\x1b[0m {text}"
     return f"{stamp}{prefix} {sep} {text}"
+
+
+def _plain(text: Any) -> str:
+    """Worker-influenced text (probe details): no control characters reach the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """describe: health check, start order and cron restart of one app."""
+    lines = []
+    check = spec.get("health_check")
+    if check:
+        what = {
+            "http": f"http GET {check['path']} expects {check['status']}",
+            "tcp": "tcp connect",
+            "exec": "exec " + " ".join(check["command"]),
+        }[check["kind"]]
+        if check.get("port"):
+            what += f" on port {check['port']}"
+        lines.append(
+            f"health     {_plain(what)}  every {check['interval']}ms, timeout "
+            f"{check['timeout']}ms, replaced after {check['failures']} failures"
+            + (f", first after {check['initial_delay']}ms" if check["initial_delay"] else "")
+        )
+    if app.get("depends_on"):
+        deps = ", ".join(f"{k}: {v}" for k, v in app["depends_on"].items())
+        lines.append(f"depends on {deps}")
+    if app.get("waiting_for"):
+        lines.append(f"waiting    {_plain(app['waiting_for'])}")
+    if app.get("cron_restart"):
+        nxt = app.get("cron_next")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(nxt)) if nxt else "-"
+        lines.append(f"cron       {app['cron_restart']}  next run {when}")
+    reloads = app.get("reloads")
+    if reloads and (reloads.get("ok") or reloads.get("failed")):
+        lines.append(f"reloads    {reloads.get('ok', 0)} ok, {reloads.get('failed', 0)} failed")
+    return lines
+
+
+def health_lines(health: dict[str, Any] | None) -> list[str]:
+    if not health:
+        return []
+    state = {True: "passing", False: "FAILING", None: "not probed yet"}[health["ok"]]
+    lines = [
+        f"  health     {state}  ({health['probes']} probes, {health['failed']} failed, "
+        f"{health['consecutive_failures']} in a row)"
+    ]
+    for r in health["recent"][-3:]:
+        when = time.strftime("%H:%M:%S", time.localtime(r["time"]))
+        mark = "ok  " if r["ok"] else "FAIL"
+        detail = _plain(r["detail"])
+        lines.append(f"  probe      {when}  {mark}  {r['latency_ms']:.1f} ms  {detail}")
+    return lines

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterui.core import environ
+from clusterui.core.accepting import accepting, socket_inode
+from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener, free_port
-from clusterui.core.metrics import MetricsGate
+from clusterui.core.metric_cap import MetricsGate
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
-from clusterui.dispatch.protocol import MODES, Mode
+from clusterui.dispatch.protocol import MODES, Mode, ProtocolError, decode
+from clusterui.reqstats import REQ_RATE
 from clusterui.vocab.exits import OpError
 from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
@@ -40,6 +43,7 @@ from clusterui.vocab.states import (
 )
 
 PIPE_GRACE = 2.0  # seconds a dead worker's log pipes stay open for its last words
+ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
 @dataclass
@@ -79,6 +83,8 @@ class Proc:
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
         self.over_memory = False  # a memory restart is queued for this process
+        # core.health.ProbeState once a health probe ran against this process.
+        self.probe: Any = None
         # The environment it was exec'd with (`clusterui env`); values may be secrets.
         self.env: dict[str, str] = {}
 
@@ -100,6 +106,7 @@ class Series:
     cpu: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     memory: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     conn_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    req_rate: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     time: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def to_dict(self) -> dict[str, list]:
@@ -107,6 +114,7 @@ class Series:
             "cpu": list(self.cpu),
             "memory": list(self.memory),
             "conn_rate": list(self.conn_rate),
+            "req_rate": list(self.req_rate),
             "time": list(self.time),
         }
 
@@ -134,6 +142,13 @@ class Slot:
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
         self.metrics_gate = MetricsGate()
+        self.health: Any = None  # core.health.SlotHealth once probed
+
+    @property
+    def req_rate(self) -> float | None:
+        """Requests/s as the worker reports it (clusterui.web, clusterui.worker); None if not."""
+        value = self.metrics.get(REQ_RATE) if self.proc is not None else None
+        return float(value) if value is not None else None
 
     @property
     def status(self) -> str:
@@ -162,6 +177,10 @@ class App:
         self._by_serial: dict[int, Proc] = {}
         self._dispatcher_deaths: list[float] = []
         self._next_port = 0
+        self.prober: Any = None  # core.health.HealthMonitor when spec.health_check is set
+        self.cron: Any = None  # core.cron.CronRestart when spec.cron_restart is set
+        self.waiting_for: str | None = None  # set by core.deps while start waits
+        self.reloads = {"ok": 0, "failed": 0}  # rolling reloads and how they ended
 
     # ---- lifecycle of the whole app -------------------------------------------------
 
@@ -172,8 +191,8 @@ class App:
     @property
     def signals_ready(self) -> bool:
         """Whether "online" means the worker said so (or a probe did), not just "spawned"."""
-        mode = self.mode
-        return (mode is not None and mode.dispatcher) or self.spec.wait_ready
+        # Shared mode too: once the worker accepts on the socket (core.accepting).
+        return self.mode is not None or self.spec.wait_ready
 
     @property
     def handoff(self) -> bool:
@@ -244,13 +263,18 @@ class App:
         """On a socket handed in from outside, a worker outlives a killed supervisor by
         kill_timeout: it finishes what it was handed while the next supervisor takes
         over the socket (new connections wait in its queue)."""
-        if self.listener is not None and self.listener.inherited:
+        mode = self.mode
+        if self.listener is not None and self.listener.inherited and not mode.own_port:
             return self.spec.kill_timeout / 1000
+        # proxy: every byte goes through the dispatcher, which dies with the supervisor.
         return 0.0
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
-        wiring = _Wiring.for_mode(self.mode, spec, slot, self.listener, self.ctx.home)
+        grace = self._orphan_grace()
+        wiring = _Wiring.for_mode(
+            self.mode, spec, slot, self.listener, self.ctx.home, eof_channel=grace > 0
+        )
         serial = self.ctx.next_serial()
         cgroup = self.ctx.cgroups.create(serial) if self.ctx.cgroups is not None else None
         out_r, out_w = os.pipe()
@@ -258,14 +282,14 @@ class App:
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=spec.argv(),
+                    argv=_expanded_argv(spec, wiring.env),
                     cwd=spec.cwd,
                     env=wiring.env,
                     stdout=out_w,
                     stderr=err_w,
                     fds=wiring.fds,
                     listen_pid=wiring.listen_pid,
-                    orphan_grace=self._orphan_grace(),
+                    orphan_grace=grace,
                     cgroup=cgroup,
                 )
             )
@@ -315,11 +339,22 @@ class App:
             loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
         if mode is not None and mode.dispatcher:
             return  # the dispatcher says when the worker is ready
-        if self.spec.wait_ready:
+        if self.spec.wait_ready or (mode is not None and mode.listen_fd):
             # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
             loop.call_later(self.spec.listen_timeout / 1000, self._ready, slot, proc)
+            if not self.spec.wait_ready:
+                self._probe_accepting(slot, proc)
         else:
             self._ready(slot, proc)
+
+    def _probe_accepting(self, slot: Slot, proc: Proc) -> None:
+        """Shared mode: online once the worker waits for connections on the socket."""
+        if proc.exited.done() or proc.ready.done() or self.listener is None:
+            return
+        if accepting(proc.pid, socket_inode(self.listener.sock.fileno())):
+            self._ready(slot, proc)
+            return
+        asyncio.get_running_loop().call_later(ACCEPT_PROBE, self._probe_accepting, slot, proc)
 
     def _read_channel(self, slot: Slot, proc: Proc) -> None:
         assert proc.channel is not None
@@ -334,6 +369,13 @@ class App:
             return
         if b'"ready"' in data:
             self._ready(slot, proc)
+        elif b'"metrics"' in data:  # from a worker that listens itself (shared, fork)
+            try:
+                msg = decode(data)
+            except ProtocolError:
+                return
+            if msg.get("t") == "metrics":
+                self._on_dispatch_event({**msg, "id": proc.serial})
 
     def _close_channel(self, proc: Proc) -> None:
         if proc.channel is not None:
@@ -550,6 +592,15 @@ class App:
 
     async def rolling_reload(self, reason: str = "reload", after_watch: bool = False) -> str:
         """One instance at a time: start the new one, wait for ready, then drain the old."""
+        try:
+            message = await self._rolling_reload(reason, after_watch)
+        except OpError:
+            self.reloads["failed"] += 1
+            raise
+        self.reloads["ok"] += 1
+        return message
+
+    async def _rolling_reload(self, reason: str, after_watch: bool) -> str:
         async with self.reload_lock:
             if not self.slots:
                 raise OpError(f"{self.name} has no workers to reload")
@@ -582,10 +633,9 @@ class App:
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
                 timeout = self.spec.listen_timeout / 1000
-                if not MODES[self.spec.dispatch].dispatcher and not self.spec.wait_ready:
-                    ok = True  # the kernel balances: it serves as soon as it accepts
-                else:
-                    ok = await self.wait_ready(new, timeout)
+                # Where listen_timeout also means "online anyway", let that timer win.
+                fallback = not MODES[self.spec.dispatch].dispatcher
+                ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
                     slot.proc = old
@@ -616,10 +666,18 @@ class App:
         elif kind == "metrics":
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
-            if slot is not None and slot.metrics_gate.apply(slot.metrics, msg.get("values")):
+            # A draining old worker's last figures would mix with its replacement's.
+            if (
+                slot is not None
+                and slot.proc is proc
+                and slot.metrics_gate.apply(slot.metrics, msg.get("values"))
+            ):
                 report = slot.metrics_gate.report()
                 self.ctx.logs.emit(slot.id, self.name, slot.instance, report)
                 self.ctx.notice("warning", f"{self.name}:{slot.instance}: {report}")
+        elif kind == "probe":
+            if self.prober is not None:
+                self.prober.on_probe_event(msg)
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
 
@@ -719,7 +777,11 @@ class _Wiring:
         slot: Slot,
         listener: Listener | None,
         home: str = "",
+        *,
+        eof_channel: bool = False,
     ) -> _Wiring:
+        """`eof_channel`: a channel even without wait_ready, whose end of file tells the
+        worker its supervisor died (a shared socket handed in: it stops accepting, drains)."""
         own = {
             "CLUSTERUI_APP": spec.name,
             "CLUSTERUI_INSTANCE": str(slot.instance),
@@ -733,7 +795,7 @@ class _Wiring:
         if mode is not None and mode.handoff:
             w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             w.worker_end = w.dispatcher_pair[1]
-        elif spec.wait_ready and not (mode is not None and mode.own_port):
+        elif (spec.wait_ready or eof_channel) and not (mode is not None and mode.own_port):
             w.our_channel, w.worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel_fd = 3
         if mode is not None and mode.listen_fd:
@@ -748,6 +810,8 @@ class _Wiring:
             env["CLUSTERUI_CHANNEL_FD"] = str(channel_fd)
         # Tells the worker helper how to serve: take handed connections, or listen itself.
         env["CLUSTERUI_DISPATCH"] = mode.name if mode is not None else "none"
+        # The worker's host drains WebSockets before this runs out (clusterui.web).
+        env["CLUSTERUI_KILL_TIMEOUT"] = str(spec.kill_timeout)
         if mode is not None and mode.own_port:
             w.port = free_port()
             env["PORT"] = str(w.port)
@@ -758,3 +822,13 @@ class _Wiring:
         for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
             if s is not None:
                 s.close()
+
+
+def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
+    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter)."""
+    argv = spec.argv()
+    skip = 1 + len(spec.interpreter_args) if (spec.interpreter or spec.web) else 0
+    try:
+        return expand_argv(argv, env, skip)
+    except ExpandError as exc:
+        raise SpawnError(f"cannot expand the command line: {exc}") from None

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from clusterui.core.config import upkeep
 from clusterui.core.spec import AppSpec
 
 DUMP_NAME = "dump.yaml"
@@ -89,6 +90,7 @@ def app_mapping(spec: AppSpec, watch_on: bool) -> dict[str, Any]:
         out["log_max_size"] = spec.log_max_size if spec.log_max_size else False
     if spec.kill_signal != _DEFAULTS.kill_signal:
         out["kill_signal"] = signal.Signals(spec.kill_signal).name
+    out.update(upkeep.keys_of(spec))
     return out
 
 

@@ -46,6 +46,7 @@ OWNED_NAMES: frozenset[str] = frozenset(
         "CLUSTERUI_HOME",
         "CLUSTERUI_DISPATCH",
         "CLUSTERUI_CHANNEL_FD",
+        "CLUSTERUI_KILL_TIMEOUT",
         # the dispatcher's and the supervisor's own, never a worker's
         "CLUSTERUI_DISPATCH_MODE",
         "CLUSTERUI_LISTEN_FD",
@@ -130,7 +131,7 @@ def compose(
 
 def layer(name: str, spec: AppSpec) -> str:
     """Which layer a worker's variable came from, for `clusterui env`."""
-    if owned(name, spec.listen is not None and spec.dispatch == "proxy"):
+    if owned(name, spec.own_port):
         return "clusterui"
     if name in spec.env:
         return "app"
@@ -141,6 +142,5 @@ def layer(name: str, spec: AppSpec) -> str:
 
 def spec_warnings(spec: AppSpec) -> list[str]:
     """The warning for owned names in an app's caller environment (PORT counts in proxy)."""
-    proxy = spec.listen is not None and spec.dispatch == "proxy"
-    names = [k for k in spec.caller_env if owned(k, proxy)]
+    names = [k for k in spec.caller_env if owned(k, spec.own_port)]
     return [f"{spec.name}: " + owned_warning(names, "your environment")] if names else []

@@ -24,7 +24,7 @@ import os
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from clusterui.core import dump, environ
+from clusterui.core import dump, environ, upkeep
 from clusterui.core.spec import AppSpec
 from clusterui.vocab.exits import Exit, OpError
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 IGNORED = frozenset({"source", "source_line"})
 NEEDS_RESTART = ("listen", "exec_mode", "dispatch")
 WATCH = frozenset({"watch", "ignore_watch", "watch_delay"})
+UPKEEP = frozenset({"health_check", "cron_restart"})  # changed without a reload
 # Read by the supervisor, not by the process: a new value needs no new process.
 POLICY = frozenset(
     {
@@ -68,6 +69,23 @@ def _label(names: set[str]) -> str:
     return ", ".join(sorted(names))
 
 
+# The lists an apply report has, in the order they are reported.
+REPORT_LISTS = (
+    "started",
+    "reloaded",
+    "restarted",
+    "scaled",
+    "updated",
+    "unchanged",
+    "needs_restart",
+    "not_in_file",
+    "removed",
+    "errors",
+    "warnings",
+    "workers",
+)
+
+
 async def apply(
     sup: Supervisor,
     specs: list[AppSpec],
@@ -85,21 +103,8 @@ async def apply(
     `update_env`. `restart` (`restart FILE`) stops and starts every app of the file with its
     new spec, which is also how a changed listen takes effect.
     """
-    report: dict[str, Any] = {
-        "apps": [s.name for s in specs],
-        "started": [],
-        "reloaded": [],
-        "restarted": [],
-        "scaled": [],
-        "updated": [],
-        "unchanged": [],
-        "needs_restart": [],
-        "not_in_file": [],
-        "removed": [],
-        "errors": [],
-        "warnings": [],
-        "workers": [],
-    }
+    report: dict[str, Any] = {"apps": [s.name for s in specs]}
+    report.update((key, []) for key in REPORT_LISTS)
     for spec in specs:
         app = sup.apps.get(spec.name)
         if caller is not None and (app is None or update_env):
@@ -153,12 +158,14 @@ async def _apply_one(app: App, new: AppSpec, report: dict[str, Any]) -> None:
         return
     target = new.instances
     new.instances = old.instances  # the slots change below, by scale
-    process = diff - POLICY - WATCH - {"instances"}
+    process = diff - POLICY - WATCH - UPKEEP - {"instances", "depends_on"}
     if diff & WATCH:
         await app.set_watch(False)
     app.spec = new
     if app.listener is not None:
         app.listener.spec = new
+    if diff & UPKEEP:  # probes and the cron schedule follow the new spec
+        await upkeep.refresh(app)
     if target < len(app.slots):
         await app.scale(target)
     if process:

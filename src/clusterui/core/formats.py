@@ -111,10 +111,14 @@ def to_source(path: str, text: str, caller_env: Mapping[str, str] | None, max_by
         return Source(text)
     if what == "json":
         try:
-            json.loads(text)
-            return Source(text)
+            value = json.loads(text)
         except json.JSONDecodeError as e:
             error = SourceError(f"invalid JSON: {e.msg}", e.lineno)
+        else:
+            if _reads_as_yaml(text):
+                return Source(text)  # read with its lines
+            # Valid JSON that this YAML parser refuses (tabs without libyaml, say).
+            return Source(json.dumps(value, indent=2), synthetic=True)
         # PM2 reads a .json file as a JavaScript expression: try that before giving up.
         if _node(caller_env) is None:
             raise error
@@ -124,6 +128,14 @@ def to_source(path: str, text: str, caller_env: Mapping[str, str] | None, max_by
             raise error from None
         return Source(json.dumps(value, indent=2), synthetic=True)
     return Source(json.dumps(evaluate(path, caller_env, max_bytes), indent=2), synthetic=True)
+
+
+def _reads_as_yaml(text: str) -> bool:
+    try:
+        yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return True
+    except yaml.YAMLError:
+        return False
 
 
 def _node(caller_env: Mapping[str, str] | None) -> str | None:

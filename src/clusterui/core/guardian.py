@@ -4,7 +4,9 @@ PR_SET_PDEATHSIG reaches only a worker itself, not what the worker started (a
 shell script's children, a server's forks). The guardian is forked at supervisor
 start; the supervisor tells it over a pipe which process groups it spawned. When
 the supervisor dies, however abruptly, the pipe hits EOF and the guardian SIGKILLs
-every group still registered, then exits.
+every group still registered, then exits. A group registered with a grace (workers on
+a socket handed in from outside, which finish their connections while the next
+supervisor takes the socket over) is killed that much later, unless it is gone by then.
 
 The supervisor must never block on the guardian (a stopped or slow guardian would
 freeze every app): its end of the pipe is non-blocking, and what does not fit waits

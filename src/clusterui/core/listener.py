@@ -60,6 +60,7 @@ class _Handover:
     draining: bool = False
     handed: int = 0  # "handed" as last reported to the app, carried across dispatchers
     handed_base: int = 0  # added to what the current dispatcher reports
+    unhealthy: bool = False  # a health probe failed: a new dispatcher is told so too
 
 
 def free_port() -> int:
@@ -87,6 +88,9 @@ def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Accepted connections inherit it: workers handed fd 3 (shared mode)
+                # often take it for AF_UNIX and never set it (uvicorn --fd 3).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.bind((listen.host, listen.port))
             except BaseException:
                 sock.close()
@@ -203,6 +207,8 @@ class Listener:
             if MODES[self.spec.dispatch].handoff and not w.fds:
                 continue  # we could not keep its channel (fds exhausted): it drains and exits
             self._send_now(w.add, w.fds)
+            if w.unhealthy:
+                self._send_now({"t": "health", "id": w.add["id"], "ok": False})
             if w.draining:
                 self._send_now({"t": "drain", "id": w.add["id"]})
             elif w.ready and w.fds:
@@ -295,6 +301,8 @@ class Listener:
             self._workers[key] = w
         elif kind == "drain" and key in self._workers:
             self._workers[key].draining = True
+        elif kind == "health" and key in self._workers:
+            self._workers[key].unhealthy = msg.get("ok") is False
         elif kind == "remove":
             self._forget(key)
 

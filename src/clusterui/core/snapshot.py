@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from clusterui.core import upkeep
 from clusterui.core.apps import App, Slot
+from clusterui.core.health import display_health, is_unhealthy
 from clusterui.vocab import states
 from clusterui.vocab.snapshot import AppRow, Snapshot, SupervisorInfo, WorkerRow
 
 
 def display_status(slot: Slot) -> str:
-    """The slot's status, or "suspended" while its live process is stopped (SIGSTOP)."""
-    return states.shown(slot.status, slot.proc is not None and slot.proc.suspended)
+    """The slot's status, or "suspended" while its live process is stopped (SIGSTOP), or
+    "unhealthy" while it is online and failing its health probe."""
+    proc = slot.proc
+    return states.shown(slot.status, proc is not None and proc.suspended, is_unhealthy(proc))
 
 
 def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
@@ -28,6 +32,8 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "connections": slot.connections,
         "active": slot.active if proc else 0,
         "conn_rate": round(slot.conn_rate, 2),
+        # Requests/s for workers that report it (metrics req_rate), else None.
+        "req_rate": slot.req_rate,
         "exit_code": slot.last_exit[0],
         "exit_signal": slot.last_exit[1],
         "error": slot.last_error,
@@ -40,6 +46,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "restart_history": list(slot.restart_history),
         "out_file": out_file,
         "err_file": err_file,
+        "health": display_health(slot),
     }
     if history:
         row["history"] = slot.history.to_dict()
@@ -65,6 +72,7 @@ def app_row(app: App) -> AppRow:
         "env_names": sorted(spec.env),
         "reloading": app.reload_lock.locked(),
         "listener_pid": app.listener.pid if app.listener else None,
+        **upkeep.app_fields(app),
     }
 
 

@@ -8,6 +8,7 @@ Durations are milliseconds, sizes are bytes, paths are absolute.
 from __future__ import annotations
 
 import signal
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -32,6 +33,25 @@ class Listen:
             return f"unix:{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+HEALTH_KINDS: tuple[str, ...] = ("http", "tcp", "exec")
+DEPENDENCY_CONDITIONS: tuple[str, ...] = ("started", "online", "healthy", "completed")
+
+
+@dataclass
+class HealthCheck:
+    """A probe run against every worker of an app (see core.health)."""
+
+    kind: Literal["http", "tcp", "exec"]
+    path: str = "/"  # http
+    status: int = 200  # http: the status a healthy worker answers with
+    command: list[str] = field(default_factory=list)  # exec: exit 0 is healthy
+    port: int | None = None  # http/tcp for an app without `listen`
+    interval: int = 10_000  # ms between probes of one worker
+    timeout: int = 2_000  # ms
+    failures: int = 3  # consecutive failures before the worker is replaced
+    initial_delay: int = 0  # ms after the worker is online before the first probe
 
 
 def key(kind: str, **options: Any) -> dict[str, Any]:
@@ -89,12 +109,42 @@ class AppSpec:
     log_date_format: str | None = field(default=None, metadata=key("text"))
     log_max_size: int | None = field(default=10 * 1024 * 1024, metadata=key("log_size"))
     log_retain: int = field(default=5, metadata=key("count", high=1000))
+    # core.config.upkeep reads these three (their kind is the key's own name).
+    health_check: HealthCheck | None = field(default=None, metadata=key("health_check"))
+    depends_on: dict[str, str] = field(default_factory=dict, metadata=key("depends_on"))
+    cron_restart: str | None = field(default=None, metadata=key("cron_restart"))
+    # PM2's uid/user/gid: not keys of clusterui's own (apps run as its user; the loader
+    # warns), kept for `clusterui export` (systemd User=/Group=).
+    user: str | None = None
+    group: str | None = None
     # Where this app came from, for messages ("ecosystem.yaml:12"); not a key.
     source: str = ""
     source_line: int = 0
+    # `asgi: MODULE:ATTR` / `wsgi: MODULE:ATTR` instead of a script: the worker is
+    # clusterui's host (python -m clusterui.web), `args` are its options.
+    asgi: str | None = field(default=None, metadata=APP)
+    wsgi: str | None = field(default=None, metadata=APP)
+
+    @property
+    def web(self) -> tuple[str, str] | None:
+        """("asgi"|"wsgi", "MODULE:ATTR") for a hosted app, else None."""
+        if self.asgi:
+            return "asgi", self.asgi
+        if self.wsgi:
+            return "wsgi", self.wsgi
+        return None
+
+    @property
+    def own_port(self) -> bool:
+        """Whether each worker is given its own $PORT (the dispatch mode says so)."""
+        return self.listen is not None and MODES[self.dispatch].own_port
 
     def argv(self) -> list[str]:
         """The command line the worker is exec'd with (never through a shell)."""
+        if self.web is not None:
+            kind, target = self.web
+            python = self.interpreter or sys.executable
+            return [python, *self.interpreter_args, "-m", "clusterui.web", kind, target, *self.args]
         head = [self.interpreter, *self.interpreter_args] if self.interpreter else []
         return [*head, self.script, *self.args]
 
@@ -112,6 +162,9 @@ class AppSpec:
         d["listen"] = parse_listen(listen) if listen else None
         sig = d.get("kill_signal", "SIGINT")
         d["kill_signal"] = int(signal.Signals[sig]) if isinstance(sig, str) else int(sig)
+        check = d.get("health_check")
+        if isinstance(check, dict):
+            d["health_check"] = HealthCheck(**check)
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -21,14 +21,15 @@ from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, environ, fileops, guardian, inherit, reaper
+from clusterui.core import config, deps, environ, fileops, guardian, inherit, reaper, upkeep
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.cgroups import CgroupTree
 from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
+from clusterui.core.metrics import MetricsServer, is_loopback, parse_address, render
 from clusterui.core.safefs import UnsafePath
-from clusterui.core.snapshot import app_row, snapshot, worker_row
+from clusterui.core.snapshot import app_row, display_status, snapshot, worker_row
 from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
@@ -64,6 +65,9 @@ class Supervisor:
         # Subscribed to the hub only while some client follows logs: with nobody listening
         # a flood costs no batching or decoding at all.
         self._unsubscribe_logs: Callable[[], None] | None = None
+        self.clock: Any = None  # cron_restart's clock (core.cron.Clock); None: the wall
+        self.metrics = MetricsServer(lambda: render(self.apps.values(), display_status))
+        self._waiters: set[asyncio.Task[None]] = set()
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Supervisor:
             "files": self.loaded_files(),
             "host": self._host,
             "conn_rate": round(self._conn_rate, 2),
+            "metrics_listen": self.metrics.address,
         }
 
     def loaded_files(self) -> list[str]:
@@ -188,6 +193,7 @@ class Supervisor:
             h.cpu.append(round(cpu, 1))
             h.memory.append(rss)
             h.conn_rate.append(round(slot.conn_rate, 2))
+            h.req_rate.append(round(slot.req_rate or 0.0, 1))
             limit = app.spec.max_memory_restart
             proc = slot.proc
             # max_memory_restart compares PSS, not RSS: a tree of forks shares most of
@@ -275,14 +281,7 @@ class Supervisor:
         with its spec from the file.
         """
         caller = _caller_env(caller_env)
-        if not isinstance(file, str) or not file:
-            raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
-        if env is not None and not isinstance(env, str):
-            raise OpError("env must be a name", Exit.USAGE)
-        if only is not None and not (
-            isinstance(only, list) and all(isinstance(n, str) for n in only)
-        ):
-            raise OpError("only must be a list of app names", Exit.USAGE)
+        _check_load_args(file, env, only)
         try:
             # In a thread: a JS file is evaluated by node, which takes a moment.
             result = await asyncio.to_thread(
@@ -290,6 +289,7 @@ class Supervisor:
             )
         except config.ConfigError as exc:
             raise OpError(str(exc), Exit.USAGE) from None
+        metrics_warnings = await self._serve_file_metrics(result)
         if apply or restart:
             report = await fileops.apply(
                 self,
@@ -301,10 +301,18 @@ class Supervisor:
                 restart=bool(restart),
                 only=only,
             )
-            report["warnings"] = [str(w) for w in result.warnings] + report["warnings"]
+            report["warnings"] = (
+                [str(w) for w in result.warnings] + metrics_warnings + report["warnings"]
+            )
             return report
+        return await self._load_new(result, caller, metrics_warnings)
+
+    async def _load_new(
+        self, result: config.LoadResult, caller: dict[str, str] | None, extra: list[str]
+    ) -> dict:
+        """Start the file's apps that are not loaded yet; the loaded ones are kept as they run."""
         started, kept, errors = [], [], []
-        warnings = [str(w) for w in result.warnings]
+        warnings = [str(w) for w in result.warnings] + extra
         for spec in result.apps:
             if spec.name in self.apps:
                 kept.append(spec.name)
@@ -327,13 +335,32 @@ class Supervisor:
             "workers": [s.id for name in started for s in self.apps[name].slots.values()],
         }
 
+    async def _serve_file_metrics(self, result: config.LoadResult) -> list[str]:
+        """The file's metrics_listen, unless metrics are served already; its warnings."""
+        if result.metrics_listen is None or self.metrics.address is not None:
+            return []
+        where = f"{result.path}: warning: "
+        try:
+            served = await self.op_metrics(str(result.metrics_listen), result.metrics_public)
+        except OpError as exc:
+            return [f"{where}metrics_listen: {exc.message}"]
+        return [where + served["warning"]] if served.get("warning") else []
+
     async def add_app(self, spec: AppSpec) -> App:
         app = App(spec, self.ctx)
         app.open_listener()  # raises OpError (port taken) before anything starts
         self.apps[spec.name] = app  # only now: a refused spec leaves nothing behind
         if spec.watch:  # before the workers start, so what they write is seen too
             await app.set_watch(True)
-        app.start_all()
+        upkeep.attach(app, self.clock)
+        if spec.depends_on and deps.first_unmet(app, self.apps.get) is not None:
+            for slot in app.ensure_slots(spec.instances):
+                slot.idle.to(states.PENDING)
+            waiter = asyncio.ensure_future(deps.start_when_ready(app, self.apps.get, app.start_all))
+            self._waiters.add(waiter)
+            waiter.add_done_callback(self._waiters.discard)
+        else:
+            app.start_all()
         return app
 
     async def op_start_script(
@@ -453,8 +480,11 @@ class Supervisor:
         for app, _slots in groups:
             app.removed = True
             names.append(app.name)
-        await asyncio.gather(*(app.stop_all() for app, _ in groups))
+        # Dependents first, then what they need (depends_on), as `down` does.
+        for layer in deps.stop_layers({app.name: app for app, _ in groups}):
+            await asyncio.gather(*(app.stop_all() for app in layer))
         for app, _ in groups:
+            await upkeep.detach(app)
             await app.set_watch(False)
             app.close_listener()
             self.apps.pop(app.name, None)
@@ -598,8 +628,16 @@ class Supervisor:
                     proc = slot.proc
                     first_pid.setdefault(slot.id, proc.pid if proc else None)
                     stable = min(app.spec.min_uptime, 1000) / 1000
+                    if proc is None and slot.idle.value == states.PENDING:
+                        first_pid.pop(slot.id, None)  # not started yet: nothing to judge
+                        why = deps.blocked(app, self.apps.get)
+                        if why:
+                            verdicts[str(slot.id)] = why
+                        continue
                     if slot.status == states.ERRORED:
                         verdicts[str(slot.id)] = slot.last_error or "errored"
+                    elif proc is None and slot.last_exit == (0, None) and not app.spec.autorestart:
+                        verdicts[str(slot.id)] = "ok"  # a one-shot job that completed
                     elif proc is None or proc.pid != first_pid[slot.id] or slot.restarts:
                         code, sig = slot.last_exit
                         verdicts[str(slot.id)] = (
@@ -620,10 +658,16 @@ class Supervisor:
                     s.id for a in self.apps.values() for s in a.slots.values()
                     if s.proc is not None and s.proc.suspended
                 }  # fmt: skip
+                waiting = {
+                    s.id: a.waiting_for for a in self.apps.values() for s in a.slots.values()
+                    if s.proc is None and a.waiting_for
+                }  # fmt: skip
                 for wid in pending:
                     verdicts[str(wid)] = "not ready in time"
                     if wid in stopped:
                         verdicts[str(wid)] = "suspended (stopped by a signal)"
+                    if wid in waiting:
+                        verdicts[str(wid)] = str(waiting[wid])
                 break
             await asyncio.sleep(0.05)
         return verdicts
@@ -631,16 +675,62 @@ class Supervisor:
     async def op_shutdown(self) -> None:
         asyncio.get_running_loop().call_soon(self.stopping.set)
 
+    async def op_metrics(self, listen: str | None = None, public: bool = False) -> dict[str, Any]:
+        """Serve Prometheus metrics on listen (None or "" stops serving)."""
+        if not listen:
+            await self.metrics.stop()
+            return {"message": "metrics endpoint stopped", "address": None}
+        if not isinstance(listen, str):
+            raise OpError("listen must be an address such as 127.0.0.1:9209", Exit.USAGE)
+        try:
+            host, port = parse_address(listen)
+        except ValueError as exc:
+            raise OpError(str(exc), Exit.USAGE) from None
+        warning = None
+        if not is_loopback(host):
+            if public is not True:
+                raise OpError(
+                    f"metrics on {host} would be reachable from other machines; "
+                    "pass --public (or metrics_public: true) if that is what you want",
+                    Exit.USAGE,
+                )
+            warning = (
+                f"metrics are served on {host}:{port} without authentication; "
+                "anyone who reaches it sees app names, pids and figures"
+            )
+            self.notice("warning", warning)
+        await self.metrics.start(host, port)
+        return {
+            "message": f"serving metrics on http://{self.metrics.address}/metrics",
+            "address": self.metrics.address,
+            "warning": warning,
+        }
+
     async def shutdown(self) -> None:
         for app in self.apps.values():
             app.removed = True
-        await asyncio.gather(*(app.stop_all() for app in self.apps.values()))
+        for waiter in list(self._waiters):
+            waiter.cancel()
+        await self.metrics.stop()
+        for app in self.apps.values():
+            await upkeep.detach(app)
+        for layer in deps.stop_layers(self.apps):  # dependents first, then what they need
+            await asyncio.gather(*(app.stop_all() for app in layer))
         for app in self.apps.values():
             await app.set_watch(False)
             app.close_listener()
         self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         await self.server.close()
+
+
+def _check_load_args(file: Any, env: Any, only: Any) -> None:
+    if not isinstance(file, str) or not file:
+        raise OpError("load takes the path of an ecosystem file", Exit.USAGE)
+    if env is not None and not isinstance(env, str):
+        raise OpError("env must be a name", Exit.USAGE)
+    if only is not None and not (isinstance(only, list) and all(isinstance(n, str) for n in only)):
+        raise OpError("only must be a list of app names", Exit.USAGE)
 
 
 def _caller_env(raw: Any) -> dict[str, str] | None:

@@ -24,7 +24,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from clusterui.core import environ
+from clusterui.client import caller_env
 from clusterui.core.safetext import visible
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
@@ -422,7 +422,7 @@ class DashboardApp(App[None]):
         if not files:
             self.notify("No ecosystem file is loaded.", severity="warning", markup=False)
             return
-        caller, _refused = environ.capture(os.environ)
+        caller = caller_env()
         for file in files:
             self.notify(f"Applying {os.path.basename(file)}…", markup=False)
             await self._call("apply", file, caller)

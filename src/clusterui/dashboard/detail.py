@@ -14,6 +14,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
+from clusterui import reqstats
 from clusterui.core.safetext import visible
 from clusterui.dashboard.model import (
     History,
@@ -24,6 +25,7 @@ from clusterui.dashboard.model import (
     fmt_duration,
     fmt_metric,
     fmt_rate,
+    max_series,
     metric_series,
     mode_label,
     spark_rows,
@@ -108,7 +110,8 @@ class SparkChart(Widget):
 
 
 # Worker fields the info grid does not show: they change every tick.
-LIVE_FIELDS = frozenset({"cpu", "memory", "uptime", "conn_rate"})
+LIVE_FIELDS = frozenset({"cpu", "memory", "uptime", "conn_rate", "req_rate"})
+LATENCIES = frozenset({reqstats.P50, reqstats.P99})
 
 
 class DetailPane(VerticalScroll):
@@ -196,6 +199,10 @@ class DetailPane(VerticalScroll):
             values = [
                 v for w in scope if isinstance(v := (w.get("metrics") or {}).get(name), int | float)
             ]
+            if name in LATENCIES:  # an app's latency is its slowest worker's, not a sum
+                series = max_series(metric_series(w, history, name) for w in scope)
+                chart.set_data(series, fmt_metric(max(values)) if values else "—")
+                continue
             series = sum_series(metric_series(w, history, name) for w in scope)
             chart.set_data(series, fmt_metric(sum(values)) if values else "—")
 
@@ -257,6 +264,7 @@ class DetailPane(VerticalScroll):
         )
         for name, value in sorted((w.get("metrics") or {}).items()):
             grid.add_row(f"· {name}", fmt_metric(value))
+        _health_rows(grid, w.get("health"), self.tz)
         history = list(w.get("restart_history") or [])
         grid.add_row("restarts", str(w.get("restarts", 0)))
         parts: list[Any] = [grid]
@@ -280,6 +288,7 @@ class DetailPane(VerticalScroll):
         self._watch_rows(grid, app)
         if app.get("source"):
             grid.add_row("from", app["source"])
+        _upkeep_rows(grid, app, self.tz)
         restarts = sum(int(w.get("restarts") or 0) for w in workers)
         grid.add_row("restarts", str(restarts))
         items = sorted(
@@ -309,6 +318,38 @@ class _PlainGrid(Table):
         super().add_row(
             *(Text(visible(c), end="") if isinstance(c, str) else c for c in cells), **kw
         )
+
+
+def _health_rows(grid: Table, health: dict[str, Any] | None, tz: Any) -> None:
+    """Probe state, counts and the latest results (text, never markup)."""
+    if not health:
+        return
+    state = {True: "passing", False: "failing", None: "not probed yet"}.get(health.get("ok"))
+    grid.add_row(
+        "health",
+        Text(
+            f"{state} · {health.get('probes', 0)} probes, {health.get('failed', 0)} failed"
+            + (f", {health['consecutive_failures']} in a row" if health.get("ok") is False else "")
+        ),
+    )
+    for r in (health.get("recent") or [])[-3:][::-1]:
+        mark = "ok" if r.get("ok") else "FAIL"
+        line = f"{mark} {float(r.get('latency_ms') or 0):.1f} ms · {r.get('detail', '')}"
+        grid.add_row(fmt_clock(float(r.get("time") or 0), tz), Text(line))
+
+
+def _upkeep_rows(grid: Table, app: dict[str, Any], tz: Any) -> None:
+    if app.get("health_check"):
+        grid.add_row("health", Text(f"{app['health_check']} probe on every worker"))
+    if app.get("depends_on"):
+        deps = ", ".join(f"{k}: {v}" for k, v in app["depends_on"].items())
+        grid.add_row("depends on", Text(deps))
+    if app.get("waiting_for"):
+        grid.add_row("", Text(str(app["waiting_for"])))
+    if app.get("cron_restart"):
+        nxt = app.get("cron_next")
+        when = _dt.datetime.fromtimestamp(float(nxt), tz).strftime("%Y-%m-%d %H:%M") if nxt else "—"
+        grid.add_row("cron", Text(f"{app['cron_restart']} · next {when}"))
 
 
 def _exit_text(code: Any, signal: Any) -> str:

@@ -159,6 +159,18 @@ def sum_series(series: Iterable[Sequence[float]]) -> list[float]:
     return out
 
 
+def max_series(series: Iterable[Sequence[float]]) -> list[float]:
+    """Element-wise maximum aligned on the newest sample (for latencies)."""
+    lists = [list(s) for s in series]
+    n = max((len(s) for s in lists), default=0)
+    out = [0.0] * n
+    for s in lists:
+        offset = n - len(s)
+        for i, v in enumerate(s):
+            out[offset + i] = max(out[offset + i], v or 0)
+    return out
+
+
 @dataclass(frozen=True)
 class Selection:
     """What the cursor is on: a whole app (group row) or one worker."""
@@ -208,6 +220,7 @@ class History:
             "cpu": float(worker.get("cpu") or 0),
             "memory": float(worker.get("memory") or 0),
             "conn_rate": float(worker.get("conn_rate") or 0),
+            "req_rate": float(worker.get("req_rate") or 0),
         }
         for name, v in (worker.get("metrics") or {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):

@@ -138,6 +138,8 @@ class ProcessTable(ScrollView, can_focus=True):
         & > .proc--busy { color: $text-warning; }
         & > .proc--waiting { color: $text-warning; text-style: bold; }
         & > .proc--alert { color: $text-warning; text-style: bold; }
+        & > .proc--failing { color: $text-accent; text-style: bold reverse; }
+        & > .proc--held { color: $text-secondary; }
         & > .proc--idle { color: $text-muted; text-style: dim; }
         & > .proc--bad { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }
@@ -181,6 +183,8 @@ class ProcessTable(ScrollView, can_focus=True):
         self._strips: dict[tuple[str, bool], Strip] = {}  # (key, is cursor row) -> strip
         self._header: Strip | None = None
         self._labels_of: tuple[Layout, tuple[Text, ...]] | None = None
+        # "req/s" once a worker reports requests (asgi/wsgi hosts), else "conn/s".
+        self._rate_label = "conn/s"
         self._styles = StyleCache(self)
         self._cursor = 0
         self._highlighted: str | None = None
@@ -250,6 +254,14 @@ class ProcessTable(ScrollView, can_focus=True):
         self._snapshot = snapshot
         self._history = history
         before = self.selection
+        label = (
+            "req/s" if any(_reports_requests(w) for w in snapshot.get("workers", [])) else "conn/s"
+        )
+        relabel = label != self._rate_label
+        if relabel:
+            self._rate_label = label
+            self._labels_of = None
+            self._header = None
         desired = self._desired_rows(snapshot)
         layout = self._fit_layout(desired)
         relayout = layout != self._layout
@@ -281,7 +293,7 @@ class ProcessTable(ScrollView, can_focus=True):
             self._forget(key)
         self._keep_cursor(before, gone)
         self.virtual_size = Size(self._row_width(), len(self._order) + 1)
-        if reshaped:
+        if reshaped or relabel:
             self.refresh()
         else:
             self._refresh_rows({self._index[key] for key in changed})
@@ -451,7 +463,7 @@ class ProcessTable(ScrollView, can_focus=True):
             "uptime": ("uptime" if not lay.narrow else "up", 6, "right"),
             "cpu": ("cpu", 6 + _plus_one(self._spark_width("cpu")), "left"),
             "mem": ("mem", 6 + _plus_one(self._spark_width("mem")), "left"),
-            "conn": ("conn/s", 6 + _plus_one(self._spark_width("conn")), "left"),
+            "conn": (self._rate_label, 6 + _plus_one(self._spark_width("conn")), "left"),
             "open": ("open", 5, "right"),
         }
         label, width, justify = labels[key]
@@ -510,7 +522,8 @@ class ProcessTable(ScrollView, can_focus=True):
         name.truncate(lay.name_w + 1, overflow="ellipsis", pad=True)
         cpu_s = worker_series(w, self._history, "cpu")
         mem_s = worker_series(w, self._history, "memory")
-        conn_s = worker_series(w, self._history, "conn_rate")
+        rate_key = _rate_key(w)
+        conn_s = worker_series(w, self._history, rate_key)
         return (
             id_cell,
             name,
@@ -523,7 +536,7 @@ class ProcessTable(ScrollView, can_focus=True):
             self._metric_cell(
                 fmt_bytes(w.get("memory")) if live else "—", mem_s, "mem", _headroom(mem_s)
             ),
-            self._metric_cell(fmt_rate(w.get("conn_rate")), conn_s, "conn", None),
+            self._metric_cell(fmt_rate(w.get(rate_key)), conn_s, "conn", None),
             _cell(str(w.get("active", 0)) if live else "—", 5, justify="right"),
         )
 
@@ -551,11 +564,14 @@ class ProcessTable(ScrollView, can_focus=True):
             name.truncate(lay.name_w + 1, overflow="ellipsis", pad=True)
         cpu = sum(float(w.get("cpu") or 0) for w in workers)
         mem = sum(int(w.get("memory") or 0) for w in workers)
-        rate = sum(float(w.get("conn_rate") or 0) for w in workers)
+        rate = sum(float(w.get(_rate_key(w)) or 0) for w in workers)
         series = {
             kind: sum_series(worker_series(w, self._history, kind) for w in workers)
-            for kind in ("cpu", "memory", "conn_rate")
+            for kind in ("cpu", "memory")
         }
+        series["conn_rate"] = sum_series(
+            worker_series(w, self._history, _rate_key(w)) for w in workers
+        )
         return (
             _cell("", 3),
             name,
@@ -575,6 +591,15 @@ class ProcessTable(ScrollView, can_focus=True):
             self._metric_cell(fmt_rate(rate), series["conn_rate"], "conn", None),
             _cell(str(sum(int(w.get("active") or 0) for w in workers)), 5, justify="right"),
         )
+
+
+def _reports_requests(w: dict[str, Any]) -> bool:
+    return w.get("req_rate") is not None
+
+
+def _rate_key(w: dict[str, Any]) -> str:
+    """The rate column's figure: requests/s where the worker reports it, else conn/s."""
+    return "req_rate" if _reports_requests(w) else "conn_rate"
 
 
 def _bind(fn: Callable[..., tuple[Text, ...]], *args: Any) -> Callable[[], tuple[Text, ...]]:

@@ -21,9 +21,15 @@ supervisor → dispatcher
   ``{"t":"drain","id":W}``: route nothing more to W; forward ``{"t":"drain"}`` to it.
   ``{"t":"remove","id":W}``: W is gone; re-route what it never received, forget it.
   ``{"t":"stats"}``: answer with a stats message now.
+  ``{"t":"probe","id":W,"token":T[,"ack":true]}`` + SCM_RIGHTS [fd]: a health probe's
+      connection, handed to W itself (ready or not) like a client's. Answered with
+      ``{"t":"probe","id":W,"token":T,"ok":false,"error":...}`` when it cannot be sent,
+      and with ack, ``{"t":"probe",...,"ok":true}`` once W has taken it off its channel.
+  ``{"t":"health","id":W,"ok":B}``: W failed (false) or passed (true) its health probe;
+      while false it gets no new connections, and those still queued for it go to others.
 
 dispatcher → supervisor
-  ``{"t":"ready","id":W}``; ``{"t":"metrics","id":W,"values":{...}}``;
+  ``{"t":"ready","id":W}``; ``{"t":"metrics","id":W,"values":{...}}``; ``{"t":"probe",...}``;
   ``{"t":"stats","workers":{"W":{"handed":n,"open":m}},"accepted":N,"pending":k}``
       (pushed at most once a second, when a figure changed, and on request);
   ``{"t":"error","id":W,"message":...}`` for a worker breaking the protocol.

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clusterui.core.metrics import MAX_NAME_LEN, MAX_NAMES
+from clusterui.core.metric_cap import MAX_NAME_LEN, MAX_NAMES
 from clusterui.dispatch import protocol as proto
 
 MODES = proto.DISPATCHER_MODES
@@ -40,6 +40,7 @@ CHANNEL_SNDBUF = 16 * 1024
 READ_BATCH = 64  # datagrams read from one socket per wakeup, so nobody starves the loop
 STATS_INTERVAL = 1.0
 PROBE_INTERVAL = 0.075
+PROBE_TAKEN_CHECK = 0.02  # while a health probe waits in a channel: look this often
 ACCEPT_BACKOFF = 0.1  # after EMFILE and friends
 PROXY_CHUNK = 256 * 1024
 OUT_CAP = 1000  # queued messages to a supervisor that is not reading
@@ -85,6 +86,10 @@ class Backend:
         "err_suppressed",
         "sent_sizes",
         "sent_conns",
+        "unhealthy",
+        "probes",
+        "taken",
+        "probe_marks",
     )
 
     def __init__(self, wid: Any, seq: int) -> None:
@@ -113,16 +118,21 @@ class Backend:
         self.err_window = 0.0
         self.err_count = 0
         self.err_suppressed = 0
+        self.unhealthy = False  # the supervisor's health probe failed: no new connections
+        self.probes = 0  # probe connections handed (not in `handed`, but in `closed`)
+        self.taken = 0  # conn datagrams the worker has taken off its channel, in total
+        # (datagram number, token) of probe connections not yet taken by the worker.
+        self.probe_marks: collections.deque[tuple[int, Any]] = collections.deque()
 
     @property
     def routable(self) -> bool:
-        return self.ready and not self.draining and not self.full
+        return self.ready and not self.draining and not self.full and not self.unhealthy
 
     @property
     def open(self) -> int:
         if self.port is not None:
             return self.pipes
-        return max(0, self.handed - self.closed)
+        return max(0, self.handed + self.probes - self.closed)
 
 
 # Routing strategies (clusterui.dispatch.protocol.Mode.route): share out every pending
@@ -186,6 +196,7 @@ class Dispatcher:
         self.recheck_at = 0.0
         self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
         self.rlist: list[Backend] | None = None  # routable workers; None: recompute
+        self.probe_watch: set[Any] = set()  # ids of workers with probes not yet taken
         self._accept = self.lsock.accept if self.proxy else self.lsock._accept
         self._backlog_known = self._accept_queue() is not None
         self.out: collections.deque[bytes] = collections.deque()
@@ -237,6 +248,8 @@ class Dispatcher:
             deadlines.append(self.recheck_at)
         if self.proxy:
             deadlines.extend(w.next_probe for w in self.workers.values() if self._probing(w))
+        if self.probe_watch:
+            deadlines.append(now + PROBE_TAKEN_CHECK)
         if not deadlines:
             self.next_timer = 0.0
             return -1
@@ -258,6 +271,8 @@ class Dispatcher:
             for w in list(self.workers.values()):
                 if self._probing(w) and now >= w.next_probe:
                     self._start_probe(w)
+        if self.probe_watch:
+            self._check_probes()
 
     @staticmethod
     def _probing(w: Backend) -> bool:
@@ -374,6 +389,9 @@ class Dispatcher:
         if kind == "add":
             self._add(wid, msg, fds)
             return
+        if kind == "probe":
+            self._probe(wid, msg.get("token"), msg.get("ack") is True, fds)
+            return
         proto.close_fds(fds)
         if kind == "stats":
             self.dirty = False
@@ -381,12 +399,14 @@ class Dispatcher:
             self._emit(self.stats(), droppable=False)
             return
         w = self.workers.get(wid)
-        if kind in ("drain", "remove") and w is None:
+        if kind in ("drain", "remove", "health") and w is None:
             return  # already gone: harmless
         if kind == "drain":
             self._drain(w)
         elif kind == "remove":
             self._remove(w)
+        elif kind == "health":
+            self._set_health(w, msg.get("ok") is not False)
         else:
             raise proto.ProtocolError(f"unknown control message type {kind!r}")
 
@@ -462,6 +482,7 @@ class Dispatcher:
         w.ready = False
         self.rlist = None
         recovered: list[int] = []
+        self._fail_probes(w, "the worker is gone")
         if w.probe is not None:
             self._unregister(w.probe.fileno())
             w.probe.close()
@@ -541,7 +562,7 @@ class Dispatcher:
             n = msg.get("n", 1)
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise proto.ProtocolError(f'"closed" needs a count "n" >= 0, got {n!r}')
-            w.closed = min(w.closed + n, w.handed)
+            w.closed = min(w.closed + n, w.handed + w.probes)
             self.dirty = True
         elif kind == "ready":
             self._set_ready(w)
@@ -581,12 +602,116 @@ class Dispatcher:
         self._route()
         self._update_listen()
 
+    # ---- health probes (the supervisor's) ---------------------------------------------
+
+    def _probe(self, wid: Any, token: Any, ack: bool, fds: list[int]) -> None:
+        """Hand one probe connection to worker wid itself, ready or not, as a client's
+        connection would reach it. With ack, report once the worker has taken it off its
+        channel (a worker whose loop hangs never does); a failure is always reported."""
+        w = self.workers.get(wid)
+        if len(fds) != 1 or w is None or w.dend is None:
+            proto.close_fds(fds)
+            why = "no such worker" if w is None or w.dend is None else "needs one fd"
+            self._emit({"t": "probe", "id": wid, "token": token, "ok": False, "error": why})
+            return
+        try:
+            w.dend.sendmsg(
+                [proto.CONN], [(*_CONN_ANC_LEVEL, array.array("i", fds))], socket.MSG_DONTWAIT
+            )
+        except OSError as exc:
+            why = "its channel is full" if exc.errno == errno.EAGAIN else exc.strerror
+            self._emit({"t": "probe", "id": wid, "token": token, "ok": False, "error": why})
+            return
+        finally:
+            proto.close_fds(fds)
+        w.probes += 1
+        w.queued.append(1)
+        w.queued_fds += 1
+        if ack:
+            w.probe_marks.append((w.taken + len(w.queued), token))
+            self.probe_watch.add(wid)
+
+    def _check_probes(self) -> None:
+        for wid in list(self.probe_watch):
+            w = self.workers.get(wid)
+            if w is None:
+                self.probe_watch.discard(wid)
+                continue
+            self._queued(w)
+            marks = w.probe_marks
+            while marks and w.taken >= marks[0][0]:
+                _n, token = marks.popleft()
+                self._emit({"t": "probe", "id": wid, "token": token, "ok": True})
+            if not marks:
+                self.probe_watch.discard(wid)
+
+    def _fail_probes(self, w: Backend, why: str) -> None:
+        while w.probe_marks:
+            _n, token = w.probe_marks.popleft()
+            self._emit({"t": "probe", "id": w.id, "token": token, "ok": False, "error": why})
+        self.probe_watch.discard(w.id)
+
+    def _set_health(self, w: Backend, ok: bool) -> None:
+        if w.unhealthy == (not ok):
+            return
+        w.unhealthy = not ok
+        self.rlist = None
+        if not ok:
+            self._reclaim(w)
+        self._route()
+        self._update_listen()
+
+    def _reclaim(self, w: Backend) -> None:
+        """Take back the connections still queued for an unhealthy worker (it has not
+        read them: it may never) and route them to the others, oldest first."""
+        if w.wend is None or not w.queued_fds or not self._others_routable(w):
+            return
+        recovered: list[int] = []
+        resend: list[bytes] = []
+        for _ in range(100_000):  # bounded by the channel's buffer in practice
+            try:
+                got = proto.recv(w.wend)
+            except OSError:
+                break
+            if got is None:
+                break
+            data, fds, _truncated = got
+            if data == proto.CONN:
+                recovered.extend(fds)
+            else:
+                proto.close_fds(fds)
+                resend.append(data)
+        for data in resend:  # a drain message keeps its meaning
+            if w.dend is not None:
+                with contextlib.suppress(OSError):
+                    w.dend.sendmsg([data], [], socket.MSG_DONTWAIT)
+        probes = min(len(w.probe_marks), len(recovered))
+        self._fail_probes(w, "taken back from an unhealthy worker")
+        w.queued.clear()
+        w.queued_fds = 0
+        w.probes -= probes
+        if recovered:
+            w.handed = max(0, w.handed - (len(recovered) - probes))
+            self.pending.extendleft(reversed(recovered))
+            self.dirty = True
+
+    def _others_routable(self, w: Backend) -> bool:
+        return any(o.routable for o in self.workers.values() if o is not w)
+
     # ---- accepting and routing -----------------------------------------------------
 
     def _routable(self) -> list[Backend]:
         rlist = self.rlist
         if rlist is None:
-            rlist = self.rlist = [w for w in self.workers.values() if w.routable]
+            rlist = [w for w in self.workers.values() if w.routable]
+            if not rlist:
+                # Every ready worker failed its probe: serving badly beats refusing all.
+                rlist = [
+                    w
+                    for w in self.workers.values()
+                    if w.ready and not w.draining and not w.full and w.unhealthy
+                ]
+            self.rlist = rlist
         return rlist
 
     def _update_listen(self) -> None:
@@ -659,6 +784,7 @@ class Dispatcher:
             queued = w.queued
             while len(queued) > left:
                 w.queued_fds -= queued.popleft()
+                w.taken += 1
         return w.queued_fds
 
     def _targets(self) -> list[Backend]:
@@ -985,7 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
     set_pdeathsig()
     if os.getppid() != parent:
         return 1  # the parent died before prctl took effect
-    mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", "round-robin")
+    mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", proto.DEFAULT_MODE)
     if mode not in MODES:
         print(f"clusterui.dispatch: unknown mode {mode!r} ({', '.join(MODES)})", file=sys.stderr)
         return 2

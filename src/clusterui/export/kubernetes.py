@@ -13,6 +13,7 @@ app has kill_timeout to exit. The output is one multi-document YAML file per app
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -98,6 +99,12 @@ def _in_image(path: str, opts: Options, notes: list[str]) -> str:
 
 
 def _command(app: AppSpec, opts: Options, notes: list[str]) -> tuple[list[str], list[str]]:
+    if app.web is not None:
+        # Hosted by clusterui's asgi/wsgi worker: the image needs clusterui installed.
+        kind, target = app.web
+        notes.append(f"# {kind}: {target} runs under `python3 -m clusterui.web` (in the image)")
+        command = ["python3", *app.interpreter_args, "-m", "clusterui.web", kind, target]
+        return [_literal(w) for w in command], [_literal(w) for w in app.args]
     if app.interpreter:
         # The interpreter the loader found is a host path; the image has its own on PATH.
         interp = os.path.basename(app.interpreter)
@@ -151,6 +158,9 @@ def _deployment(
         "terminationGracePeriodSeconds": grace,
         "containers": [container],
     }
+    security = _run_as(app, out, notes)
+    if security:
+        pod_spec["securityContext"] = security
     return {
         "apiVersion": API_APPS,
         "kind": "Deployment",
@@ -161,6 +171,22 @@ def _deployment(
             "template": {"metadata": {"labels": _labels(app.name, opts)}, "spec": pod_spec},
         },
     }
+
+
+def _run_as(app: AppSpec, out: Export, notes: list[str]) -> dict[str, int]:
+    """user/group as runAsUser/runAsGroup: Kubernetes takes numbers only."""
+    security = {}
+    for value, field_name, what in (
+        (app.user, "runAsUser", "user"),
+        (app.group, "runAsGroup", "group"),
+    ):
+        if value is None:
+            continue
+        if value.isdigit():
+            security[field_name] = int(value)
+        else:
+            notes.append(out.unmapped(app, f"{what} {value!r} (Kubernetes takes a number)"))
+    return security
 
 
 def _environment(app: AppSpec, tcp: bool, out: Export, notes: list[str]) -> list[dict[str, str]]:
@@ -197,6 +223,43 @@ def _listening(
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}}
     elif app.listen is not None:
         notes.append(out.unmapped(app, f"listen {app.listen}: no Service or probe for it"))
+    if app.health_check is not None:
+        probes = _health_probes(app, tcp, out, notes)
+        if probes is not None:
+            container["readinessProbe"], container["livenessProbe"] = probes
+
+
+def _health_probes(
+    app: AppSpec, tcp: bool, out: Export, notes: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """health_check as both probes: a failure takes the pod out of the Service (as an
+    unhealthy worker gets no connections), `failures` in a row restart it (as clusterui
+    replaces the worker)."""
+    hc = app.health_check
+    assert hc is not None
+    port: int | str | None = "listen" if tcp else hc.port
+    if hc.kind == "exec":
+        action: dict[str, Any] = {"exec": {"command": [_literal(w) for w in hc.command]}}
+    elif port is None:
+        notes.append(out.unmapped(app, f"health_check {hc.kind} without a TCP port"))
+        return None
+    elif hc.kind == "http":
+        action = {"httpGet": {"path": hc.path, "port": port}}
+        if not 200 <= hc.status < 400:
+            notes.append(
+                out.unmapped(app, f"health_check status {hc.status} (a probe passes on 200-399)")
+            )
+    else:
+        action = {"tcpSocket": {"port": port}}
+    timing = {
+        "initialDelaySeconds": math.ceil(hc.initial_delay / 1000),
+        "periodSeconds": max(1, math.ceil(hc.interval / 1000)),
+        "timeoutSeconds": max(1, math.ceil(hc.timeout / 1000)),
+    }
+    # Copies: a shared dict would come out as a YAML anchor and alias.
+    readiness = {**copy.deepcopy(action), **timing, "failureThreshold": 1}
+    liveness = {**copy.deepcopy(action), **timing, "failureThreshold": max(1, hc.failures)}
+    return readiness, liveness
 
 
 def _policy_notes(app: AppSpec, out: Export, notes: list[str]) -> None:
@@ -226,6 +289,17 @@ def _policy_notes(app: AppSpec, out: Export, notes: list[str]) -> None:
         )
     if app.out_file or app.error_file:
         notes.append(out.unmapped(app, "out_file/error_file (container logs are stdout/stderr)"))
+    if app.depends_on:
+        names = ", ".join(app.depends_on)
+        notes.append(
+            out.unmapped(
+                app,
+                f"depends_on {names} (pods start on their own; use readiness "
+                "probes, or an init container that waits)",
+            )  # fmt: skip
+        )
+    if app.cron_restart:
+        notes.append(out.unmapped(app, f"cron_restart {app.cron_restart!r}"))
     if app.wait_ready:
         notes.append("# wait_ready: the readiness probe decides when a pod gets connections")
 

@@ -34,16 +34,40 @@ def export(apps: list[AppSpec], opts: Options) -> Export:
         raise ExportError(f"--name {opts.project!r}: use letters, digits and _ . : - only")
     out = Export()
     target = f"{opts.project}.target"
-    for app in apps:
-        base = f"{opts.project}-{app.name}"
-        socket_text = _socket(app, base, target, opts, out)
-        if socket_text is not None:
-            out.files[f"{base}.socket"] = socket_text
-        out.files[f"{base}.service"] = _service(
-            app, base, target, socket_text is not None, opts, out
-        )
-    out.files[target] = _target(apps, opts)
+    groups = supervised_together(apps)
+    for group in groups:
+        lead = group[0]
+        base = f"{opts.project}-{lead.name}"
+        sockets = []
+        for app in group:
+            socket_text = _socket(app, base, target, opts, out)
+            if socket_text is not None:
+                sockets.append(f"{opts.project}-{app.name}.socket")
+                out.files[sockets[-1]] = socket_text
+        out.files[f"{base}.service"] = _service(group, base, target, sockets, opts, out)
+    out.files[target] = _target([g[0] for g in groups], opts)
     return out
+
+
+def supervised_together(apps: list[AppSpec]) -> list[list[AppSpec]]:
+    """Apps tied by depends_on (either way, transitively), in file order: one clusterui
+    must run them together, since it waits for a dependency it runs itself."""
+    names = {a.name for a in apps}
+    parent = {a.name: a.name for a in apps}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    for app in apps:
+        for dep in app.depends_on:
+            if dep in names:
+                parent[root(dep)] = root(app.name)
+    groups: dict[str, list[AppSpec]] = {}
+    for app in apps:
+        groups.setdefault(root(app.name), []).append(app)
+    return list(groups.values())
 
 
 def _header(app: AppSpec, opts: Options) -> list[str]:
@@ -83,37 +107,46 @@ def _socket(app: AppSpec, base: str, target: str, opts: Options, out: Export) ->
     ]
     if listen.kind == "tcp" and listen.host == "::":
         lines.append("BindIPv6Only=both")
-    if listen.kind == "unix":
-        lines.append("SocketMode=0660")
     lines += ["", "[Install]", "WantedBy=sockets.target", f"WantedBy={target}", ""]
     return "\n".join(lines)
 
 
 def _service(
-    app: AppSpec, base: str, target: str, has_socket: bool, opts: Options, out: Export
+    group: list[AppSpec], base: str, target: str, sockets: list[str], opts: Options, out: Export
 ) -> str:
+    app = group[0]  # the unit's own settings come from the first app of the group
     notes: list[str] = []
+    if len(group) > 1:
+        others = ", ".join(a.name for a in group[1:])
+        notes.append(
+            f"# also runs {others}: tied to {app.name} by depends_on, so one clusterui "
+            f"runs them all; the unit's settings are {app.name}'s"
+        )
     unit = [
         "[Unit]",
-        f"Description=clusterui app {_text(app.name)} ({_describe(app)})",
+        f"Description=clusterui app {_text(', '.join(a.name for a in group))} ({_describe(app)})",
         f"PartOf={target}",
         "After=network.target",
     ]
-    if has_socket:
-        unit += [f"Requires={base}.socket", f"After={base}.socket"]
+    for name in sockets:
+        unit += [f"Requires={name}", f"After={name}"]
 
     service = [
         "[Service]",
         "Type=simple",
-        "ExecStart=" + " ".join(_arg(a) for a in _command(app, opts)),
+        "ExecStart=" + " ".join(_arg(a) for a in _command(group, opts)),
         f"WorkingDirectory={_text(app.cwd)}",
         # One supervisor per unit, with its own state (logs, control socket).
         f"StateDirectory=clusterui/{app.name}",
+        "StateDirectoryMode=0700",
         f'Environment="CLUSTERUI_HOME=%S/clusterui/{app.name}"',
     ]
-    service += _environment(app, notes, out)
+    if len(group) == 1:
+        service += _environment(app, notes, out)
+    else:
+        notes.append("# env: each app's own, set by clusterui from the file")
     _restart_policy(app, unit, service, notes, out)
-    _stopping_and_limits(app, service, notes)
+    _stopping_and_limits(group, service, notes, out)
     lines = [*_header(app, opts), *notes, *unit, "", *service, ""]
     lines += ["[Install]", f"WantedBy={target}", ""]
     return "\n".join(lines)
@@ -157,36 +190,41 @@ def _restart_policy(
         )
 
 
-def _stopping_and_limits(app: AppSpec, service: list[str], notes: list[str]) -> None:
-    sig = signal.Signals(app.kill_signal)
+def _stopping_and_limits(
+    group: list[AppSpec], service: list[str], notes: list[str], out: Export
+) -> None:
+    app = group[0]
+    signals = {signal.Signals(a.kill_signal) for a in group}
+    sig = signals.pop() if len(signals) == 1 else None
     if sig in STOP_SIGNALS:
-        service.append(f"KillSignal={sig.name}")
+        service.append(f"KillSignal={sig.name}")  # type: ignore[union-attr]
     else:
         service.append("KillSignal=SIGTERM")
-        notes.append(
-            f"# kill_signal {sig.name} is sent to the workers by clusterui, which itself "
-            "stops on SIGTERM"
-        )
+        what = f"kill_signal {sig.name}" if sig is not None else "each app's kill_signal"
+        notes.append(f"# {what} is sent to the workers by clusterui, which itself stops on SIGTERM")
     service.append("KillMode=mixed")  # the signal to clusterui only; SIGKILL to all at the end
-    service.append(f"TimeoutStopSec={app.kill_timeout + STOP_MARGIN_MS}ms")
+    longest = max(a.kill_timeout for a in group)
+    service.append(f"TimeoutStopSec={longest + STOP_MARGIN_MS}ms")
 
-    if app.max_memory_restart:
-        total = app.max_memory_restart * max(app.instances, 1) + SUPERVISOR_MEMORY
-        service.append(f"MemoryMax={total}")
+    if all(a.max_memory_restart for a in group):
+        total = sum(a.max_memory_restart * max(a.instances, 1) for a in group)  # type: ignore[operator]
+        service.append(f"MemoryMax={total + SUPERVISOR_MEMORY}")
         notes.append(
-            f"# MemoryMax: a ceiling for the whole unit ({max(app.instances, 1)} x "
-            f"max_memory_restart + {SUPERVISOR_MEMORY // 2**20} MiB for clusterui); clusterui "
-            "still restarts a single worker over max_memory_restart"
+            "# MemoryMax: a ceiling for the whole unit (instances x max_memory_restart + "
+            f"{SUPERVISOR_MEMORY // 2**20} MiB for clusterui); clusterui still restarts a "
+            "single worker over max_memory_restart"
         )
-    user, group = getattr(app, "user", None), getattr(app, "group", None)
-    if user:
-        service.append(f"User={_text(user)}")
-    if group:
-        service.append(f"Group={_text(group)}")
+    for a in group[1:]:
+        if (a.user, a.group) != (app.user, app.group):
+            notes.append(out.unmapped(a, f"its user/group (the unit runs as {app.name}'s)"))
+    if app.user:
+        service.append(f"User={_text(app.user)}")
+    if app.group:
+        service.append(f"Group={_text(app.group)}")
 
 
-def _command(app: AppSpec, opts: Options) -> list[str]:
-    argv = [opts.clusterui, "up", str(opts.source), "--only", app.name]
+def _command(group: list[AppSpec], opts: Options) -> list[str]:
+    argv = [opts.clusterui, "up", str(opts.source), "--only", ",".join(a.name for a in group)]
     if opts.env_name:
         argv += ["--env", opts.env_name]
     return argv

@@ -18,6 +18,7 @@ class Series(TypedDict):
     cpu: list[float]
     memory: list[int]
     conn_rate: list[float]
+    req_rate: list[float]
     time: list[float]
 
 
@@ -26,6 +27,24 @@ class RestartRecord(TypedDict):
     reason: str
     exit_code: int | None
     signal: str | None
+
+
+class ProbeResult(TypedDict):
+    time: float
+    ok: bool
+    latency_ms: float
+    detail: str  # "HTTP 200", "no answer within 500 ms", "exit code 1", ...
+
+
+class HealthInfo(TypedDict):
+    """A worker's health probes (an app with a health_check only)."""
+
+    ok: bool | None  # the current process's last probe; None: not probed yet
+    consecutive_failures: int
+    probes: int  # over the slot's life
+    failed: int
+    last: ProbeResult | None
+    recent: list[ProbeResult]  # oldest first, at most 10
 
 
 class WorkerRow(TypedDict):
@@ -41,16 +60,18 @@ class WorkerRow(TypedDict):
     connections: int  # handed to it over its life (across replacements)
     active: int  # open right now
     conn_rate: float
+    req_rate: float | None  # requests/s where the worker reports them (metrics req_rate)
     exit_code: int | None
     exit_signal: str | None
     error: str | None
     metrics: dict[str, float]  # at most core.metrics.MAX_NAMES names
-    metrics_dropped: int  # metric updates or names refused by the cap (core/metrics.py)
+    metrics_dropped: int  # metric updates or names refused by the cap (core/metric_cap.py)
     draining_pids: list[int]  # older processes of this slot still draining (a reload)
     log_dropped: int  # lines its log files could not take (a full disk), marked in them
     restart_history: list[RestartRecord]
     out_file: str
     err_file: str
+    health: HealthInfo | None
     history: NotRequired[Series]  # left out when asked for state without history
 
 
@@ -71,6 +92,12 @@ class AppRow(TypedDict):
     env_names: list[str]
     reloading: bool
     listener_pid: int | None
+    depends_on: dict[str, str]  # app name -> condition
+    waiting_for: str | None  # "waiting for db: healthy (db:0 is unhealthy)" while pending
+    cron_restart: str | None
+    cron_next: float | None  # epoch seconds
+    health_check: str | None  # its kind: http, tcp or exec
+    reloads: dict[str, int]  # rolling reloads: {"ok": n, "failed": m}
 
 
 class HostInfo(TypedDict):
@@ -89,6 +116,7 @@ class SupervisorInfo(TypedDict):
     files: list[str]
     host: HostInfo
     conn_rate: float
+    metrics_listen: str | None  # where Prometheus metrics are served, if they are
 
 
 class Snapshot(TypedDict):
@@ -111,9 +139,11 @@ LS_JSON_KEYS: tuple[str, ...] = (
     "connections",
     "active",
     "conn_rate",
+    "req_rate",
     "exit_code",
     "exit_signal",
     "draining_pids",
+    "metrics",
 )
 
 

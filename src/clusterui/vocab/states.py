@@ -3,10 +3,12 @@ status changes.
 
 A worker slot is in exactly one status. While it has a process the status is that
 process's (`launching` → `online` → `stopping`/`draining`); once the process is gone the
-slot rests in one of the idle statuses (`stopped`, `errored`, `waiting-restart`), which
-may follow each other freely (a manual stop ends a pending restart, a failed spawn makes
-a stopped slot errored, ...). `suspended` is never stored: the snapshot shows it instead
-of `online`/`launching` while the kernel has the process stopped (SIGSTOP, a debugger).
+slot rests in one of the idle statuses (`stopped`, `errored`, `waiting-restart`,
+`pending`), which may follow each other freely (a manual stop ends a pending restart, a
+failed spawn makes a stopped slot errored, ...). `pending` is a slot whose app waits for
+its `depends_on`. `suspended` and `unhealthy` are never stored: the snapshot shows them
+instead of `online` (`suspended` also instead of `launching`) while the kernel has the
+process stopped (SIGSTOP, a debugger), or while its health probe fails.
 
 Every change goes through `Lifecycle.to`, which refuses a transition the table below does
 not list, so a new code path that would put a worker in an impossible status fails loudly
@@ -27,6 +29,8 @@ Status = Literal[
     "errored",
     "waiting-restart",
     "suspended",
+    "unhealthy",
+    "pending",
 ]
 
 LAUNCHING: Final = "launching"
@@ -37,9 +41,11 @@ STOPPED: Final = "stopped"
 ERRORED: Final = "errored"
 WAITING_RESTART: Final = "waiting-restart"
 SUSPENDED: Final = "suspended"
+UNHEALTHY: Final = "unhealthy"
+PENDING: Final = "pending"
 
 # How a front end colours a status; each maps these to its own colours.
-Tone = Literal["good", "starting", "busy", "waiting", "alert", "idle", "bad"]
+Tone = Literal["good", "starting", "busy", "waiting", "alert", "failing", "held", "idle", "bad"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ LOOKS: Final[dict[str, Look]] = {
     WAITING_RESTART: Look("↻", "waiting", "waiting", "waiting"),
     # Alive but stopped by a signal: it needs someone's attention.
     SUSPENDED: Look("‖", "suspended", "paused", "alert"),
+    # Alive, but failing its health probe: it gets no new connections.
+    UNHEALTHY: Look("⊘", "unhealthy", "failing", "failing"),
+    # Not started yet: its app waits for its depends_on.
+    PENDING: Look("◌", "pending", "pending", "held"),
     STOPPED: Look("○", "stopped", "stopped", "idle"),
     ERRORED: Look("✖", "errored", "errored", "bad"),
 }
@@ -71,7 +81,7 @@ STATUSES: Final[tuple[str, ...]] = tuple(LOOKS)
 # A process exists (its pid, uptime, cpu and memory mean something).
 LIVE: Final = frozenset({LAUNCHING, ONLINE, STOPPING, DRAINING})
 # No process: the slot rests here between processes.
-IDLE: Final = frozenset({STOPPED, ERRORED, WAITING_RESTART})
+IDLE: Final = frozenset({STOPPED, ERRORED, WAITING_RESTART, PENDING})
 # Shown as `suspended` while the process is stopped by the kernel; a worker that is
 # stopping or draining keeps saying so (its kill_timeout SIGKILL ends it either way).
 SUSPENDABLE: Final = frozenset({ONLINE, LAUNCHING})
@@ -91,9 +101,12 @@ def look(status: str) -> Look:
     return LOOKS.get(status, UNKNOWN)
 
 
-def shown(status: str, stopped_by_kernel: bool) -> str:
-    """The status a snapshot reports: `suspended` over a live status the kernel stopped."""
-    return SUSPENDED if stopped_by_kernel and status in SUSPENDABLE else status
+def shown(status: str, stopped_by_kernel: bool, failing_probe: bool = False) -> str:
+    """The status a snapshot reports: `suspended` over a live status the kernel stopped,
+    `unhealthy` over `online` while its health probe fails."""
+    if stopped_by_kernel and status in SUSPENDABLE:
+        return SUSPENDED
+    return UNHEALTHY if failing_probe and status == ONLINE else status
 
 
 class IllegalTransition(RuntimeError):

@@ -10,10 +10,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from clusterui.core import environ
+from clusterui.core import environ, hosted
+from clusterui.core.config import upkeep
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
     Bad,
+    as_account,
     as_bool,
     as_duration,
     as_env,
@@ -27,10 +29,19 @@ from clusterui.core.config.convert import (
     numeric,
     words,
 )
-from clusterui.core.config.keys import ALIASES, ENV_KEY, INTERPRETERS, KEYS, PM2_UNIMPLEMENTED
+from clusterui.core.config.keys import (
+    ALIASES,
+    ENV_KEY,
+    EXPORT_ONLY,
+    INTERPRETERS,
+    KEYS,
+    PM2_UNIMPLEMENTED,
+)
 from clusterui.core.config.problems import Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import has_invalid
+from clusterui.core.expand import check_expansion
 from clusterui.core.spec import DISPATCH_MODES, AppSpec, Listen, parse_listen
+from clusterui.dispatch.protocol import DEFAULT_MODE, MODES
 
 
 @dataclass
@@ -92,9 +103,17 @@ class AppBuilder:
                 cwd_ok = False
         self.cwd = cwd
 
-        script, script_args, script_is_file = self.script(cwd_ok)
-        name = self.name(script)
+        web = self.hosted(cwd_ok)
+        if web is None:
+            script, script_args, script_is_file = self.script(cwd_ok)
+        else:
+            script, script_args, script_is_file = web[1], [], False
+        name = self.name(hosted.derive_name(script) if web and script else script)
         args = self.get("args", lambda v: words(v, "arguments"), [])
+        for i, word in enumerate([*script_args, *args]):
+            why = check_expansion(word)
+            if why:
+                self.error("script" if i < len(script_args) else "args", why)
         interpreter, interpreter_args = self.interpreter(script, script_is_file)
 
         instances = self.get("instances", self.instances, 1)
@@ -102,12 +121,12 @@ class AppBuilder:
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
-        self.owned_env(env, listen is not None and dispatch == "proxy")
+        self.owned_env(env, listen is not None and MODES[dispatch].own_port)
         spec_kwargs = self.plain_fields()
 
         if len(ctx.errors) > before or script is None or name is None:
             return None
-        return AppSpec(
+        spec = AppSpec(
             name=name,
             script=script,
             args=[*script_args, *args],
@@ -123,8 +142,13 @@ class AppBuilder:
             env=env,
             source=self.source,
             source_line=ctx.fallback,
+            asgi=web[1] if web and web[0] == "asgi" else None,
+            wsgi=web[1] if web and web[0] == "wsgi" else None,
             **spec_kwargs,
         )
+        for key, sub, message in upkeep.check_app(spec):
+            self.error(key, message, *sub)
+        return None if len(ctx.errors) > before else spec
 
     def placement(self, instances: int) -> tuple[str, Listen | None, str]:
         """(exec_mode, listen, dispatch), checked against each other."""
@@ -139,7 +163,7 @@ class AppBuilder:
                 "exec_mode",
                 f"cluster mode without 'listen' runs {instances} instance(s) with no dispatch",
             )
-        dispatch = self.get("dispatch", self.dispatch, "round-robin")
+        dispatch = self.get("dispatch", self.dispatch, DEFAULT_MODE)
         if "dispatch" in self.values and listen is None:
             self.warn("dispatch", "'dispatch' has no effect without 'listen'")
         return exec_mode, listen, dispatch
@@ -152,12 +176,17 @@ class AppBuilder:
             if kind is None or kind == "app" or f.name not in self.values:
                 continue
             spec_kwargs[f.name] = self.get(f.name, self.converter(kind, f.metadata), None)
+        for name in ("user", "group"):  # kept from PM2's uid/user/gid for `export`
+            if name in self.values:
+                spec_kwargs[name] = self.get(name, as_account, None)
         return spec_kwargs
 
     def converter(self, kind: str, options: Mapping[str, Any]) -> Callable[[Any], Any]:
         if kind == "count":
             high = options["high"]
             return lambda v: as_int(v, 0, high)
+        if kind in ("health_check", "depends_on", "cron_restart"):
+            return getattr(upkeep, kind)
         return {
             "duration": as_duration,
             "bool": as_bool,
@@ -195,6 +224,8 @@ class AppBuilder:
                     + (f" ({hint})" if hint else ""),
                     key,
                 )
+                if key in EXPORT_ONLY:
+                    self.values.setdefault(EXPORT_ONLY[key], (key, value))
                 continue
             else:
                 self.ctx.error(f"unknown key {quote(key)}{suggest(key, known)}", key)
@@ -216,15 +247,40 @@ class AppBuilder:
         except Bad as e:
             self.error(key, e.message, *e.sub)
         except ValueError as e:  # from units / parse_listen: already a sentence
-            self.error(key, str(e))
+            self.error(key, str(e), *getattr(e, "sub", ()))
         return default
 
     # -- fields
 
+    def hosted(self, cwd_ok: bool) -> tuple[str, str | None] | None:
+        """("asgi"|"wsgi", MODULE:ATTR or None if invalid) for a hosted app, else None."""
+        given = [k for k in ("script", *hosted.KINDS) if k in self.values]
+        if not any(k in hosted.KINDS for k in given):
+            return None
+        if len(given) > 1:
+            keys = " and ".join(repr(self.values[k][0]) for k in given)
+            self.error(given[1], f"{keys} cannot be used together: an app runs one of them")
+        kind = next(k for k in given if k in hosted.KINDS)
+        target = self.get(kind, lambda v: hosted.check_target(as_str(v)), None)
+        if target is None:
+            return kind, None
+        if cwd_ok:
+            warning = hosted.module_warning(target, self.cwd)
+            if warning:
+                self.warn(kind, warning)
+        explicit = "interpreter" in self.values and self.values["interpreter"][1] is not None
+        why = None if explicit else hosted.extra_error(kind)
+        if why:
+            self.error(kind, why)
+        return kind, target
+
     def script(self, cwd_ok: bool) -> tuple[str | None, list[str], bool]:
         """(argv[0], leading args, whether argv[0] is a file)."""
         if "script" not in self.values:
-            self.ctx.error("'script' is missing: every app needs a script or command to run")
+            self.ctx.error(
+                "'script' is missing: every app needs a script or command to run"
+                " (or 'asgi'/'wsgi': MODULE:ATTR)"
+            )
             return None, [], False
         text = self.get("script", as_str, None)
         if text is None:

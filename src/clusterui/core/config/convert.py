@@ -167,3 +167,15 @@ def check_name(name: str) -> str | None:
 
 def inside(base: str, path: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+
+
+def as_account(value: Any) -> str:
+    """A user or group: a name or a number (PM2's uid/gid)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and _ACCOUNT.fullmatch(value):
+        return value
+    raise Bad(f"{show(value)} is not a user or group name or number")

@@ -24,6 +24,7 @@ ALIASES: dict[str, str] = {
     "err_file": "error_file",
     "err_log": "error_file",
     "combine_logs": "merge_logs",
+    "cron": "cron_restart",
 }
 
 # PM2 keys clusterui accepts and ignores, with a hint where there is a useful one.
@@ -42,8 +43,6 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
     "source_map_support": "",
     "disable_source_map_support": "",
     "shutdown_with_message": "",
-    "cron_restart": "",
-    "cron": "",
     "vizion": "",
     "watch_options": "",
     "execute_command": "",
@@ -62,9 +61,9 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
     "treekill": "the whole process group is always signalled",
     "port": "set PORT in env, or use 'listen'",
     "username": "",
-    "uid": "run clusterui as that user",
-    "user": "run clusterui as that user",
-    "gid": "run clusterui as that group",
+    "uid": "run clusterui as that user; `clusterui export systemd` maps it to User=",
+    "user": "run clusterui as that user; `clusterui export systemd` maps it to User=",
+    "gid": "run clusterui as that group; `clusterui export systemd` maps it to Group=",
     "windowsHide": "",
     "kill_retry_time": "",
     "write": "",
@@ -75,6 +74,13 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
 
 ENV_KEY = re.compile(r"env_[A-Za-z0-9_.-]+")
 TOP_KEYS = ("apps",)
+# Top-level keys besides `apps` (config.upkeep): where to serve Prometheus metrics.
+TOP_METRICS_KEYS = ("metrics_listen", "metrics_public")
 TOP_PM2_KEYS = ("deploy",)
 
 INTERPRETERS = {".py": "python", ".js": "node", ".mjs": "node", ".cjs": "node", ".sh": "bash"}
+
+
+# PM2 keys of the list above that clusterui does not apply (every app runs as clusterui's
+# own user) but keeps for `clusterui export`: key → the AppSpec field.
+EXPORT_ONLY: dict[str, str] = {"uid": "user", "user": "user", "gid": "group"}

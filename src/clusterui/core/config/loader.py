@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from clusterui.core import formats
+from clusterui.core.config import upkeep
 from clusterui.core.config.builder import AppBuilder, Ctx
-from clusterui.core.config.keys import TOP_KEYS, TOP_PM2_KEYS
+from clusterui.core.config.keys import TOP_KEYS, TOP_METRICS_KEYS, TOP_PM2_KEYS
 from clusterui.core.config.problems import ConfigError, Problem, quote, show, suggest
 from clusterui.core.config.yamlfile import INVALID, Reader, compose, node_line
 from clusterui.core.spec import AppSpec
@@ -30,6 +31,8 @@ class LoadResult:
     apps: list[AppSpec]
     warnings: list[Problem]
     path: str
+    metrics_listen: str | None = None  # top-level: serve Prometheus metrics there
+    metrics_public: bool = False  # explicitly allowed on a non-loopback address
 
 
 def spec_from_mapping(
@@ -111,13 +114,14 @@ def _load_text(text: str, file: str, env_name: str | None, only: list[str] | Non
     errors: list[Problem] = []
     warnings: list[Problem] = []
     reader = Reader(errors, file)
-    apps, apps_path = _apps_list(text, file, reader, errors, warnings)
+    apps, apps_path, top = _apps_list(text, file, reader, errors, warnings)
     apps_line = reader.keylines.get(apps_path, 1)
 
     abs_file = os.path.abspath(file)
     # (name if known, raw mapping) for every app, including broken ones.
     named: list[tuple[str | None, dict]] = []
     specs = _build_apps(apps, apps_path, apps_line, reader, warnings, abs_file, env_name, named)
+    errors.extend(upkeep.dependency_problems(named, apps_path, apps_line, reader, file))
     selected_raw = [r for _, r in named]
     if only:
         specs, selected_raw = _select_only(only, specs, named, apps_line, file, errors)
@@ -128,7 +132,13 @@ def _load_text(text: str, file: str, env_name: str | None, only: list[str] | Non
         errors.sort(key=lambda p: p.line)
         raise ConfigError(errors, warnings)
     warnings.sort(key=lambda p: p.line)
-    return LoadResult(specs, warnings, abs_file)
+    return LoadResult(
+        specs,
+        warnings,
+        abs_file,
+        metrics_listen=top.get("metrics_listen"),
+        metrics_public=top.get("metrics_public") is True,
+    )
 
 
 def _read_text(path: str | Path, file: str, warnings: list[Problem]) -> str:
@@ -157,8 +167,9 @@ def _read_text(path: str | Path, file: str, warnings: list[Problem]) -> str:
 
 def _apps_list(
     text: str, file: str, reader: Reader, errors: list[Problem], warnings: list[Problem]
-) -> tuple[list, tuple[Any, ...]]:
-    """The non-empty `apps` list (or the top-level list) and its path; else ConfigError."""
+) -> tuple[list, tuple[Any, ...], dict]:
+    """The non-empty `apps` list (or the top-level list), its path and the top-level
+    mapping ({} for a bare list); else ConfigError."""
     root = compose(text, file, errors)
     if root is INVALID:
         raise ConfigError(errors, warnings)
@@ -191,7 +202,7 @@ def _apps_list(
     if not apps:
         errors.append(Problem(file, apps_line, "'apps' is empty: there is nothing to run"))
         raise ConfigError(errors, warnings)
-    return apps, apps_path
+    return apps, apps_path, doc if isinstance(doc, dict) else {}
 
 
 def _build_apps(
@@ -284,6 +295,11 @@ def _top_level(
     for key in doc:
         line = reader.keylines.get((key,), 1)
         if key in TOP_KEYS or key.startswith("x-"):
+            continue
+        if key in TOP_METRICS_KEYS:
+            problem = upkeep.top_level_problem(key, doc)
+            if problem:
+                errors.append(Problem(file, line, f"{key}: {problem}"))
             continue
         if key in TOP_PM2_KEYS:
             warnings.append(

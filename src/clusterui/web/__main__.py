@@ -1,0 +1,5 @@
+import sys
+
+from clusterui.web.cli import main
+
+sys.exit(main())
