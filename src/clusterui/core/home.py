@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterui.core import safefs
+from clusterui.core.homeroot import SOCKET_NAME, home_root
 
 
 @dataclass(frozen=True)
@@ -15,12 +16,11 @@ class Home:
 
     @classmethod
     def from_env(cls, override: str | os.PathLike | None = None) -> Home:
-        raw = override or os.environ.get("CLUSTERUI_HOME") or Path.home() / ".clusterui"
-        return cls(Path(raw).expanduser().absolute())
+        return cls(Path(home_root(override)))
 
     @property
     def socket(self) -> Path:
-        return self.root / "supervisor.sock"
+        return self.root / SOCKET_NAME
 
     @property
     def pidfile(self) -> Path:

@@ -36,7 +36,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "req_rate": slot.req_rate,
         "exit_code": slot.last_exit[0],
         "exit_signal": slot.last_exit[1],
-        "error": slot.last_error,
+        "error": slot.last_error or slot.diagnosis,
         "metrics": dict(slot.metrics),
         "metrics_dropped": slot.metrics_gate.total_dropped,
         # Older processes of this slot still draining after a reload: alive, so listed.

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -66,7 +66,11 @@ class FilterInput(Input):
 class DashboardApp(App[None]):
     CSS_PATH = "dashboard.tcss"
     TITLE = "clusterui"
-    BINDINGS: ClassVar[list[BindingType]] = bindings()
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *bindings(),
+        # Not in KEYS: esc is navigation (listed in `?` as such), never a footer key.
+        Binding("escape", "escape", "Clear filter", show=False),
+    ]
     ALLOW_IN_MAXIMIZED_VIEW: ClassVar[str] = "StatusHeader, Footer"
 
     def __init__(
@@ -106,6 +110,7 @@ class DashboardApp(App[None]):
         self._signals: dict[int, Any] = {}  # signal -> the handler to put back
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._pending_logs: list[dict[str, Any]] | None = None  # the batch in the queue
+        self._seen_width: int | None = None  # the terminal width the last Resize gave
 
     # -- layout ---------------------------------------------------------------
 
@@ -140,7 +145,12 @@ class DashboardApp(App[None]):
 
     @property
     def narrow(self) -> bool:
-        return self.size.width < NARROW
+        return self._width() < NARROW
+
+    def _width(self) -> int:
+        # During a live resize the App's on_resize runs before App.size has the new
+        # width, so the width the last Resize event gave is the one to trust.
+        return self._seen_width if self._seen_width is not None else self.size.width
 
     @property
     def details_visible(self) -> bool:
@@ -159,8 +169,13 @@ class DashboardApp(App[None]):
     def on_unmount(self) -> None:
         self._restore_signals()
 
-    def on_resize(self) -> None:
+    def on_resize(self, event: events.Resize) -> None:
+        self._seen_width = event.size.width
         self._apply_size()
+        # The pane may have come back (wide again): draw the selection now, not at the
+        # next key press, and re-fit the table once the new layout has settled.
+        self._refresh_selection()
+        self.call_after_refresh(self.table.relayout)
 
     def _apply_size(self) -> None:
         screen = self.main_screen
@@ -536,6 +551,20 @@ class DashboardApp(App[None]):
         self.main_screen.query_one(LogPane).remove_class("-filtering")
         self._update_log_title()
         self.log_view.focus()
+
+    def action_escape(self) -> None:
+        """Esc outside the filter box: clear an active log filter, focus left where it is.
+
+        A maximised pane is restored by Textual before this runs, so esc first restores,
+        then clears.
+        """
+        if not self.log_view.filter_text:
+            return
+        focused = self.focused
+        self.action_clear_filter()
+        if focused is not None and focused.id != "filter":
+            focused.focus()
+        self.notify("Log filter cleared.", markup=False)
 
     def action_log_scope(self) -> None:
         self._log_follows_selection = not self._log_follows_selection

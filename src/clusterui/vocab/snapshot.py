@@ -144,6 +144,7 @@ LS_JSON_KEYS: tuple[str, ...] = (
     "exit_signal",
     "draining_pids",
     "metrics",
+    "error",  # why it failed, or why it is not ready (core.diagnose)
 )
 
 

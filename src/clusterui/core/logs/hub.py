@@ -18,6 +18,7 @@ from clusterui.core.logs.dates import compile_date_format, compile_date_parser
 from clusterui.core.logs.lines import LogLine, skipped_note
 from clusterui.core.logs.ring import Ring, materialize
 from clusterui.core.logs.sink import LogSink
+from clusterui.core.logs.sysring import SysLines
 from clusterui.core.logs.tail import tail_open
 from clusterui.core.spec import AppSpec
 
@@ -42,6 +43,10 @@ class LogHub:
       20 MB of text, then more again as dicts and JSON for every subscriber. The newest
       line is always shown, whatever its length (at most MAX_LINE).
     notice: called as notice(level, message) when a log file cannot be opened or written.
+    sys_log: the file for the supervisor's own lines (the supervisor passes
+      CLUSTERUI_HOME/supervisor.log); default logs_dir/clusterui.log.
+    sys_lines: how many of the supervisor's own lines are kept in memory, apart from the
+      workers' rings (a worker's flood never pushes them out).
     """
 
     def __init__(
@@ -53,8 +58,15 @@ class LogHub:
         live_lines: int = 5000,
         live_bytes: int = 1024 * 1024,
         notice: Callable[[str, str], None] | None = None,
+        sys_log: Path | str | None = None,
+        sys_lines: int = 2000,
     ) -> None:
         self.logs_dir = Path(logs_dir)
+        self.sys_log = str(sys_log) if sys_log is not None else str(self.logs_dir / SUPERVISOR_LOG)
+        self.sys = SysLines(sys_lines)
+        # The supervisor's lines for the next subscriber batch: never cut by the live
+        # bounds (they are few), so a flood cannot hide a restart from a live view either.
+        self._sys_outbox: list[LogLine] = []
         self.ring_lines = max(1, ring_lines)
         self.ring_bytes = ring_bytes
         self.live_lines = max(1, live_lines)
@@ -141,19 +153,21 @@ class LogHub:
 
     def emit(self, worker_id: int, app: str, instance: int, text: str, stream: str = "sys") -> None:
         """A line the supervisor writes about a worker ("exited with code 1"): to the ring,
-        the subscribers and the supervisor's own file logs/clusterui.log (never the app's
-        files, which hold exactly what the app wrote)."""
+        the subscribers and the supervisor's own file `sys_log` (never the app's files,
+        which hold exactly what the app wrote). In memory they are kept apart from the
+        worker's ring (see SysLines), so its output cannot push them out."""
         now = time.time()
-        block = text.replace("\n", " ").encode("utf-8", "replace") + b"\n"
-        ring = self._ring(worker_id, app, instance)
-        ring.add(now, stream, block, 1)
+        flat = text.replace("\n", " ")
+        block = flat.encode("utf-8", "replace") + b"\n"
+        line = LogLine(worker_id, app, instance, stream, now, flat)
+        self.sys.add(line)
         if self._subscribers:
-            self._enqueue(ring, stream, now, block, 1)
+            self._sys_outbox.append(line)
+            del self._sys_outbox[: -self.sys.lines.maxlen]  # type: ignore[operator]
+            self._arm()
         sink = self._sys_sink
         if sink is None:
-            sink = self._sys_sink = self._acquire(
-                str(self.logs_dir / SUPERVISOR_LOG), 10 * 1024 * 1024, 3
-            )
+            sink = self._sys_sink = self._acquire(self.sys_log, 10 * 1024 * 1024, 3)
         if sink is not None:
             sink.write(self._sys_stamp(now) + f"{app}:{instance} ".encode() + block)
             self._flush(sink)
@@ -179,10 +193,15 @@ class LogHub:
         if worker_ids is None:
             rings = list(self._rings.values())
         else:
-            rings = [self._rings[w] for w in dict.fromkeys(worker_ids) if w in self._rings]
-        per_worker = [ring.tail(n) for ring in rings]
-        merged = list(heapq.merge(*per_worker, key=attrgetter("time")))
-        return merged[-n:]
+            worker_ids = list(dict.fromkeys(worker_ids))
+            rings = [self._rings[w] for w in worker_ids if w in self._rings]
+        # The supervisor's lines among the n first, then the workers' newest fill the
+        # rest: a flood of output can never crowd out an exit or a reload.
+        sys_lines = self.sys.tail(worker_ids, n)
+        room = n - len(sys_lines)
+        per_worker = [ring.tail(room) for ring in rings] if room > 0 else []
+        output = list(heapq.merge(*per_worker, key=attrgetter("time")))[-room:] if room else []
+        return list(heapq.merge(output, sys_lines, key=attrgetter("time")))
 
     def history(
         self, worker_id: int, app: str, instance: int, spec: AppSpec, n: int
@@ -226,7 +245,7 @@ class LogHub:
         10 n + 100 lines from the end, so lines about other apps can crowd some out."""
         if n <= 0 or not workers:
             return []
-        path = str(self.logs_dir / SUPERVISOR_LOG)
+        path = self.sys_log
         parse = compile_date_parser(SUPERVISOR_DATE_FORMAT)
         out: list[LogLine] = []
         last = 0.0
@@ -298,8 +317,9 @@ class LogHub:
                 self._report(f"cannot reopen log file {sink.path}: {exc.strerror or exc}")
 
     def forget(self, worker_id: int) -> None:
-        """Drop a worker slot's ring (app deleted or scaled down)."""
+        """Drop a worker slot's ring and supervisor lines (app deleted or scaled down)."""
         self._rings.pop(worker_id, None)
+        self.sys.forget(worker_id)
 
     async def aclose(self, timeout: float = 1.0) -> None:
         """Wait up to `timeout` for attached workers' pipes to reach EOF, force-close the rest,
@@ -425,12 +445,15 @@ class LogHub:
         for sink in dirty:
             if sink.dirty:
                 self._flush(sink)
-        if not self._outbox:
+        if not self._outbox and not self._sys_outbox:
             return
         box, self._outbox = self._outbox, deque()
         self._outbox_lines = self._outbox_bytes = 0
         skipped, self._skipped = self._skipped, {}
-        lines = self._batch(box, skipped)
+        sys_lines, self._sys_outbox = self._sys_outbox, []
+        lines = self._batch(box, skipped) if box else []
+        if sys_lines:
+            lines = list(heapq.merge(lines, sys_lines, key=attrgetter("time")))
         if skipped:
             t = lines[0].time if lines else time.time()
             notes = [

@@ -39,13 +39,18 @@ def skipped_note(worker: int, app: str, instance: int, n: int, t: float) -> LogL
 
 
 def live_cut(lines: list[LogLine], limit: int) -> list[LogLine]:
-    """The newest `limit` lines of a batch, after one note per worker for what is left out."""
+    """The newest `limit` lines of a batch, after one note per worker for what is left out
+    (and after the supervisor's own lines among the older ones, which are all kept)."""
     if len(lines) <= limit:
         return lines
     cut = len(lines) - limit
     left: dict[tuple[int, str, int], int] = {}
+    kept: list[LogLine] = []  # the supervisor's own lines: never left out (they are few)
     for line in lines[:cut]:
-        if line.stream == "sys" and line.text.endswith(SKIPPED):
+        if line.stream == "sys":
+            if not line.text.endswith(SKIPPED):
+                kept.append(line)
+                continue
             n = int(line.text[: -len(SKIPPED)])  # an earlier note: fold it in
         else:
             n = 1
@@ -53,4 +58,4 @@ def live_cut(lines: list[LogLine], limit: int) -> list[LogLine]:
         left[key] = left.get(key, 0) + n
     t = lines[cut].time
     notes = [skipped_note(w, app, inst, n, t) for (w, app, inst), n in left.items()]
-    return notes + lines[cut:]
+    return kept + notes + lines[cut:]

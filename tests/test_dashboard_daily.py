@@ -1,0 +1,124 @@
+"""Pilot tests for what a trial of the dashboard as a daily tool tripped on (issue 17)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fake_client import FakeClient, screen_text
+from support import pilot_until as until
+from textual.pilot import Pilot
+
+from clusterui.dashboard import DashboardApp
+from clusterui.dashboard.detail import DetailPane
+
+UTC = dt.UTC
+
+
+@contextlib.asynccontextmanager
+async def dashboard(
+    client: FakeClient | None = None, *, size: tuple[int, int] = (160, 48), **kwargs: Any
+) -> AsyncIterator[tuple[DashboardApp, Pilot, FakeClient]]:
+    client = client or FakeClient()
+    app = DashboardApp(client, tz=UTC, **kwargs)
+    async with app.run_test(size=size) as pilot:
+        await asyncio.wait_for(app.loaded.wait(), 5)
+        await pilot.pause()
+        yield app, pilot, client
+
+
+def header_labels(app: DashboardApp) -> list[str]:
+    """The column labels the table draws now (its header row, as on screen)."""
+    return app.table.render_line(0).text.split()
+
+
+# -- esc clears the log filter ---------------------------------------------------------
+
+
+async def test_esc_clears_a_kept_filter_from_the_logs_and_from_the_table() -> None:
+    async with dashboard(size=(80, 24)) as (app, pilot, client):
+        log = app.log_view
+        await pilot.press("slash", *"slow", "enter")  # keep the filter: focus goes to the logs
+        assert log.has_focus and log.filter_text == "slow"
+        assert len(log.shown) < len(log.records)
+        await pilot.press("escape")
+        assert log.filter_text == "" and len(log.shown) == len(log.records)
+        assert log.has_focus  # esc cleared, it did not move the focus
+        assert "filter" not in str(app.main_screen.query_one("#logs").border_title)
+
+        await pilot.press("slash", *"slow", "enter", "tab")  # back to the table
+        assert app.table.has_focus and log.filter_text == "slow"
+        await pilot.press("escape")
+        assert log.filter_text == "" and app.table.has_focus
+        assert app.is_running and client.calls_of("stop") == []
+
+
+async def test_esc_restores_a_maximised_log_pane_first_then_clears_the_filter() -> None:
+    async with dashboard() as (app, pilot, _):
+        screen = app.main_screen
+        await pilot.press("slash", *"slow", "enter", "l")
+        assert screen.maximized is not None and app.log_view.filter_text == "slow"
+        await pilot.press("escape")
+        assert screen.maximized is None and app.log_view.filter_text == "slow"
+        await pilot.press("escape")
+        assert app.log_view.filter_text == ""
+
+
+async def test_esc_with_no_filter_does_nothing() -> None:
+    async with dashboard() as (app, pilot, client):
+        before = len(app._notifications)
+        await pilot.press("escape")
+        assert app.is_running and app.table.has_focus
+        assert len(app._notifications) == before
+        assert [op for op, _ in client.calls if op not in ("subscribe", "state", "logs")] == []
+
+
+# -- live resize -------------------------------------------------------------------------
+
+
+async def fresh_labels(size: tuple[int, int]) -> list[str]:
+    async with dashboard(size=size) as (app, pilot, _):
+        return header_labels(app)
+
+
+def set_cpu(client: FakeClient, wid: int, cpu: float) -> None:
+    snap = copy.deepcopy(client.snapshot)
+    for w in snap["workers"]:
+        if w["id"] == wid:
+            w["cpu"] = cpu
+    client.push_state(snap)
+
+
+async def test_live_resize_160_80_160_with_details_open_relayouts_and_keeps_updating() -> None:
+    at_80 = await fresh_labels((80, 24))
+    at_160 = await fresh_labels((160, 48))
+    assert {"cpu", "mem", "conn/s"} <= set(at_80)  # what a fresh start at 80×24 shows
+
+    async with dashboard(size=(160, 48)) as (app, pilot, client):
+        pane = app.main_screen.query_one(DetailPane)
+        assert app.table.select_key("w:2")
+        await pilot.pause()
+        assert pane.display and app.details_visible
+        set_cpu(client, 2, 41.5)
+        await until(pilot, lambda: "CPU 41.5%" in screen_text(app), what="CPU 41.5%")
+
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: header_labels(app) == at_80, what=f"labels {at_80}")
+        assert app.table.scrollable_content_region.width > 70  # not squeezed beside the pane
+        assert not pane.display  # at 80 the details are on demand
+        await pilot.press("enter")  # open them here too: they must be live
+        await until(pilot, lambda: pane.display and "CPU 41.5%" in screen_text(app))
+        set_cpu(client, 2, 57.25)
+        await until(pilot, lambda: "CPU 57.2%" in screen_text(app), what="CPU 57.2% at 80")
+        await pilot.press("enter")
+
+        await pilot.resize_terminal(160, 48)
+        await until(pilot, lambda: header_labels(app) == at_160, what=f"labels {at_160}")
+        assert pane.display
+        set_cpu(client, 2, 63.0)
+        await until(pilot, lambda: "CPU 63.0%" in screen_text(app), what="CPU 63.0% at 160")
+        assert app.selection is not None and app.selection.key == "w:2"
