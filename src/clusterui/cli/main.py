@@ -448,7 +448,7 @@ async def up_detached(
         for wid, why in failed.items():
             row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
             label = f"{row['app']}:{row['instance']}" if row else wid
-            why = render.printable(why)
+            why = escape(why)
             if why.startswith(f"{label} "):  # a diagnosis names the worker itself
                 print(f"clusterui: {why}", file=sys.stderr)
             else:
@@ -594,9 +594,9 @@ async def cmd_env(client: Client, opts: argparse.Namespace) -> int:
             out.append("  (not running)")
         width = max((len(n) for n in row["names"]), default=0)
         for name, layer in row["names"].items():
-            shown = render.printable(name)
+            shown = escape(name)
             if row["values"] is not None:
-                out.append(f"  {shown}={render.printable(row['values'][name])}")
+                out.append(f"  {shown}={escape(row['values'][name])}")
             else:
                 out.append(f"  {shown.ljust(width)}  {layer}")
     print("\n".join(out))

@@ -48,13 +48,6 @@ def human_size(n: float) -> str:
     return f"{n}"
 
 
-def printable(text: str) -> str:
-    """Text safe for a terminal: control and other unprintable characters escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     rows = []
     for w in workers:
@@ -93,7 +86,7 @@ def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
     out = []
     for w in workers:
         if w.get("error"):
-            text = printable(str(w["error"]))
+            text = escape(str(w["error"]))
             label = f"{w['app']}:{w['instance']}"
             out.append(f"  {text}" if text.startswith(f"{label} ") else f"  {label}: {text}")
     return out
@@ -114,11 +107,6 @@ def log_line(
     return f"{stamp}{prefix} {sep} {text}"
 
 
-def _plain(text: Any) -> str:
-    """Worker-influenced text (probe details): no control characters reach the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in str(text))
-
-
 def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     """describe: health check, start order and cron restart of one app."""
     lines = []
@@ -132,7 +120,7 @@ def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         if check.get("port"):
             what += f" on port {check['port']}"
         lines.append(
-            f"health     {_plain(what)}  every {check['interval']}ms, timeout "
+            f"health     {escape(str(what))}  every {check['interval']}ms, timeout "
             f"{check['timeout']}ms, replaced after {check['failures']} failures"
             + (f", first after {check['initial_delay']}ms" if check["initial_delay"] else "")
         )
@@ -140,7 +128,7 @@ def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         deps = ", ".join(f"{k}: {v}" for k, v in app["depends_on"].items())
         lines.append(f"depends on {deps}")
     if app.get("waiting_for"):
-        lines.append(f"waiting    {_plain(app['waiting_for'])}")
+        lines.append(f"waiting    {escape(str(app['waiting_for']))}")
     if app.get("cron_restart"):
         nxt = app.get("cron_next")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(nxt)) if nxt else "-"
@@ -162,7 +150,7 @@ def health_lines(health: dict[str, Any] | None) -> list[str]:
     for r in health["recent"][-3:]:
         when = time.strftime("%H:%M:%S", time.localtime(r["time"]))
         mark = "ok  " if r["ok"] else "FAIL"
-        detail = _plain(r["detail"])
+        detail = escape(str(r["detail"]))
         lines.append(f"  probe      {when}  {mark}  {r['latency_ms']:.1f} ms  {detail}")
     return lines
 
