@@ -122,3 +122,44 @@ async def test_live_resize_160_80_160_with_details_open_relayouts_and_keeps_upda
         set_cpu(client, 2, 63.0)
         await until(pilot, lambda: "CPU 63.0%" in screen_text(app), what="CPU 63.0% at 160")
         assert app.selection is not None and app.selection.key == "w:2"
+
+
+# -- the supervisor's lines through a flood, and their filter ----------------------------
+
+
+def line(text: str, t: float, stream: str = "out", instance: int = 0) -> dict[str, Any]:
+    return {"worker": instance, "app": "web", "instance": instance, "stream": stream,
+            "time": t, "text": text}  # fmt: skip
+
+
+async def test_a_flood_does_not_push_the_supervisors_lines_out_and_v_filters_them() -> None:
+    client = FakeClient(logs=[line("booted", 1.0)])
+    async with dashboard(client, max_log_lines=200) as (app, pilot, _):
+        log = app.log_view
+        client.push_logs([line("exited with code 1", 2.0, "sys")])
+        client.push_logs([line("old worker 41000 exited with code 0", 2.5, "sys", 1)])
+        for batch in range(6):  # 3,000 lines: fifteen times what the view keeps
+            t = 3.0 + batch
+            client.push_logs([line(f"GET /{batch}/{i} 200", t) for i in range(500)])
+        await until(pilot, lambda: log.records[-1].text == "GET /5/499 200", what="the flood")
+        texts = [r.text for r in log.records]
+        assert "exited with code 1" in texts and "old worker 41000 exited with code 0" in texts
+        assert "booted" not in texts  # the output itself is bounded as before
+        assert len(log.records) <= 200 + 2
+        # in time order, before the flood that came after them
+        assert texts.index("exited with code 1") < texts.index("GET /5/499 200")
+
+        await pilot.press("v")  # the supervisor's lines only
+        assert [r.text for r in log.shown] == [
+            "exited with code 1",
+            "old worker 41000 exited with code 0",
+        ]
+        assert "supervisor only" in str(app.main_screen.query_one("#logs").border_title)
+        await pilot.press("v")  # the apps' output only
+        assert log.shown and all(r.stream != "sys" for r in log.shown)
+        assert "no supervisor" in str(app.main_screen.query_one("#logs").border_title)
+        await pilot.press("v")  # everything again
+        assert len(log.shown) == len(log.records)
+        # `exited` as a filter finds the line after the flood (what the trial missed)
+        await pilot.press("slash", *"exited", "enter")
+        assert [r.text for r in log.shown][:1] == ["exited with code 1"]
