@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterui.core import nodeapp
 from clusterui.core.config import (
     MAX_FILE_BYTES,
     ConfigError,
@@ -175,10 +176,10 @@ def test_good_pm2_process_yml_with_aliases_and_warnings(monkeypatch) -> None:
     assert worker.cron_restart == "0 3 * * *"  # implemented now: no warning
     assert not any("cron_restart" in m for _line, m in messages)
     assert (11, "'vizion' is a PM2 key clusterui does not implement; ignored") in messages
-    assert any(line == 4 and "cluster mode without 'listen'" in m for line, m in messages)
+    # A Node app in cluster mode without 'listen' takes the port from its own listen().
+    assert not any("cluster mode without 'listen'" in m for _, m in messages)
+    assert nodeapp.learns_port(worker)
     assert all(w.severity == "warning" for w in result.warnings)
-    [cluster_warning] = [w for w in result.warnings if w.line == 4]
-    assert str(cluster_warning).startswith(f"{GOOD / 'process.yml'}:4: warning: exec_mode: ")
 
 
 def test_good_top_level_list() -> None:

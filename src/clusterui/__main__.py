@@ -1,3 +1,3 @@
-from clusterui.cli.main import main
+from clusterui.cli.entry import main
 
 raise SystemExit(main())

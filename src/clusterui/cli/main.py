@@ -374,7 +374,11 @@ async def up_detached(
         for wid, why in failed.items():
             row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
             label = f"{row['app']}:{row['instance']}" if row else wid
-            print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
+            why = render.printable(why)
+            if why.startswith(f"{label} "):  # a diagnosis names the worker itself
+                print(f"clusterui: {why}", file=sys.stderr)
+            else:
+                print(f"clusterui: {label} failed to start: {why}", file=sys.stderr)
         return 1 if failed or result["errors"] or result.get("needs_restart") else 0
     finally:
         await client.close()
@@ -388,6 +392,8 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
             print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
             print(render.worker_table(state["workers"], render.use_colour()))
+            for line in render.worker_errors(state["workers"]):
+                print(line)
         return 0
     if verb == "start":
         return await cmd_start(client, opts)
@@ -416,7 +422,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         return await cmd_logs(client, opts)
     if verb == "describe":
         info = await client.describe(opts.target)
-        print(json.dumps(info, indent=2) if opts.json else render_describe(info))
+        print(json.dumps(info, indent=2) if opts.json else render.describe(info))
         return 0
     if verb == "down":
         return await cmd_down(client, home)
@@ -579,48 +585,3 @@ async def cmd_down(client: Client, home: Home) -> int:
         await asyncio.sleep(0.05)
     print("stopped every app and the supervisor")
     return 0
-
-
-def render_describe(info: dict[str, Any]) -> str:
-    app = info["app"]
-    spec = info["spec"]
-    head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
-    head.append(spec["script"])
-    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
-    if kind:
-        head = [kind, spec[kind]]
-    command = " ".join([*head, *spec["args"]])
-    lines = [
-        f"app        {app['name']}  ({app['exec_mode']}"
-        + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),
-        f"source     {app['source']}",
-        f"command    {command}",
-        f"cwd        {spec['cwd']}",
-        f"env        {', '.join(app['env_names']) or '-'}",
-        f"watch      {'on' if app['watch'] else 'off'}"
-        + (f" ({', '.join(app['watch_paths'])})" if app["watch_paths"] else ""),
-        f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
-        f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
-        f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
-        *render.upkeep_lines(app, spec),
-    ]
-    for w in info["workers"]:
-        last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
-        lines += [
-            "",
-            f"worker {w['id']}  {w['app']}:{w['instance']}  pid {w['pid'] or '-'}  {w['status']}",
-            f"  restarts {w['restarts']}  uptime {render.human_duration(w['uptime'])}  "
-            f"cpu {w['cpu']:.1f}%  memory {render.human_size(w['memory'])}  "
-            f"connections {w['connections']} (open {w['active']})",
-            f"  last exit  {last}" + (f"  error: {w['error']}" if w["error"] else ""),
-            f"  out log    {w['out_file']}",
-            f"  err log    {w['err_file']}",
-        ]
-        for r in w["restart_history"][-5:]:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-            why = r["signal"] or (f"code {r['exit_code']}" if r["exit_code"] is not None else "")
-            lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
-        if w["metrics"]:
-            lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
-        lines += render.health_lines(w.get("health"))
-    return "\n".join(lines)

@@ -86,6 +86,17 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     return "\n".join(lines)
 
 
+def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
+    """One line per worker with an error or a diagnosis, under the table."""
+    out = []
+    for w in workers:
+        if w.get("error"):
+            text = printable(str(w["error"]))
+            label = f"{w['app']}:{w['instance']}"
+            out.append(f"  {text}" if text.startswith(f"{label} ") else f"  {label}: {text}")
+    return out
+
+
 def log_line(line: dict[str, Any], colour: bool = False, with_time: bool = False) -> str:
     prefix = f"{line['app']}:{line['instance']}"
     stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""
@@ -148,3 +159,49 @@ def health_lines(health: dict[str, Any] | None) -> list[str]:
         detail = _plain(r["detail"])
         lines.append(f"  probe      {when}  {mark}  {r['latency_ms']:.1f} ms  {detail}")
     return lines
+
+
+def describe(info: dict[str, Any]) -> str:
+    """`describe`: everything about one target, as text."""
+    app = info["app"]
+    spec = info["spec"]
+    head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
+    head.append(spec["script"])
+    kind = "asgi" if spec.get("asgi") else "wsgi" if spec.get("wsgi") else None
+    if kind:
+        head = [kind, spec[kind]]
+    command = " ".join([*head, *spec["args"]])
+    lines = [
+        f"app        {app['name']}  ({app['exec_mode']}"
+        + (f", {app['dispatch']} on {app['listen']})" if app["listen"] else ")"),
+        f"source     {app['source']}",
+        f"command    {command}",
+        f"cwd        {spec['cwd']}",
+        f"env        {', '.join(app['env_names']) or '-'}",
+        f"watch      {'on' if app['watch'] else 'off'}"
+        + (f" ({', '.join(app['watch_paths'])})" if app["watch_paths"] else ""),
+        f"restart    autorestart={spec['autorestart']} max_restarts={spec['max_restarts']} "
+        f"min_uptime={spec['min_uptime']}ms restart_delay={spec['restart_delay']}ms "
+        f"exp_backoff={spec['exp_backoff_restart_delay']}ms kill_timeout={spec['kill_timeout']}ms",
+        *upkeep_lines(app, spec),
+    ]
+    for w in info["workers"]:
+        last = w["exit_signal"] or (f"code {w['exit_code']}" if w["exit_code"] is not None else "-")
+        lines += [
+            "",
+            f"worker {w['id']}  {w['app']}:{w['instance']}  pid {w['pid'] or '-'}  {w['status']}",
+            f"  restarts {w['restarts']}  uptime {human_duration(w['uptime'])}  "
+            f"cpu {w['cpu']:.1f}%  memory {human_size(w['memory'])}  "
+            f"connections {w['connections']} (open {w['active']})",
+            f"  last exit  {last}" + (f"  error: {w['error']}" if w["error"] else ""),
+            f"  out log    {w['out_file']}",
+            f"  err log    {w['err_file']}",
+        ]
+        for r in w["restart_history"][-5:]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+            why = r["signal"] or (f"code {r['exit_code']}" if r["exit_code"] is not None else "")
+            lines.append(f"  restarted  {when}  {r['reason']}  {why}".rstrip())
+        if w["metrics"]:
+            lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
+        lines += health_lines(w.get("health"))
+    return "\n".join(lines)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core import environ
+from clusterui.core import diagnose, environ, nodeapp
 from clusterui.core.accepting import accepting, socket_inode
 from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener, free_port
@@ -128,6 +128,9 @@ class Slot:
         self.restart_timer: asyncio.TimerHandle | None = None
         self.last_exit: tuple[int | None, str | None] = (None, None)
         self.last_error: str | None = None
+        # Why a handoff worker here never got ready (kept across restarts until one is).
+        self.diagnosis: str | None = None
+        self.diagnosing = False  # an exit is being looked into (its last lines read)
         self.history = Series()
         self.restart_history: deque[dict[str, Any]] = deque(maxlen=20)
         self.cpu = 0.0
@@ -190,9 +193,16 @@ class App:
         mode = self.mode
         return mode is not None and mode.handoff
 
+    @property
+    def node(self) -> bool:
+        """Node workers: the preload and Node's IPC channel instead of protocol v1."""
+        return nodeapp.uses_node_channel(self.spec)
+
     def open_listener(self) -> None:
-        """Bind before any worker starts, so a taken port fails this app alone."""
-        if self.spec.exec_mode == "cluster" and self.spec.listen and self.listener is None:
+        """Bind before any worker starts, so a taken port fails this app alone (a Node
+        app without `listen` binds when its first worker calls listen())."""
+        wanted = self.spec.listen or nodeapp.learns_port(self.spec)
+        if self.spec.exec_mode == "cluster" and wanted and self.listener is None:
             self.listener = Listener(self.spec, self._on_dispatch_event, self._on_dispatcher_exit)
 
     def close_listener(self) -> None:
@@ -262,14 +272,20 @@ class App:
         spec = self.spec
         grace = self._orphan_grace()
         wiring = _Wiring.for_mode(
-            self.mode, spec, slot, self.listener, self.ctx.home, eof_channel=grace > 0
+            self.mode,
+            spec,
+            slot,
+            self.listener,
+            self.ctx.home,
+            eof_channel=grace > 0,
+            node=self.node,
         )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             pid = spawn(
                 SpawnSpec(
-                    argv=_expanded_argv(spec, wiring.env),
+                    argv=_expanded_argv(spec, wiring.env, node=wiring.node),
                     cwd=spec.cwd,
                     env=wiring.env,
                     stdout=out_w,
@@ -309,7 +325,10 @@ class App:
         loop = asyncio.get_running_loop()
         if wiring.dispatcher_pair is not None:
             ours, theirs = wiring.dispatcher_pair
-            self.listener.send({"t": "add", "id": proc.serial}, [ours.fileno(), theirs.fileno()])
+            add: dict[str, Any] = {"t": "add", "id": proc.serial}
+            if wiring.node:
+                add["framing"] = "node"
+            self.listener.send(add, [ours.fileno(), theirs.fileno()])
             ours.close()
             theirs.close()
         elif mode is not None and mode.own_port:
@@ -320,6 +339,8 @@ class App:
             proc.channel.setblocking(False)
             loop.add_reader(proc.channel.fileno(), self._read_channel, slot, proc)
         if mode is not None and mode.dispatcher:
+            if mode.handoff:  # a worker still silent after listen_timeout gets a reason
+                loop.call_later(self.spec.listen_timeout / 1000, self._check_ready, slot, proc)
             return  # the dispatcher says when the worker is ready
         if self.spec.wait_ready or (mode is not None and mode.listen_fd):
             # PM2: with wait_ready, a worker silent for listen_timeout is online anyway.
@@ -369,13 +390,60 @@ class App:
     def _ready(self, slot: Slot, proc: Proc) -> None:
         if proc.exited.done() or proc.ready.done():
             return
+        slot.diagnosis = None
         proc.mark_ready()
         if proc.status == LAUNCHING:
             proc.life.to(ONLINE)
 
+    # ---- why a handoff worker is not ready (core.diagnose) ----------------------------
+
+    def _label(self, slot: Slot) -> str:
+        return f"{self.name}:{slot.instance}"
+
+    def _set_diagnosis(self, slot: Slot, text: str) -> None:
+        if slot.diagnosis != text:
+            slot.diagnosis = text
+            self.ctx.logs.emit(slot.id, self.name, slot.instance, text)
+            self.ctx.notice("error", text)
+
+    def _check_ready(self, slot: Slot, proc: Proc) -> None:
+        """listen_timeout passed: a worker still running and not ready gets a reason."""
+        if proc.exited.done() or proc.ready.done() or proc.stop_requested:
+            return
+        text = diagnose.not_ready_in_time(
+            self._label(slot),
+            self.spec.listen_timeout / 1000,
+            node=self.node,
+            wait_ready=self.spec.wait_ready,
+        )
+        self._set_diagnosis(slot, text)
+
+    async def _diagnose_exit(self, slot: Slot, proc: Proc, what: str) -> None:
+        """A handoff worker died before it was ready: read its last lines, say why."""
+        try:
+            if proc.logs is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.logs.wait_closed(), 0.5)
+            lines = [ln.text for ln in self.ctx.logs.recent([slot.id], 40) if ln.stream != "sys"]
+            listen = self.spec.listen
+            text = diagnose.exited_before_ready(
+                self._label(slot),
+                what,
+                lines,
+                node=self.node,
+                port=listen.port if listen is not None and listen.kind == "tcp" else None,
+            )
+            self._set_diagnosis(slot, text)
+        finally:
+            slot.diagnosing = False
+
     def _on_exit(self, slot: Slot, proc: Proc, code: int | None, sig: str | None) -> None:
         if proc.kill_timer is not None:
             proc.kill_timer.cancel()
+        if self.handoff and not proc.ready.done() and not proc.stop_requested and not self.removed:
+            slot.diagnosing = True
+            what = f"exited with code {code}" if sig is None else f"was killed by {sig}"
+            asyncio.ensure_future(self._diagnose_exit(slot, proc, what))
         self._close_channel(proc)
         self._by_serial.pop(proc.serial, None)
         if self.mode is not None and self.mode.dispatcher:
@@ -649,6 +717,11 @@ class App:
                 self.prober.on_probe_event(msg)
         elif kind == "error":
             self.ctx.notice("warning", f"{self.name} dispatcher: {msg.get('message')}")
+        elif kind == "bound":
+            listen = msg.get("listen")
+            self.ctx.notice("info", f"{self.name}: listening on {listen} (its workers' listen())")
+        elif kind == "listen-failed":
+            self.ctx.notice("error", f"{self.name}: a worker's listen(): {msg.get('message')}")
 
     def _apply_stats(self, msg: dict[str, Any]) -> None:
         workers = msg.get("workers")
@@ -729,6 +802,7 @@ class _Wiring:
         # wait_ready without a dispatcher: the channel is ours to read
         self.our_channel: socket.socket | None = None
         self.worker_end: socket.socket | None = None
+        self.node = False  # Node's IPC channel and the preload (core.nodeapp)
 
     @classmethod
     def for_mode(
@@ -740,6 +814,7 @@ class _Wiring:
         home: str = "",
         *,
         eof_channel: bool = False,
+        node: bool = False,
     ) -> _Wiring:
         """`eof_channel`: a channel even without wait_ready, whose end of file tells the
         worker its supervisor died (a shared socket handed in: it stops accepting, drains)."""
@@ -753,6 +828,16 @@ class _Wiring:
         proxy = mode is not None and mode.own_port
         env = environ.compose(os.environ, spec.caller_env, spec.env, own, proxy)
         w = cls(env)
+        if mode is not None and mode.handoff and node:
+            # Node's own IPC channel is a stream socket; the dispatcher speaks its framing
+            # (dispatch.node), and the preload turns listen() into a registration.
+            w.node = True
+            w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            w.worker_end = w.dispatcher_pair[1]
+            w.fds[3] = w.worker_end.fileno()
+            env.update(nodeapp.env(spec, 3, env))
+            env["CLUSTERUI_DISPATCH"] = mode.name
+            return w
         if mode is not None and mode.handoff:
             w.dispatcher_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             w.worker_end = w.dispatcher_pair[1]
@@ -785,11 +870,13 @@ class _Wiring:
                 s.close()
 
 
-def _expanded_argv(spec: AppSpec, env: dict[str, str]) -> list[str]:
-    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter)."""
+def _expanded_argv(spec: AppSpec, env: dict[str, str], *, node: bool = False) -> list[str]:
+    """spec.argv() with $NAME/${NAME} taken from the worker's env (not the interpreter);
+    a Node worker's preload goes first (core.nodeapp)."""
     argv = spec.argv()
     skip = 1 + len(spec.interpreter_args) if (spec.interpreter or spec.web) else 0
     try:
-        return expand_argv(argv, env, skip)
+        argv = expand_argv(argv, env, skip)
     except ExpandError as exc:
         raise SpawnError(f"cannot expand the command line: {exc}") from None
+    return nodeapp.with_preload(spec, argv) if node else argv

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterui.core.homeroot import SOCKET_NAME, home_root
+
 
 @dataclass(frozen=True)
 class Home:
@@ -13,12 +15,11 @@ class Home:
 
     @classmethod
     def from_env(cls, override: str | os.PathLike | None = None) -> Home:
-        raw = override or os.environ.get("CLUSTERUI_HOME") or Path.home() / ".clusterui"
-        return cls(Path(raw).expanduser().absolute())
+        return cls(Path(home_root(override)))
 
     @property
     def socket(self) -> Path:
-        return self.root / "supervisor.sock"
+        return self.root / SOCKET_NAME
 
     @property
     def pidfile(self) -> Path:

@@ -23,20 +23,32 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core import inherit
+from clusterui.core import inherit, nodeapp
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec, Listen
+from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
 from clusterui.dispatch.protocol import MODES
 from clusterui.vocab.exits import OpError
 
 MAX_DATAGRAM = 65536
+
+
+class BindError(OpError):
+    """bind() failed; `code` names the errno as Node does (for a Node worker's 'error')."""
+
+    def __init__(self, message: str, errno_code: int | None):
+        super().__init__(message)
+        self.errno_name = errno.errorcode.get(errno_code or 0, "EINVAL")
+
+
 # A dispatcher that ran at least this long, or said anything, and then died is replaced
 # in place (the workers keep running); one that dies sooner, silent, cannot start, and
 # the app's own backoff (core/apps.py) deals with it.
@@ -99,13 +111,18 @@ def bind(listen: Listen, backlog: int = 1024) -> socket.socket:
         return sock
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise OpError(f"cannot listen on {listen}: the address is already in use") from None
-        if exc.errno == errno.EACCES:
-            raise OpError(f"cannot listen on {listen}: permission denied") from None
-        raise OpError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            why = "the address is already in use"
+        elif exc.errno == errno.EACCES:
+            why = "permission denied"
+        else:
+            why = str(exc.strerror or exc)
+        raise BindError(f"cannot listen on {listen}: {why}", exc.errno) from None
 
 
 def _unlink_stale_unix(path: str) -> None:
+    # Only ever a socket: never a file or a link that happens to be at that path.
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise OSError(errno.EADDRINUSE, "in use")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -126,12 +143,15 @@ class Listener:
         on_event: Callable[[dict[str, Any]], None],
         on_dispatcher_exit: Callable[[int | None, str | None], None],
     ):
-        assert spec.listen is not None
+        assert spec.listen is not None or nodeapp.learns_port(spec)
         self.spec = spec
         # A socket handed in from outside (systemd) outlives us: use it, never bind.
-        inherited = inherit.take(spec.name, spec.listen)
+        # A Node app without `listen` binds when its first worker calls listen().
+        inherited = inherit.take(spec.name, spec.listen) if spec.listen else None
         self.inherited = inherited is not None
-        self.sock = inherited if inherited is not None else bind(spec.listen)
+        self.sock: socket.socket | None = inherited
+        if inherited is None and spec.listen is not None:
+            self.sock = bind(spec.listen)
         self._on_event = on_event
         self._on_exit = on_dispatcher_exit
         self.pid: int | None = None
@@ -147,17 +167,21 @@ class Listener:
 
     @property
     def address(self) -> str:
-        return str(self.spec.listen)
+        return str(self.spec.listen) if self.spec.listen else "(from the app's listen())"
 
     def _start_dispatcher(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
+        env.pop("CLUSTERUI_LISTEN_FD", None)
         env.update(
-            CLUSTERUI_LISTEN_FD="3",
             CLUSTERUI_CONTROL_FD="4",
             CLUSTERUI_DISPATCH_MODE=self.spec.dispatch,
             CLUSTERUI_APP=self.spec.name,
         )
+        fds = {4: theirs.fileno()}
+        if self.sock is not None:
+            env["CLUSTERUI_LISTEN_FD"] = "3"
+            fds[3] = self.sock.fileno()
         try:
             self.pid = spawn(
                 SpawnSpec(
@@ -165,7 +189,7 @@ class Listener:
                     cwd="/",
                     env=env,
                     stderr=2,
-                    fds={3: self.sock.fileno(), 4: theirs.fileno()},
+                    fds=fds,
                 )
             )
         finally:
@@ -229,8 +253,9 @@ class Listener:
             return
         # Wrap without touching flags: this open file is shared with the worker's fd.
         end = socket.socket(fileno=w.fds[1])
+        node = w.add.get("framing") == "node"
         try:
-            end.send(proto.READY, socket.MSG_DONTWAIT)
+            end.send(nodeproto.READY if node else proto.READY, socket.MSG_DONTWAIT)
         except BlockingIOError:
             if tries > 0:  # the worker filled the channel meanwhile: try again shortly
                 self._loop.call_later(0.05, self._inject_ready, w, tries - 1)
@@ -264,8 +289,40 @@ class Listener:
                 continue
             self._heard = True
             if isinstance(msg, dict):
+                if msg.get("t") == "listen":
+                    self._listen_request(msg)
+                    continue
                 self._note_event(msg)
                 self._on_event(msg)
+
+    def _listen_request(self, msg: dict[str, Any]) -> None:
+        """A Node worker's listen() with no socket yet: bind what it asked for."""
+        if self.sock is not None:
+            self._send_now({"t": "socket"}, [self.sock.fileno()])
+            return
+        listen = nodeapp.listen_from_request(msg, self.spec.cwd)
+        if listen is None:
+            self._send_now({"t": "listen-failed", "code": "EINVAL", "message": "bad address"})
+            return
+        try:
+            try:
+                sock = bind(listen)
+            except BindError:
+                if msg.get("address") or listen.kind != "tcp":
+                    raise
+                # Node's default is IPv6 any-address, else IPv4 (no IPv6 on this host).
+                listen = Listen("tcp", "0.0.0.0", listen.port)
+                sock = bind(listen)
+        except BindError as exc:
+            self._send_now({"t": "listen-failed", "code": exc.errno_name, "message": exc.message})
+            self._on_event({"t": "listen-failed", "id": msg.get("id"), "message": exc.message})
+            return
+        if listen.kind == "tcp" and listen.port == 0:
+            listen = Listen("tcp", listen.host, sock.getsockname()[1])
+        self.sock = sock
+        self.spec.listen = listen  # from now on as if the file said so (kept on restarts)
+        self._send_now({"t": "socket"}, [sock.fileno()])
+        self._on_event({"t": "bound", "listen": str(listen)})
 
     def _note_event(self, msg: dict[str, Any]) -> None:
         """Keep what a replacement dispatcher will need; carry counters across one."""
@@ -348,7 +405,8 @@ class Listener:
         if self.spec.listen and self.spec.listen.kind == "unix" and not self.inherited:
             with contextlib.suppress(OSError):
                 os.unlink(self.spec.listen.path)
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def _close_all(fds: list[int]) -> None:

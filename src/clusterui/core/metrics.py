@@ -84,6 +84,11 @@ def render(apps: Iterable[App], display_status: Callable[[Any], str]) -> str:
     )
     opened = family("clusterui_worker_connections_open", "gauge", "Open connections")
     rate = family("clusterui_worker_connection_rate", "gauge", "Connections per second")
+    requests = family(
+        "clusterui_worker_request_rate",
+        "gauge",
+        "Requests per second, for workers that report it (the req_rate metric)",
+    )
     custom = family(
         "clusterui_worker_custom",
         "gauge",
@@ -115,6 +120,8 @@ def render(apps: Iterable[App], display_status: Callable[[Any], str]) -> str:
                 mem.add(labels, slot.memory)
                 uptime.add(labels, round(proc.uptime, 3))
                 opened.add(labels, slot.active)
+            if slot.req_rate is not None:
+                requests.add(labels, slot.req_rate)
             for key, value in slot.metrics.items():
                 custom.add({**labels, "name": key}, value)
             health = slot.health

@@ -36,7 +36,7 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "req_rate": slot.req_rate,
         "exit_code": slot.last_exit[0],
         "exit_signal": slot.last_exit[1],
-        "error": slot.last_error,
+        "error": slot.last_error or slot.diagnosis,
         "metrics": dict(slot.metrics),
         "restart_history": list(slot.restart_history),
         "out_file": out_file,

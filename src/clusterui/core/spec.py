@@ -101,6 +101,8 @@ class AppSpec:
     kill_timeout: int = field(default=1600, metadata=DURATION)
     kill_signal: int = field(default=signal.SIGINT, metadata=key("signal"))
     wait_ready: bool = field(default=False, metadata=BOOL)
+    # PM2: a drained Node worker is stopped with a 'shutdown' message, not kill_signal.
+    shutdown_with_message: bool = field(default=False, metadata=BOOL)
     listen_timeout: int = field(default=3000, metadata=DURATION)
     max_memory_restart: int | None = field(default=None, metadata=key("memory"))
     out_file: str | None = field(default=None, metadata=key("log_path"))

@@ -568,7 +568,12 @@ class Supervisor:
                         if why:
                             verdicts[str(slot.id)] = why
                         continue
-                    if slot.status == states.ERRORED:
+                    if slot.diagnosing:
+                        continue  # its last lines are being read: the verdict says why
+                    exited = proc is None or proc.pid != first_pid[slot.id] or slot.restarts
+                    if slot.diagnosis and exited:
+                        verdicts[str(slot.id)] = slot.diagnosis  # it died before it was ready
+                    elif slot.status == states.ERRORED:
                         verdicts[str(slot.id)] = slot.last_error or "errored"
                     elif proc is None and slot.last_exit == (0, None) and not app.spec.autorestart:
                         verdicts[str(slot.id)] = "ok"  # a one-shot job that completed
@@ -592,12 +597,15 @@ class Supervisor:
                     s.id for a in self.apps.values() for s in a.slots.values()
                     if s.proc is not None and s.proc.suspended
                 }  # fmt: skip
+                diagnosed = {
+                    s.id: s.diagnosis for a in self.apps.values() for s in a.slots.values()
+                }
                 waiting = {
                     s.id: a.waiting_for for a in self.apps.values() for s in a.slots.values()
                     if s.proc is None and a.waiting_for
                 }  # fmt: skip
                 for wid in pending:
-                    verdicts[str(wid)] = "not ready in time"
+                    verdicts[str(wid)] = diagnosed.get(wid) or "not ready in time"
                     if wid in stopped:
                         verdicts[str(wid)] = "suspended (stopped by a signal)"
                     if wid in waiting:

@@ -2,7 +2,8 @@
 
 Run as ``python -m clusterui.dispatch [MODE]`` with
 
-- ``CLUSTERUI_LISTEN_FD``: the listening socket, already bound and listening;
+- ``CLUSTERUI_LISTEN_FD``: the listening socket, already bound and listening (absent
+  for a Node app whose port comes from its workers' listen(): see "socket" below);
 - ``CLUSTERUI_CONTROL_FD``: an AF_UNIX SOCK_SEQPACKET socket to the supervisor;
 - MODE (argv[1], else ``CLUSTERUI_DISPATCH_MODE``): ``round-robin`` (default),
   ``least-connections`` or ``proxy``.
@@ -16,6 +17,10 @@ supervisor → dispatcher
   ``{"t":"add","id":W}`` + SCM_RIGHTS [dispatcher_end, worker_end] of W's channel
       socketpair. The dispatcher keeps worker_end open so that, when W dies,
       connections still queued for it can be taken back and handed to others.
+  ``{"t":"add","id":W,"framing":"node"}`` + the same two fds: W is a Node worker on a
+      SOCK_STREAM pair, spoken to in Node's IPC framing (``clusterui.dispatch.node``).
+  ``{"t":"socket"}`` + SCM_RIGHTS [listening socket]: the socket a Node worker asked
+      for; ``{"t":"listen-failed","code":C,"message":M}`` if it could not be bound.
   ``{"t":"add","id":W,"port":P}`` (proxy): W listens on 127.0.0.1:P; probed until it
       accepts, then bytes are forwarded to it.
   ``{"t":"drain","id":W}``: route nothing more to W; forward ``{"t":"drain"}`` to it.
@@ -32,7 +37,9 @@ dispatcher → supervisor
   ``{"t":"ready","id":W}``; ``{"t":"metrics","id":W,"values":{...}}``; ``{"t":"probe",...}``;
   ``{"t":"stats","workers":{"W":{"handed":n,"open":m}},"accepted":N,"pending":k}``
       (pushed at most once a second, when a figure changed, and on request);
-  ``{"t":"error","id":W,"message":...}`` for a worker breaking the protocol.
+  ``{"t":"error","id":W,"message":...}`` for a worker breaking the protocol;
+  ``{"t":"listen","id":W,"address":A,"port":P}`` or ``{...,"path":X}``: a Node
+      worker's listen() while there is no socket yet (asked once until answered).
 
 The implementation is in ``clusterui.dispatch.core``; this package's ``__init__``
 stays empty so that ``clusterui.worker`` can import ``protocol`` cheaply.

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
 
 MODES = proto.DISPATCHER_MODES
@@ -82,6 +83,9 @@ class Backend:
         "err_window",
         "err_count",
         "err_suppressed",
+        "node",
+        "rbuf",
+        "obuf",
         "unhealthy",
         "probes",
         "taken",
@@ -110,6 +114,9 @@ class Backend:
         self.err_window = 0.0
         self.err_count = 0
         self.err_suppressed = 0
+        self.node = False  # Node's IPC framing (dispatch.node) instead of protocol v1
+        self.rbuf = b""  # node: a partial line read from the worker
+        self.obuf = b""  # node: the rest of a line the channel took only part of
         self.unhealthy = False  # the supervisor's health probe failed: no new connections
         self.probes = 0  # probe connections handed (not in `handed`, but in `closed`)
         self.taken = 0  # conn datagrams the worker has taken off its channel, in total
@@ -164,15 +171,14 @@ _STRATEGIES = {"rotate": _rotate, "fewest-open": _fewest_open}
 
 
 class Dispatcher:
-    def __init__(self, listen_sock: socket.socket, control: socket.socket, mode: str) -> None:
+    def __init__(
+        self, listen_sock: socket.socket | None, control: socket.socket, mode: str
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown dispatch mode {mode!r} (expected one of {', '.join(MODES)})")
         self.mode = mode
         self.proxy = proto.MODES[mode].own_port
         self.strategy = _STRATEGIES[proto.MODES[mode].route]
-        self.lsock = listen_sock
-        self.lsock.setblocking(False)
-        self.lfd = listen_sock.fileno()
         self.ctl = control
         self.ctl.setblocking(False)
         self.ep = select.epoll()
@@ -188,16 +194,30 @@ class Dispatcher:
         self.recheck_at = 0.0
         self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
         self.rlist: list[Backend] | None = None  # routable workers; None: recompute
+        # The listening socket; None until the supervisor sends it (a Node app whose
+        # port comes from its own listen()): workers asking for it wait in listen_waiters.
+        self.lsock: socket.socket | None = None
+        self.lfd = -1
+        self.listen_waiters: list[Backend] = []
+        self.listen_asked = False
         self.probe_watch: set[Any] = set()  # ids of workers with probes not yet taken
-        self._accept = self.lsock.accept if self.proxy else self.lsock._accept
-        self._backlog_known = self._accept_queue() is not None
         self.out: collections.deque[bytes] = collections.deque()
         self.ctl_mask = IN
         self.dirty = False
         self.last_stats = 0.0
         self.running = True
-        self._register(self.lfd, 0, self._on_listen)
         self._register(self.ctl.fileno(), IN, self._on_control)
+        if listen_sock is not None:
+            self._set_listen_socket(listen_sock)
+
+    def _set_listen_socket(self, sock: socket.socket) -> None:
+        self.lsock = sock
+        sock.setblocking(False)
+        self.lfd = sock.fileno()
+        self._accept = sock.accept if self.proxy else sock._accept
+        self._backlog_known = self._accept_queue() is not None
+        self._register(self.lfd, 0, self._on_listen)
+        self.listening = False
 
     # ---- loop -----------------------------------------------------------------
 
@@ -381,10 +401,16 @@ class Dispatcher:
         if kind == "add":
             self._add(wid, msg, fds)
             return
+        if kind == "socket":
+            self._got_socket(fds)
+            return
         if kind == "probe":
             self._probe(wid, msg.get("token"), msg.get("ack") is True, fds)
             return
         proto.close_fds(fds)
+        if kind == "listen-failed":
+            self._listen_failed(msg)
+            return
         if kind == "stats":
             self.dirty = False
             self.last_stats = time.monotonic()
@@ -425,12 +451,14 @@ class Dispatcher:
         if len(fds) != 2:
             proto.close_fds(fds)
             raise proto.ProtocolError(f'"add" needs 2 fds (channel ends), got {len(fds)}')
+        w.node = msg.get("framing") == "node"
         w.dend = socket.socket(fileno=fds[0])
         # Never change flags on wend: its open file is shared with the worker's fd.
         w.wend = socket.socket(fileno=fds[1])
         w.dend.setblocking(False)
-        with contextlib.suppress(OSError):
-            w.dend.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
+        if not w.node:  # node: NODE_HANDLE_ACKs bound the queue instead
+            with contextlib.suppress(OSError):
+                w.dend.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
         self.workers[wid] = w
         self._register(w.dend.fileno(), IN, lambda ev: self._on_worker(w, ev))
 
@@ -446,6 +474,10 @@ class Dispatcher:
 
     def _send_drain(self, w: Backend) -> None:
         assert w.dend is not None
+        if w.node:
+            w.drain_pending = False
+            self._node_write(w, nodeproto.DRAIN)
+            return
         try:
             w.dend.sendmsg([proto.DRAIN], [], socket.MSG_DONTWAIT)
             w.drain_pending = False
@@ -492,7 +524,7 @@ class Dispatcher:
                 if got is None:
                     break
                 data, fds, _truncated = got
-                if data == proto.CONN:
+                if data == proto.CONN or w.node:
                     recovered.extend(fds)
                 else:
                     proto.close_fds(fds)
@@ -503,6 +535,8 @@ class Dispatcher:
     def _on_worker(self, w: Backend, ev: int) -> None:
         if w.dend is None:
             return
+        if ev & OUT and w.obuf and not self._node_flush(w):
+            ev &= ~OUT  # still more to write: stay polled for OUT
         if ev & OUT:
             self.ep.modify(w.dend.fileno(), IN)
             if w.drain_pending:
@@ -513,6 +547,9 @@ class Dispatcher:
                 self._route()
                 self._update_listen()
         if not ev & (IN | HUP | ERR):
+            return
+        if w.node:
+            self._node_read(w)
             return
         for _ in range(READ_BATCH):
             if w.dend is None:
@@ -593,9 +630,12 @@ class Dispatcher:
             why = "no such worker" if w is None or w.dend is None else "needs one fd"
             self._emit({"t": "probe", "id": wid, "token": token, "ok": False, "error": why})
             return
+        line = nodeproto.CONN if w.node else proto.CONN
         try:
-            w.dend.sendmsg(
-                [proto.CONN], [(*_CONN_ANC_LEVEL, array.array("i", fds))], socket.MSG_DONTWAIT
+            if w.obuf:  # node: a line is half written; the fd cannot go before its end
+                raise BlockingIOError(errno.EAGAIN, "busy")
+            n = w.dend.sendmsg(
+                [line], [(*_CONN_ANC_LEVEL, array.array("i", fds))], socket.MSG_DONTWAIT
             )
         except OSError as exc:
             why = "its channel is full" if exc.errno == errno.EAGAIN else exc.strerror
@@ -604,10 +644,17 @@ class Dispatcher:
         finally:
             proto.close_fds(fds)
         w.probes += 1
-        w.queued.append(1)
         w.queued_fds += 1
+        if w.node:
+            if n < len(line):
+                w.obuf = line[n:]
+                self._want_writable(w)
+            in_flight = w.queued_fds  # NODE_HANDLE_ACKs count them off, in order
+        else:
+            w.queued.append(1)
+            in_flight = len(w.queued)
         if ack:
-            w.probe_marks.append((w.taken + len(w.queued), token))
+            w.probe_marks.append((w.taken + in_flight, token))
             self.probe_watch.add(wid)
 
     def _check_probes(self) -> None:
@@ -694,6 +741,8 @@ class Dispatcher:
         return rlist
 
     def _update_listen(self) -> None:
+        if self.lsock is None:
+            return
         want = (
             not self.accept_paused_until
             and len(self.pending) < PENDING_CAP
@@ -709,6 +758,7 @@ class Dispatcher:
         Asking costs a fraction of the failing accept() that would otherwise end
         every batch (Python raises BlockingIOError for it, which is not cheap).
         """
+        assert self.lsock is not None
         try:
             info = self.lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
         except OSError:
@@ -754,6 +804,8 @@ class Dispatcher:
         SIOCINQ on a SEQPACKET socket counts the bytes of every queued datagram, and
         every conn datagram has the same size; we hold the worker's end, so we can ask.
         """
+        if w.node:
+            return w.queued_fds  # NODE_HANDLE_ACKs count exactly
         if w.queued_fds and w.wend is not None:
             try:
                 raw = fcntl.ioctl(w.wend.fileno(), termios.FIONREAD, b"\0\0\0\0")
@@ -802,6 +854,8 @@ class Dispatcher:
                 if not w.routable or not _ProxiedConnection(self, w, client).started:
                     return conns[i:]
             return []
+        if w.node:
+            return self._hand_node(w, conns)
         dend = w.dend
         assert dend is not None
         room = QUEUE_CAP - w.queued_fds
@@ -835,6 +889,163 @@ class Dispatcher:
             w.queued.append(len(chunk))
             w.queued_fds += len(chunk)
         return []
+
+    # ---- Node workers (dispatch.node framing) ------------------------------------
+
+    def _hand_node(self, w: Backend, conns: list[int]) -> list[int]:
+        """One sendmsg per connection: Node takes one handle per read."""
+        dend = w.dend
+        assert dend is not None
+        line = nodeproto.CONN
+        sendmsg = dend.sendmsg
+        for i, fd in enumerate(conns):
+            if w.obuf or w.queued_fds >= QUEUE_CAP:
+                return conns[i:]  # a line is half written, or it has enough to do
+            try:
+                n = sendmsg(
+                    [line], [(*_CONN_ANC_LEVEL, array.array("i", (fd,)))], socket.MSG_DONTWAIT
+                )
+            except OSError as exc:
+                w.full = True
+                self.rlist = None
+                if exc.errno in (errno.EAGAIN, errno.ETOOMANYREFS):
+                    self._want_writable(w)
+                else:
+                    self._error(w, f"cannot send to the worker: {exc.strerror or exc}")
+                return conns[i:]
+            os.close(fd)
+            w.handed += 1
+            w.queued_fds += 1
+            if n < len(line):  # the fd went with the first byte; the rest follows
+                w.obuf = line[n:]
+                w.full = True
+                self.rlist = None
+                self._want_writable(w)
+                return conns[i + 1 :]
+        return []
+
+    def _node_write(self, w: Backend, data: bytes) -> None:
+        """A line without fds, after anything still half written."""
+        if w.dend is None:
+            return
+        if w.obuf:
+            w.obuf += data
+            return
+        try:
+            n = w.dend.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return
+        if n < len(data):
+            w.obuf = data[n:]
+            self._want_writable(w)
+
+    def _node_flush(self, w: Backend) -> bool:
+        """Write what is left of obuf; True once it is all out."""
+        assert w.dend is not None
+        try:
+            n = w.dend.send(w.obuf, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            n = len(w.obuf)
+        w.obuf = w.obuf[n:]
+        return not w.obuf
+
+    def _node_read(self, w: Backend) -> None:
+        assert w.dend is not None
+        for _ in range(READ_BATCH):
+            try:
+                data = w.dend.recv(nodeproto.READ_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._error(w, f"channel error: {exc.strerror or exc}")
+                data = b""
+            if not data:
+                # We hold the worker's end, so this is a broken socket: stop polling it.
+                self._unregister(w.dend.fileno())
+                w.ready = False
+                self.rlist = None
+                self._update_listen()
+                return
+            lines, w.rbuf, overflow = nodeproto.split_lines(w.rbuf, data)
+            if overflow:
+                self._error(w, f"sent a line longer than {nodeproto.MAX_LINE} bytes; dropped")
+            acked = 0
+            for raw in lines:
+                if raw == nodeproto.ACK:
+                    acked += 1
+                elif raw == nodeproto.NACK:
+                    acked += 1
+                    self._error(w, "a handed connection did not arrive (NODE_HANDLE_NACK)")
+                else:
+                    msg = nodeproto.parse(raw)
+                    if msg is not None:
+                        self._node_message(w, msg)
+            if acked:
+                w.queued_fds = max(0, w.queued_fds - acked)
+                w.taken += acked
+                if self.pending:
+                    self._route()
+                    self._update_listen()
+            if w.dend is None:
+                return
+
+    def _node_message(self, w: Backend, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "ready":
+            self._set_ready(w)
+        elif kind == "unready":  # its servers closed: route nothing more to it
+            if w.ready:
+                w.ready = False
+                self.rlist = None
+                self._update_listen()
+        elif kind == "closed":
+            n = msg.get("n", 1)
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+                w.closed = min(w.closed + n, w.handed)
+                self.dirty = True
+        elif kind == "listen":
+            self._node_listen(w, msg)
+
+    def _node_listen(self, w: Backend, msg: dict[str, Any]) -> None:
+        """A worker's server.listen(): answer with the shared socket's address."""
+        if self.lsock is not None:
+            self._node_write(
+                w, nodeproto.line({"t": "listening", **nodeproto.address_of(self.lsock)})
+            )
+            return
+        if w not in self.listen_waiters:
+            self.listen_waiters.append(w)
+        if not self.listen_asked:
+            self.listen_asked = True
+            request = {k: msg.get(k) for k in ("address", "port", "path") if k in msg}
+            self._emit({"t": "listen", "id": w.id, **request}, droppable=False)
+
+    def _got_socket(self, fds: list[int]) -> None:
+        if len(fds) != 1 or self.lsock is not None:
+            proto.close_fds(fds)
+            raise proto.ProtocolError('"socket" needs 1 fd, and only once')
+        self._set_listen_socket(socket.socket(fileno=fds[0]))
+        waiters, self.listen_waiters = self.listen_waiters, []
+        answer = nodeproto.line({"t": "listening", **nodeproto.address_of(self.lsock)})
+        for w in waiters:
+            if w.id in self.workers:
+                self._node_write(w, answer)
+        self._update_listen()
+
+    def _listen_failed(self, msg: dict[str, Any]) -> None:
+        self.listen_asked = False  # the next listen() asks again
+        waiters, self.listen_waiters = self.listen_waiters, []
+        answer = nodeproto.line(
+            {"t": "listen-error", "code": str(msg.get("code") or "EADDRINUSE"),
+             "message": str(msg.get("message") or "")}
+        )  # fmt: skip
+        for w in waiters:
+            if w.id in self.workers:
+                self._node_write(w, answer)
 
     # ---- proxy mode ---------------------------------------------------------------
 
@@ -1093,9 +1304,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clusterui.dispatch: unknown mode {mode!r} ({', '.join(MODES)})", file=sys.stderr)
         return 2
     try:
-        lfd = int(os.environ["CLUSTERUI_LISTEN_FD"])
+        # No listening socket yet: the supervisor sends one once a worker asks for it.
+        lfd = os.environ.get("CLUSTERUI_LISTEN_FD")
         cfd = int(os.environ["CLUSTERUI_CONTROL_FD"])
-        lsock = socket.socket(fileno=lfd)
+        lsock = socket.socket(fileno=int(lfd)) if lfd else None
         ctl = socket.socket(fileno=cfd)
     except (KeyError, ValueError, OSError) as exc:
         print(

@@ -140,6 +140,7 @@ LS_JSON_KEYS: tuple[str, ...] = (
     "exit_code",
     "exit_signal",
     "metrics",
+    "error",  # why it failed, or why it is not ready (core.diagnose)
 )
 
 

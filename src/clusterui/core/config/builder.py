@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from clusterui.core import environ, hosted
+from clusterui.core import environ, hosted, nodeapp
 from clusterui.core.config import upkeep
 from clusterui.core.config.convert import (
     MAX_INSTANCES,
@@ -117,7 +117,7 @@ class AppBuilder:
         interpreter, interpreter_args = self.interpreter(script, script_is_file)
 
         instances = self.get("instances", self.instances, 1)
-        exec_mode, listen, dispatch = self.placement(instances)
+        exec_mode, listen, dispatch = self.placement(instances, script, interpreter)
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
@@ -150,21 +150,38 @@ class AppBuilder:
             self.error(key, message, *sub)
         return None if len(ctx.errors) > before else spec
 
-    def placement(self, instances: int) -> tuple[str, Listen | None, str]:
+    def placement(
+        self, instances: int, script: str | None, interpreter: str | None
+    ) -> tuple[str, Listen | None, str]:
         """(exec_mode, listen, dispatch), checked against each other."""
         exec_mode = self.get("exec_mode", self.exec_mode, None)
         listen = self.get("listen", self.listen, None)
         if listen is not None and exec_mode == "fork":
             self.error("listen", "needs exec_mode cluster (exec_mode is fork)")
+        node = script is not None and nodeapp.is_node_script(script, interpreter)
         if exec_mode is None:
-            exec_mode = "cluster" if listen is not None else "fork"
-        if exec_mode == "cluster" and listen is None and "exec_mode" in self.values:
+            # PM2: a Node script with more than one instance runs in cluster mode.
+            raw = self.values["instances"][1] if "instances" in self.values else 1
+            # instances 'max', 0 or -N: "as many as the CPUs allow", cluster even on one CPU.
+            text = str(raw).strip().lower()
+            many = instances > 1 or text in ("max", "0") or text.startswith("-")
+            inferred = "cluster" if node and many else "fork"
+            exec_mode = "cluster" if listen is not None else inferred
+        dispatch = self.get("dispatch", self.dispatch, DEFAULT_MODE)
+        # A Node app in cluster mode without 'listen' takes the port from its own listen().
+        learned = node and exec_mode == "cluster" and listen is None
+        if learned and not nodeapp.handoff(dispatch):
+            self.error(
+                "dispatch",
+                f"{dispatch} needs 'listen'; only round-robin and least-connections "
+                "take the port from a Node app's own listen()",
+            )
+        if exec_mode == "cluster" and listen is None and "exec_mode" in self.values and not node:
             self.warn(
                 "exec_mode",
                 f"cluster mode without 'listen' runs {instances} instance(s) with no dispatch",
             )
-        dispatch = self.get("dispatch", self.dispatch, DEFAULT_MODE)
-        if "dispatch" in self.values and listen is None:
+        if "dispatch" in self.values and listen is None and not learned:
             self.warn("dispatch", "'dispatch' has no effect without 'listen'")
         return exec_mode, listen, dispatch
 

@@ -42,7 +42,6 @@ PM2_UNIMPLEMENTED: dict[str, str] = {
     "pid": "",
     "source_map_support": "",
     "disable_source_map_support": "",
-    "shutdown_with_message": "",
     "vizion": "",
     "watch_options": "",
     "execute_command": "",

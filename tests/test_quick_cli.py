@@ -1,0 +1,163 @@
+"""The quick verbs (cli/quick.py): which modules they load, that they say what the full
+command line says, and that everything else still reaches the full command line.
+
+About modules, not time: speed is measured by bench/cli.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from clusterui.cli import quick
+
+# Heavy for a call that lists a table: none of these may load for a quick verb.
+HEAVY = (
+    "textual",
+    "rich",
+    "yaml",
+    "psutil",
+    "asyncio",
+    "argparse",
+    "dataclasses",
+    "clusterui.cli.main",
+    "clusterui.client",
+    "clusterui.core.config",
+    "clusterui.core.supervisor",
+    "clusterui.dashboard",
+    "clusterui.export",
+    "clusterui.web",
+)
+
+SLEEPER = "import time\nprint('hello', flush=True)\nwhile True:\n    time.sleep(1)\n"
+
+
+def loaded(cu, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `python -X importtime -m clusterui ARGS`; its result and every module it loaded."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "clusterui", *args],
+        env=cu.env,
+        cwd=cu.root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "clusterui.cli.quick" in modules, proc.stderr[-2000:]
+    return proc, modules
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def steady(text: str) -> list[str]:
+    """describe's lines without the one that changes by the second (uptime, cpu, memory)."""
+    return [line for line in text.splitlines() if "  uptime " not in line]
+
+
+@pytest.fixture
+def running(cu):
+    cu.write(
+        "eco.yaml",
+        f"""
+        apps:
+          - name: sleeper
+            script: sleeper.py
+            interpreter: {sys.executable}
+            instances: 2
+        """,
+    )
+    cu.write("sleeper.py", SLEEPER)
+    cu.run("up", "-d", "eco.yaml", check=True)
+    return cu
+
+
+def test_quick_verbs_load_no_heavy_module(running):
+    for args in (
+        ("ls",),
+        ("list", "--json"),
+        ("logs", "--lines", "5"),
+        ("logs", "sleeper", "--lines=3", "--time", "--json"),
+        ("describe", "sleeper"),
+        ("show", "0", "--json"),
+        ("scale", "sleeper", "2"),
+    ):
+        proc, modules = loaded(running, *args)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+        assert heavy_in(modules) == [], args
+    # The same check sees the heavy modules when the full command line runs:
+    proc, modules = loaded(running, "ls", "--help")
+    assert proc.returncode == 0
+    assert {"argparse", "asyncio", "yaml", "clusterui.cli.main"} <= modules
+
+
+def test_no_supervisor_is_said_the_same_way_without_heavy_modules(cu):
+    proc, modules = loaded(cu, "ls")
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines()[-1] == f"clusterui: no supervisor is running (home {cu.home})"
+    assert heavy_in(modules) == []
+
+
+def test_quick_answers_match_the_full_command_line(running):
+    full = [sys.executable, "-c", "import sys; from clusterui.cli.main import main; "]
+    full[-1] += "sys.exit(main(sys.argv[1:]))"
+    for args in (
+        ("describe", "sleeper"),
+        ("logs", "sleeper", "--lines", "4"),
+        ("scale", "sleeper", "2"),
+        ("describe", "nope"),
+        ("logs", "nope"),
+        ("scale", "nope", "3"),
+    ):
+        quick_run = running.run(*args)
+        full_run = subprocess.run(
+            [*full, *args], env=running.env, capture_output=True, text=True, timeout=30
+        )
+        assert quick_run.returncode == full_run.returncode, args
+        assert steady(quick_run.stdout) == steady(full_run.stdout), args
+        assert quick_run.stderr == full_run.stderr, args
+    rows = running.ls()  # through the quick path
+    assert [(r["app"], r["instance"]) for r in rows] == [("sleeper", 0), ("sleeper", 1)]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "--help"],
+        ["ls", "extra"],
+        ["ls", "--js"],  # argparse's abbreviation: the full parser decides
+        ["logs", "-f"],
+        ["logs", "--follow", "app"],
+        ["logs", "--lines", "-1"],
+        ["logs", "--lines", "x"],
+        ["logs", "--lines"],
+        ["logs", "a", "b"],
+        ["scale", "app"],
+        ["scale", "app", "-1"],
+        ["describe"],
+        ["describe", "a", "--debug"],
+        ["--debug", "ls"],
+        ["up", "-d"],
+        [],
+    ],
+)
+def test_anything_else_goes_to_the_full_command_line(argv):
+    assert quick.parse(argv) is None
+
+
+def test_plain_forms_are_recognised():
+    assert quick.parse(["list", "--json"]) == ("ls", {"json": True})
+    assert quick.parse(["show", "web"]) == ("describe", {"target": "web", "json": False})
+    assert quick.parse(["scale", "web", "+2"]) == ("scale", {"app": "web", "count": "+2"})
+    assert quick.parse(["log", "--lines=0", "web", "--time"]) == (
+        "logs",
+        {"target": "web", "lines": 0, "json": False, "time": True},
+    )
