@@ -574,6 +574,18 @@ class DashboardApp(App[None]):
             self.log_view.set_scope(sel.app, sel.worker)
         self._update_log_title()
 
+    def action_sort(self) -> None:
+        by = self.table.cycle_sort()
+        names = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
+        title = f"processes · by {names.get(by, by)} ▼" if by else "processes"
+        self.table.border_title = title
+        said = (
+            f"Sorted by {names.get(by, by)}, largest first, within each app."
+            if by
+            else ("In the ecosystem file's order.")
+        )
+        self.notify(said, markup=False)
+
     def action_sys_lines(self) -> None:
         log = self.log_view
         log.sys_mode = SYS_MODES[(SYS_MODES.index(log.sys_mode) + 1) % len(SYS_MODES)]
@@ -636,6 +648,7 @@ class DashboardApp(App[None]):
             "log_scope": "Logs: all apps or the selection",
             "follow": "Follow logs on or off",
             "sys_lines": "Logs: all, supervisor lines only, or app output only",
+            "sort": "Sort the table by the next column",
             "timestamps": "Log timestamps on or off",
             "detach": "Detach (apps keep running)",
             "quit": "Quit",

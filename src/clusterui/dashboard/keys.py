@@ -77,6 +77,14 @@ KEYS: tuple[Key, ...] = (
         "Logs: everything, only the supervisor's lines (exits, restarts, reloads), or none",
         footer=False,
     ),
+    Key(
+        "o",
+        "o",
+        "sort",
+        "Sort",
+        "Sort by cpu, memory, req|conn/s, restarts, uptime, then the file's order (by app)",
+        footer=False,
+    ),
     Key("f", "f", "follow", "Follow", "Follow new log lines on or off", footer=False),
     Key("t", "t", "timestamps", "Times", "Log timestamps on or off", footer=False),
 )
