@@ -7,7 +7,12 @@ the same time, each in a private home under /tmp (CLUSTERUI_HOME, PM2_HOME). The
 `clusterui ls` and `pm2 ls` are timed in one run: by hyperfine (`-N`, no shell) when
 it is installed, else by this script's own loop, which alternates the two commands.
 Printed: mean wall time of each with its spread, mean CPU (user + system) of each,
-and the ratio pm2 / clusterui. Both managers are stopped (`down`, `pm2 kill`) after.
+and the ratio pm2 / clusterui; `python -c pass` (the same Python) is timed with them
+as the floor, what any Python command costs before it does anything. Both managers
+are stopped (`down`, `pm2 kill`) after.
+
+clusterui's bytecode is compiled first (compileall), so an environment with
+PYTHONDONTWRITEBYTECODE does not time compiling it on every call.
 
 Wall time on a shared, loaded machine is mostly waiting for a core; the CPU figure is
 what each command itself costs. The load average is printed with the figures.
@@ -16,6 +21,7 @@ what each command itself costs. The load average is printed with the figures.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -93,6 +99,12 @@ def main() -> int:
         raise BenchError(f"PM2 is needed for the comparison: {why_not}")
     hyperfine = None if opts.no_hyperfine else shutil.which("hyperfine")
     cli = clusterui_bin()
+    # With PYTHONDONTWRITEBYTECODE set (as on some CI and shared machines) an editable
+    # install never caches bytecode, and every call would time compiling clusterui's
+    # modules: cache it first, as any installed package has it.
+    import clusterui
+
+    compileall.compile_dir(Path(clusterui.__file__).parent, quiet=1)
     with bench_lock("cli"):
         directory = Path(tempfile.mkdtemp(prefix="cu-cli-", dir="/tmp"))
         try:
@@ -104,6 +116,8 @@ def main() -> int:
                 commands = {
                     "clusterui ls": ([cli, "ls"], cu_env),
                     "pm2 ls": ([str(PM2_BIN), "ls"], pm2_env),
+                    # The floor: the interpreter's own start-up, nothing of clusterui.
+                    "python -c pass": ([sys.executable, "-c", "pass"], cu_env),
                 }
                 measure = by_hyperfine if hyperfine else by_loop
                 figures = measure(commands, opts.runs, opts.warmup)
@@ -115,9 +129,9 @@ def main() -> int:
     print(f"PM2 {pm2_version()}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"on {os.cpu_count()} cores")
     print()
-    print(f"{'command':<14} {'wall mean':>10} {'± sd':>9} {'cpu mean':>10}")
+    print(f"{'command':<16} {'wall mean':>10} {'± sd':>9} {'cpu mean':>10}")
     for label, (mean, sd, cpu) in figures.items():
-        print(f"{label:<14} {mean * 1e3:8.1f} ms {sd * 1e3:6.1f} ms {cpu * 1e3:7.1f} ms")
+        print(f"{label:<16} {mean * 1e3:8.1f} ms {sd * 1e3:6.1f} ms {cpu * 1e3:7.1f} ms")
     cu, pm = figures["clusterui ls"], figures["pm2 ls"]
     print()
     print(f"pm2 ls / clusterui ls: {pm[0] / cu[0]:.2f}x wall, {pm[2] / cu[2]:.2f}x cpu")

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import WEB, Control, Env, free_port, wait_for
+from support import WEB, Control, Env, free_port, wait_for
 
 from clusterui.core import config
 from clusterui.core.home import Home

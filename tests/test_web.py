@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Env, free_port, wait_for
-from support import Control
+from support import Control, Env, free_port, wait_for
 from web_load import Load
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -161,6 +160,13 @@ def test_websocket_echo_survives_until_drain_then_gets_1001(cu):
     # The old worker then ran its lifespan shutdown and exited 0 (not SIGKILL).
     wait_for(lambda: f"shutdown {old}" in events.read_text(), 10, "old worker's shutdown")
     assert f"ws-closed-1001 {old}" in events.read_text()
+    # The supervisor writes the exit line once it has reaped the old worker, which can be
+    # a moment after the worker's last event.
+    wait_for(
+        lambda: f"old worker {old} exited" in cu.run("logs", "api", "--lines", "200").stdout,
+        10,
+        "the old worker's exit line",
+    )
     logs = cu.run("logs", "api", "--lines", "200").stdout
     assert f"old worker {old} exited with code 0" in logs, logs
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import Env, free_port, wait_for
+from support import Env, free_port, wait_for
 from test_web import assert_round_robin, get, setup_apps
 
 from clusterui.core import config, hosted

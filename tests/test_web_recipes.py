@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import Env, free_port, wait_for
+from support import Env, free_port, wait_for
 from test_web import get
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ from typing import Any
 from clusterui.core import environ, inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
+from clusterui.core.safefs import UnsafePath
 from clusterui.vocab.exits import ClientError, Exit
 from clusterui.vocab.snapshot import Snapshot
 
@@ -30,6 +31,9 @@ __all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
+# How long a call waits for its answer before giving up (exit 3): a stopped (SIGSTOP) or
+# wedged supervisor still accepts connections, so without a limit every command hangs.
+CALL_TIMEOUT = 60.0
 
 
 def caller_env() -> dict[str, str]:
@@ -40,9 +44,17 @@ def caller_env() -> dict[str, str]:
 
 
 class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float | None = CALL_TIMEOUT,
+        home: Home | None = None,
+    ):
         self._reader = reader
         self._writer = writer
+        self.timeout = timeout or None  # seconds per call; None or 0 waits for ever
+        self._home = home
         self._pending: dict[int, asyncio.Future] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._next = 0
@@ -50,7 +62,9 @@ class Client:
         self._task = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def connect(cls, home: Home | Path | str | None = None) -> Client:
+    async def connect(
+        cls, home: Home | Path | str | None = None, timeout: float | None = CALL_TIMEOUT
+    ) -> Client:
         home = home if isinstance(home, Home) else Home.from_env(home)
         try:
             sock = await _connect_unix(str(home.socket))
@@ -63,7 +77,7 @@ class Client:
             raise ClientError(
                 f"cannot reach the supervisor: {exc.strerror or exc}", Exit.NO_SUPERVISOR
             ) from None
-        return cls(reader, writer)
+        return cls(reader, writer, timeout=timeout, home=home)
 
     async def _read_loop(self) -> None:
         try:
@@ -96,7 +110,10 @@ class Client:
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
 
-    async def call(self, op: str, **args: Any) -> Any:
+    async def call(self, op: str, _timeout: float | None | bool = False, **args: Any) -> Any:
+        """Send one request and wait for its answer (at most `_timeout` s if given, else the
+        client's timeout); ClientError with the supervisor's message if it failed."""
+        timeout = self.timeout if _timeout is False else (_timeout or None)
         if self._closed:
             raise ClientError("lost the connection to the supervisor", Exit.NO_SUPERVISOR)
         self._next += 1
@@ -109,12 +126,27 @@ class Client:
         except (ConnectionError, OSError) as err:
             self._pending.pop(rid, None)
             raise ClientError("lost the connection to the supervisor", 3) from err
-        msg = await fut
+        try:
+            msg = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise ClientError(self._silent_reason(op, timeout or 0), Exit.NO_SUPERVISOR) from None
         if not msg.get("ok"):
             raise ClientError(
                 msg.get("error") or "the operation failed", int(msg.get("code", Exit.FAILED))
             )
         return msg.get("result")
+
+    def _silent_reason(self, op: str, timeout: float) -> str:
+        """One sentence on why `op` got no answer: a stopped supervisor says so."""
+        pid = supervisor_pid(self._home) if self._home is not None else None
+        who = f"the supervisor (pid {pid})" if pid else "the supervisor"
+        if pid and process_state(pid) in ("T", "t"):
+            return (
+                f"{who} is stopped (SIGSTOP or a debugger) and did not answer {op} within "
+                f"{timeout:g} s; `kill -CONT {pid}` resumes it (and the request, still queued)"
+            )
+        return f"{who} did not answer {op} within {timeout:g} s (raise it with --timeout)"
 
     # ---- convenience ---------------------------------------------------------------------
 
@@ -227,6 +259,17 @@ def supervisor_pid(home: Home) -> int | None:
         return None
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The name field may hold spaces and parentheses: the state follows the last ')'.
+    return data[data.rfind(b")") + 2 :][:1].decode() or None
+
+
 def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None) -> bool:
     """Start a supervisor for `home` unless one answers; True if we started it.
 
@@ -243,13 +286,15 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
         return False
     try:
         home.ensure()
+        log = home.open_file(home.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except UnsafePath as exc:
+        raise ClientError(f"refusing to use {home.root}: {exc}", Exit.FAILED) from None
     except OSError as exc:
         raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", Exit.FAILED) from None
     r, w = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"}
     if inherited:
         env[inherit.ENV] = inherit.to_env(inherited)
-    log = open(home.supervisor_log, "ab")  # noqa: SIM115 - handed to the child
     try:
         launcher = subprocess.Popen(
             [
@@ -271,7 +316,7 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
         )
     finally:
         os.close(w)
-        log.close()
+        os.close(log)
     launcher.wait()
     message = _read_ready(r, START_TIMEOUT)
     if message == "ok":

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from clusterui.core.safetext import escape
 from clusterui.vocab import states
 
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
@@ -64,7 +65,8 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
                 w["app"],
                 str(w["instance"]),
                 str(w["pid"] or "-"),
-                w["status"],
+                w["status"]
+                + (f" +{len(w['draining_pids'])} draining" if w.get("draining_pids") else ""),
                 str(w["restarts"]),
                 human_duration(w["uptime"]) if online else "-",
                 f"{w['cpu']:.1f}%" if online else "-",
@@ -79,7 +81,7 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     for r in rows:
         cells = [c.ljust(widths[i]) for i, c in enumerate(r)]
         if colour:
-            known = states.LOOKS.get(r[4])
+            known = states.LOOKS.get(r[4].split()[0])
             code = TONE_COLOURS[known.tone] if known else "0"
             cells[4] = f"\x1b[{code}m{cells[4]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())
@@ -97,11 +99,15 @@ def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def log_line(line: dict[str, Any], colour: bool = False, with_time: bool = False) -> str:
-    prefix = f"{line['app']}:{line['instance']}"
+def log_line(
+    line: dict[str, Any], colour: bool = False, with_time: bool = False, raw: bool = False
+) -> str:
+    """One line for the terminal. The worker's text is escaped (see core/safetext) unless
+    `raw` (`logs --raw`: the user asked for the bytes as written)."""
+    prefix = escape(f"{line['app']}:{line['instance']}")
     stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""
     sep = "|" if line["stream"] == "out" else ("!" if line["stream"] == "err" else "*")
-    text = line["text"]
+    text = line["text"] if raw else escape(line["text"])
     if colour:
         code = {"out": "36", "err": "31", "sys": "35"}.get(line["stream"], "0")
         return f"{stamp}\x1b[{code}m{prefix} {sep}\x1b[0m {text}"
@@ -196,6 +202,11 @@ def describe(info: dict[str, Any]) -> str:
             f"  last exit  {last}" + (f"  error: {w['error']}" if w["error"] else ""),
             f"  out log    {w['out_file']}",
             f"  err log    {w['err_file']}",
+            *(
+                [f"  log lines  {w['log_dropped']} dropped (the files could not take them)"]
+                if w.get("log_dropped")
+                else []
+            ),
         ]
         for r in w["restart_history"][-5:]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
@@ -204,4 +215,5 @@ def describe(info: dict[str, Any]) -> str:
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
         lines += health_lines(w.get("health"))
-    return "\n".join(lines)
+    # Metric names, env names, errors and watch events can come from a worker: escape all.
+    return "\n".join(escape(line, keep_tab=False) for line in lines)

@@ -63,85 +63,97 @@ class _Family:
             yield f"{name}{_labels(labels)} {_number(value)}"
 
 
-def render(apps: Iterable[App], display_status: Callable[[Any], str]) -> str:
-    """The whole exposition, one pass over the apps."""
-    fam: dict[str, _Family] = {}
-
-    def family(name: str, kind: str, help_text: str) -> _Family:
-        if name not in fam:
-            fam[name] = _Family(name, kind, help_text)
-        return fam[name]
-
-    cpu = family("clusterui_worker_cpu_percent", "gauge", "CPU use of the worker's process tree")
-    mem = family("clusterui_worker_memory_bytes", "gauge", "RSS of the worker's process tree")
-    status = family(
-        "clusterui_worker_status", "gauge", "The worker's current status (label), always 1"
-    )
-    restarts = family("clusterui_worker_restarts", "counter", "Restarts of the worker slot")
-    uptime = family("clusterui_worker_uptime_seconds", "gauge", "Uptime of the worker's process")
-    handed = family(
-        "clusterui_worker_connections_handed", "counter", "Connections handed to the worker"
-    )
-    opened = family("clusterui_worker_connections_open", "gauge", "Open connections")
-    rate = family("clusterui_worker_connection_rate", "gauge", "Connections per second")
-    requests = family(
+# Every family, in the order it is rendered: key, metric name, type, help.
+FAMILIES: tuple[tuple[str, str, str, str], ...] = (
+    ("cpu", "clusterui_worker_cpu_percent", "gauge", "CPU use of the worker's process tree"),
+    ("mem", "clusterui_worker_memory_bytes", "gauge", "RSS of the worker's process tree"),
+    (
+        "status",
+        "clusterui_worker_status",
+        "gauge",
+        "The worker's current status (label), always 1",
+    ),
+    ("restarts", "clusterui_worker_restarts", "counter", "Restarts of the worker slot"),
+    ("uptime", "clusterui_worker_uptime_seconds", "gauge", "Uptime of the worker's process"),
+    (
+        "handed",
+        "clusterui_worker_connections_handed",
+        "counter",
+        "Connections handed to the worker",
+    ),
+    ("opened", "clusterui_worker_connections_open", "gauge", "Open connections"),
+    ("rate", "clusterui_worker_connection_rate", "gauge", "Connections per second"),
+    (
+        "requests",
         "clusterui_worker_request_rate",
         "gauge",
         "Requests per second, for workers that report it (the req_rate metric)",
-    )
-    custom = family(
+    ),
+    (
+        "custom",
         "clusterui_worker_custom",
         "gauge",
         "Figures the worker reports itself (clusterui.worker.metrics), e.g. requests",
-    )
-    h_ok = family("clusterui_worker_health_up", "gauge", "1 if the last health probe passed")
-    h_lat = family(
-        "clusterui_worker_health_latency_seconds", "gauge", "Latency of the last health probe"
-    )
-    h_probes = family("clusterui_worker_health_probes", "counter", "Health probes run")
-    h_failed = family("clusterui_worker_health_failures", "counter", "Health probes failed")
-    reloads = family("clusterui_app_reloads", "counter", "Rolling reloads by outcome")
-    instances = family("clusterui_app_instances", "gauge", "Configured instances")
+    ),
+    ("h_ok", "clusterui_worker_health_up", "gauge", "1 if the last health probe passed"),
+    (
+        "h_lat",
+        "clusterui_worker_health_latency_seconds",
+        "gauge",
+        "Latency of the last health probe",
+    ),
+    ("h_probes", "clusterui_worker_health_probes", "counter", "Health probes run"),
+    ("h_failed", "clusterui_worker_health_failures", "counter", "Health probes failed"),
+    ("reloads", "clusterui_app_reloads", "counter", "Rolling reloads by outcome"),
+    ("instances", "clusterui_app_instances", "gauge", "Configured instances"),
+    ("sup_cpu", "clusterui_supervisor_cpu_seconds", "counter", "CPU time used by the supervisor"),
+    ("sup_rss", "clusterui_supervisor_rss_bytes", "gauge", "RSS of the supervisor"),
+)
 
+
+def render(apps: Iterable[App], display_status: Callable[[Any], str]) -> str:
+    """The whole exposition, one pass over the apps."""
+    fam = {key: _Family(name, kind, help_text) for key, name, kind, help_text in FAMILIES}
     for app in apps:
-        instances.add({"app": app.name}, app.spec.instances)
+        fam["instances"].add({"app": app.name}, app.spec.instances)
         for outcome, n in app.reloads.items():
-            reloads.add({"app": app.name, "outcome": outcome}, n, "_total")
+            fam["reloads"].add({"app": app.name, "outcome": outcome}, n, "_total")
         for i in sorted(app.slots):
-            slot = app.slots[i]
-            proc = slot.proc
-            labels = {"app": app.name, "instance": slot.instance, "id": slot.id}
-            status.add({**labels, "status": display_status(slot)}, 1)
-            restarts.add(labels, slot.restarts, "_total")
-            handed.add(labels, slot.connections, "_total")
-            rate.add(labels, slot.conn_rate)
-            if proc is not None:
-                cpu.add(labels, slot.cpu)
-                mem.add(labels, slot.memory)
-                uptime.add(labels, round(proc.uptime, 3))
-                opened.add(labels, slot.active)
-            if slot.req_rate is not None:
-                requests.add(labels, slot.req_rate)
-            for key, value in slot.metrics.items():
-                custom.add({**labels, "name": key}, value)
-            health = slot.health
-            if health is not None:
-                h_probes.add(labels, health.probes, "_total")
-                h_failed.add(labels, health.failed, "_total")
-                if proc is not None and proc.probe is not None:
-                    h_ok.add(labels, 0 if is_unhealthy(proc) else 1)
-                if health.results:
-                    h_lat.add(labels, health.results[-1]["latency_ms"] / 1000)
-
+            _worker(fam, app, app.slots[i], display_status)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    sup_cpu = family(
-        "clusterui_supervisor_cpu_seconds", "counter", "CPU time used by the supervisor"
-    )
-    sup_cpu.add({"mode": "user"}, usage.ru_utime, "_total")
-    sup_cpu.add({"mode": "system"}, usage.ru_stime, "_total")
-    family("clusterui_supervisor_rss_bytes", "gauge", "RSS of the supervisor").add({}, _rss())
+    fam["sup_cpu"].add({"mode": "user"}, usage.ru_utime, "_total")
+    fam["sup_cpu"].add({"mode": "system"}, usage.ru_stime, "_total")
+    fam["sup_rss"].add({}, _rss())
     lines = [line for f in fam.values() for line in f.render()]
     return "\n".join(lines) + "\n"
+
+
+def _worker(
+    fam: dict[str, _Family], app: App, slot: Any, display_status: Callable[[Any], str]
+) -> None:
+    proc = slot.proc
+    labels = {"app": app.name, "instance": slot.instance, "id": slot.id}
+    fam["status"].add({**labels, "status": display_status(slot)}, 1)
+    fam["restarts"].add(labels, slot.restarts, "_total")
+    fam["handed"].add(labels, slot.connections, "_total")
+    fam["rate"].add(labels, slot.conn_rate)
+    if proc is not None:
+        fam["cpu"].add(labels, slot.cpu)
+        fam["mem"].add(labels, slot.memory)
+        fam["uptime"].add(labels, round(proc.uptime, 3))
+        fam["opened"].add(labels, slot.active)
+    if slot.req_rate is not None:
+        fam["requests"].add(labels, slot.req_rate)
+    for key, value in slot.metrics.items():
+        fam["custom"].add({**labels, "name": key}, value)
+    health = slot.health
+    if health is not None:
+        fam["h_probes"].add(labels, health.probes, "_total")
+        fam["h_failed"].add(labels, health.failed, "_total")
+        if proc is not None and proc.probe is not None:
+            fam["h_ok"].add(labels, 0 if is_unhealthy(proc) else 1)
+        if health.results:
+            fam["h_lat"].add(labels, health.results[-1]["latency_ms"] / 1000)
 
 
 def _rss() -> int:

@@ -25,6 +25,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from clusterui.client import caller_env
+from clusterui.core.safetext import visible
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
@@ -300,7 +301,9 @@ class DashboardApp(App[None]):
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         self.notify(
-            message.message, severity=SEVERITY.get(message.level, "information"), markup=False
+            visible(message.message),
+            severity=SEVERITY.get(message.level, "information"),
+            markup=False,
         )
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
@@ -622,7 +625,8 @@ class DashboardApp(App[None]):
         parts.append("follow" if log.follow else "paused")
         if not log.timestamps:
             parts.append("no times")
-        self.main_screen.query_one(LogPane).border_title = " · ".join(parts)
+        # Text, not str: a str title is parsed as markup, and the filter is typed data.
+        self.main_screen.query_one(LogPane).border_title = Text(visible(" · ".join(parts)))
 
     # -- command palette --------------------------------------------------------
 

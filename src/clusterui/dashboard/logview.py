@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,11 +20,11 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.timer import Timer
 
+from clusterui.core.safetext import visible, visible_except_sgr
 from clusterui.dashboard.model import fmt_clock
 from clusterui.dashboard.style import StyleCache
 from clusterui.vocab.logs import is_event
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _ANSI = "\x1b"
 APP_COLOURS = 6  # logview--app-0 .. logview--app-5
 REPAINT_HZ = 10
@@ -403,12 +402,10 @@ class LogView(ScrollView, can_focus=True):
         start = len(line)
         raw = rec.text.expandtabs()
         if _ANSI in raw:
-            body = Text.from_ansi(raw, no_wrap=True, end="")
-            body.plain = (
-                _CONTROL.sub("�", body.plain) if _CONTROL.search(body.plain) else body.plain
-            )
+            # Colours (SGR) stay; every other control is shown, one character for one.
+            body = Text.from_ansi(visible_except_sgr(raw), no_wrap=True, end="")
         else:
-            body = Text(_CONTROL.sub("�", raw), no_wrap=True, end="")
+            body = Text(visible(raw), no_wrap=True, end="")
         if rec.stream == "err":
             body.stylize_before(self.style_of("logview--err"))
         elif rec.stream == "sys":

@@ -135,101 +135,112 @@ class Host:
         await asyncio.gather(*(s.going_away() for s in sessions))
 
 
-def drain_protocol_class(base: type, host: Host) -> type:
-    """uvicorn's HTTP protocol class, with clusterui's drain (see the module doc)."""
+class _Draining:
+    """The drain, mixed in before one of uvicorn's HTTP protocol classes (see the module doc).
 
-    class Draining(base):  # type: ignore[valid-type, misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._cu_draining = False
-            self._cu_forced: Any = None
-            self._cu_active = 0.0
-            self._cu_timer: asyncio.TimerHandle | None = None
-            self._cu_upgraded = False
+    Its methods call super() on purpose: the next class in the MRO is uvicorn's.
+    """
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._cu_draining:
-                self._cu_active = self.loop.time()
-                self._cu_mark()
+    _cu_host: Host  # set per class by drain_protocol_class
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if self._cu_draining:
-                self._cu_active = self.loop.time()
-                self._cu_mark()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._cu_draining = False
+        self._cu_forced: Any = None
+        self._cu_active = 0.0
+        self._cu_timer: asyncio.TimerHandle | None = None
+        self._cu_upgraded = False
 
-        def handle_websocket_upgrade(self, *args: Any) -> None:
-            super().handle_websocket_upgrade(*args)
-            ws = self.transport.get_protocol()
-            if ws is self:
-                return
-            self._cu_upgraded = True
-            inner_lost = ws.connection_lost
-            outer_lost = self.connection_lost  # what clusterui.worker counts closes by
-
-            def connection_lost(exc: Exception | None) -> None:
-                try:
-                    inner_lost(exc)
-                finally:
-                    outer_lost(exc)
-
-            ws.connection_lost = connection_lost
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._cu_timer is not None:
-                self._cu_timer.cancel()
-                self._cu_timer = None
-            super().connection_lost(exc)
-
-        # -- the drain (clusterui.worker calls drain() once when it begins)
-
-        def drain(self) -> None:
-            if self._cu_draining:
-                return
-            self._cu_draining = True
-            if self._cu_upgraded:
-                return  # WebSockets are closed by the host at kill_timeout
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._cu_draining:
             self._cu_active = self.loop.time()
             self._cu_mark()
-            self._cu_timer = self.loop.call_later(host.idle_grace, self._cu_check)
 
-        def _cu_mark(self) -> None:
-            """Make the last request received on this connection close it when answered."""
-            cycle = self.cycle
-            if cycle is None or self._cu_upgraded:
-                return
-            pipeline = getattr(self, "pipeline", None)
-            last = pipeline[0][0] if pipeline else cycle
-            forced = self._cu_forced
-            if forced is not None and forced is not last and not forced.response_started:
-                forced.keep_alive = True  # a request came in behind it: answer that one too
-                self._cu_forced = None
-            conn = getattr(self, "conn", None)  # h11 holds pipelined requests itself
-            if conn is not None and getattr(conn, "trailing_data", (b"",))[0]:
-                return
-            if last is not self._cu_forced and not last.response_started and last.keep_alive:
-                last.keep_alive = False
-                self._cu_forced = last
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._cu_draining:
+            self._cu_active = self.loop.time()
+            self._cu_mark()
 
-        def _cu_check(self) -> None:
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        super().handle_websocket_upgrade(*args)
+        ws = self.transport.get_protocol()
+        if ws is self:
+            return
+        self._cu_upgraded = True
+        inner_lost = ws.connection_lost
+        outer_lost = self.connection_lost  # what clusterui.worker counts closes by
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                inner_lost(exc)
+            finally:
+                outer_lost(exc)
+
+        ws.connection_lost = connection_lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._cu_timer is not None:
+            self._cu_timer.cancel()
             self._cu_timer = None
-            transport = self.transport
-            if transport is None or transport.is_closing() or self._cu_upgraded:
-                return
-            cycle = self.cycle
-            busy = (cycle is not None and not cycle.response_complete) or bool(
-                getattr(self, "pipeline", None)
-            )
-            idle_for = self.loop.time() - self._cu_active
-            if not busy and idle_for >= host.idle_grace and not transport.get_write_buffer_size():
-                transport.close()
-                return
-            wait = host.idle_grace - idle_for if not busy else host.idle_grace
-            self._cu_timer = self.loop.call_later(max(wait, 0.05), self._cu_check)
+        super().connection_lost(exc)
 
-    Draining.__name__ = Draining.__qualname__ = f"Draining{base.__name__}"
-    return Draining
+    # -- the drain (clusterui.worker calls drain() once when it begins)
+
+    def drain(self) -> None:
+        if self._cu_draining:
+            return
+        self._cu_draining = True
+        if self._cu_upgraded:
+            return  # WebSockets are closed by the host at kill_timeout
+        self._cu_active = self.loop.time()
+        self._cu_mark()
+        self._cu_timer = self.loop.call_later(self._cu_host.idle_grace, self._cu_check)
+
+    def _cu_mark(self) -> None:
+        """Make the last request received on this connection close it when answered."""
+        cycle = self.cycle
+        if cycle is None or self._cu_upgraded:
+            return
+        pipeline = getattr(self, "pipeline", None)
+        last = pipeline[0][0] if pipeline else cycle
+        forced = self._cu_forced
+        if forced is not None and forced is not last and not forced.response_started:
+            forced.keep_alive = True  # a request came in behind it: answer that one too
+            self._cu_forced = None
+        conn = getattr(self, "conn", None)  # h11 holds pipelined requests itself
+        if conn is not None and getattr(conn, "trailing_data", (b"",))[0]:
+            return
+        if last is not self._cu_forced and not last.response_started and last.keep_alive:
+            last.keep_alive = False
+            self._cu_forced = last
+
+    def _cu_check(self) -> None:
+        self._cu_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._cu_upgraded:
+            return
+        cycle = self.cycle
+        busy = (cycle is not None and not cycle.response_complete) or bool(
+            getattr(self, "pipeline", None)
+        )
+        idle_for = self.loop.time() - self._cu_active
+        if (
+            not busy
+            and idle_for >= self._cu_host.idle_grace
+            and not transport.get_write_buffer_size()
+        ):
+            transport.close()
+            return
+        wait = self._cu_host.idle_grace - idle_for if not busy else self._cu_host.idle_grace
+        self._cu_timer = self.loop.call_later(max(wait, 0.05), self._cu_check)
+
+
+def drain_protocol_class(base: type, host: Host) -> type:
+    """uvicorn's HTTP protocol class, with clusterui's drain (see the module doc)."""
+    name = f"Draining{base.__name__}"
+    return type(name, (_Draining, base), {"_cu_host": host, "__qualname__": name})
 
 
 def _load_app(opts: argparse.Namespace) -> Any:

@@ -92,17 +92,7 @@ class AppBuilder:
         before = len(ctx.errors)
         self.collect_keys()
 
-        cwd = self.get("cwd", as_opt_str, None)
-        cwd_ok = True
-        if cwd is None:
-            cwd = self.base_dir
-        else:
-            cwd = inside(self.base_dir, cwd)
-            if not os.path.isdir(cwd):
-                self.error("cwd", f"directory {cwd!r} does not exist")
-                cwd_ok = False
-        self.cwd = cwd
-
+        cwd, cwd_ok = self.working_dir()
         web = self.hosted(cwd_ok)
         if web is None:
             script, script_args, script_is_file = self.script(cwd_ok)
@@ -149,6 +139,20 @@ class AppBuilder:
         for key, sub, message in upkeep.check_app(spec):
             self.error(key, message, *sub)
         return None if len(ctx.errors) > before else spec
+
+    def working_dir(self) -> tuple[str, bool]:
+        """(the app's cwd, whether it exists); also kept as self.cwd for the other keys."""
+        cwd = self.get("cwd", as_opt_str, None)
+        cwd_ok = True
+        if cwd is None:
+            cwd = self.base_dir
+        else:
+            cwd = inside(self.base_dir, cwd)
+            if not os.path.isdir(cwd):
+                self.error("cwd", f"directory {cwd!r} does not exist")
+                cwd_ok = False
+        self.cwd = cwd
+        return cwd, cwd_ok
 
     def placement(
         self, instances: int, script: str | None, interpreter: str | None
