@@ -25,7 +25,7 @@ import pytest
 from helpers import WEB, Env, free_port, wait_for
 
 from clusterui.core.metric_cap import MAX_NAMES
-from clusterui.core.safetext import escape, visible
+from clusterui.vocab.safetext import escape, visible
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from clusterui.cli import render
 from clusterui.client import Client, supervisor_pid
 from clusterui.core.home import Home
-from clusterui.core.safetext import escape
+from clusterui.vocab.safetext import escape
 
 # After the shutdown request the supervisor stops the apps in parallel, each within its
 # kill_timeout, and then closes our connection; this only bounds a supervisor that hangs.

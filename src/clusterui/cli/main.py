@@ -25,8 +25,8 @@ from clusterui.client import (
 from clusterui.core import config, formats, inherit
 from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
-from clusterui.core.safetext import escape
 from clusterui.vocab.exits import Exit
+from clusterui.vocab.safetext import escape
 from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from clusterui.core.safetext import escape
 from clusterui.vocab import states
+from clusterui.vocab.safetext import escape
 
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
 # ANSI colour per status tone (clusterui.vocab.states).
@@ -102,7 +102,7 @@ def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
 def log_line(
     line: dict[str, Any], colour: bool = False, with_time: bool = False, raw: bool = False
 ) -> str:
-    """One line for the terminal. The worker's text is escaped (see core/safetext) unless
+    """One line for the terminal. The worker's text is escaped (see vocab/safetext) unless
     `raw` (`logs --raw`: the user asked for the bytes as written)."""
     prefix = escape(f"{line['app']}:{line['instance']}")
     stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""

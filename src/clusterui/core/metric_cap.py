@@ -14,8 +14,9 @@ import math
 import time
 from typing import Any
 
-MAX_NAMES = 32  # distinct names per worker slot
-MAX_NAME_LEN = 64  # characters per name
+from clusterui.dispatch.protocol import METRIC_NAME_LEN_MAX as MAX_NAME_LEN
+from clusterui.dispatch.protocol import METRIC_NAMES_MAX as MAX_NAMES
+
 RATE = 20.0  # updates (messages) a second per slot, on average
 BURST = 40.0
 

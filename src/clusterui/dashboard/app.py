@@ -25,7 +25,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from clusterui.client import caller_env
-from clusterui.core.safetext import visible
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
@@ -41,6 +40,7 @@ from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
 from clusterui.dashboard.model import History, Selection
 from clusterui.dashboard.table import ProcessTable
 from clusterui.vocab.exits import Exit
+from clusterui.vocab.safetext import visible
 
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand

@@ -15,7 +15,6 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from clusterui import reqstats
-from clusterui.core.safetext import visible
 from clusterui.dashboard.model import (
     History,
     Selection,
@@ -34,6 +33,7 @@ from clusterui.dashboard.model import (
 )
 from clusterui.dashboard.style import fg_style
 from clusterui.vocab import states
+from clusterui.vocab.safetext import visible
 
 
 class SparkChart(Widget):

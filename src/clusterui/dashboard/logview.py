@@ -20,10 +20,10 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.timer import Timer
 
-from clusterui.core.safetext import visible, visible_except_sgr
 from clusterui.dashboard.model import fmt_clock
 from clusterui.dashboard.style import StyleCache
 from clusterui.vocab.logs import is_event
+from clusterui.vocab.safetext import visible, visible_except_sgr
 
 _ANSI = "\x1b"
 APP_COLOURS = 6  # logview--app-0 .. logview--app-5

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clusterui.core.metric_cap import MAX_NAME_LEN, MAX_NAMES
 from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
 
@@ -622,8 +621,9 @@ class Dispatcher:
             clean = {}
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    clean[str(k)[: MAX_NAME_LEN + 1]] = v  # one past: still refused upstream
-                    if len(clean) >= MAX_NAMES:
+                    # One character past the limit: the supervisor still refuses it.
+                    clean[str(k)[: proto.METRIC_NAME_LEN_MAX + 1]] = v
+                    if len(clean) >= proto.METRIC_NAMES_MAX:
                         break  # the supervisor keeps no more than this per worker anyway
             if clean:
                 self._emit({"t": "metrics", "id": w.id, "values": clean})

@@ -64,7 +64,7 @@ class WorkerRow(TypedDict):
     exit_code: int | None
     exit_signal: str | None
     error: str | None
-    metrics: dict[str, float]  # at most core.metrics.MAX_NAMES names
+    metrics: dict[str, float]  # at most dispatch.protocol.METRIC_NAMES_MAX names
     metrics_dropped: int  # metric updates or names refused by the cap (core/metric_cap.py)
     draining_pids: list[int]  # older processes of this slot still draining (a reload)
     log_dropped: int  # lines its log files could not take (a full disk), marked in them
