@@ -34,3 +34,31 @@ def test_timeout_option_is_checked(cu: Env) -> None:
     r = cu.run("ls", "--timeout", "soon")
     assert r.returncode == 2
     assert "not a number of seconds" in r.stderr
+
+
+def test_a_long_operation_is_waited_for_past_the_timeout(cu: Env) -> None:
+    """--timeout is about a supervisor that stopped answering, not a slow operation: a stop
+    that takes kill_timeout (3 s) succeeds with --timeout 1, since pings are answered."""
+    cu.write(
+        "stubborn.py",
+        "import signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "time.sleep(1000)\n",
+    )
+    cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - name: stubborn
+            script: stubborn.py
+            kill_timeout: 3s
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    for verb in ("restart", "stop"):  # each waits out the running worker's kill_timeout
+        t0 = time.monotonic()
+        r = cu.run(verb, "stubborn", "--timeout", "1", timeout=30)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, (verb, r.stderr)
+        assert took > 2.0, (verb, took)  # it did wait out kill_timeout, past --timeout

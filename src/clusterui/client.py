@@ -24,6 +24,7 @@ from clusterui.core import environ, inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
 from clusterui.core.safefs import UnsafePath
+from clusterui.core.silence import CALL_TIMEOUT, silent_reason
 from clusterui.vocab.exits import ClientError, Exit
 from clusterui.vocab.snapshot import Snapshot
 
@@ -31,9 +32,8 @@ __all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
-# How long a call waits for its answer before giving up (exit 3): a stopped (SIGSTOP) or
-# wedged supervisor still accepts connections, so without a limit every command hangs.
-CALL_TIMEOUT = 60.0
+# CALL_TIMEOUT (core/silence): how long a call waits before giving up (exit 3). A stopped
+# (SIGSTOP) or wedged supervisor still accepts connections: without it every command hangs.
 
 
 def caller_env() -> dict[str, str]:
@@ -126,27 +126,35 @@ class Client:
         except (ConnectionError, OSError) as err:
             self._pending.pop(rid, None)
             raise ClientError("lost the connection to the supervisor", 3) from err
-        try:
-            msg = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._pending.pop(rid, None)
-            raise ClientError(self._silent_reason(op, timeout or 0), Exit.NO_SUPERVISOR) from None
+        while True:
+            try:
+                msg = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                break
+            except TimeoutError:
+                # A supervisor still answering pings is busy with a long operation (a
+                # rolling reload of many workers), not stuck: keep waiting for it.
+                if op != "ping" and await self._answers_ping(timeout):
+                    continue
+                self._pending.pop(rid, None)
+                fut.cancel()
+                reason = self._silent_reason(op, timeout or 0)
+                raise ClientError(reason, Exit.NO_SUPERVISOR) from None
         if not msg.get("ok"):
             raise ClientError(
                 msg.get("error") or "the operation failed", int(msg.get("code", Exit.FAILED))
             )
         return msg.get("result")
 
+    async def _answers_ping(self, timeout: float | None) -> bool:
+        try:
+            await self.call("ping", _timeout=timeout)
+        except ClientError:
+            return False
+        return True
+
     def _silent_reason(self, op: str, timeout: float) -> str:
-        """One sentence on why `op` got no answer: a stopped supervisor says so."""
         pid = supervisor_pid(self._home) if self._home is not None else None
-        who = f"the supervisor (pid {pid})" if pid else "the supervisor"
-        if pid and process_state(pid) in ("T", "t"):
-            return (
-                f"{who} is stopped (SIGSTOP or a debugger) and did not answer {op} within "
-                f"{timeout:g} s; `kill -CONT {pid}` resumes it (and the request, still queued)"
-            )
-        return f"{who} did not answer {op} within {timeout:g} s (raise it with --timeout)"
+        return silent_reason(pid, op, timeout)
 
     # ---- convenience ---------------------------------------------------------------------
 
@@ -257,17 +265,6 @@ def supervisor_pid(home: Home) -> int | None:
         return int(home.pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of /proc/PID/stat (R, S, T, Z, ...), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The name field may hold spaces and parentheses: the state follows the last ')'.
-    return data[data.rfind(b")") + 2 :][:1].decode() or None
 
 
 def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None) -> bool:

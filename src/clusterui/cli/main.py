@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=CALL_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up (exit 3) when the supervisor does not answer a request within "
-        f"SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever); works with every verb",
+        help=f"give up (exit 3) when the supervisor answers neither a request nor a ping "
+        f"within SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever; a long operation it "
+        f"is still working on is waited for); works with every verb",
     )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     _running_verbs(sub)
