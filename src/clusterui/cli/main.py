@@ -466,9 +466,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         if opts.json:
             print(json.dumps(ls_json(state["workers"]), indent=2))
         else:
-            print(render.worker_table(state["workers"], render.use_colour()))
-            for line in render.worker_errors(state["workers"]):
-                print(line)
+            print(render.ls_text(state["workers"], render.use_colour()))
         return 0
     if verb == "start":
         return await cmd_start(client, opts)

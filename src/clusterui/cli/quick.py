@@ -189,7 +189,7 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
 
                 print(json.dumps(ls_json(workers), indent=2))
             else:
-                print(render.worker_table(workers, render.use_colour()))
+                print(render.ls_text(workers, render.use_colour()))
         elif verb == "scale":
             print(conn.call("scale", app=opts["app"], count=opts["count"])["message"])
         elif verb == "describe":

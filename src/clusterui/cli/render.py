@@ -81,6 +81,11 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     return "\n".join(lines)
 
 
+def ls_text(workers: list[dict[str, Any]], colour: bool = False) -> str:
+    """What `clusterui ls` prints: the table, then a line per worker with an error."""
+    return "\n".join([worker_table(workers, colour), *worker_errors(workers)])
+
+
 def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
     """One line per worker with an error or a diagnosis, under the table."""
     out = []
