@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clusterui.core.listener import free_port as free_port  # the one definition
 
@@ -160,6 +163,178 @@ class Control:
         with contextlib.suppress(OSError):
             self.file.close()
             self.sock.close()
+
+
+class Answer(str):
+    """An HTTP answer's body (a str, so `"hello" in get(port)` reads naturally) and its
+    status code (`.status`)."""
+
+    status: int
+
+    def __new__(cls, body: str, status: int) -> Answer:
+        answer = super().__new__(cls, body)
+        answer.status = status
+        return answer
+
+
+def get(
+    port: int,
+    path: str = "/",
+    *,
+    close: bool = True,
+    timeout: float = 10.0,
+    expect: int | None = None,
+) -> Answer:
+    """One GET on 127.0.0.1:port (with `Connection: close` unless close=False); the body,
+    with the status as `.status`. expect=200: any other status is an AssertionError."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)  # no proxy settings
+    try:
+        conn.request("GET", path, headers={"Connection": "close"} if close else {})
+        resp = conn.getresponse()
+        answer = Answer(resp.read().decode(errors="replace"), resp.status)
+    finally:
+        conn.close()
+    assert expect is None or answer.status == expect, (answer.status, answer[:80])
+    return answer
+
+
+class Answered(NamedTuple):
+    sent: float  # time.monotonic()
+    answered: float  # time.monotonic()
+    pid: int
+    at: float  # time.time() when answered
+
+
+PID = re.compile(r"\bpid (\d+)")  # the example apps all answer with their "pid N"
+
+
+class Load:
+    """Client threads sending GET after GET until stopped: every request is counted, none
+    retried. A failure is any exception (refused, reset, timeout, short answer), a non-200
+    status, or (expect_pid) a body without "pid N".
+
+    keep_alive: one connection per thread, reused until the server says Connection: close;
+    otherwise a new connection with `Connection: close` for each request.
+
+    ok, failed (repr of each failure), outcomes ("ok", "refused", the exception's class
+    name, or "bad answer"), answers ((sent, answered, pid) when the body named a pid),
+    bodies (how often each 200 body came) and closes_seen (keep-alive answers that said
+    Connection: close) are read while it runs or after. answers are Answered tuples: sent
+    and answered on time.monotonic(), `at` (answered) on time.time() for comparing with
+    the supervisor's timestamps. pause() holds the clients until none is in flight;
+    resume() lets them go on.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        threads: int = 4,
+        *,
+        keep_alive: bool = False,
+        path: str = "/",
+        timeout: float = 10.0,
+        warmup: int = 20,
+        expect_pid: bool = True,
+        interval: float = 0.0,
+        refused_pause: float = 0.0,
+    ) -> None:
+        self.port, self.path, self.keep_alive = port, path, keep_alive
+        self.timeout, self.warmup, self.expect_pid = timeout, warmup, expect_pid
+        self.interval, self.refused_pause = interval, refused_pause
+        self.ok = 0
+        self.failed: list[str] = []
+        self.outcomes: Counter[str] = Counter()
+        self.answers: list[Answered] = []
+        self.bodies: Counter[str] = Counter()
+        self.closes_seen = 0
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._gate = threading.Event()
+        self._gate.set()
+        self._inflight = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def pause(self) -> None:
+        self._gate.clear()
+        wait_for(lambda: self._inflight == 0, what="requests in flight to finish")
+
+    def resume(self) -> None:
+        self._gate.set()
+
+    def served_between(self, start: float, end: float) -> list[int]:
+        """The pids that answered between two time.time() readings."""
+        with self.lock:
+            return [a.pid for a in self.answers if start <= a.at <= end]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        if self.warmup:
+            wait_for(lambda: self.ok > self.warmup, 30, "load to get going")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t.ident is not None:  # started
+                t.join(self.timeout + 5)
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        headers = {} if self.keep_alive else {"Connection": "close"}
+        while not self._stop.is_set():
+            if not self._gate.wait(0.1):
+                continue
+            with self.lock:
+                self._inflight += 1
+            sent = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                conn.request("GET", self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace")
+                closes = resp.will_close
+                m = PID.search(body)
+                if resp.status != 200 or (self.expect_pid and not m):
+                    raise _BadAnswer(f"bad answer {resp.status} {body[:60]!r}")
+            except Exception as exc:  # counted: failures are what the callers assert on
+                if conn is not None:
+                    conn.close()
+                conn = None
+                refused = isinstance(exc, ConnectionRefusedError)
+                outcome = "refused" if refused else type(exc).__name__
+                with self.lock:
+                    self._inflight -= 1
+                    self.failed.append(repr(exc))
+                    self.outcomes["bad answer" if isinstance(exc, _BadAnswer) else outcome] += 1
+                if refused and self.refused_pause:
+                    time.sleep(self.refused_pause)
+                continue
+            if closes or not self.keep_alive:
+                conn.close()
+                conn = None
+            with self.lock:
+                self._inflight -= 1
+                self.ok += 1
+                self.outcomes["ok"] += 1
+                self.bodies[body] += 1
+                if m:
+                    pid = int(m.group(1))
+                    self.answers.append(Answered(sent, time.monotonic(), pid, time.time()))
+                if closes and self.keep_alive:
+                    self.closes_seen += 1
+            if self.interval:
+                time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+
+class _BadAnswer(Exception):
+    """A non-200 status, or no pid where one was expected."""
 
 
 @dataclass
