@@ -683,7 +683,8 @@ def test_script_is_never_run_through_a_shell(cu):
         f"""
         apps:
           - name: echo
-            script: "echo $HOME; touch {marker}-1 && touch {marker}-2 | cat"
+            # $NAME is expanded by clusterui (no shell); $$ is its literal dollar.
+            script: "echo $$HOME; touch {marker}-1 && touch {marker}-2 | cat"
             autorestart: false
           - name: echoargs
             script: echo
@@ -702,7 +703,7 @@ def test_script_is_never_run_through_a_shell(cu):
     wait_for(lambda: out("echo") and out("echoargs"), 10, "both echoes")
     assert out("echo") == f"$HOME; touch {marker}-1 && touch {marker}-2 | cat"
     assert out("echoargs") == f"$(touch {marker}-3) `touch {marker}-4` a > {marker}-5 *"
-    r = cu.run("start", "/bin/echo", "--name", "cli", "--", "$HOME", f";touch {marker}-6")
+    r = cu.run("start", "/bin/echo", "--name", "cli", "--", "$$HOME", f";touch {marker}-6")
     assert r.returncode == 0, r.stderr
     wait_for(lambda: out("cli"), 10, "the CLI echo")
     assert out("cli") == f"$HOME ;touch {marker}-6"

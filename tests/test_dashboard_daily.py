@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fake_client import FakeClient, screen_text
+from fake_client import FakeClient, demo_snapshot, screen_text
 from support import pilot_until as until
 from textual.pilot import Pilot
 
@@ -29,6 +29,11 @@ async def dashboard(
         await asyncio.wait_for(app.loaded.wait(), 5)
         await pilot.pause()
         yield app, pilot, client
+
+
+async def select(app: DashboardApp, pilot: Pilot, key: str) -> None:
+    assert app.table.select_key(key), key
+    await pilot.pause()
 
 
 def header_labels(app: DashboardApp) -> list[str]:
@@ -122,3 +127,117 @@ async def test_live_resize_160_80_160_with_details_open_relayouts_and_keeps_upda
         set_cpu(client, 2, 63.0)
         await until(pilot, lambda: "CPU 63.0%" in screen_text(app), what="CPU 63.0% at 160")
         assert app.selection is not None and app.selection.key == "w:2"
+
+
+# -- the supervisor's lines through a flood, and their filter ----------------------------
+
+
+def line(text: str, t: float, stream: str = "out", instance: int = 0) -> dict[str, Any]:
+    return {"worker": instance, "app": "web", "instance": instance, "stream": stream,
+            "time": t, "text": text}  # fmt: skip
+
+
+async def test_a_flood_does_not_push_the_supervisors_lines_out_and_v_filters_them() -> None:
+    client = FakeClient(logs=[line("booted", 1.0)])
+    async with dashboard(client, max_log_lines=200) as (app, pilot, _):
+        log = app.log_view
+        client.push_logs([line("exited with code 1", 2.0, "sys")])
+        client.push_logs([line("old worker 41000 exited with code 0", 2.5, "sys", 1)])
+        for batch in range(6):  # 3,000 lines: fifteen times what the view keeps
+            t = 3.0 + batch
+            client.push_logs([line(f"GET /{batch}/{i} 200", t) for i in range(500)])
+        await until(pilot, lambda: log.records[-1].text == "GET /5/499 200", what="the flood")
+        texts = [r.text for r in log.records]
+        assert "exited with code 1" in texts and "old worker 41000 exited with code 0" in texts
+        assert "booted" not in texts  # the output itself is bounded as before
+        assert len(log.records) <= 200 + 2
+        # in time order, before the flood that came after them
+        assert texts.index("exited with code 1") < texts.index("GET /5/499 200")
+
+        await pilot.press("v")  # the supervisor's lines only
+        assert [r.text for r in log.shown] == [
+            "exited with code 1",
+            "old worker 41000 exited with code 0",
+        ]
+        assert "supervisor only" in str(app.main_screen.query_one("#logs").border_title)
+        await pilot.press("v")  # the apps' output only
+        assert log.shown and all(r.stream != "sys" for r in log.shown)
+        assert "no supervisor" in str(app.main_screen.query_one("#logs").border_title)
+        await pilot.press("v")  # everything again
+        assert len(log.shown) == len(log.records)
+        # `exited` as a filter finds the line after the flood (what the trial missed)
+        await pilot.press("slash", *"exited", "enter")
+        assert [r.text for r in log.shown][:1] == ["exited with code 1"]
+
+
+# -- sorting ---------------------------------------------------------------------------
+
+
+def expected_order(snapshot: dict[str, Any], value: Any, total: Any = sum) -> list[str]:
+    """Row keys with apps by total and workers by value within each, largest first."""
+    workers: dict[str, list[dict[str, Any]]] = {}
+    for w in snapshot["workers"]:
+        workers.setdefault(w["app"], []).append(w)
+    apps = sorted(
+        snapshot["apps"],
+        key=lambda a: total([value(w) for w in workers.get(a["name"], [])] or [0]),
+        reverse=True,
+    )
+    keys = []
+    for app in apps:
+        keys.append(f"app:{app['name']}")
+        ws = sorted(workers.get(app["name"], []), key=lambda w: w["instance"])
+        keys += [f"w:{w['id']}" for w in sorted(ws, key=value, reverse=True)]
+    return keys
+
+
+def live(field: str) -> Any:
+    return lambda w: float(w.get(field) or 0) if w.get("pid") is not None else 0.0
+
+
+async def test_o_cycles_the_sort_keeps_groups_and_shows_the_order_in_the_header() -> None:
+    snap = demo_snapshot(api_workers=4, busy=True)
+    async with dashboard(FakeClient(snapshot=snap), size=(160, 48)) as (app, pilot, client):
+        table = app.table
+        file_order = table.row_keys
+        await select(app, pilot, "w:3")
+        cases = [
+            ("cpu", live("cpu"), sum),
+            ("mem", live("memory"), sum),
+            ("conn/s", live("conn_rate"), sum),
+            ("↻", lambda w: float(w.get("restarts") or 0), sum),
+            ("up", live("uptime"), max),
+        ]
+        for label, value, total in cases:
+            await pilot.press("o")
+            assert table.row_keys == expected_order(client.snapshot, value, total), label
+            assert table.row_keys != file_order, label  # the demo data does reorder
+            labels = header_labels(app)
+            marked = [x for x in labels if x.endswith("▼")]
+            assert len(marked) == 1 and marked[0].rstrip("▼") == label.split("/")[0]
+            assert "▼" in str(table.border_title)
+            assert app.selection is not None and app.selection.key == "w:3"  # cursor stays
+            # still grouped: each worker row right under its own app's rows
+            app_of = None
+            for key in table.row_keys:
+                sel = table._meta[key]
+                if sel.is_app:
+                    app_of = sel.app
+                else:
+                    assert sel.app == app_of, (label, key)
+        await pilot.press("o")  # back to the file's order
+        assert table.row_keys == file_order
+        assert not any(x.endswith("▼") for x in header_labels(app))
+        assert str(table.border_title) == "processes"
+
+        # a sorted table re-sorts as the figures change
+        await pilot.press("o")  # cpu
+        new = copy.deepcopy(client.snapshot)
+        last_worker = [w for w in new["workers"] if w["app"] == "api"][-1]
+        for w in new["workers"]:
+            if w["pid"] is not None:
+                w["cpu"] = 1.0
+        last_worker["cpu"] = 99.0
+        client.push_state(new)
+        await until(pilot, lambda: table.row_keys == expected_order(new, live("cpu")))
+        assert table.row_keys[:2] == ["app:api", f"w:{last_worker['id']}"]

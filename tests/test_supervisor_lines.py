@@ -3,10 +3,15 @@ of memory, `clusterui logs` interleaves them by time, and they are in supervisor
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
-from support import wait_for
+from support import pilot_until, wait_for
+
+from clusterui.client import Client
+from clusterui.core.home import Home
+from clusterui.dashboard import DashboardApp
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,7 +75,25 @@ def test_a_flood_does_not_push_the_exit_and_reload_lines_out(cu):
     text = (cu.home / "supervisor.log").read_text()
     assert f"flood:0 {exits[-1]}" in text
     assert "GET /item/" not in text  # never the app's output
+    # the dashboard's backlog (the newest 1,000 lines) has it too, and `v` finds it
+    assert exits[-1] in asyncio.run(dashboard_sys_lines(cu))
     cu.run("down")
+
+
+async def dashboard_sys_lines(cu) -> list[str]:
+    home = Home.from_env(cu.home)
+    client = await Client.connect(home)
+    app = DashboardApp(client)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await asyncio.wait_for(app.loaded.wait(), 10)
+            await pilot_until(pilot, lambda: len(app.log_view.records) >= 900, 10, "backlog")
+            await pilot.press("v")
+            shown = [r.text for r in app.log_view.shown]
+            await pilot.press("d")
+            return shown
+    finally:
+        await client.close()
 
 
 def test_the_hub_keeps_its_own_lines_apart_from_a_workers_ring(tmp_path):

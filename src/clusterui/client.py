@@ -23,6 +23,8 @@ from typing import Any
 from clusterui.core import environ, inherit
 from clusterui.core.control import MAX_REQUEST, encode
 from clusterui.core.home import Home
+from clusterui.core.safefs import UnsafePath
+from clusterui.core.silence import CALL_TIMEOUT, silent_reason
 from clusterui.vocab.exits import ClientError, Exit
 from clusterui.vocab.snapshot import Snapshot
 
@@ -30,6 +32,8 @@ __all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
 START_TIMEOUT = 10.0
 CONNECT_RETRY = 5.0  # how long a connect waits out a full backlog (EAGAIN)
+# CALL_TIMEOUT (core/silence): how long a call waits before giving up (exit 3). A stopped
+# (SIGSTOP) or wedged supervisor still accepts connections: without it every command hangs.
 
 
 def caller_env() -> dict[str, str]:
@@ -40,9 +44,17 @@ def caller_env() -> dict[str, str]:
 
 
 class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float | None = CALL_TIMEOUT,
+        home: Home | None = None,
+    ):
         self._reader = reader
         self._writer = writer
+        self.timeout = timeout or None  # seconds per call; None or 0 waits for ever
+        self._home = home
         self._pending: dict[int, asyncio.Future] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._next = 0
@@ -50,7 +62,9 @@ class Client:
         self._task = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def connect(cls, home: Home | Path | str | None = None) -> Client:
+    async def connect(
+        cls, home: Home | Path | str | None = None, timeout: float | None = CALL_TIMEOUT
+    ) -> Client:
         home = home if isinstance(home, Home) else Home.from_env(home)
         try:
             sock = await _connect_unix(str(home.socket))
@@ -63,7 +77,7 @@ class Client:
             raise ClientError(
                 f"cannot reach the supervisor: {exc.strerror or exc}", Exit.NO_SUPERVISOR
             ) from None
-        return cls(reader, writer)
+        return cls(reader, writer, timeout=timeout, home=home)
 
     async def _read_loop(self) -> None:
         try:
@@ -96,7 +110,10 @@ class Client:
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
 
-    async def call(self, op: str, **args: Any) -> Any:
+    async def call(self, op: str, _timeout: float | None | bool = False, **args: Any) -> Any:
+        """Send one request and wait for its answer (at most `_timeout` s if given, else the
+        client's timeout); ClientError with the supervisor's message if it failed."""
+        timeout = self.timeout if _timeout is False else (_timeout or None)
         if self._closed:
             raise ClientError("lost the connection to the supervisor", Exit.NO_SUPERVISOR)
         self._next += 1
@@ -109,12 +126,35 @@ class Client:
         except (ConnectionError, OSError) as err:
             self._pending.pop(rid, None)
             raise ClientError("lost the connection to the supervisor", 3) from err
-        msg = await fut
+        while True:
+            try:
+                msg = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                break
+            except TimeoutError:
+                # A supervisor still answering pings is busy with a long operation (a
+                # rolling reload of many workers), not stuck: keep waiting for it.
+                if op != "ping" and await self._answers_ping(timeout):
+                    continue
+                self._pending.pop(rid, None)
+                fut.cancel()
+                reason = self._silent_reason(op, timeout or 0)
+                raise ClientError(reason, Exit.NO_SUPERVISOR) from None
         if not msg.get("ok"):
             raise ClientError(
                 msg.get("error") or "the operation failed", int(msg.get("code", Exit.FAILED))
             )
         return msg.get("result")
+
+    async def _answers_ping(self, timeout: float | None) -> bool:
+        try:
+            await self.call("ping", _timeout=timeout)
+        except ClientError:
+            return False
+        return True
+
+    def _silent_reason(self, op: str, timeout: float) -> str:
+        pid = supervisor_pid(self._home) if self._home is not None else None
+        return silent_reason(pid, op, timeout)
 
     # ---- convenience ---------------------------------------------------------------------
 
@@ -243,13 +283,15 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
         return False
     try:
         home.ensure()
+        log = home.open_file(home.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except UnsafePath as exc:
+        raise ClientError(f"refusing to use {home.root}: {exc}", Exit.FAILED) from None
     except OSError as exc:
         raise ClientError(f"cannot use {home.root}: {exc.strerror or exc}", Exit.FAILED) from None
     r, w = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "CLUSTERUI_CHANNEL_FD"}
     if inherited:
         env[inherit.ENV] = inherit.to_env(inherited)
-    log = open(home.supervisor_log, "ab")  # noqa: SIM115 - handed to the child
     try:
         launcher = subprocess.Popen(
             [
@@ -271,7 +313,7 @@ def ensure_supervisor(home: Home, inherited: list[tuple[int, str]] | None = None
         )
     finally:
         os.close(w)
-        log.close()
+        os.close(log)
     launcher.wait()
     message = _read_ready(r, START_TIMEOUT)
     if message == "ok":

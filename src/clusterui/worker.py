@@ -231,6 +231,10 @@ class _Channel:
         self.ready_sent = False
         self.ready_wanted = False
         self.gone = False
+        self.conns_received = 0  # conn datagrams taken off the channel, in order
+        # (datagram number, fds we got) for conn datagrams whose fds the kernel could not
+        # all install (MSG_CTRUNC: our fd limit): the dispatcher counts the lost ones closed
+        self.lost: list[tuple[int, int]] = []
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -262,6 +266,10 @@ class _Channel:
                 if self.closed:
                     self._send(proto.encode({"t": "closed", "n": self.closed}), wait)
                     self.closed = 0
+                while self.lost:
+                    seq, got = self.lost[0]
+                    self._send(proto.encode({"t": "lost", "seq": seq, "got": got}), wait)
+                    del self.lost[0]
                 if self.metrics:
                     self._send(proto.encode({"t": "metrics", "values": self.metrics}), wait)
                     self.metrics = {}
@@ -290,6 +298,11 @@ class _Channel:
                 return None
             data, fds, truncated = got
             if data == proto.CONN:
+                self.conns_received += 1
+                if truncated:
+                    with self.lock:
+                        self.lost.append((self.conns_received, len(fds)))
+                    self.flush()
                 return "conn", fds
             try:
                 if truncated:
@@ -1035,17 +1048,32 @@ def _clustered_server_class(server_cls: type) -> type:
 
         def server_close(self) -> None:
             if self.socket.draining:
-                # In-flight requests finish; a keep-alive connection still open after the
-                # grace period is idle in a handler thread: end its reads.
-                deadline = time.monotonic() + self._clusterui_grace
-                with self._clusterui_lock:
-                    while self._clusterui_open and time.monotonic() < deadline:
-                        self._clusterui_cond.wait(max(0.0, deadline - time.monotonic()))
-                    left = list(self._clusterui_open)
-                for request in left:
-                    with contextlib.suppress(OSError):
-                        request.shutdown(socket.SHUT_RD)
+                self._clusterui_wait_in_flight()
             super().server_close()
+
+        def _clusterui_wait_in_flight(self) -> None:
+            """Requests in flight finish, however long they take (the supervisor's
+            kill_timeout bounds a drain); a keep-alive connection idle past the grace
+            has its reads ended. Without this wait the program would exit and its
+            daemon handler threads would die mid-request: an empty answer."""
+            deadline = time.monotonic() + self._clusterui_grace
+            ended: set[Any] = set()
+            with self._clusterui_lock:
+                while self._clusterui_open:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        if self._clusterui_busy is None:  # not HTTP: busy or idle is unknown
+                            idle = [r for r in self._clusterui_open if r not in ended]
+                        else:
+                            idle = [
+                                r for r in self._clusterui_open
+                                if r not in self._clusterui_busy and r not in ended
+                            ]  # fmt: skip
+                        for request in idle:
+                            ended.add(request)
+                            with contextlib.suppress(OSError):
+                                request.shutdown(socket.SHUT_RD)
+                    self._clusterui_cond.wait(max(0.05, deadline - now) if now < deadline else 0.1)
 
     Clustered.__name__ = Clustered.__qualname__ = server_cls.__name__
     _server_classes[server_cls] = Clustered
@@ -1068,7 +1096,13 @@ def _clustered_handler_class(handler_cls: type) -> type:
 
         # Request metrics: a request runs from a parsed request line to its handler's end
         # (handle_one_request for http.server, handle() for wsgiref's one-shot handler).
+        # It is also "busy" for a drain from then on: waited for, never cut (see
+        # server_close); in between requests a keep-alive connection is idle.
         def parse_request(self) -> bool:
+            busy = getattr(self.server, "_clusterui_busy", None)
+            if busy is not None:
+                with self.server._clusterui_lock:
+                    busy.add(self.request)
             ok = super().parse_request()
             if ok:
                 stats = _request_stats()
@@ -1087,6 +1121,11 @@ def _clustered_handler_class(handler_cls: type) -> type:
                 super().handle_one_request()
             finally:
                 self._cu_finish()
+                busy = getattr(self.server, "_clusterui_busy", None)
+                if busy is not None:
+                    with self.server._clusterui_lock:
+                        busy.discard(self.request)
+                        self.server._clusterui_cond.notify_all()
 
         def handle(self) -> None:
             try:
@@ -1134,6 +1173,11 @@ def make_server(
     server._clusterui_lock = threading.Lock()
     server._clusterui_cond = threading.Condition(server._clusterui_lock)
     server._clusterui_open = set()
+    # Requests being answered now (HTTP handlers say; None: unknown, the grace applies).
+    http_handler = isinstance(handler_cls, type) and issubclass(
+        handler_cls, http.server.BaseHTTPRequestHandler
+    )
+    server._clusterui_busy = set() if http_handler else None
     sock.on_drain(server._clusterui_drain)
     try:
         server.server_bind()  # fills in server_name/port (and WSGI's environ)

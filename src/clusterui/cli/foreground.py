@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, TextIO
 from clusterui.cli import render
 from clusterui.client import Client, supervisor_pid
 from clusterui.core.home import Home
+from clusterui.vocab.safetext import escape
 
 # After the shutdown request the supervisor stops the apps in parallel, each within its
 # kill_timeout, and then closes our connection; this only bounds a supervisor that hangs.
@@ -36,7 +36,6 @@ EXIT_WAIT = 10.0
 # and whatever runs us decides: systemd's Restart=, a container's restart policy).
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def reap_orphans() -> int:
@@ -52,11 +51,6 @@ def reap_orphans() -> int:
         n += 1
 
 
-def _visible(text: str) -> str:
-    """Worker bytes for a terminal: control characters (escapes too) shown, not obeyed."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 class Output:
     def __init__(self, raw: bool) -> None:
         self.raw = raw
@@ -66,7 +60,8 @@ class Output:
     def line(self, line: dict[str, Any]) -> TextIO:
         stream = sys.stdout if line["stream"] == "out" else sys.stderr
         if self.tty[id(stream)]:
-            line = dict(line, text=_visible(line["text"]))
+            # Worker bytes for a terminal: control characters shown, not obeyed.
+            line = dict(line, text=escape(line["text"]))
         if self.raw and line["stream"] != "sys":
             text = line["text"]
         else:
@@ -139,7 +134,7 @@ async def follow(
                 for stream in touched:
                     stream.flush()
             elif event["event"] == "notice":
-                print(f"clusterui: {event['message']}", file=sys.stderr, flush=True)
+                print(f"clusterui: {escape(str(event['message']))}", file=sys.stderr, flush=True)
 
     task = asyncio.ensure_future(pump())
     stopped = asyncio.ensure_future(stop.wait())

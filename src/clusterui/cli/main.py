@@ -15,11 +15,18 @@ from typing import Any
 from clusterui import __version__
 from clusterui.cli import export_cmd, filecmds, foreground, render
 from clusterui.cli.filecmds import caller_env
-from clusterui.client import Client, ClientError, ensure_supervisor, supervisor_pid
+from clusterui.client import (
+    CALL_TIMEOUT,
+    Client,
+    ClientError,
+    ensure_supervisor,
+    supervisor_pid,
+)
 from clusterui.core import config, formats, inherit
 from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
 from clusterui.vocab.exits import Exit
+from clusterui.vocab.safetext import escape
 from clusterui.vocab.snapshot import ls_json
 
 ALIASES = {
@@ -66,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"clusterui {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Taken out of argv before parsing (see parse), so it goes anywhere: before or after
+    # the verb; listed here for --help.
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=CALL_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up (exit 3) when the supervisor answers neither a request nor a ping "
+        f"within SECONDS (default {CALL_TIMEOUT:g}; 0 waits for ever; a long operation it "
+        f"is still working on is waited for); works with every verb",
+    )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     _running_verbs(sub)
     _lifecycle_verbs(sub)
@@ -136,12 +154,22 @@ def _lifecycle_verbs(sub: Any) -> None:
 
 def _inspection_verbs(sub: Any) -> None:
     """logs, describe, check, down, watch."""
-    sp = sub.add_parser("logs", aliases=["log"], help="recent log lines; -f to follow")
+    sp = sub.add_parser(
+        "logs",
+        aliases=["log"],
+        help="recent log lines; -f to follow",
+        usage="clusterui logs [-h] [TARGET] [--lines N] [-f] [--json] [--time] [--raw]",
+    )
     sp.add_argument("target", nargs="?")
     sp.add_argument("--lines", type=int, default=15)
     sp.add_argument("-f", "--follow", action="store_true")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--time", action="store_true", help="prefix each line with its time")
+    sp.add_argument(
+        "--raw",
+        action="store_true",
+        help="print the worker's text as written, control characters and escapes included",
+    )
     sp = sub.add_parser("describe", aliases=["show"], help="everything about one target")
     sp.add_argument("target")
     sp.add_argument("--json", action="store_true")
@@ -174,10 +202,46 @@ def _saved_state_verbs(sub: Any) -> None:
     sp.add_argument("--json", action="store_true")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError("--timeout takes 0 or more seconds")
+    return value
+
+
+def _take_timeout(argv: list[str]) -> tuple[list[str], float]:
+    """`--timeout S` / `--timeout=S` anywhere (every verb takes it): (the rest, S)."""
+    rest: list[str] = []
+    timeout = CALL_TIMEOUT
+    it = iter(argv)
+    for arg in it:
+        if arg == "--timeout" or arg.startswith("--timeout="):
+            value = arg.partition("=")[2] if "=" in arg else next(it, None)
+            if value is None:
+                raise UsageError("--timeout takes a number of seconds")
+            try:
+                timeout = _seconds(value)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(str(exc)) from None
+            continue
+        rest.append(arg)
+    return rest, timeout
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     argv = list(argv)
     # `clusterui [FILE]`: anything that is not a verb (or an option) means the dashboard.
-    head = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    head = next(
+        (
+            i
+            for i, a in enumerate(argv)
+            if not a.startswith("-") and (i == 0 or argv[i - 1] != "--timeout")
+        ),
+        None,
+    )
     if head is None:
         if not any(a in ("-h", "--help", "--version") for a in argv):
             argv.insert(0, "dashboard")
@@ -188,7 +252,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         argv, extra = argv[:cut], argv[cut + 1 :]
     else:
         extra = []
+    argv, timeout = _take_timeout(argv)
     opts = build_parser().parse_args(argv)
+    opts.timeout = timeout
     opts.verb = ALIASES.get(opts.verb, opts.verb)
     opts.extra = extra
     if extra and opts.verb != "start":
@@ -208,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clusterui: {exc}", file=sys.stderr)
         return Exit.USAGE
     except ClientError as exc:
-        print(f"clusterui: {exc.message}", file=sys.stderr)
+        print(f"clusterui: {escape(exc.message, keep_tab=False)}", file=sys.stderr)
         return exc.code
     except config.ConfigError as exc:
         print(str(exc), file=sys.stderr)
@@ -240,7 +306,7 @@ async def run_command(opts: argparse.Namespace) -> int:
         return filecmds.startup_verb(opts, home)
     if verb in ("start", "resurrect") or (verb == "metrics" and opts.listen):
         ensure_supervisor(home)  # a script or a file starts one; targets need one anyway
-    client = await Client.connect(home)
+    client = await Client.connect(home, timeout=opts.timeout)
     try:
         return await run_verb(client, opts, home)
     finally:
@@ -291,7 +357,7 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
         started = ensure_supervisor(home)
 
         async def load() -> None:
-            client = await Client.connect(home)
+            client = await Client.connect(home, timeout=opts.timeout)
             try:
                 report_load(
                     await client.load(file, env=opts.env, only=only, caller_env=caller_env()),
@@ -304,7 +370,10 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
     elif not home.socket.exists():
         raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
     shown = str(Path(file).absolute()) if file else None
-    return run_dashboard(lambda: Client.connect(home), file=shown, started_supervisor=started)
+    timeout = opts.timeout
+    return run_dashboard(
+        lambda: Client.connect(home, timeout), file=shown, started_supervisor=started
+    )
 
 
 report_load = filecmds.report
@@ -362,19 +431,25 @@ async def up_detached(
     handed: list[tuple[int, str]],
 ) -> int:
     ensure_supervisor(home, handed)
-    client = await Client.connect(home)
+    client = await Client.connect(home, timeout=opts.timeout)
     try:
         result = await up_load(client, opts, file, only)
         if result.get("message"):
             print(result["message"])
-        verdicts = await client.call("wait_started", workers=result["workers"], timeout=30)
+        wait = 30
+        verdicts = await client.call(
+            "wait_started",
+            workers=result["workers"],
+            timeout=wait,
+            _timeout=max(opts.timeout, wait + 5) if opts.timeout else None,
+        )
         state = await client.state(history=False)
         print(render.worker_table(state["workers"], render.use_colour()))
         failed = {k: v for k, v in verdicts.items() if v != "ok"}
         for wid, why in failed.items():
             row = next((w for w in state["workers"] if str(w["id"]) == wid), None)
             label = f"{row['app']}:{row['instance']}" if row else wid
-            why = render.printable(why)
+            why = escape(why)
             if why.startswith(f"{label} "):  # a diagnosis names the worker itself
                 print(f"clusterui: {why}", file=sys.stderr)
             else:
@@ -520,9 +595,9 @@ async def cmd_env(client: Client, opts: argparse.Namespace) -> int:
             out.append("  (not running)")
         width = max((len(n) for n in row["names"]), default=0)
         for name, layer in row["names"].items():
-            shown = render.printable(name)
+            shown = escape(name)
             if row["values"] is not None:
-                out.append(f"  {shown}={render.printable(row['values'][name])}")
+                out.append(f"  {shown}={escape(row['values'][name])}")
             else:
                 out.append(f"  {shown.ljust(width)}  {layer}")
     print("\n".join(out))
@@ -544,7 +619,7 @@ async def cmd_logs(client: Client, opts: argparse.Namespace) -> int:
         if opts.json:
             print(json.dumps(line))
         else:
-            print(render.log_line(line, colour, with_time=opts.time))
+            print(render.log_line(line, colour, with_time=opts.time, raw=opts.raw))
 
     for line in lines:
         emit(line)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import sys
 from typing import Any
 
+from clusterui.core.silence import CALL_TIMEOUT, read_pid, silent_reason
 from clusterui.vocab.exits import ClientError, Exit
 
 QUICK_VERBS = {"ls": "ls", "list": "ls", "logs": "logs", "log": "logs"}
@@ -78,9 +80,15 @@ def _parse_logs(args: list[str]) -> tuple[str, dict[str, Any]] | None:
 
 
 class Connection:
-    """One blocking request/response connection to the supervisor (core/control.py)."""
+    """One blocking request/response connection to the supervisor (core/control.py).
 
-    def __init__(self, path: str, root: str) -> None:
+    Like the full client, a request unanswered for CALL_TIMEOUT seconds is given up (exit
+    3) unless the supervisor still answers a ping: then it is busy, not stuck.
+    """
+
+    def __init__(self, path: str, root: str, timeout: float | None = CALL_TIMEOUT) -> None:
+        self.root = root
+        self.timeout = timeout  # None waits for ever
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Blocking: a full listen backlog makes connect wait rather than fail.
@@ -97,21 +105,44 @@ class Connection:
             raise ClientError(
                 f"cannot reach the supervisor: {exc.strerror or exc}", Exit.NO_SUPERVISOR
             ) from None
-        self.file = self.sock.makefile("rb")
+        self.buffer = b""
         self.next_id = 0
+
+    def _line(self, timeout: float | None) -> bytes | None:
+        """The next line from the supervisor; None when none came within `timeout`."""
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                return None
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("closed")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def _answer(self, rid: int, timeout: float | None) -> dict[str, Any] | None:
+        while True:
+            line = self._line(timeout)
+            if line is None:
+                return None
+            msg = json.loads(line)
+            if msg.get("id") == rid and "event" not in msg:
+                return msg
 
     def call(self, op: str, **args: Any) -> Any:
         self.next_id += 1
-        request = {"id": self.next_id, "op": op, "args": args}
+        rid = self.next_id
+        request = {"id": rid, "op": op, "args": args}
         try:
             self.sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
-            while True:
-                line = self.file.readline()
-                if not line:
-                    raise OSError("closed")
-                msg = json.loads(line)
-                if msg.get("id") == self.next_id and "event" not in msg:
-                    break
+            msg = self._answer(rid, self.timeout)
+            while msg is None:
+                if op == "ping" or not self._answers_ping():
+                    pid = read_pid(os.path.join(self.root, "supervisor.pid"))
+                    reason = silent_reason(pid, op, self.timeout or 0)
+                    raise ClientError(reason, Exit.NO_SUPERVISOR)
+                msg = self._answer(rid, self.timeout)
         except (OSError, ValueError):
             raise ClientError("lost the connection to the supervisor", Exit.NO_SUPERVISOR) from None
         if not msg.get("ok"):
@@ -120,18 +151,36 @@ class Connection:
             )
         return msg.get("result")
 
+    def _answers_ping(self) -> bool:
+        """Ping on this connection; the answer to the request in flight may come first, so
+        it is put back for the caller to read."""
+        self.next_id += 1
+        rid = self.next_id
+        self.sock.sendall(json.dumps({"id": rid, "op": "ping", "args": {}}).encode() + b"\n")
+        kept: list[bytes] = []
+        answered = False
+        while not answered:
+            line = self._line(self.timeout)
+            if line is None:
+                break
+            msg = json.loads(line)
+            answered = msg.get("id") == rid and "event" not in msg
+            if not answered:
+                kept.append(line)
+        self.buffer = b"".join(part + b"\n" for part in kept) + self.buffer
+        return answered
+
     def close(self) -> None:
-        self.file.close()
         self.sock.close()
 
 
-def run(verb: str, opts: dict[str, Any]) -> int:
+def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -> int:
     """Answer one quick verb; ClientError as the full command line raises it."""
     from clusterui.cli import render
     from clusterui.core.homeroot import SOCKET_NAME, home_root
 
     root = home_root()
-    conn = Connection(os.path.join(root, SOCKET_NAME), root)
+    conn = Connection(os.path.join(root, SOCKET_NAME), root, timeout)
     try:
         if verb == "ls":
             workers = conn.call("state", history=False)["workers"]
@@ -163,13 +212,46 @@ def run(verb: str, opts: dict[str, Any]) -> int:
     return 0
 
 
+def _take_timeout(argv: list[str]) -> tuple[list[str], float | None] | None:
+    """argv without `--timeout S` (anywhere, as cli/main.py takes it) and the timeout:
+    None for 0 (for ever); None as a whole when S is not a plain number of seconds."""
+    rest: list[str] = []
+    timeout: float | None = CALL_TIMEOUT
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--timeout" or arg.startswith("--timeout="):
+            if arg == "--timeout":
+                i += 1
+                if i == len(argv):
+                    return None
+                value = argv[i]
+            else:
+                value = arg.partition("=")[2]
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            if not seconds >= 0 or seconds == float("inf"):
+                return None
+            timeout = seconds or None
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, timeout
+
+
 def main(argv: list[str]) -> int | None:
     """The exit code of a quick verb, or None when the full command line is to answer."""
+    picked = _take_timeout(argv)
+    if picked is None:
+        return None  # a --timeout the full parser must explain
+    argv, timeout = picked
     parsed = parse(argv)
     if parsed is None:
         return None
     try:
-        return run(*parsed)
+        return run(*parsed, timeout=timeout)
     except ClientError as exc:
         print(f"clusterui: {exc.message}", file=sys.stderr)
         return exc.code

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from clusterui.vocab import states
+from clusterui.vocab.safetext import escape
 
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
 # ANSI colour per status tone (clusterui.vocab.states).
@@ -47,13 +48,6 @@ def human_size(n: float) -> str:
     return f"{n}"
 
 
-def printable(text: str) -> str:
-    """Text safe for a terminal: control and other unprintable characters escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     rows = []
     for w in workers:
@@ -64,7 +58,8 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
                 w["app"],
                 str(w["instance"]),
                 str(w["pid"] or "-"),
-                w["status"],
+                w["status"]
+                + (f" +{len(w['draining_pids'])} draining" if w.get("draining_pids") else ""),
                 str(w["restarts"]),
                 human_duration(w["uptime"]) if online else "-",
                 f"{w['cpu']:.1f}%" if online else "-",
@@ -79,7 +74,7 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
     for r in rows:
         cells = [c.ljust(widths[i]) for i, c in enumerate(r)]
         if colour:
-            known = states.LOOKS.get(r[4])
+            known = states.LOOKS.get(r[4].split()[0])
             code = TONE_COLOURS[known.tone] if known else "0"
             cells[4] = f"\x1b[{code}m{cells[4]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())
@@ -91,26 +86,25 @@ def worker_errors(workers: list[dict[str, Any]]) -> list[str]:
     out = []
     for w in workers:
         if w.get("error"):
-            text = printable(str(w["error"]))
+            text = escape(str(w["error"]))
             label = f"{w['app']}:{w['instance']}"
             out.append(f"  {text}" if text.startswith(f"{label} ") else f"  {label}: {text}")
     return out
 
 
-def log_line(line: dict[str, Any], colour: bool = False, with_time: bool = False) -> str:
-    prefix = f"{line['app']}:{line['instance']}"
+def log_line(
+    line: dict[str, Any], colour: bool = False, with_time: bool = False, raw: bool = False
+) -> str:
+    """One line for the terminal. The worker's text is escaped (see vocab/safetext) unless
+    `raw` (`logs --raw`: the user asked for the bytes as written)."""
+    prefix = escape(f"{line['app']}:{line['instance']}")
     stamp = time.strftime("%H:%M:%S ", time.localtime(line["time"])) if with_time else ""
     sep = "|" if line["stream"] == "out" else ("!" if line["stream"] == "err" else "*")
-    text = line["text"]
+    text = line["text"] if raw else escape(line["text"])
     if colour:
         code = {"out": "36", "err": "31", "sys": "35"}.get(line["stream"], "0")
         return f"{stamp}\x1b[{code}m{prefix} {sep}\x1b[0m {text}"
     return f"{stamp}{prefix} {sep} {text}"
-
-
-def _plain(text: Any) -> str:
-    """Worker-influenced text (probe details): no control characters reach the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in str(text))
 
 
 def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
@@ -126,7 +120,7 @@ def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         if check.get("port"):
             what += f" on port {check['port']}"
         lines.append(
-            f"health     {_plain(what)}  every {check['interval']}ms, timeout "
+            f"health     {escape(str(what))}  every {check['interval']}ms, timeout "
             f"{check['timeout']}ms, replaced after {check['failures']} failures"
             + (f", first after {check['initial_delay']}ms" if check["initial_delay"] else "")
         )
@@ -134,7 +128,7 @@ def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         deps = ", ".join(f"{k}: {v}" for k, v in app["depends_on"].items())
         lines.append(f"depends on {deps}")
     if app.get("waiting_for"):
-        lines.append(f"waiting    {_plain(app['waiting_for'])}")
+        lines.append(f"waiting    {escape(str(app['waiting_for']))}")
     if app.get("cron_restart"):
         nxt = app.get("cron_next")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(nxt)) if nxt else "-"
@@ -156,7 +150,7 @@ def health_lines(health: dict[str, Any] | None) -> list[str]:
     for r in health["recent"][-3:]:
         when = time.strftime("%H:%M:%S", time.localtime(r["time"]))
         mark = "ok  " if r["ok"] else "FAIL"
-        detail = _plain(r["detail"])
+        detail = escape(str(r["detail"]))
         lines.append(f"  probe      {when}  {mark}  {r['latency_ms']:.1f} ms  {detail}")
     return lines
 
@@ -196,6 +190,11 @@ def describe(info: dict[str, Any]) -> str:
             f"  last exit  {last}" + (f"  error: {w['error']}" if w["error"] else ""),
             f"  out log    {w['out_file']}",
             f"  err log    {w['err_file']}",
+            *(
+                [f"  log lines  {w['log_dropped']} dropped (the files could not take them)"]
+                if w.get("log_dropped")
+                else []
+            ),
         ]
         for r in w["restart_history"][-5:]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
@@ -204,4 +203,5 @@ def describe(info: dict[str, Any]) -> str:
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
         lines += health_lines(w.get("health"))
-    return "\n".join(lines)
+    # Metric names, env names, errors and watch events can come from a worker: escape all.
+    return "\n".join(escape(line, keep_tab=False) for line in lines)

@@ -23,6 +23,7 @@ from clusterui.core import diagnose, environ, nodeapp
 from clusterui.core.accepting import accepting, socket_inode
 from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener, free_port
+from clusterui.core.metric_cap import MetricsGate
 from clusterui.core.policy import RestartTracker
 from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
 from clusterui.core.spec import AppSpec
@@ -41,6 +42,7 @@ from clusterui.vocab.states import (
     Lifecycle,
 )
 
+PIPE_GRACE = 2.0  # seconds a dead worker's log pipes stay open for its last words
 ACCEPT_PROBE = 0.05  # seconds between looks at a shared-mode worker still launching
 
 
@@ -53,6 +55,7 @@ class Context:
     next_id: Callable[[str, int], int]  # stable worker id for (app, instance)
     next_serial: Callable[[], int]
     home: str = ""  # CLUSTERUI_HOME: never watched
+    cgroups: Any = None  # core.cgroups.CgroupTree, or None where cgroups are unavailable
 
 
 class Proc:
@@ -79,6 +82,7 @@ class Proc:
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
         self.suspended = False
+        self.over_memory = False  # a memory restart is queued for this process
         # core.health.ProbeState once a health probe ran against this process.
         self.probe: Any = None
         # The environment it was exec'd with (`clusterui env`); values may be secrets.
@@ -140,6 +144,7 @@ class Slot:
         self.conn_rate = 0.0
         self.last_connections = 0  # at the previous tick, for conn_rate
         self.metrics: dict[str, float] = {}
+        self.metrics_gate = MetricsGate()
         self.health: Any = None  # core.health.SlotHealth once probed
 
     @property
@@ -167,6 +172,10 @@ class App:
         self.watcher: Any = None  # core.watch.AppWatcher while watch is on
         self.last_watch_event: str | None = None
         self.reload_lock = asyncio.Lock()
+        # Operations that change the app's processes (start, stop, restart, reload, scale,
+        # delete, watch reloads, memory restarts, dispatcher recovery) run one at a time,
+        # in arrival order: overlapping ones left workers no slot listed ("ghosts").
+        self.op_lock = asyncio.Lock()
         self.removed = False
         self._by_serial: dict[int, Proc] = {}
         self._dispatcher_deaths: list[float] = []
@@ -232,6 +241,8 @@ class App:
         slot.cancel_restart()
         if slot.proc is not None:
             return slot.proc
+        if self.slots.get(slot.instance) is not slot:
+            return None  # scaled away meanwhile: a process here would be listed nowhere
         if manual:
             slot.tracker.reset()
         proc = self._spawn(slot)
@@ -280,6 +291,8 @@ class App:
             eof_channel=grace > 0,
             node=self.node,
         )
+        serial = self.ctx.next_serial()
+        cgroup = self.ctx.cgroups.create(serial) if self.ctx.cgroups is not None else None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -293,12 +306,15 @@ class App:
                     fds=wiring.fds,
                     listen_pid=wiring.listen_pid,
                     orphan_grace=grace,
+                    cgroup=cgroup,
                 )
             )
         except SpawnError as exc:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
             wiring.close()
+            if cgroup is not None:
+                self.ctx.cgroups.remove(cgroup)
             slot.idle.to(ERRORED)
             slot.last_error = str(exc)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
@@ -308,12 +324,14 @@ class App:
             for fd in (out_w, err_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        proc = Proc(self.ctx.next_serial(), pid, wiring.port)
+        proc = Proc(serial, pid, wiring.port)
         proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
         loop = asyncio.get_running_loop()
-        proc.watcher = ExitWatcher(loop, pid, lambda c, s: self._on_exit(slot, proc, c, s))
+        proc.watcher = ExitWatcher(
+            loop, pid, lambda c, s: self._on_exit(slot, proc, c, s), cgroup=cgroup
+        )
         self._by_serial[proc.serial] = proc
         self._connect(slot, proc, wiring)
         return proc
@@ -451,6 +469,10 @@ class App:
         if not proc.ready.done():
             proc.ready.set_result(False)
         proc.exited.set_result((code, sig))
+        if proc.logs is not None and not proc.logs.closed:
+            # A descendant may still hold the pipes (a cgroup kill or the subreaper ends it
+            # shortly): read what is there, then stop holding them for a dead worker.
+            asyncio.get_running_loop().call_later(PIPE_GRACE, proc.logs.close)
         what = f"exited with code {code}" if sig is None else f"killed by {sig}"
         if proc in slot.retiring:
             slot.retiring.remove(proc)
@@ -578,6 +600,15 @@ class App:
         self.ctx.notice("warning" if "paused" in message else "info", f"{self.name}: {message}")
 
     async def _watch_reload(self, reason: str) -> None:
+        async with self.op_lock:
+            await self._watch_reload_locked(reason)
+
+    async def restart_for_memory(self, slot: Slot, proc: Proc) -> None:
+        async with self.op_lock:
+            if slot.proc is proc and proc.status == ONLINE and not self.removed:
+                await self.restart_slot(slot, reason="memory")
+
+    async def _watch_reload_locked(self, reason: str) -> None:
         if self.removed:
             return
         try:
@@ -704,14 +735,14 @@ class App:
             proc = self._by_serial.get(msg.get("id"))
             slot = self._slot_of(proc) if proc else None
             # A draining old worker's last figures would mix with its replacement's.
-            if slot is not None and slot.proc is proc and isinstance(msg.get("values"), dict):
-                slot.metrics.update(
-                    {
-                        str(k): v
-                        for k, v in msg["values"].items()
-                        if isinstance(v, int | float) and not isinstance(v, bool)
-                    }
-                )
+            if (
+                slot is not None
+                and slot.proc is proc
+                and slot.metrics_gate.apply(slot.metrics, msg.get("values"))
+            ):
+                report = slot.metrics_gate.report()
+                self.ctx.logs.emit(slot.id, self.name, slot.instance, report)
+                self.ctx.notice("warning", f"{self.name}:{slot.instance}: {report}")
         elif kind == "probe":
             if self.prober is not None:
                 self.prober.on_probe_event(msg)
@@ -771,6 +802,10 @@ class App:
         asyncio.ensure_future(self._recover_dispatcher(delay))
 
     async def _give_up_dispatch(self) -> None:
+        async with self.op_lock:
+            await self._give_up_dispatch_locked()
+
+    async def _give_up_dispatch_locked(self) -> None:
         await self.stop_all()
         self.close_listener()
         for slot in self.slots.values():
@@ -778,6 +813,10 @@ class App:
             slot.last_error = "the dispatcher keeps exiting"
 
     async def _recover_dispatcher(self, delay: float) -> None:
+        async with self.op_lock:
+            await self._recover_dispatcher_locked(delay)
+
+    async def _recover_dispatcher_locked(self, delay: float) -> None:
         # Workers lost their channels (EOF makes them exit); start over cleanly.
         await self.stop_all()
         self.close_listener()

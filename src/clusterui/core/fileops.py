@@ -122,7 +122,8 @@ async def apply(
                 report["restarted"].append(spec.name)
                 report["workers"] += [s.id for s in sup.apps[spec.name].slots.values()]
             else:
-                await _apply_one(app, spec, report)
+                async with app.op_lock:  # one operation on an app at a time (see App)
+                    await _apply_one(app, spec, report)
         except OpError as exc:
             report["errors"].append(f"{spec.name}: {exc.message}")
     if not only:

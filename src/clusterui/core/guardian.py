@@ -39,8 +39,12 @@ _backlog = bytearray()  # whole lines not yet written
 _writer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is scheduled
 
 
-def start() -> int:
-    """Fork the guardian; returns its pid. Call once, early, from the supervisor."""
+def start(cgroup_root: str | None = None) -> int:
+    """Fork the guardian; returns its pid. Call once, early, from the supervisor.
+
+    cgroup_root: the supervisor's folder of worker cgroups (core/cgroups.py); if the
+    supervisor dies, everything in it is killed too, whatever group or session it is in.
+    """
     global _pipe_w, _pid
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -51,7 +55,7 @@ def start() -> int:
         os.closerange(3, r)
         os.closerange(r + 1, 1 << 20)
         try:
-            _run(r)
+            _run(r, cgroup_root)
         finally:
             os._exit(0)
     os.close(r)
@@ -62,7 +66,7 @@ def start() -> int:
     return pid
 
 
-def _run(r: int) -> None:
+def _run(r: int, cgroup_root: str | None = None) -> None:
     os.setsid()  # a signal aimed at the supervisor's group must not take us too
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
@@ -88,6 +92,23 @@ def _run(r: int) -> None:
             elif line == b"exit":
                 return  # a clean shutdown already stopped everything
     _kill_after_grace(groups)
+    if cgroup_root is not None:
+        # After the graces: what left its group (setsid) but cannot leave its cgroup.
+        _kill_cgroups(cgroup_root)
+
+
+def _kill_cgroups(root: str) -> None:
+    """Kill the whole tree of worker cgroups, then remove its folders once empty."""
+    from clusterui.core.cgroups import CgroupTree
+
+    CgroupTree.kill(root)
+    # Killed processes leave the cgroup once reaped; with their parent (the supervisor)
+    # gone that is init's job, which may take a while. A next supervisor removes what
+    # is still left then (CgroupTree.open).
+    deadline = time.monotonic() + 30
+    while CgroupTree.populated(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    CgroupTree(root).close()
 
 
 def _kill_after_grace(groups: dict[int, int]) -> None:
@@ -174,6 +195,11 @@ def track(pgid: int, grace: float = 0.0) -> None:
 def untrack(pgid: int) -> None:
     _tracked.pop(pgid, None)
     _send(b"-%d\n" % pgid)
+
+
+def pid() -> int | None:
+    """The guardian's pid (it is our child, and must not be taken for a stray one)."""
+    return _pid
 
 
 def pending() -> int:

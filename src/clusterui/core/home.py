@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterui.core import safefs
 from clusterui.core.homeroot import SOCKET_NAME, home_root
 
 
@@ -34,11 +35,14 @@ class Home:
         return self.root / "supervisor.log"
 
     def ensure(self) -> None:
-        """Create the home 0700 (and tighten it if it exists); raise OSError with a reason."""
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.root.stat().st_uid != os.getuid():
-            raise PermissionError(f"{self.root} belongs to another user")
-        os.chmod(self.root, 0o700)
-        self.logs.mkdir(mode=0o700, exist_ok=True)
+        """Create the home and logs/ 0700 (tightening ours); refuse, with an UnsafePath
+        (an OSError) that says why in one sentence, a home or logs/ that another user
+        owns or can write, or reaches through a link another user owns (core/safefs)."""
+        safefs.ensure_private_folder(self.root, parents=True)
+        safefs.ensure_private_folder(self.logs)
         if not os.access(self.root, os.W_OK):
             raise PermissionError(f"{self.root} is not writable")
+
+    def open_file(self, path: Path, flags: int, mode: int = 0o600) -> int:
+        """Open a file of the home (pid file, supervisor.log) with the same checks."""
+        return safefs.open_file(path, flags, mode)

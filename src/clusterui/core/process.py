@@ -9,6 +9,7 @@ LISTEN_PID set to its *own* pid (systemd's socket-activation convention).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -16,7 +17,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from clusterui.core import guardian
+from clusterui.core import cgroups, guardian
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -45,6 +46,8 @@ class SpawnSpec:
     # Seconds the process may outlive a supervisor that died (0: killed with it). A
     # worker on a socket handed in from outside finishes its connections meanwhile.
     orphan_grace: float = 0.0
+    # A cgroup v2 folder to enter before exec (see cgroups.py); None: none.
+    cgroup: str | None = None
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -82,6 +85,9 @@ def spawn(spec: SpawnSpec) -> int:
 
 def _child_setup(spec: SpawnSpec, parent_pid: int, env: dict[str, str]) -> None:
     os.setsid()
+    if spec.cgroup is not None:
+        with contextlib.suppress(OSError):  # not fatal: the subreaper path still applies
+            cgroups.enter(spec.cgroup)
     if not spec.orphan_grace:
         set_pdeathsig(signal.SIGKILL)  # else the guardian kills it once the grace is over
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -129,6 +135,12 @@ def signal_group(pid: int, sig: int) -> bool:
         return False
 
 
+def _remove_when_empty(loop, path: str, tries: int) -> None:
+    """rmdir a killed worker's cgroup once the kernel has reaped what was in it."""
+    if not cgroups.CgroupTree.remove(path) and tries > 0:
+        loop.call_later(0.1, _remove_when_empty, loop, path, tries - 1)
+
+
 def decode_status(status: int) -> tuple[int | None, str | None]:
     """waitpid status → (exit code, signal name)."""
     if os.WIFSIGNALED(status):
@@ -146,10 +158,17 @@ class ExitWatcher:
     On exit it also SIGKILLs the rest of the child's process group.
     """
 
-    def __init__(self, loop, pid: int, callback: Callable[[int | None, str | None], None]):
+    def __init__(
+        self,
+        loop,
+        pid: int,
+        callback: Callable[[int | None, str | None], None],
+        cgroup: str | None = None,
+    ):
         self._loop = loop
         self._pid = pid
         self._callback = callback
+        self._cgroup = cgroup
         self._fd = os.pidfd_open(pid)
         loop.add_reader(self._fd, self._on_ready)
 
@@ -165,6 +184,10 @@ class ExitWatcher:
         self._fd = -1
         # Whatever the process left in its group (grandchildren) goes with it: no orphans.
         signal_group(self._pid, signal.SIGKILL)
+        if self._cgroup is not None:
+            # And what left the group (setsid) but cannot leave the cgroup.
+            cgroups.CgroupTree.kill(self._cgroup)
+            _remove_when_empty(self._loop, self._cgroup, 50)
         guardian.untrack(self._pid)
         self._callback(*decode_status(status))
 

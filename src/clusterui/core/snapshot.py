@@ -38,6 +38,11 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "exit_signal": slot.last_exit[1],
         "error": slot.last_error or slot.diagnosis,
         "metrics": dict(slot.metrics),
+        "metrics_dropped": slot.metrics_gate.total_dropped,
+        # Older processes of this slot still draining after a reload: alive, so listed.
+        "draining_pids": [p.pid for p in slot.retiring],
+        # Lines lost to write errors (a full disk) in its two files; the files mark the gap.
+        "log_dropped": app.ctx.logs.dropped(out_file) + app.ctx.logs.dropped(err_file),
         "restart_history": list(slot.restart_history),
         "out_file": out_file,
         "err_file": err_file,

@@ -86,6 +86,27 @@ class Sampler:
         return Sample(cpu, rss, stopped)
 
     @staticmethod
+    def pss_tree(pid: int) -> int:
+        """PSS bytes of pid and its descendants: shared pages are divided among the
+        processes sharing them, so a forked tree is not counted once per fork (as RSS
+        is). Costs a page-table walk per process; max_memory_restart calls it only when
+        the tree's RSS is over the limit (PSS is never more than RSS)."""
+        family = [pid]
+        for member in family:
+            family.extend(k for k in _children(member) if k not in family)
+        total = 0
+        for member in family:
+            try:
+                with open(f"/proc/{member}/smaps_rollup", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Pss:"):
+                            total += int(line.split()[1]) * 1024
+                            break
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    @staticmethod
     def host() -> dict[str, float | int]:
         mem = psutil.virtual_memory()
         return {

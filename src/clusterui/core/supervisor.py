@@ -15,17 +15,20 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import AsyncIterator, Callable
 from operator import attrgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, deps, environ, fileops, guardian, inherit, upkeep
+from clusterui.core import config, deps, environ, fileops, guardian, inherit, reaper, upkeep
 from clusterui.core.apps import App, Context, Slot
+from clusterui.core.cgroups import CgroupTree
 from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.metrics import MetricsServer, is_loopback, parse_address, render
+from clusterui.core.safefs import UnsafePath
 from clusterui.core.snapshot import app_row, display_status, snapshot, worker_row
 from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
@@ -79,6 +82,10 @@ class Supervisor:
         return self._serial
 
     def notice(self, level: str, message: str) -> None:
+        if level in ("error", "warning"):
+            # Also in supervisor.log (our stderr), for whoever was not attached just then.
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp} {level}: {message}", file=sys.stderr, flush=True)
         self.server.broadcast({"event": "notice", "level": level, "message": message})
 
     def _follow_logs(self) -> None:
@@ -138,9 +145,33 @@ class Supervisor:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), TICK)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not end sampling, sweeping and state
+                traceback.print_exc(file=sys.stderr)
+
+    def known_children(self) -> set[int]:
+        """Every process we started and still account for (reaper.sweep spares them)."""
+        pids = {
+            p.pid for app in self.apps.values() for s in app.slots.values()
+            for p in (s.proc, *s.retiring) if p is not None
+        }  # fmt: skip
+        pids |= {p.pid for app in self.apps.values() for p in app._by_serial.values()}
+        pids |= {
+            app.listener.pid for app in self.apps.values() if app.listener and app.listener.pid
+        }
+        if guardian.pid() is not None:
+            pids.add(guardian.pid())
+        return pids
+
+    def sweep_orphans(self) -> None:
+        if not reaper.active():
+            return
+        for pid in reaper.sweep(self.known_children()):
+            self.notice("warning", f"killed process {pid}, left behind by an exited worker")
 
     def tick(self) -> None:
+        self.sweep_orphans()
         now = time.time()
         slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
         pids = [s.proc.pid for _, s in slots if s.proc]
@@ -164,14 +195,23 @@ class Supervisor:
             h.conn_rate.append(round(slot.conn_rate, 2))
             h.req_rate.append(round(slot.req_rate or 0.0, 1))
             limit = app.spec.max_memory_restart
-            if limit and slot.proc and rss > limit and slot.proc.status == states.ONLINE:
+            proc = slot.proc
+            # max_memory_restart compares PSS, not RSS: a tree of forks shares most of
+            # its pages, and RSS would count them once per process.
+            if limit and proc and rss > limit and proc.status == states.ONLINE:
+                if proc.over_memory:
+                    continue  # its restart is queued already
+                pss = Sampler.pss_tree(proc.pid)
+                if pss <= limit:
+                    continue
+                proc.over_memory = True
                 self.logs.emit(
                     slot.id,
                     app.name,
                     slot.instance,
-                    f"memory {rss} bytes is over max_memory_restart ({limit}); restarting",
+                    f"memory (PSS) {pss} bytes is over max_memory_restart ({limit}); restarting",
                 )
-                asyncio.ensure_future(app.restart_slot(slot, reason="memory"))
+                asyncio.ensure_future(app.restart_for_memory(slot, proc))
         self._conn_rate = total_rate
         if any(c.subscribed_state for c in self.server.connections):
             self.server.broadcast({"event": "state", "data": self.state()})
@@ -356,9 +396,26 @@ class Supervisor:
             "warnings": warnings,
         }
 
+    @contextlib.asynccontextmanager
+    async def _serialized(self, targets: list[str]) -> AsyncIterator[list[tuple[App, list[Slot]]]]:
+        """Hold the op lock of every app the targets name (in name order, so two
+        operations on the same apps cannot deadlock), then resolve the targets again:
+        an operation that ran meanwhile may have scaled slots away or deleted an app."""
+        first = resolve(self.apps, targets)
+        apps = sorted({app.name: app for app, _ in first}.values(), key=attrgetter("name"))
+        async with contextlib.AsyncExitStack() as stack:
+            for app in apps:
+                await stack.enter_async_context(app.op_lock)
+            locked = {app.name for app in apps}
+            yield [(a, slots) for a, slots in resolve(self.apps, targets) if a.name in locked]
+
     async def op_start(self, targets: list[str]) -> dict[str, Any]:
+        async with self._serialized(targets) as groups:
+            return self._start(groups)
+
+    def _start(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
         ids = []
-        for app, slots in resolve(self.apps, targets):
+        for app, slots in groups:
             app.removed = False
             if not app.slots:
                 slots = app.ensure_slots(app.spec.instances)
@@ -372,9 +429,9 @@ class Supervisor:
         return {"message": f"started {len(ids)} worker(s)", "workers": ids}
 
     async def op_stop(self, targets: list[str]) -> dict[str, Any]:
-        groups = resolve(self.apps, targets)
-        ids = [s.id for _, slots in groups for s in slots]
-        await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
+        async with self._serialized(targets) as groups:
+            ids = [s.id for _, slots in groups for s in slots]
+            await asyncio.gather(*(app.stop_slot(s) for app, slots in groups for s in slots))
         return {"message": f"stopped {len(ids)} worker(s)", "workers": ids}
 
     def _update_env(self, groups: list[tuple[App, list[Slot]]], caller_env: Any) -> list[str]:
@@ -389,23 +446,23 @@ class Supervisor:
 
     async def op_restart(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
         """caller_env (optional, `--update-env`): replaces the apps' saved caller env first."""
-        groups = resolve(self.apps, targets)
-        warnings = self._update_env(groups, caller_env)
-        ids = [s.id for _, slots in groups for s in slots]
-        await asyncio.gather(
-            *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
-        )
+        async with self._serialized(targets) as groups:
+            warnings = self._update_env(groups, caller_env)
+            ids = [s.id for _, slots in groups for s in slots]
+            await asyncio.gather(
+                *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
+            )
         return {"message": f"restarted {len(ids)} worker(s)", "workers": ids, "warnings": warnings}
 
     async def op_reload(self, targets: list[str], caller_env: Any = None) -> dict[str, Any]:
         """caller_env (optional, `--update-env`): as for restart."""
         messages = []
         ids = []
-        groups = resolve(self.apps, targets)
-        warnings = self._update_env(groups, caller_env)
-        for app, slots in groups:
-            messages.append(await app.rolling_reload())
-            ids.extend(s.id for s in slots)
+        async with self._serialized(targets) as groups:
+            warnings = self._update_env(groups, caller_env)
+            for app, slots in groups:
+                messages.append(await app.rolling_reload())
+                ids.extend(s.id for s in slots)
         return {"message": "; ".join(messages), "workers": ids, "warnings": warnings}
 
     async def op_delete(self, targets: list[str]) -> dict[str, Any]:
@@ -413,7 +470,12 @@ class Supervisor:
 
     async def delete_apps(self, targets: list[str], forget_logs: bool = True) -> dict[str, Any]:
         """forget_logs=False: the app comes back at once (restart FILE), same ids and logs."""
-        groups = resolve(self.apps, targets)
+        async with self._serialized(targets) as groups:
+            return await self._delete(groups, forget_logs)
+
+    async def _delete(
+        self, groups: list[tuple[App, list[Slot]]], forget_logs: bool
+    ) -> dict[str, Any]:
         names = []
         for app, _slots in groups:
             app.removed = True
@@ -432,7 +494,11 @@ class Supervisor:
         return {"message": f"deleted {', '.join(names)}", "workers": []}
 
     async def op_scale(self, app: str, count: str) -> dict[str, Any]:
-        target = self._app(app)
+        self._app(app)
+        async with self._serialized([app]) as groups:
+            return await self._scale(groups[0][0], app, count)
+
+    async def _scale(self, target: App, app: str, count: str) -> dict[str, Any]:
         text = str(count).strip()
         try:
             n = int(text)
@@ -663,6 +729,7 @@ class Supervisor:
         for app in self.apps.values():
             await app.set_watch(False)
             app.close_listener()
+        self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         await self.server.close()
 
@@ -685,8 +752,9 @@ def _caller_env(raw: Any) -> dict[str, str] | None:
     return env
 
 
-async def run(home: Home, ready_fd: int | None) -> int:
+async def run(home: Home, ready_fd: int | None, tree: CgroupTree | None = None) -> int:
     sup = Supervisor(home)
+    sup.ctx.cgroups = tree
     try:
         await sup.server.start()
     except OpError as exc:
@@ -718,7 +786,7 @@ def _report_ready(fd: int | None, message: str) -> None:
 
 def lock_pidfile(home: Home) -> int:
     """Hold an exclusive lock on supervisor.pid for our lifetime: one supervisor per home."""
-    fd = os.open(home.pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = home.open_file(home.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -727,6 +795,10 @@ def lock_pidfile(home: Home) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _why(exc: OSError) -> str:
+    return str(exc) if isinstance(exc, UnsafePath) else exc.strerror or str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -752,16 +824,27 @@ def main(argv: list[str] | None = None) -> int:
         _report_ready(ready_fd, exc.message)
         return 2
     except OSError as exc:
-        _report_ready(ready_fd, f"cannot use {home.root}: {exc.strerror or exc}")
+        _report_ready(ready_fd, f"cannot use {home.root}: {_why(exc)}")
         return 2
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
     for problem in inherit.install(handed):
         print(f"clusterui: {problem}", file=sys.stderr)
-    guardian.start()
+    if os.environ.get("CLUSTERUI_NO_CGROUPS"):  # to exercise the fallback (tests)
+        tree, why = None, "CLUSTERUI_NO_CGROUPS is set"
+    else:
+        tree, why = CgroupTree.open(os.getpid())
+    if tree is None:
+        # The fallback: orphans of workers come to us (subreaper) and are killed; see
+        # RELIABILITY.md for what it cannot catch.
+        reaper.become_subreaper()
+        print(f"clusterui: no cgroup per worker ({why}); using a subreaper", file=sys.stderr)
+    guardian.start(tree.root if tree else None)
     try:
-        code = asyncio.run(run(home, ready_fd))
+        code = asyncio.run(run(home, ready_fd, tree))
         guardian.release()
+        if tree is not None:
+            tree.close()
         return code
     finally:
         os.close(lock_fd)

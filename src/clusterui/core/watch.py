@@ -74,6 +74,17 @@ class WatchFilter:
         return False
 
 
+REARM_POLL = 1.0  # seconds between checks that the watched folders are still the same
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class AppWatcher:
     """Runs while watch is on for one app; calls `reload(reason)` once per burst."""
 
@@ -118,10 +129,35 @@ class AppWatcher:
             self._task = None
 
     async def _run(self) -> None:
-        paths = [p for p in self.spec.watch if os.path.exists(p)]
-        if not paths:
-            self._on_event(f"watch: none of {', '.join(self.spec.watch)} exists")
-            return
+        """Watch until stopped, re-arming when a watched folder is deleted and made again
+        (inotify's watch dies with the folder, so the old one would stay silent)."""
+        first = True
+        while not self._stop.is_set():
+            paths = [p for p in self.spec.watch if os.path.exists(p)]
+            if not paths:
+                if first:
+                    self._on_event(f"watch: none of {', '.join(self.spec.watch)} exists")
+                    return
+                await self._wait_for_paths()
+                continue
+            if not first:
+                self._on_event(f"watch re-armed on {', '.join(paths)}")
+            first = False
+            await self._watch(paths)
+
+    async def _wait_for_paths(self) -> None:
+        while self._reloading and not self._stop.is_set():  # the deletion's own reload
+            await asyncio.sleep(0.1)
+        self._on_event(
+            f"watch broken: {', '.join(self.spec.watch)} is gone; it resumes when it exists"
+        )
+        while not self._stop.is_set() and not any(os.path.exists(p) for p in self.spec.watch):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), REARM_POLL)
+
+    async def _watch(self, paths: list[str]) -> None:
+        """One arming: returns when a watched path is deleted or replaced (or on stop)."""
+        ids = {p: _identity(p) for p in paths}
         delay = max(10, self.spec.watch_delay)
         async for changes in watchfiles.awatch(
             *paths,
@@ -130,8 +166,13 @@ class AppWatcher:
             debounce=max(1600, delay * 4),
             stop_event=self._stop,
             ignore_permission_denied=True,
+            rust_timeout=int(REARM_POLL * 1000),
+            yield_on_timeout=True,  # an empty batch now and then: time to check the roots
         ):
-            self._changed(sorted({p for _, p in changes}))
+            if changes:
+                self._changed(sorted({p for _, p in changes}))
+            if any(_identity(p) != ident for p, ident in ids.items()):
+                return
 
     def _changed(self, paths: list[str]) -> None:
         # Batches that arrive before or during a reload pile into one pending set.

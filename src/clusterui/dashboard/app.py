@@ -29,7 +29,7 @@ from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.keys import KEYS, bindings
-from clusterui.dashboard.logview import LogView
+from clusterui.dashboard.logview import SYS_MODES, LogView, newest
 from clusterui.dashboard.messages import (
     ConnectionChanged,
     LogsArrived,
@@ -40,6 +40,7 @@ from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
 from clusterui.dashboard.model import History, Selection
 from clusterui.dashboard.table import ProcessTable
 from clusterui.vocab.exits import Exit
+from clusterui.vocab.safetext import visible
 
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
@@ -263,9 +264,9 @@ class DashboardApp(App[None]):
         if pending is not None:
             pending.extend(lines)
             if len(pending) > self.max_log_lines:
-                del pending[: len(pending) - self.max_log_lines]
+                pending[:] = newest(pending, self.max_log_lines)
             return
-        self._pending_logs = pending = lines[-self.max_log_lines :]
+        self._pending_logs = pending = newest(lines, self.max_log_lines)
         self.post_message(LogsArrived(pending))
 
     async def _reconnect(self) -> Any:
@@ -300,7 +301,9 @@ class DashboardApp(App[None]):
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         self.notify(
-            message.message, severity=SEVERITY.get(message.level, "information"), markup=False
+            visible(message.message),
+            severity=SEVERITY.get(message.level, "information"),
+            markup=False,
         )
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
@@ -574,6 +577,29 @@ class DashboardApp(App[None]):
             self.log_view.set_scope(sel.app, sel.worker)
         self._update_log_title()
 
+    def action_sort(self) -> None:
+        by = self.table.cycle_sort()
+        names = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
+        title = f"processes · by {names.get(by, by)} ▼" if by else "processes"
+        self.table.border_title = title
+        said = (
+            f"Sorted by {names.get(by, by)}, largest first, within each app."
+            if by
+            else ("In the ecosystem file's order.")
+        )
+        self.notify(said, markup=False)
+
+    def action_sys_lines(self) -> None:
+        log = self.log_view
+        log.sys_mode = SYS_MODES[(SYS_MODES.index(log.sys_mode) + 1) % len(SYS_MODES)]
+        self._update_log_title()
+        said = {
+            "all": "Logs: the apps' output and the supervisor's lines.",
+            "only": "Logs: the supervisor's lines only (exits, restarts, reloads, watch).",
+            "hide": "Logs: the apps' output only.",
+        }
+        self.notify(said[log.sys_mode], markup=False)
+
     def action_follow(self) -> None:
         self.log_view.follow = not self.log_view.follow
         self._update_log_title()
@@ -592,12 +618,15 @@ class DashboardApp(App[None]):
         else:
             scope = app or "all apps"
         parts = [f"logs · {scope}"]
+        if log.sys_mode != "all":
+            parts.append("supervisor only" if log.sys_mode == "only" else "no supervisor")
         if log.filter_text:
             parts.append(f"filter “{log.filter_text}” ({len(log.shown)})")
         parts.append("follow" if log.follow else "paused")
         if not log.timestamps:
             parts.append("no times")
-        self.main_screen.query_one(LogPane).border_title = " · ".join(parts)
+        # Text, not str: a str title is parsed as markup, and the filter is typed data.
+        self.main_screen.query_one(LogPane).border_title = Text(visible(" · ".join(parts)))
 
     # -- command palette --------------------------------------------------------
 
@@ -622,6 +651,8 @@ class DashboardApp(App[None]):
             "details": "Show or hide details",
             "log_scope": "Logs: all apps or the selection",
             "follow": "Follow logs on or off",
+            "sys_lines": "Logs: all, supervisor lines only, or app output only",
+            "sort": "Sort the table by the next column",
             "timestamps": "Log timestamps on or off",
             "detach": "Detach (apps keep running)",
             "quit": "Quit",

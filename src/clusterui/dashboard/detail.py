@@ -33,6 +33,7 @@ from clusterui.dashboard.model import (
 )
 from clusterui.dashboard.style import fg_style
 from clusterui.vocab import states
+from clusterui.vocab.safetext import visible
 
 
 class SparkChart(Widget):
@@ -93,7 +94,7 @@ class SparkChart(Widget):
         peak = max(self.data, default=0.0)
         seconds = min(len(self.data), width * step)
         head = Text(no_wrap=True, end="")
-        head.append(self.label + " ", fg_style(self, "sparkchart--label"))
+        head.append(visible(self.label) + " ", fg_style(self, "sparkchart--label"))
         head.append(self.value)
         note = f"max {self.fmt(peak)} · {seconds}s" if self.data else "no samples yet"
         pad = width - head.cell_len - len(note)
@@ -209,7 +210,7 @@ class DetailPane(VerticalScroll):
 
     def _worker_title(self, app: dict[str, Any], w: dict[str, Any]) -> Text:
         status = w.get("status", "?")
-        text = Text(f"{app['name']}:{w['instance']}", style="bold", end="")
+        text = Text(visible(f"{app['name']}:{w['instance']}"), style="bold", end="")
         text.append(f"  id {w['id']}  ")
         text.append(f"{states.look(status).glyph} {status}")
         if w.get("pid") is not None:
@@ -218,14 +219,14 @@ class DetailPane(VerticalScroll):
 
     def _app_title(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> Text:
         online = sum(1 for w in workers if w.get("status") == states.ONLINE)
-        text = Text(app["name"], style="bold", end="")
+        text = Text(visible(app["name"]), style="bold", end="")
         text.append(f"  {mode_label(app, 40)}  {online}/{len(workers)} online")
         if app.get("reloading"):
             text.append("  reloading…")
         return text
 
     def _grid(self) -> Table:
-        grid = Table.grid(padding=(0, 1))
+        grid = _PlainGrid.grid(padding=(0, 1))
         grid.add_column(style="dim", no_wrap=True)
         grid.add_column(overflow="fold")
         return grid
@@ -307,6 +308,16 @@ class DetailPane(VerticalScroll):
                 events.add_row(fmt_clock(t, self.tz), f"{who} {_restart_text(item)}")
             parts.append(events)
         return Group(*parts)
+
+
+class _PlainGrid(Table):
+    """A grid whose str cells are plain text: Rich would parse a str cell as markup, and
+    these hold data (metric names, file names from watch events, env names, paths)."""
+
+    def add_row(self, *cells: Any, **kw: Any) -> None:  # type: ignore[override]
+        super().add_row(
+            *(Text(visible(c), end="") if isinstance(c, str) else c for c in cells), **kw
+        )
 
 
 def _health_rows(grid: Table, health: dict[str, Any] | None, tz: Any) -> None:

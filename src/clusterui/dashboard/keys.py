@@ -69,6 +69,22 @@ KEYS: tuple[Key, ...] = (
     Key("d", "d", "detach", "Detach", "Leave the dashboard; the apps keep running"),
     Key("enter", "enter", "details", "Details", "Show or hide the detail pane", footer=False),
     Key("a", "a", "log_scope", "Scope", "Logs of all apps, or of the selection only", footer=False),
+    Key(
+        "v",
+        "v",
+        "sys_lines",
+        "Sup lines",
+        "Logs: everything, only the supervisor's lines (exits, restarts, reloads), or none",
+        footer=False,
+    ),
+    Key(
+        "o",
+        "o",
+        "sort",
+        "Sort",
+        "Sort by cpu, memory, req|conn/s, restarts, uptime, then the file's order (by app)",
+        footer=False,
+    ),
     Key("f", "f", "follow", "Follow", "Follow new log lines on or off", footer=False),
     Key("t", "t", "timestamps", "Times", "Log timestamps on or off", footer=False),
 )

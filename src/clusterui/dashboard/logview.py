@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,11 +22,25 @@ from textual.timer import Timer
 
 from clusterui.dashboard.model import fmt_clock
 from clusterui.dashboard.style import StyleCache
+from clusterui.vocab.logs import is_event
+from clusterui.vocab.safetext import visible, visible_except_sgr
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _ANSI = "\x1b"
 APP_COLOURS = 6  # logview--app-0 .. logview--app-5
 REPAINT_HZ = 10
+MAX_EVENTS = 1000  # supervisor lines kept through any flood of output
+# Which lines `v` shows: all, only the supervisor's own, or only the apps' output.
+SYS_MODES = ("all", "only", "hide")
+
+
+def newest(lines: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The newest n lines, after the supervisor's own lines among the older ones (a flood
+    must not cut an exit or a reload out of a batch)."""
+    if len(lines) <= n:
+        return lines
+    cut = len(lines) - n
+    kept = [x for x in lines[:cut] if is_event(str(x.get("stream")), str(x.get("text", "")))]
+    return kept[-MAX_EVENTS:] + lines[cut:]
 
 
 @dataclass(slots=True)
@@ -43,6 +56,11 @@ class LogRecord:
     @property
     def source(self) -> str:
         return f"{self.app}:{self.instance}"
+
+    @property
+    def event(self) -> bool:
+        """One of the supervisor's own lines (kept through a flood of output)."""
+        return is_event(self.stream, self.text)
 
 
 class LogView(ScrollView, can_focus=True):
@@ -87,6 +105,7 @@ class LogView(ScrollView, can_focus=True):
     follow: reactive[bool] = reactive(True)
     timestamps: reactive[bool] = reactive(True)
     filter_text: reactive[str] = reactive("")
+    sys_mode: reactive[str] = reactive("all")  # one of SYS_MODES
 
     def __init__(
         self,
@@ -103,6 +122,7 @@ class LogView(ScrollView, can_focus=True):
         self._records: list[LogRecord] = []
         self._view: list[LogRecord] = []
         self._seq = 0
+        self._events = 0  # records that are supervisor lines (kept through a flood)
         self._scope_app: str | None = None
         self._scope_worker: int | None = None
         self._app_colour: dict[str, int] = {}
@@ -126,7 +146,7 @@ class LogView(ScrollView, can_focus=True):
         return self._view
 
     def append(self, lines: Iterable[dict[str, Any]]) -> None:
-        batch = list(lines)[-self.max_lines :]  # older ones would be pruned at once
+        batch = newest(list(lines), self.max_lines)  # older ones would be pruned at once
         added: list[LogRecord] = []
         for line in batch:
             self._seq += 1
@@ -141,6 +161,8 @@ class LogView(ScrollView, can_focus=True):
             )
             if rec.app not in self._app_colour:
                 self._app_colour[rec.app] = len(self._app_colour) % APP_COLOURS
+            if rec.event:
+                self._events += 1
             added.append(rec)
         if not added:
             return
@@ -191,6 +213,7 @@ class LogView(ScrollView, can_focus=True):
     def clear(self) -> None:
         self._records.clear()
         self._view.clear()
+        self._events = 0
         self._cache.clear()
         self._width = 0
         self._resize_virtual()
@@ -201,6 +224,8 @@ class LogView(ScrollView, can_focus=True):
         excess = len(self._records) - self.max_lines
         if excess <= 0:
             return 0
+        if self._events:
+            return self._prune_output(excess)
         del self._records[:excess]
         first = self._records[0].seq
         gone = 0
@@ -209,6 +234,30 @@ class LogView(ScrollView, can_focus=True):
         if gone:
             del self._view[:gone]
         return gone
+
+    def _prune_output(self, excess: int) -> int:
+        """Drop the oldest output past max_lines, keeping the supervisor's lines (up to
+        MAX_EVENTS of them) where they are; returns how many shown lines went."""
+        extra_events = max(0, self._events - MAX_EVENTS)
+        dropped: set[int] = set()
+        for rec in self._records:
+            if excess <= 0 and extra_events <= 0:
+                break
+            if rec.event:
+                if extra_events > 0:
+                    extra_events -= 1
+                    excess -= 1
+                    dropped.add(rec.seq)
+            elif excess > 0:
+                excess -= 1
+                dropped.add(rec.seq)
+        if not dropped:
+            return 0
+        self._records = [r for r in self._records if r.seq not in dropped]
+        self._events = sum(1 for r in self._records if r.event)
+        before = len(self._view)
+        self._view = [r for r in self._view if r.seq not in dropped]
+        return before - len(self._view)
 
     # -- scope and filter -----------------------------------------------------
 
@@ -225,9 +274,11 @@ class LogView(ScrollView, can_focus=True):
     @property
     def _filtering(self) -> bool:
         scoped = self._scope_app is not None or self._scope_worker is not None
-        return scoped or bool(self.filter_text)
+        return scoped or bool(self.filter_text) or self.sys_mode != "all"
 
     def _matches(self, rec: LogRecord) -> bool:
+        if self.sys_mode != "all" and (rec.stream == "sys") != (self.sys_mode == "only"):
+            return False
         if self._scope_worker is not None:
             if rec.worker != self._scope_worker:
                 return False
@@ -249,6 +300,9 @@ class LogView(ScrollView, can_focus=True):
         self.refresh()
 
     def watch_filter_text(self) -> None:
+        self._rebuild()
+
+    def watch_sys_mode(self) -> None:
         self._rebuild()
 
     def watch_timestamps(self) -> None:
@@ -348,12 +402,10 @@ class LogView(ScrollView, can_focus=True):
         start = len(line)
         raw = rec.text.expandtabs()
         if _ANSI in raw:
-            body = Text.from_ansi(raw, no_wrap=True, end="")
-            body.plain = (
-                _CONTROL.sub("�", body.plain) if _CONTROL.search(body.plain) else body.plain
-            )
+            # Colours (SGR) stay; every other control is shown, one character for one.
+            body = Text.from_ansi(visible_except_sgr(raw), no_wrap=True, end="")
         else:
-            body = Text(_CONTROL.sub("�", raw), no_wrap=True, end="")
+            body = Text(visible(raw), no_wrap=True, end="")
         if rec.stream == "err":
             body.stylize_before(self.style_of("logview--err"))
         elif rec.stream == "sys":

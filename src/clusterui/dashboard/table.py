@@ -67,6 +67,9 @@ COLUMNS = (
     "open",
 )
 MAX_SPARK = 12
+# `o` cycles these: "" is the ecosystem file's order. Largest first, as htop and k9s do.
+SORTS = ("", "cpu", "mem", "conn", "restarts", "uptime")
+SORT_MARK = "▼"
 
 
 def choose_layout(avail: int, name_w: int) -> Layout:
@@ -191,6 +194,14 @@ class ProcessTable(ScrollView, can_focus=True):
         self._layout = choose_layout(120, 10)
         self._snapshot: dict[str, Any] = {"apps": [], "workers": []}
         self._history = History()
+        self.sort_by = ""  # one of SORTS
+
+    def cycle_sort(self) -> str:
+        """Sort by the next column of SORTS (the grouping by app stays); returns it."""
+        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self._labels_of = None
+        self.relayout()
+        return self.sort_by
 
     def on_resize(self) -> None:
         self.relayout()
@@ -425,6 +436,7 @@ class ProcessTable(ScrollView, can_focus=True):
         """The column labels, which depend on the layout alone."""
         if self._labels_of is None or self._labels_of[0] != self._layout:
             self._labels_of = (self._layout, tuple(self._label(key) for key in COLUMNS))
+            self._header = None
         return self._labels_of[1]
 
     def _row_width(self) -> int:
@@ -469,6 +481,9 @@ class ProcessTable(ScrollView, can_focus=True):
         label, width, justify = labels[key]
         if width == 0:
             return Text(HIDDEN, end="")
+        if key == self.sort_by:
+            short = {"uptime": "up", "conn": self._rate_label.split("/")[0]}
+            label = (label if len(label) < 6 else short.get(key, label)) + SORT_MARK
         if key in ("cpu", "mem", "conn"):
             # over the figure (right-aligned), not over the sparkline
             return _cell(label.rjust(6), width)
@@ -481,9 +496,21 @@ class ProcessTable(ScrollView, can_focus=True):
         workers_by_app: dict[str, list[dict[str, Any]]] = {}
         for w in snapshot.get("workers", []):
             workers_by_app.setdefault(w["app"], []).append(w)
-        for app in snapshot.get("apps", []):
+        apps = list(snapshot.get("apps", []))
+        by = self.sort_by
+        if by:
+            # Groups stay whole: apps by their total (uptime: their longest-lived worker),
+            # then each app's workers among themselves. Stable: ties keep the file order.
+            def total(app: dict[str, Any]) -> float:
+                values = [_sort_value(w, by) for w in workers_by_app.get(app["name"], [])]
+                return max(values, default=0.0) if by == "uptime" else sum(values)
+
+            apps.sort(key=total, reverse=True)
+        for app in apps:
             name = app["name"]
             workers = sorted(workers_by_app.get(name, []), key=lambda w: w["instance"])
+            if by:
+                workers.sort(key=lambda w: _sort_value(w, by), reverse=True)
             rows[app_key(name)] = (
                 Selection(name),
                 _bind(self._app_cells, app, workers),
@@ -591,6 +618,13 @@ class ProcessTable(ScrollView, can_focus=True):
             self._metric_cell(fmt_rate(rate), series["conn_rate"], "conn", None),
             _cell(str(sum(int(w.get("active") or 0) for w in workers)), 5, justify="right"),
         )
+
+
+def _sort_value(w: dict[str, Any], by: str) -> float:
+    if by != "restarts" and w.get("pid") is None:
+        return 0.0  # not running: no figures, last among the live ones
+    field = {"cpu": "cpu", "mem": "memory", "conn": _rate_key(w)}.get(by, by)
+    return float(w.get(field) or 0)
 
 
 def _reports_requests(w: dict[str, Any]) -> bool:

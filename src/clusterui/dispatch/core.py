@@ -54,6 +54,7 @@ HUP = select.EPOLLHUP
 _ACCEPT_RETRY = {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EPERM}
 _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _CONN_ANC_LEVEL = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+LOST_WINDOW = 4096  # conn datagrams remembered for a worker's "lost" report
 # struct tcp_info: on a listening socket, tcpi_unacked is the accept queue's length.
 _TCPI_UNACKED = struct.Struct("I")
 _TCPI_UNACKED_OFFSET = 24
@@ -83,6 +84,8 @@ class Backend:
         "err_window",
         "err_count",
         "err_suppressed",
+        "sent_sizes",
+        "sent_conns",
         "node",
         "rbuf",
         "obuf",
@@ -108,6 +111,10 @@ class Backend:
         self.drain_pending = False  # the drain message still has to go out
         self.handed = 0
         self.closed = 0  # as reported by the worker
+        # Fd counts of the last conn datagrams sent, the newest last, and how many were
+        # sent in all: a worker that lost fds of datagram N (its fd limit) says so.
+        self.sent_sizes: collections.deque[int] = collections.deque(maxlen=LOST_WINDOW)
+        self.sent_conns = 0
         self.pipes = 0  # proxy mode: open forwarded connections
         self.probe: socket.socket | None = None
         self.next_probe = 0.0
@@ -595,15 +602,29 @@ class Dispatcher:
             self.dirty = True
         elif kind == "ready":
             self._set_ready(w)
+        elif kind == "lost":
+            # The kernel dropped fds of conn datagram `seq` the worker could not install
+            # (its fd limit): those connections are gone, count them closed.
+            seq, got = msg.get("seq"), msg.get("got")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (seq, got)):
+                raise proto.ProtocolError('"lost" needs whole numbers "seq" and "got"')
+            first = w.sent_conns - len(w.sent_sizes) + 1
+            if first <= seq <= w.sent_conns:
+                n = w.sent_sizes[seq - first] - got
+                if n > 0:
+                    w.closed = min(w.closed + n, w.handed)
+                    self.dirty = True
         elif kind == "metrics":
             values = msg.get("values")
             if not isinstance(values, dict):
                 raise proto.ProtocolError('"metrics" needs an object "values"')
-            clean = {
-                str(k): v
-                for k, v in values.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+            clean = {}
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    # One character past the limit: the supervisor still refuses it.
+                    clean[str(k)[: proto.METRIC_NAME_LEN_MAX + 1]] = v
+                    if len(clean) >= proto.METRIC_NAMES_MAX:
+                        break  # the supervisor keeps no more than this per worker anyway
             if clean:
                 self._emit({"t": "metrics", "id": w.id, "values": clean})
         else:
@@ -886,6 +907,8 @@ class Dispatcher:
             for fd in chunk:
                 os.close(fd)
             w.handed += len(chunk)
+            w.sent_sizes.append(len(chunk))
+            w.sent_conns += 1
             w.queued.append(len(chunk))
             w.queued_fds += len(chunk)
         return []

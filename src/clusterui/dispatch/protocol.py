@@ -15,6 +15,11 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# What a worker may publish in one `metrics` message and keep per slot (the supervisor
+# enforces them: core/metric_cap.py; the dispatcher trims what it forwards).
+METRIC_NAMES_MAX = 32  # distinct names per worker slot
+METRIC_NAME_LEN_MAX = 64  # characters per name
+
 MAX_MESSAGE = 64 * 1024  # bytes of JSON in one datagram
 MAX_FDS = 253  # SCM_MAX_FD: the most fds Linux accepts in one message
 _FD_SIZE = array.array("i").itemsize

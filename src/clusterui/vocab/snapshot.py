@@ -64,7 +64,10 @@ class WorkerRow(TypedDict):
     exit_code: int | None
     exit_signal: str | None
     error: str | None
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # at most dispatch.protocol.METRIC_NAMES_MAX names
+    metrics_dropped: int  # metric updates or names refused by the cap (core/metric_cap.py)
+    draining_pids: list[int]  # older processes of this slot still draining (a reload)
+    log_dropped: int  # lines its log files could not take (a full disk), marked in them
     restart_history: list[RestartRecord]
     out_file: str
     err_file: str
@@ -139,6 +142,7 @@ LS_JSON_KEYS: tuple[str, ...] = (
     "req_rate",
     "exit_code",
     "exit_signal",
+    "draining_pids",
     "metrics",
     "error",  # why it failed, or why it is not ready (core.diagnose)
 )
@@ -146,4 +150,5 @@ LS_JSON_KEYS: tuple[str, ...] = (
 
 def ls_json(workers: list[WorkerRow]) -> list[dict[str, Any]]:
     """The rows `clusterui ls --json` prints."""
-    return [{k: w[k] for k in LS_JSON_KEYS} for w in workers]  # type: ignore[literal-required]
+    # .get: a key an older supervisor does not send is null, not a crash
+    return [{k: w.get(k) for k in LS_JSON_KEYS} for w in workers]

@@ -85,6 +85,7 @@ class LogHub:
         self._timer: asyncio.TimerHandle | None = None
         self._sys_sink: LogSink | None = None
         self._sys_stamp = compile_date_format(SUPERVISOR_DATE_FORMAT)
+        self._open_error: dict[str, str] = {}  # path → why it could not be opened, last time
         # path → (inode, size, mtime) when this hub first opened it (None: it did not exist):
         # what lies before is earlier supervisors' output, which `history` reads back.
         self._origins: dict[str, tuple[int, int, float] | None] = {}
@@ -139,6 +140,9 @@ class LogHub:
             if fd is None:
                 continue
             sink = self._acquire(path, spec.log_max_size, spec.log_retain)
+            if sink is None and path != os.devnull:
+                # In the app's own log view and describe too, not only a passing notice.
+                self.emit(worker_id, app, instance, self._open_error.get(path, "no log file"))
             cap._pipes.append(StreamCapture(self, cap, stream, fd, sink, stamp))
         cap._left = len(cap._pipes)
         if cap._left:
@@ -354,11 +358,16 @@ class LogHub:
         if sink is None:
             self._origin(path)  # before our first write to it
             try:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                folder = os.path.dirname(path)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, mode=0o700, exist_ok=True)
                 sink = LogSink(path, max_size, retain)
             except OSError as exc:
-                self._report(f"cannot open log file {path}: {exc.strerror or exc}")
+                message = f"cannot open log file {path}: {exc.strerror or exc}"
+                self._open_error[path] = message
+                self._report(message)
                 return None
+            self._open_error.pop(path, None)
             self._sinks[path] = sink
         sink.refs += 1
         return sink
@@ -379,10 +388,31 @@ class LogHub:
         try:
             sink.flush()
         except OSError as exc:
-            # Disk full or similar: the buffer is dropped rather than grown without bound.
+            # Disk full or similar: the buffer is dropped rather than grown without bound;
+            # the file gets a line counting the gap once it can be written again.
             if not sink.failed:
                 sink.failed = True
-                self._report(f"cannot write log file {sink.path}: {exc.strerror or exc}")
+                message = (
+                    f"cannot write log file {sink.path}: {exc.strerror or exc}; "
+                    "lines are dropped from it (counted) until it can be written again"
+                )
+                self._report(message)
+                if sink is not self._sys_sink:
+                    for worker_id, app, instance in self._writers_of(sink):
+                        self.emit(worker_id, app, instance, message)
+
+    def _writers_of(self, sink: LogSink) -> list[tuple[int, str, int]]:
+        """The workers whose capture writes to `sink` now."""
+        return [
+            (cap.worker_id, cap.app, cap.instance)
+            for cap in list(self._captures)
+            if any(pipe.sink is sink for pipe in cap._pipes)
+        ]
+
+    def dropped(self, path: str) -> int:
+        """Lines this hub could not write to the file at `path` (a full disk)."""
+        sink = self._sinks.get(path)
+        return sink.dropped_total if sink is not None else 0
 
     def _report(self, message: str) -> None:
         if self.notice is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clusterui.vocab.logs import SKIPPED
+
 # Longer lines are cut into pieces of this size (each piece a line), so nothing buffers
 # without bound. Equal to READ_SIZE: then only the first line of a read can be too long.
 MAX_LINE = 64 * 1024
@@ -28,9 +30,6 @@ class LogLine:
             "time": self.time,
             "text": self.text,
         }
-
-
-SKIPPED = " lines not shown live (too fast to follow); the log file has them all"
 
 
 def skipped_note(worker: int, app: str, instance: int, n: int, t: float) -> LogLine:

@@ -6,6 +6,8 @@ import contextlib
 import os
 import stat
 
+from clusterui.core import safefs
+
 
 class LogSink:
     """One log file opened for append; shared (refcounted) by every stream writing to it.
@@ -25,6 +27,13 @@ class LogSink:
         self.pending = 0
         self.dirty = False
         self.failed = False  # a write error was reported; report again only after a success
+        # Lines lost to write errors (a full disk) since the last good write, and in all;
+        # the next good write first puts a line saying how many, so the gap is visible.
+        self.dropped = 0
+        self.dropped_total = 0
+        self.torn = False  # the file ends inside a line (a write stopped half-way)
+        self.error = ""
+        self._wrote = 0  # bytes of the current flush written so far
         self.fd = -1
         self.size = 0
         self.regular = True
@@ -32,10 +41,10 @@ class LogSink:
         self._open()
 
     def _open(self, truncate: bool = False) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        if truncate:
-            flags |= os.O_TRUNC
-        self.fd = os.open(self.path, flags, 0o644)
+        # Never through a link another user planted (see core/safefs); truncated only
+        # once the file is known to be ours.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self.fd = safefs.open_file(self.path, flags, 0o644, truncate=truncate)
         st = os.fstat(self.fd)
         self.regular = stat.S_ISREG(st.st_mode)
         self.size = st.st_size
@@ -55,12 +64,34 @@ class LogSink:
         self.pending = 0
         if self.closed:
             return
-        if self.fd < 0:
-            self._open()  # a rotation or reopen failed earlier: try again (raises if not)
-        if self.max_size and self.regular:
-            self._write_rotating(data)
-        else:
-            self._write_all(data, 0, len(data))
+        marker = b""
+        if self.dropped:
+            # Never glue the next line to a torn one; say what is missing, and why.
+            marker = b"%sclusterui: %d line(s) dropped here (%s)\n" % (
+                b"\n" if self.torn else b"",
+                self.dropped,
+                self.error.encode(),
+            )
+            data = marker + data
+        self._wrote = 0
+        try:
+            if self.fd < 0:
+                self._open()  # a rotation or reopen failed earlier: try again (raises if not)
+            if self.max_size and self.regular:
+                self._write_rotating(data)
+            else:
+                self._write_all(data, 0, len(data))
+        except OSError as exc:
+            lost = data[self._wrote :]
+            n = lost.count(b"\n") - (1 if self._wrote < len(marker) else 0)
+            self.dropped += n
+            self.dropped_total += n
+            if self._wrote:
+                self.torn = data[self._wrote - 1 : self._wrote] != b"\n"
+            self.error = exc.strerror or str(exc)
+            raise
+        self.dropped = 0
+        self.torn = False
         self.failed = False
 
     def _write_rotating(self, data: bytes) -> None:
@@ -87,6 +118,7 @@ class LogSink:
             n = os.write(self.fd, view[start:end])
             start += n
             self.size += n
+            self._wrote += n
 
     def _rotate(self) -> None:
         os.close(self.fd)
@@ -94,9 +126,9 @@ class LogSink:
         if self.retain:
             for i in range(self.retain - 1, 0, -1):
                 with contextlib.suppress(FileNotFoundError):
-                    os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                    safefs.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self.path, f"{self.path}.1")
+                safefs.replace(self.path, f"{self.path}.1")
             self._open()
         else:
             self._open(truncate=True)

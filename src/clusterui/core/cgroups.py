@@ -1,0 +1,146 @@
+"""A cgroup (v2) per worker process, so nothing a worker starts escapes a stop.
+
+A process group is not enough: a worker's child can call setsid() and leave it, and
+then outlives `stop`, `down` and even a SIGKILLed supervisor, keeping ports and pipes.
+A cgroup cannot be left. Each worker is put into its own cgroup,
+`<our cgroup2>/clusterui-<supervisor pid>/w<serial>`, between fork and exec; when the
+worker's main process exits, `cgroup.kill` ends everything still in it, and the folder
+is removed once empty. If the supervisor dies, the guardian kills the whole
+`clusterui-<pid>` subtree with one write (see guardian.py).
+
+Where cgroup v2 is not mounted or not writable (not root, no delegation), `CgroupTree.open`
+returns None and says why; the supervisor then falls back to being a child subreaper
+(see reaper.py), with the limits documented in RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+PREFIX = "clusterui-"
+
+
+def cgroup2_mount() -> str | None:
+    """Where the unified (v2) hierarchy is mounted: /sys/fs/cgroup on a pure v2 system,
+    often /sys/fs/cgroup/unified on a hybrid one; None if it is not mounted."""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "cgroup2":
+                    return fields[1].replace("\\040", " ")
+    except OSError:
+        pass
+    return None
+
+
+def own_cgroup2() -> str | None:
+    """This process's cgroup in the v2 hierarchy ("0::/path" in /proc/self/cgroup)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+class CgroupTree:
+    """The supervisor's folder of worker cgroups."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @classmethod
+    def open(cls, owner_pid: int) -> tuple[CgroupTree | None, str]:
+        """Create `clusterui-<owner_pid>` under our cgroup; (tree, "") or (None, why)."""
+        mount = cgroup2_mount()
+        if mount is None:
+            return None, "cgroup v2 is not mounted"
+        mine = own_cgroup2()
+        if mine is None:
+            return None, "this process is in no cgroup v2 (no 0:: line in /proc/self/cgroup)"
+        base = os.path.join(mount, mine.lstrip("/"))
+        _remove_stale(base)
+        root = os.path.join(base, f"{PREFIX}{owner_pid}")
+        try:
+            os.mkdir(root, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            return None, f"cannot create a cgroup under {base}: {exc.strerror or exc}"
+        if not os.access(os.path.join(root, "cgroup.kill"), os.W_OK):
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+            return None, f"{root} has no writable cgroup.kill (kernel older than 5.14?)"
+        return cls(root), ""
+
+    def create(self, serial: int) -> str | None:
+        """The folder for one worker process (made now), or None if that failed."""
+        path = os.path.join(self.root, f"w{serial}")
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+        return path
+
+    @staticmethod
+    def kill(path: str) -> None:
+        """SIGKILL every process in the cgroup at `path` (and below it)."""
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+
+    @staticmethod
+    def populated(path: str) -> bool:
+        try:
+            with open(os.path.join(path, "cgroup.events")) as f:
+                return "populated 1" in f.read()
+        except OSError:
+            return False
+
+    @staticmethod
+    def remove(path: str) -> bool:
+        """Remove an empty cgroup; False while processes are still dying in it."""
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Clean shutdown: every worker is stopped; kill stragglers, remove the folders."""
+        self.kill(self.root)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.root):
+                if name.startswith("w"):
+                    self.remove(os.path.join(self.root, name))
+        self.remove(self.root)
+
+
+def _remove_stale(base: str) -> None:
+    """Folders of supervisors that are gone (their guardian could not remove them while
+    killed processes waited to be reaped): kill what is left, remove what is empty."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(PREFIX) :]
+        if not name.startswith(PREFIX) or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        CgroupTree(os.path.join(base, name)).close()
+
+
+def enter(path: str) -> None:
+    """In the forked child, before exec: move this process into the cgroup at `path`."""
+    fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)

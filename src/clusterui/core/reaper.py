@@ -1,0 +1,60 @@
+"""The fallback where no cgroup per worker is possible: the supervisor is a child
+subreaper (PR_SET_CHILD_SUBREAPER), so a worker's descendants that outlive it (a
+setsid() daemon, a double fork) are re-parented to the supervisor instead of init,
+and `sweep` kills and reaps every child the supervisor did not start itself.
+
+Limits (documented in RELIABILITY.md): a descendant is only caught once the worker
+it came from has exited; and a supervisor killed with SIGKILL cannot sweep, so what
+escaped the process groups then survives (with cgroups, the guardian kills it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Iterable
+
+_PR_SET_CHILD_SUBREAPER = 36
+_active = False
+
+
+def become_subreaper() -> bool:
+    global _active
+    libc = ctypes.CDLL(None, use_errno=True)
+    _active = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _active
+
+
+def active() -> bool:
+    return _active
+
+
+def children(pid: int | None = None) -> set[int]:
+    """The pids whose parent is `pid` (default: us), from /proc/PID/task/*/children."""
+    pid = pid or os.getpid()
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            found.update(int(p) for p in f.read().split())
+    return found
+
+
+def sweep(known: Iterable[int]) -> list[int]:
+    """SIGKILL (with its group) and reap every child of ours not in `known`."""
+    keep = set(known)
+    killed = []
+    for pid in children() - keep:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)  # SIGKILLed: returns at once
+        killed.append(pid)
+    return killed
