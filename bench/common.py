@@ -1,5 +1,6 @@
 """Helpers the benchmarks and the tests share: errors, running clusterui, waiting, free
-ports, the machine lock, a control connection, an HTTP load client, cleaning up processes.
+ports, the machine lock, a control connection, one GET (get) and one HTTP load client
+(Load), cleaning up processes.
 
 tests/support.py imports the generic ones from here, so each is defined once.
 """
@@ -23,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from clusterui.core.listener import free_port as free_port  # the one definition
 
@@ -198,11 +199,17 @@ def get(
     return answer
 
 
-class Answered(NamedTuple):
-    sent: float  # time.monotonic()
-    answered: float  # time.monotonic()
-    pid: int
-    at: float  # time.time() when answered
+@dataclass
+class Result:
+    """One request of a Load: start and end on time.monotonic(), `at` (its end) on
+    time.time() for comparing with the supervisor's timestamps; pid None unless answered."""
+
+    start: float
+    end: float
+    pid: int | None
+    error: str | None
+    client: int = 0
+    at: float = 0.0
 
 
 PID = re.compile(r"\bpid (\d+)")  # the example apps all answer with their "pid N"
@@ -219,10 +226,8 @@ class Load:
     ok, failed (repr of each failure), outcomes ("ok", "refused", the exception's class
     name, or "bad answer"), answers ((sent, answered, pid) when the body named a pid),
     bodies (how often each 200 body came) and closes_seen (keep-alive answers that said
-    Connection: close) are read while it runs or after. answers are Answered tuples: sent
-    and answered on time.monotonic(), `at` (answered) on time.time() for comparing with
-    the supervisor's timestamps. pause() holds the clients until none is in flight;
-    resume() lets them go on.
+    Connection: close) are read while it runs or after. pause() holds the clients until
+    none is in flight; resume() lets them go on.
     """
 
     def __init__(
@@ -244,7 +249,7 @@ class Load:
         self.ok = 0
         self.failed: list[str] = []
         self.outcomes: Counter[str] = Counter()
-        self.answers: list[Answered] = []
+        self.results: list[Result] = []
         self.bodies: Counter[str] = Counter()
         self.closes_seen = 0
         self.lock = threading.Lock()
@@ -252,7 +257,36 @@ class Load:
         self._gate = threading.Event()
         self._gate.set()
         self._inflight = 0
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.concurrency = threads
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
+        ]
+
+    @property
+    def answers(self) -> list[Result]:
+        return [r for r in list(self.results) if r.pid is not None]
+
+    def ok_count(self, since: float = 0.0) -> int:
+        """Answers that ended at or after `since` (time.monotonic())."""
+        return sum(1 for r in list(self.results) if r.error is None and r.end >= since)
+
+    def failures(self) -> list[Result]:
+        return [r for r in list(self.results) if r.error is not None]
+
+    def first_from(self, exclude: set[int], since: float) -> Result | None:
+        for r in list(self.results):
+            if r.end >= since and r.pid is not None and r.pid not in exclude:
+                return r
+        return None
+
+    def pids_since(self, since: float) -> set[int]:
+        return {r.pid for r in list(self.results) if r.pid is not None and r.end >= since}
+
+    def first_answer_from(self, pids: set[int], since: float) -> Result | None:
+        for r in list(self.results):
+            if r.pid in pids and r.end >= since:
+                return r
+        return None
 
     def pause(self) -> None:
         self._gate.clear()
@@ -264,7 +298,7 @@ class Load:
     def served_between(self, start: float, end: float) -> list[int]:
         """The pids that answered between two time.time() readings."""
         with self.lock:
-            return [a.pid for a in self.answers if start <= a.at <= end]
+            return [r.pid for r in self.results if r.pid is not None and start <= r.at <= end]
 
     def __enter__(self) -> Load:
         for t in self._threads:
@@ -282,7 +316,7 @@ class Load:
             if t.ident is not None:  # started
                 t.join(self.timeout + 5)
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         conn: http.client.HTTPConnection | None = None
         headers = {} if self.keep_alive else {"Connection": "close"}
         while not self._stop.is_set():
@@ -307,8 +341,10 @@ class Load:
                 conn = None
                 refused = isinstance(exc, ConnectionRefusedError)
                 outcome = "refused" if refused else type(exc).__name__
+                end = time.monotonic()
                 with self.lock:
                     self._inflight -= 1
+                    self.results.append(Result(sent, end, None, repr(exc), index, time.time()))
                     self.failed.append(repr(exc))
                     self.outcomes["bad answer" if isinstance(exc, _BadAnswer) else outcome] += 1
                 if refused and self.refused_pause:
@@ -322,9 +358,8 @@ class Load:
                 self.ok += 1
                 self.outcomes["ok"] += 1
                 self.bodies[body] += 1
-                if m:
-                    pid = int(m.group(1))
-                    self.answers.append(Answered(sent, time.monotonic(), pid, time.time()))
+                pid = int(m.group(1)) if m else None
+                self.results.append(Result(sent, time.monotonic(), pid, None, index, time.time()))
                 if closes and self.keep_alive:
                     self.closes_seen += 1
             if self.interval:
@@ -335,112 +370,6 @@ class Load:
 
 class _BadAnswer(Exception):
     """A non-200 status, or no pid where one was expected."""
-
-
-@dataclass
-class Result:
-    start: float
-    end: float
-    pid: int | None
-    error: str | None
-    client: int = 0
-
-
-class HttpLoad:
-    """Closed-loop HTTP/1.1 clients in a background asyncio loop; every request recorded."""
-
-    def __init__(
-        self,
-        port: int,
-        concurrency: int = 4,
-        keep_alive: bool = False,
-        timeout: float = 10.0,
-        pause: float = 0.0,  # seconds each client waits between requests (soak.py)
-    ):
-        self.port = port
-        self.pause = pause
-        self.concurrency = concurrency
-        self.keep_alive = keep_alive
-        self.timeout = timeout
-        self.results: list[Result] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        conn = b"keep-alive" if keep_alive else b"close"
-        self._request = b"GET / HTTP/1.1\r\nHost: chaos\r\nConnection: " + conn + b"\r\n\r\n"
-
-    def __enter__(self) -> HttpLoad:
-        self._thread.start()
-        wait_for(lambda: self.ok() > 20, 30, "load to get going")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout + 5)
-
-    def ok(self, since: float = 0.0) -> int:
-        return sum(1 for r in list(self.results) if r.error is None and r.end >= since)
-
-    ok_count = ok
-
-    def failures(self) -> list[Result]:
-        return [r for r in list(self.results) if r.error is not None]
-
-    def first_from(self, exclude: set[int], since: float) -> Result | None:
-        for r in list(self.results):
-            if r.end >= since and r.pid is not None and r.pid not in exclude:
-                return r
-        return None
-
-    def pids_since(self, since: float) -> set[int]:
-        return {r.pid for r in list(self.results) if r.pid is not None and r.end >= since}
-
-    def first_answer_from(self, pids: set[int], since: float) -> Result | None:
-        for r in list(self.results):
-            if r.pid in pids and r.end >= since:
-                return r
-        return None
-
-    async def _run(self) -> None:
-        clients = [asyncio.ensure_future(self._client(i)) for i in range(self.concurrency)]
-        while not self._stop.is_set():
-            await asyncio.sleep(0.02)
-        await asyncio.wait(clients, timeout=self.timeout + 1)
-        for c in clients:
-            c.cancel()
-
-    async def _client(self, index: int) -> None:
-        reader = writer = None
-        while not self._stop.is_set():
-            start = time.monotonic()
-            pid = error = None
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection("127.0.0.1", self.port), self.timeout
-                    )
-                writer.write(self._request)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                body = await asyncio.wait_for(reader.readexactly(length), self.timeout)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"bad answer {head[:40]!r}")
-                pid = int(body.rsplit(b" pid ", 1)[1])
-                if not self.keep_alive or b"connection: close" in head.lower():
-                    writer.close()
-                    writer = None
-            except Exception as exc:  # recorded: failures are the data
-                error = repr(exc)
-                if writer is not None:
-                    writer.close()
-                writer = None
-            self.results.append(Result(start, time.monotonic(), pid, error, index))
-            if self.pause:
-                await asyncio.sleep(self.pause)
-        if writer is not None:
-            writer.close()
 
 
 def kill_all(procs: list[Any], grace: float = 3.0) -> None:

@@ -79,8 +79,8 @@ def round_(handed_in: bool, clients: int) -> dict[str, float]:
         wait_for(lambda: new_answers() > 200, 60, "answers from the next supervisor")
         load.stop()
         answers, outcomes = load.answers, load.outcomes
-        first_new = min(a.answered for a in answers if a.pid not in old)
-        queued = sum(1 for a in answers if a.pid not in old and killed < a.sent < first_new)
+        first_new = min(a.end for a in answers if a.pid not in old)
+        queued = sum(1 for a in answers if a.pid not in old and killed < a.start < first_new)
         lost = sum(n for k, n in outcomes.items() if k not in ("ok", "refused"))
         return {
             "ok": outcomes["ok"],

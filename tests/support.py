@@ -1,6 +1,7 @@
 """The tests' helpers, each defined once: a private CLUSTERUI_HOME with the real CLI, a
-started web app, HTTP clients and load, and (from bench/common.py, shared with the
-benchmarks) polling, free ports, a control connection and an HTTP load recorder."""
+started web app, a counted batch of requests (close_requests), and (from bench/common.py,
+shared with the benchmarks) polling, free ports, a control connection, one GET (get) and
+one HTTP load client (Load)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from common import (  # noqa: E402  (bench/common.py: shared with the benchmarks
     WEB,
     Answer,
     Control,
-    HttpLoad,
     Load,
     Result,
     free_port,
@@ -39,7 +39,6 @@ __all__ = [
     "Answer",
     "Control",
     "Env",
-    "HttpLoad",
     "Load",
     "Result",
     "close_requests",

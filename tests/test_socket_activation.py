@@ -129,9 +129,9 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
     assert set(out) == {"ok"}, out  # no reset, no timeout, no short answer
     # Connections made while no supervisor ran waited in the socket's queue and were
     # answered by the next one's workers.
-    first_new = min(a.answered for a in load.answers if a.pid not in old_workers)
+    first_new = min(a.end for a in load.answers if a.pid not in old_workers)
     queued = [
-        a for a in load.answers if a.pid not in old_workers and killed_at < a.sent < first_new
+        a for a in load.answers if a.pid not in old_workers and killed_at < a.start < first_new
     ]
     assert queued, "no connection was made during the restart"
     print(f"{out} queued={len(queued)} restart={first_new - killed_at:.2f}s")
