@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +88,45 @@ def test_unmodified_app_serves_one_port_in_strict_round_robin(cu, node_apps, scr
     # Every worker's listen() saw the same shared address, as in Node's cluster module.
     out = logs(cu, script.removesuffix(".js"))
     assert out.count(f"listening on {port}") + out.count(f'"port":{port}') == 2, out
+
+
+def test_request_metrics_from_an_unmodified_express_app(cu, node_apps):
+    """The preload counts the app's HTTP requests: req/s, in flight and p50/p99 reach
+    `ls --json` like the Python hosts' figures, and the rate falls back to 0."""
+    port = free_port()
+    cu.env["APP_PORT"] = str(port)
+    start(cu, node_apps / "express_app.js", "-i", "2")
+    online(cu, 2)
+    stop = threading.Event()
+
+    def hammer() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not stop.is_set():
+            conn.request("GET", "/slow?ms=20")  # keep-alive, 20 ms each
+            resp = conn.getresponse()
+            assert resp.status == 200
+            resp.read()
+        conn.close()
+
+    def busy() -> list[dict]:
+        rows = cu.ls()
+        return rows if all((w["req_rate"] or 0) > 0 for w in rows) else []
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        rows = wait_for(busy, 20, "req_rate > 0 on both Node workers")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    for w in rows:
+        m = w["metrics"]
+        assert w["req_rate"] == m["req_rate"] > 0, m
+        assert 20.0 <= m["p50_ms"] <= m["p99_ms"], m  # the endpoint waits 20 ms
+        assert "in_flight" in m
+    wait_for(lambda: all(w["req_rate"] == 0 for w in cu.ls()), 15, "req_rate back to 0")
 
 
 def test_listen_zero_is_one_random_port_for_all_workers(cu, node_apps):

@@ -618,17 +618,21 @@ class Dispatcher:
             values = msg.get("values")
             if not isinstance(values, dict):
                 raise proto.ProtocolError('"metrics" needs an object "values"')
-            clean = {}
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    # One character past the limit: the supervisor still refuses it.
-                    clean[str(k)[: proto.METRIC_NAME_LEN_MAX + 1]] = v
-                    if len(clean) >= proto.METRIC_NAMES_MAX:
-                        break  # the supervisor keeps no more than this per worker anyway
-            if clean:
-                self._emit({"t": "metrics", "id": w.id, "values": clean})
+            self._forward_metrics(w, values)
         else:
             raise proto.ProtocolError(f"unknown message type {kind!r}")
+
+    def _forward_metrics(self, w: Backend, values: dict[str, Any]) -> None:
+        """A worker's figures to the supervisor, numbers only, trimmed to the caps."""
+        clean = {}
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                # One character past the limit: the supervisor still refuses it.
+                clean[str(k)[: proto.METRIC_NAME_LEN_MAX + 1]] = v
+                if len(clean) >= proto.METRIC_NAMES_MAX:
+                    break  # the supervisor keeps no more than this per worker anyway
+        if clean:
+            self._emit({"t": "metrics", "id": w.id, "values": clean})
 
     def _set_ready(self, w: Backend) -> None:
         if w.ready:
@@ -1032,6 +1036,8 @@ class Dispatcher:
                 self.dirty = True
         elif kind == "listen":
             self._node_listen(w, msg)
+        elif kind == "metrics" and isinstance(msg.get("values"), dict):
+            self._forward_metrics(w, msg["values"])  # the preload's request figures
 
     def _node_listen(self, w: Backend, msg: dict[str, Any]) -> None:
         """A worker's server.listen(): answer with the shared socket's address."""

@@ -148,6 +148,78 @@
     });
   }
 
+  // ---- request figures: req/s, in flight, p50/p99 over 10 s (as clusterui/reqstats.py) --
+
+  const SAMPLES = 2048; // latencies kept per second (a uniform sample beyond)
+  const WINDOW_NS = 10n * 1000000000n;
+  const stats = { inFlight: 0, done: 0, seen: 0, batch: [], window: [], last: {}, timer: null };
+
+  function countRequests(server) {
+    const http = require('http');
+    const https = require('https');
+    if (!(server instanceof http.Server || server instanceof https.Server)) return;
+    server.prependListener('request', (req, res) => {
+      const started = process.hrtime.bigint();
+      let ended = false;
+      stats.inFlight++;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        stats.inFlight--;
+        stats.done++;
+        stats.seen++;
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        if (stats.batch.length < SAMPLES) stats.batch.push(ms);
+        else {
+          const slot = Math.floor(Math.random() * stats.seen);
+          if (slot < SAMPLES) stats.batch[slot] = ms;
+        }
+      };
+      res.once('finish', end);
+      res.once('close', end);
+    });
+    if (stats.timer === null) {
+      stats.at = process.hrtime.bigint();
+      stats.timer = setInterval(reportRequests, 1000);
+      stats.timer.unref();
+    }
+  }
+
+  function percentile(sorted, q) {
+    const rank = Math.max(1, Math.min(sorted.length, Math.ceil((q / 100) * sorted.length)));
+    return sorted[rank - 1];
+  }
+
+  function reportRequests() {
+    const now = process.hrtime.bigint();
+    const elapsed = Math.max(Number(now - stats.at) / 1e9, 1e-3);
+    stats.at = now;
+    const done = stats.done;
+    stats.done = 0;
+    stats.seen = 0;
+    if (stats.batch.length) {
+      stats.window.push([now, stats.batch]);
+      stats.batch = [];
+    }
+    while (stats.window.length && now - stats.window[0][0] > WINDOW_NS) stats.window.shift();
+    const figures = { req_rate: Math.round((done / elapsed) * 10) / 10, in_flight: stats.inFlight };
+    if (stats.window.length) {
+      const merged = [].concat(...stats.window.map((w) => w[1])).sort((a, b) => a - b);
+      figures.p50_ms = Math.round(percentile(merged, 50) * 100) / 100;
+      figures.p99_ms = Math.round(percentile(merged, 99) * 100) / 100;
+    }
+    const changed = {};
+    let any = false;
+    for (const [name, value] of Object.entries(figures)) {
+      if (stats.last[name] !== value) {
+        changed[name] = value;
+        stats.last[name] = value;
+        any = true;
+      }
+    }
+    if (any) send({ t: 'metrics', values: changed }); // an idle worker: one 0, then nothing
+  }
+
   function register(server, args) {
     // sockets: each open connection -> its last activity (kept during a drain only)
     const entry = { server, handle: null, sockets: new Map(), reffed: false };
@@ -157,6 +229,7 @@
     servers.add(entry);
     server._handle = entry.handle;
     entries.add(entry);
+    countRequests(server);
     originalListen2.apply(server, args); // emits 'listening' on the next tick
     process.nextTick(maybeReady);
   }
