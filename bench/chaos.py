@@ -51,7 +51,7 @@ sys.path.insert(0, str(BENCH))
 from common import (  # noqa: E402
     WEB,
     Control,
-    HttpLoad,
+    Load,
     bench_lock,
     free_port,
     wait_for,
@@ -226,12 +226,12 @@ class Kill:
 
 def kills(
     sup: Supervisor, port: int, n: int, concurrency: int, keep_alive: bool, rng: random.Random
-) -> tuple[list[Kill], HttpLoad, int]:
+) -> tuple[list[Kill], Load, int]:
     ctl = sup.ctl
     assert ctl is not None
     out: list[Kill] = []
     instants: list[float] = []
-    with HttpLoad(port, concurrency, keep_alive=keep_alive) as load:
+    with Load(port, concurrency, keep_alive=keep_alive) as load:
         for _ in range(n):
             # A victim that has been up past min_uptime (1 s): a crash of a stable worker,
             # so the restart policy does not count an unstable streak.
@@ -286,14 +286,14 @@ def stops(
     ctl = sup.ctl
     assert ctl is not None
     out = []
-    with HttpLoad(port, QUEUE_CAP + 40) as load:
+    with Load(port, QUEUE_CAP + 40) as load:
         for _ in range(n):
             rows = ctl.workers("web")
             frozen = rng.choice(rows)["pid"]
             others = {w["pid"] for w in rows} - {frozen}
             t0 = time.monotonic()
             wait_for(lambda t=t0: time.monotonic() - t > seconds, seconds + 1, "baseline")
-            base_rate = load.ok(t0) / seconds
+            base_rate = load.ok_count(t0) / seconds
             os.kill(frozen, signal.SIGSTOP)
             t_stop = time.monotonic()
             try:
@@ -322,7 +322,7 @@ def stops(
                     "stranded_after_stop": sum(1 for r in stranded if r.start > t_stop),
                 }
             )
-        wait_for(lambda: load.ok(time.monotonic() - 0.5) > 0, 10, "load after the stops")
+        wait_for(lambda: load.ok_count(time.monotonic() - 0.5) > 0, 10, "load after the stops")
     out.append({"failures": len(load.failures())})
     return out
 
@@ -353,7 +353,7 @@ def main() -> int:
             idle = anchor(opts.anchor)
             # The same start while the cluster is under the kill phase's load: the new
             # worker competes for the CPU with the clients and the other workers.
-            with HttpLoad(port, opts.concurrency):
+            with Load(port, opts.concurrency):
                 loaded = anchor(opts.anchor)
         report["anchor_idle"], report["anchor_loaded"] = idle, loaded
         print("\nanchor: examples/web.py started alone (no manager), exec → first answer")
@@ -367,7 +367,7 @@ def main() -> int:
             failures = [k.failed for k in done]
             report[f"kills_{'keepalive' if keep_alive else 'close'}"] = {
                 "kills": [asdict(k) for k in done],
-                "ok": load.ok(),
+                "ok": load.ok_count(),
                 "failed": len(load.failures()),
                 "failed_not_at_a_kill": stray,
             }
@@ -388,7 +388,8 @@ def main() -> int:
             ratio = median_ms / (statistics.median(loaded) * 1000)
             print(f"  serving median / loaded standalone start median: {ratio:.2f}×")
             print(
-                f"  requests: {load.ok()} ok, {len(load.failures())} failed in {len(done)} kills; "
+                f"  requests: {load.ok_count()} ok, {len(load.failures())} failed"
+                f" in {len(done)} kills; "
                 f"per kill: max {max(failures)}, mean {statistics.mean(failures):.2f} "
                 f"(bound: the connections the victim held, at most {opts.concurrency})"
             )

@@ -1,5 +1,6 @@
 """Helpers the benchmarks and the tests share: errors, running clusterui, waiting, free
-ports, the machine lock, a control connection, an HTTP load client, cleaning up processes.
+ports, the machine lock, a control connection, one GET (get) and one HTTP load client
+(Load), cleaning up processes.
 
 tests/support.py imports the generic ones from here, so each is defined once.
 """
@@ -9,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,53 +166,109 @@ class Control:
             self.sock.close()
 
 
+class Answer(str):
+    """An HTTP answer's body (a str, so `"hello" in get(port)` reads naturally) and its
+    status code (`.status`)."""
+
+    status: int
+
+    def __new__(cls, body: str, status: int) -> Answer:
+        answer = super().__new__(cls, body)
+        answer.status = status
+        return answer
+
+
+def get(
+    port: int,
+    path: str = "/",
+    *,
+    close: bool = True,
+    timeout: float = 10.0,
+    expect: int | None = None,
+) -> Answer:
+    """One GET on 127.0.0.1:port (with `Connection: close` unless close=False); the body,
+    with the status as `.status`. expect=200: any other status is an AssertionError."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)  # no proxy settings
+    try:
+        conn.request("GET", path, headers={"Connection": "close"} if close else {})
+        resp = conn.getresponse()
+        answer = Answer(resp.read().decode(errors="replace"), resp.status)
+    finally:
+        conn.close()
+    assert expect is None or answer.status == expect, (answer.status, answer[:80])
+    return answer
+
+
 @dataclass
 class Result:
+    """One request of a Load: start and end on time.monotonic(), `at` (its end) on
+    time.time() for comparing with the supervisor's timestamps; pid None unless answered."""
+
     start: float
     end: float
     pid: int | None
     error: str | None
     client: int = 0
+    at: float = 0.0
 
 
-class HttpLoad:
-    """Closed-loop HTTP/1.1 clients in a background asyncio loop; every request recorded."""
+PID = re.compile(r"\bpid (\d+)")  # the example apps all answer with their "pid N"
+
+
+class Load:
+    """Client threads sending GET after GET until stopped: every request is counted, none
+    retried. A failure is any exception (refused, reset, timeout, short answer), a non-200
+    status, or (expect_pid) a body without "pid N".
+
+    keep_alive: one connection per thread, reused until the server says Connection: close;
+    otherwise a new connection with `Connection: close` for each request.
+
+    ok, failed (repr of each failure), outcomes ("ok", "refused", the exception's class
+    name, or "bad answer"), answers ((sent, answered, pid) when the body named a pid),
+    bodies (how often each 200 body came) and closes_seen (keep-alive answers that said
+    Connection: close) are read while it runs or after. pause() holds the clients until
+    none is in flight; resume() lets them go on.
+    """
 
     def __init__(
         self,
         port: int,
-        concurrency: int = 4,
+        threads: int = 4,
+        *,
         keep_alive: bool = False,
+        path: str = "/",
         timeout: float = 10.0,
-        pause: float = 0.0,  # seconds each client waits between requests (soak.py)
-    ):
-        self.port = port
-        self.pause = pause
-        self.concurrency = concurrency
-        self.keep_alive = keep_alive
-        self.timeout = timeout
+        warmup: int = 20,
+        expect_pid: bool = True,
+        interval: float = 0.0,
+        refused_pause: float = 0.0,
+    ) -> None:
+        self.port, self.path, self.keep_alive = port, path, keep_alive
+        self.timeout, self.warmup, self.expect_pid = timeout, warmup, expect_pid
+        self.interval, self.refused_pause = interval, refused_pause
+        self.ok = 0
+        self.failed: list[str] = []
+        self.outcomes: Counter[str] = Counter()
         self.results: list[Result] = []
+        self.bodies: Counter[str] = Counter()
+        self.closes_seen = 0
+        self.lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        conn = b"keep-alive" if keep_alive else b"close"
-        self._request = b"GET / HTTP/1.1\r\nHost: chaos\r\nConnection: " + conn + b"\r\n\r\n"
+        self._gate = threading.Event()
+        self._gate.set()
+        self._inflight = 0
+        self.concurrency = threads
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
+        ]
 
-    def __enter__(self) -> HttpLoad:
-        self._thread.start()
-        wait_for(lambda: self.ok() > 20, 30, "load to get going")
-        return self
+    @property
+    def answers(self) -> list[Result]:
+        return [r for r in list(self.results) if r.pid is not None]
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout + 5)
-
-    def ok(self, since: float = 0.0) -> int:
+    def ok_count(self, since: float = 0.0) -> int:
+        """Answers that ended at or after `since` (time.monotonic())."""
         return sum(1 for r in list(self.results) if r.error is None and r.end >= since)
-
-    ok_count = ok
 
     def failures(self) -> list[Result]:
         return [r for r in list(self.results) if r.error is not None]
@@ -228,44 +288,88 @@ class HttpLoad:
                 return r
         return None
 
-    async def _run(self) -> None:
-        clients = [asyncio.ensure_future(self._client(i)) for i in range(self.concurrency)]
-        while not self._stop.is_set():
-            await asyncio.sleep(0.02)
-        await asyncio.wait(clients, timeout=self.timeout + 1)
-        for c in clients:
-            c.cancel()
+    def pause(self) -> None:
+        self._gate.clear()
+        wait_for(lambda: self._inflight == 0, what="requests in flight to finish")
 
-    async def _client(self, index: int) -> None:
-        reader = writer = None
+    def resume(self) -> None:
+        self._gate.set()
+
+    def served_between(self, start: float, end: float) -> list[int]:
+        """The pids that answered between two time.time() readings."""
+        with self.lock:
+            return [r.pid for r in self.results if r.pid is not None and start <= r.at <= end]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        if self.warmup:
+            wait_for(lambda: self.ok > self.warmup, 30, "load to get going")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t.ident is not None:  # started
+                t.join(self.timeout + 5)
+
+    def _run(self, index: int) -> None:
+        conn: http.client.HTTPConnection | None = None
+        headers = {} if self.keep_alive else {"Connection": "close"}
         while not self._stop.is_set():
-            start = time.monotonic()
-            pid = error = None
+            if not self._gate.wait(0.1):
+                continue
+            with self.lock:
+                self._inflight += 1
+            sent = time.monotonic()
             try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection("127.0.0.1", self.port), self.timeout
-                    )
-                writer.write(self._request)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                body = await asyncio.wait_for(reader.readexactly(length), self.timeout)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"bad answer {head[:40]!r}")
-                pid = int(body.rsplit(b" pid ", 1)[1])
-                if not self.keep_alive or b"connection: close" in head.lower():
-                    writer.close()
-                    writer = None
-            except Exception as exc:  # recorded: failures are the data
-                error = repr(exc)
-                if writer is not None:
-                    writer.close()
-                writer = None
-            self.results.append(Result(start, time.monotonic(), pid, error, index))
-            if self.pause:
-                await asyncio.sleep(self.pause)
-        if writer is not None:
-            writer.close()
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                conn.request("GET", self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace")
+                closes = resp.will_close
+                m = PID.search(body)
+                if resp.status != 200 or (self.expect_pid and not m):
+                    raise _BadAnswer(f"bad answer {resp.status} {body[:60]!r}")
+            except Exception as exc:  # counted: failures are what the callers assert on
+                if conn is not None:
+                    conn.close()
+                conn = None
+                refused = isinstance(exc, ConnectionRefusedError)
+                outcome = "refused" if refused else type(exc).__name__
+                end = time.monotonic()
+                with self.lock:
+                    self._inflight -= 1
+                    self.results.append(Result(sent, end, None, repr(exc), index, time.time()))
+                    self.failed.append(repr(exc))
+                    self.outcomes["bad answer" if isinstance(exc, _BadAnswer) else outcome] += 1
+                if refused and self.refused_pause:
+                    time.sleep(self.refused_pause)
+                continue
+            if closes or not self.keep_alive:
+                conn.close()
+                conn = None
+            with self.lock:
+                self._inflight -= 1
+                self.ok += 1
+                self.outcomes["ok"] += 1
+                self.bodies[body] += 1
+                pid = int(m.group(1)) if m else None
+                self.results.append(Result(sent, time.monotonic(), pid, None, index, time.time()))
+                if closes and self.keep_alive:
+                    self.closes_seen += 1
+            if self.interval:
+                time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+
+class _BadAnswer(Exception):
+    """A non-200 status, or no pid where one was expected."""
 
 
 def kill_all(procs: list[Any], grace: float = 3.0) -> None:

@@ -48,7 +48,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaos import Supervisor  # noqa: E402
-from common import WEB, Control, HttpLoad, bench_lock, free_port, wait_for  # noqa: E402
+from common import WEB, Control, Load, bench_lock, free_port, wait_for  # noqa: E402
 
 READY_SH = """\
 printf '{"t":"ready"}' >&"$CLUSTERUI_CHANNEL_FD"
@@ -85,7 +85,7 @@ def dispatchers(sup_pid: int) -> dict[int, str]:
 
 
 class Sampler(threading.Thread):
-    def __init__(self, sup_pid: int, every: float, loads: list[HttpLoad]):
+    def __init__(self, sup_pid: int, every: float, loads: list[Load]):
         super().__init__(daemon=True)
         self.sup = psutil.Process(sup_pid)
         self.every = every
@@ -110,7 +110,7 @@ class Sampler(threading.Thread):
                 "children": len(kids),
                 "disp_rss": d_rss,
                 "disp_fds": d_fds,
-                "ok": sum(load.ok() for load in self.loads),
+                "ok": sum(load.ok_count() for load in self.loads),
                 "failed": sum(len(load.failures()) for load in self.loads),
             }
         )
@@ -349,8 +349,8 @@ def main() -> int:
             clients = 8
             pause = clients / opts.rate
             loads = [
-                HttpLoad(port, clients // 2, keep_alive=False, pause=pause),
-                HttpLoad(port, clients // 2, keep_alive=True, pause=pause),
+                Load(port, clients // 2, keep_alive=False, interval=pause),
+                Load(port, clients // 2, keep_alive=True, interval=pause),
             ]
             soak = Soak(sup, ctl, rng)
             sampler = Sampler(sup.pid, opts.sample, loads)
@@ -377,7 +377,7 @@ def main() -> int:
             print(f"refused operations: {len(soak.refused)}")
             for line in soak.refused[:10]:
                 print(f"  {line}")
-            ok = sum(load.ok() for load in loads)
+            ok = sum(load.ok_count() for load in loads)
             print(
                 f"requests: {ok} ok, {len(failures)} failed; failed by the operation under "
                 f"way: {dict(soak.charge(failures))}"

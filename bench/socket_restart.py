@@ -12,34 +12,22 @@ dies and is started again; handed in, `up` starts a new supervisor on the socket
 from __future__ import annotations
 
 import argparse
-import collections
+import http.client
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from common import BenchError, bench_lock, free_port, wait_for
+from common import BenchError, Load, bench_lock, free_port, get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESTART_ALWAYS = str(ROOT / "tests" / "restart_always.py")
 WEB = str(ROOT / "examples" / "web.py")
-
-
-def get(port: int, timeout: float = 30.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-    return data
 
 
 def round_(handed_in: bool, clients: int) -> dict[str, float]:
@@ -63,63 +51,36 @@ def round_(handed_in: bool, clients: int) -> dict[str, float]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    outcomes: collections.Counter[str] = collections.Counter()
-    answers: list[tuple[float, float, int]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            sent = time.monotonic()
-            try:
-                data = get(port)
-            except ConnectionRefusedError:
-                with lock:
-                    outcomes["refused"] += 1
-                time.sleep(0.01)  # as a client retrying would
-                continue
-            except OSError as exc:
-                with lock:
-                    outcomes[type(exc).__name__] += 1
-                continue
-            m = re.search(rb"pid (\d+)\n$", data)
-            with lock:
-                if data.startswith(b"HTTP/1.1 200") and m:
-                    outcomes["ok"] += 1
-                    answers.append((sent, time.monotonic(), int(m.group(1))))
-                else:
-                    outcomes["bad answer"] += 1
-
+    load = Load(
+        port, clients, timeout=30, warmup=0, refused_pause=0.01
+    )  # retries as a client would
     pidfile = root / "home" / "supervisor.pid"
     try:
 
         def answers_once() -> bool:
             try:
-                return get(port, 5).startswith(b"HTTP/1.1 200")
-            except OSError:
+                return get(port, timeout=5).status == 200
+            except (OSError, http.client.HTTPException):
                 return False
 
         wait_for(answers_once, 60, "a first answer")
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: outcomes["ok"] > 200, 30, "load under way")
-        with lock:
-            old = {pid for *_, pid in answers}
+        load.__enter__()
+        wait_for(lambda: load.ok > 200, 30, "load under way")
+        with load.lock:
+            old = {a.pid for a in load.answers}
         first = int(pidfile.read_text())
         os.kill(first, signal.SIGKILL)
         killed = time.monotonic()
 
         def new_answers() -> int:
-            with lock:
-                return sum(1 for *_, pid in answers if pid not in old)
+            with load.lock:
+                return sum(1 for a in load.answers if a.pid not in old)
 
         wait_for(lambda: new_answers() > 200, 60, "answers from the next supervisor")
-        stop.set()
-        for t in threads:
-            t.join(60)
-        first_new = min(a for _s, a, pid in answers if pid not in old)
-        queued = sum(1 for s, _a, pid in answers if pid not in old and killed < s < first_new)
+        load.stop()
+        answers, outcomes = load.answers, load.outcomes
+        first_new = min(a.end for a in answers if a.pid not in old)
+        queued = sum(1 for a in answers if a.pid not in old and killed < a.start < first_new)
         lost = sum(n for k, n in outcomes.items() if k not in ("ok", "refused"))
         return {
             "ok": outcomes["ok"],
@@ -129,7 +90,7 @@ def round_(handed_in: bool, clients: int) -> dict[str, float]:
             "gap": first_new - killed,
         }
     finally:
-        stop.set()
+        load.stop()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -48,7 +49,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, bench_lock, clusterui_bin, free_port, kill_all, run, tail, wait_for  # noqa: E402
+from common import (  # noqa: E402
+    BenchError,
+    bench_lock,
+    clusterui_bin,
+    free_port,
+    get,
+    kill_all,
+    run,
+    tail,
+    wait_for,
+)  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -73,13 +84,12 @@ def feedback_window() -> float:
 GREETING_DEFAULT = re.compile(
     r"""os\.environ\.get\(\s*["']GREETING["']\s*,\s*["'][^"']*["']\s*\)"""
 )
-ANSWER = re.compile(rb"^(\S+) from web instance (\d+) pid (\d+)")
+ANSWER = re.compile(r"^(\S+) from web instance (\d+) pid (\d+)")
 
 
 # ---- HTTP, just enough ---------------------------------------------------------------------
 
 
-REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 REQUEST_KEEP = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
@@ -112,16 +122,6 @@ def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, bool
     body = bytes(buf[:length])
     del buf[:length]
     return status, body, b"\r\nconnection: close" in head
-
-
-def get_close(port: int, timeout: float = 2.0) -> bytes:
-    """One `Connection: close` request; the body, or an exception."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(REQUEST_CLOSE)
-        status, body, _ = read_response(sock, bytearray())
-    if status != 200:
-        raise ConnectionError(f"HTTP {status}")
-    return body
 
 
 # ---- the load process -------------------------------------------------------------------
@@ -163,10 +163,14 @@ def load_main(port: int, close_conns: int, keep_conns: int, rate: float) -> None
     def close_loop() -> None:
         def step() -> None:
             try:
-                get_close(port)
-                ok("close_ok")
-            except (OSError, NoResponse) as exc:
+                answer = get(port, timeout=2.0)
+            except (OSError, http.client.HTTPException) as exc:
                 report("close_failed", describe(exc))
+                return
+            if answer.status == 200:
+                ok("close_ok")
+            else:
+                report("close_failed", f"HTTP {answer.status}")
 
         paced(step)
 
@@ -387,8 +391,8 @@ def measure_edit(
     while time.monotonic() < deadline:
         edit.polls += 1
         try:
-            body = get_close(port)
-        except (OSError, NoResponse):
+            body = get(port, timeout=2.0, expect=200)
+        except (OSError, http.client.HTTPException, AssertionError):
             time.sleep(opts.poll_interval)
             continue  # the load process counts failures; the poller only watches
         now = time.monotonic()
@@ -396,7 +400,7 @@ def measure_edit(
         if not m:
             edit.notes.append(f"unexpected answer {body[:40]!r}")
             continue
-        greeting, pid = m.group(1).decode(), int(m.group(3))
+        greeting, pid = m.group(1), int(m.group(3))
         if greeting == edit.greeting and pid not in before:
             if edit.first_new is None:
                 edit.first_new = now - t0
@@ -415,9 +419,9 @@ def measure_edit(
     # Stragglers: anything still answering with the old code after "all new".
     until = time.monotonic() + opts.straggler_window
     while time.monotonic() < until:
-        with contextlib.suppress(OSError, NoResponse):
-            m = ANSWER.match(get_close(port))
-            if m and m.group(1).decode() != edit.greeting:
+        with contextlib.suppress(OSError, http.client.HTTPException, AssertionError):
+            m = ANSWER.match(get(port, timeout=2.0, expect=200))
+            if m and m.group(1) != edit.greeting:
                 edit.stragglers += 1
         time.sleep(opts.poll_interval)
     # The reload is over (lock released, old workers gone) before the next save.
@@ -517,8 +521,8 @@ def bench(opts: argparse.Namespace) -> tuple[list[Edit], dict[str, Any], list[di
 
 def _answers(port: int) -> bool:
     try:
-        return bool(ANSWER.match(get_close(port)))
-    except (OSError, NoResponse):
+        return bool(ANSWER.match(get(port, timeout=2.0, expect=200)))
+    except (OSError, http.client.HTTPException, AssertionError):
         return False
 
 

@@ -1,10 +1,10 @@
 """The tests' helpers, each defined once: a private CLUSTERUI_HOME with the real CLI, a
-started web app, HTTP clients and load, and (from bench/common.py, shared with the
-benchmarks) polling, free ports, a control connection and an HTTP load recorder."""
+started web app, a counted batch of requests (close_requests), and (from bench/common.py,
+shared with the benchmarks) polling, free ports, a control connection, one GET (get) and
+one HTTP load client (Load)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -24,19 +24,21 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from common import (  # noqa: E402  (bench/common.py: shared with the benchmarks)
     WEB,
+    Answer,
     Control,
-    HttpLoad,
+    Load,
     Result,
     free_port,
+    get,
     wait_for,
     wait_for_async,
 )
 
 __all__ = [
     "WEB",
+    "Answer",
     "Control",
     "Env",
-    "HttpLoad",
     "Load",
     "Result",
     "close_requests",
@@ -146,62 +148,6 @@ def web_app(
     r = cu.run("up", "-d")
     assert r.returncode == 0, r.stderr
     return port
-
-
-def get(port: int, close: bool = True) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"} if close else {})
-        return conn.getresponse().read().decode()
-    finally:
-        conn.close()
-
-
-class Load:
-    """Client threads hammering a port until stopped; counts answers and failures."""
-
-    def __init__(self, port: int, threads: int = 4, keep_alive: bool = False):
-        self.port = port
-        self.keep_alive = keep_alive
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        wait_for(lambda: self.ok > 20, 10, "load to get going")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
-
-    def _run(self) -> None:
-        conn = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/", headers={} if self.keep_alive else {"Connection": "close"})
-                resp = conn.getresponse()
-                body = resp.read()
-                if resp.status != 200 or b" pid " not in body:
-                    raise RuntimeError(f"bad answer {resp.status} {body[:60]!r}")
-                with self._lock:
-                    self.ok += 1
-                if not self.keep_alive or resp.will_close:
-                    conn.close()
-                    conn = None
-            except Exception as exc:
-                with self._lock:
-                    self.failed.append(repr(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
 
 
 def close_requests(port: int, count: int, concurrency: int = 16) -> str:

@@ -6,7 +6,7 @@ bounds are generous so a loaded CI machine does not make them flaky.
 
 This module also holds the small clients the other hardening tests use
 (test_resources.py, test_bad_input.py): `Control` (the supervisor's socket) and
-`HttpLoad` (HTTP clients in a background asyncio loop).
+`Load` (HTTP client threads).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 import pytest
 import support
-from support import Control, HttpLoad, free_port, wait_for
+from support import Control, Load, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ def test_sigkill_random_workers_under_load(cu):
     rng = random.Random(os.getpid())
     kills: list[float] = []
     latencies: list[float] = []
-    with HttpLoad(port, concurrency=6) as load:
+    with Load(port, 6) as load:
         for _ in range(20):
             before = wait_for(lambda: serving_pids(ctl), 10, "3 workers online")
             instance = rng.choice(sorted(before))
@@ -102,7 +102,7 @@ def test_sigstop_worker_is_carried_by_the_others(cu):
     frozen = pids[0]
     # More clients than the frozen worker can swallow (QUEUE_CAP), so the others are
     # seen carrying the load rather than every client waiting on the frozen one.
-    with HttpLoad(port, concurrency=QUEUE_CAP + 40, timeout=30) as load:
+    with Load(port, QUEUE_CAP + 40, timeout=30) as load:
         os.kill(frozen, signal.SIGSTOP)
         try:
             t_stop = time.monotonic()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import signal
 import sys
-import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import WEB, Control, Env, free_port, wait_for
+from support import WEB, Control, Env, Load, free_port, wait_for
 
 from clusterui.core import config
 from clusterui.core.home import Home
@@ -91,68 +89,6 @@ def describe(cu: Env, app: str) -> dict:
         ctl.sock.close()
 
 
-class Load:
-    """A Python load client: `threads` clients, each one request per new connection, one
-    at a time, until stopped. pause() waits until no request is in flight."""
-
-    def __init__(self, port: int, threads: int = 1) -> None:
-        self.port = port
-        self.ok = 0
-        self.failed: list[str] = []
-        self.pids: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.lock = threading.Lock()
-        self.inflight = 0
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 60  # bounded even if the test forgets to stop it
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            if not self.gate.wait(0.1):
-                continue
-            with self.lock:
-                self.inflight += 1
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            try:
-                conn.request("GET", "/", headers={"Connection": "close"})
-                body = conn.getresponse().read().decode()
-                pid = int(body.rsplit("pid", 1)[1].split()[0])
-                with self.lock:
-                    self.pids.append((time.time(), pid))
-                    self.ok += 1
-            except (OSError, http.client.HTTPException, ValueError, IndexError) as exc:
-                with self.lock:
-                    self.failed.append(repr(exc))
-            finally:
-                conn.close()
-                with self.lock:
-                    self.inflight -= 1
-            time.sleep(0.005)
-
-    def pause(self) -> None:
-        self.gate.clear()
-        wait_for(lambda: self.inflight == 0, what="requests in flight to finish")
-
-    def resume(self) -> None:
-        self.gate.set()
-
-    def served_between(self, start: float, end: float) -> list[int]:
-        with self.lock:
-            return [pid for t, pid in self.pids if start <= t <= end]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(40)
-
-
 def test_hung_worker_is_unhealthy_gets_nothing_and_is_replaced(cu: Env) -> None:
     port = free_port()
     cu.write("hang.py", HANG_APP)
@@ -181,7 +117,7 @@ def test_hung_worker_is_unhealthy_gets_nothing_and_is_replaced(cu: Env) -> None:
         lambda: (describe(cu, "api")["workers"][1]["health"] or {}).get("ok") is True,
         what="probes pass",
     )
-    with Load(port, threads=4) as load:
+    with Load(port, 4, timeout=30, interval=0.005, warmup=0) as load:
         wait_for(lambda: load.ok > 30, what="load flowing")
         # The hang starts between requests (a request inside the worker when its loop
         # hangs is lost with it: no manager can answer that one).
@@ -226,7 +162,7 @@ def test_hung_worker_is_unhealthy_gets_nothing_and_is_replaced(cu: Env) -> None:
         window = (first_fail + 0.3, new["restart_history"][-1]["time"])
         assert window[1] - window[0] > 1.0, window  # 16 failures at 300 ms: over 4 s
         assert len(load.served_between(*window)) >= 10
-        wait_for(lambda: any(p == new["pid"] for _, p in load.pids), what="the new one serving")
+        wait_for(lambda: any(a.pid == new["pid"] for a in load.answers), what="the new one serving")
         assert victim["pid"] not in load.served_between(hung_at, time.time())
     assert load.failed == [], load.failed[:5]
     assert load.ok > 100
@@ -493,7 +429,7 @@ def test_metrics_endpoint_parses_and_moves_under_load(cu: Env) -> None:
     assert value(first, "clusterui_worker_status", app="web", status="online") == 2
     assert value(first, "clusterui_supervisor_rss_bytes") > 0
     handed0 = value(first, "clusterui_worker_connections_handed_total", app="web")
-    with Load(port) as load:
+    with Load(port, 1, timeout=30, interval=0.005, warmup=0) as load:
         wait_for(lambda: load.ok > 200, timeout=30, what="200 requests")
     wait_for(
         lambda: (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import Env, Load, free_port, wait_for
+from support import Env, Load, free_port, get, wait_for
 
 from clusterui.core import config
 
@@ -46,17 +46,6 @@ def node_apps() -> Path:
         )
         STAMP.write_text(digest)
     return NODE_DIR
-
-
-def get(port: int) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return resp.read().decode()
-    finally:
-        conn.close()
 
 
 def pid_of(body: str) -> int:
@@ -93,7 +82,7 @@ def test_unmodified_app_serves_one_port_in_strict_round_robin(cu, node_apps, scr
     rows = online(cu, 2)
     described = cu.run("describe", script.removesuffix(".js")).stdout
     assert f"(cluster, round-robin on [::]:{port})" in described
-    pids = [pid_of(get(port)) for _ in range(10)]
+    pids = [pid_of(get(port, expect=200)) for _ in range(10)]
     assert set(pids) == {w["pid"] for w in rows}
     assert pids[0::2] == [pids[0]] * 5 and pids[1::2] == [pids[1]] * 5, pids
     # Every worker's listen() saw the same shared address, as in Node's cluster module.
@@ -147,7 +136,7 @@ def test_listen_zero_is_one_random_port_for_all_workers(cu, node_apps):
     ports = set(re.findall(r'"port":(\d+)', logs(cu, "http_app")))
     assert len(ports) == 1 and ports != {"0"}, ports  # one random port, for both
     port = int(ports.pop())
-    assert len({pid_of(get(port)) for _ in range(4)}) == 2
+    assert len({pid_of(get(port, expect=200)) for _ in range(4)}) == 2
     assert f"round-robin on [::]:{port})" in cu.run("describe", "http_app").stdout
 
 
@@ -196,7 +185,7 @@ def test_wait_ready_gates_on_process_send_ready(cu, node_apps):
     assert took >= 1.5, took
     out = logs(cu, "web")
     assert out.count(f"listening on {port}") == 2
-    assert len({pid_of(get(port)) for _ in range(4)}) == 2
+    assert len({pid_of(get(port, expect=200)) for _ in range(4)}) == 2
 
 
 def test_wait_ready_without_ready_is_diagnosed(cu, node_apps):
@@ -418,7 +407,7 @@ def test_a_killed_dispatcher_is_replaced_and_node_workers_keep_serving(cu, node_
 
 def _two_pids(port: int) -> set[int] | None:
     try:
-        pids = {pid_of(get(port)) for _ in range(4)}
+        pids = {pid_of(get(port, expect=200)) for _ in range(4)}
     except OSError:
         return None
     return pids if len(pids) == 2 else None

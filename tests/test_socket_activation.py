@@ -10,21 +10,19 @@ is a plain Python client (one new connection per request, 16 at a time), no wrk.
 
 from __future__ import annotations
 
-import collections
+import http.client
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from support import WEB, Env, free_port, wait_for
+from support import WEB, Env, Load, free_port, get, wait_for
 
 from clusterui.core import inherit
 from clusterui.core.spec import parse_listen
@@ -36,55 +34,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None,
     reason="systemd-socket-activate is not installed",
 )
-
-
-def get(port: int, timeout: float = 30.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-    return data
-
-
-class Load:
-    """CLIENTS threads doing request after request; every outcome is counted."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.outcomes: collections.Counter[str] = collections.Counter()
-        self.answers: list[tuple[float, float, int]] = []  # (sent, answered, worker pid)
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run) for _ in range(CLIENTS)]
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            try:
-                data = get(self.port)
-            except ConnectionRefusedError:
-                outcome, pid = "refused", 0
-            except OSError as exc:
-                outcome, pid = type(exc).__name__, 0
-            else:
-                m = re.search(rb"pid (\d+)\n$", data)
-                ok = data.startswith(b"HTTP/1.1 200") and m
-                outcome, pid = ("ok", int(m.group(1))) if ok else (f"bad {data[:30]!r}", 0)
-            with self.lock:
-                self.outcomes[outcome] += 1
-                if pid:
-                    self.answers.append((sent, time.monotonic(), pid))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 CASES = {
@@ -156,9 +105,9 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
     wait_for(lambda: _answers(port), timeout=60, what="the first answer")
     first = env.supervisor_pid()
     assert first is not None
-    with Load(port) as load:
+    with Load(port, CLIENTS, timeout=30, warmup=0) as load:
         wait_for(lambda: load.outcomes["ok"] > 200, timeout=30, what="load under way")
-        old_workers = {pid for _s, _a, pid in load.answers}
+        old_workers = {a.pid for a in load.answers}
         if restarter == "systemd":  # the whole service died: `up` too
             up = psutil.Process(proc.pid).children()[0]
             up.kill()
@@ -168,7 +117,7 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
 
         def new_workers_answered() -> int:
             with load.lock:
-                return sum(1 for _s, _a, pid in load.answers if pid not in old_workers)
+                return sum(1 for a in load.answers if a.pid not in old_workers)
 
         wait_for(lambda: new_workers_answered() > 200, timeout=60, what="the new supervisor")
     second = env.supervisor_pid()
@@ -180,9 +129,9 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
     assert set(out) == {"ok"}, out  # no reset, no timeout, no short answer
     # Connections made while no supervisor ran waited in the socket's queue and were
     # answered by the next one's workers.
-    first_new = min(a for _s, a, pid in load.answers if pid not in old_workers)
+    first_new = min(a.end for a in load.answers if a.pid not in old_workers)
     queued = [
-        (s, a) for s, a, pid in load.answers if pid not in old_workers and killed_at < s < first_new
+        a for a in load.answers if a.pid not in old_workers and killed_at < a.start < first_new
     ]
     assert queued, "no connection was made during the restart"
     print(f"{out} queued={len(queued)} restart={first_new - killed_at:.2f}s")
@@ -190,8 +139,8 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
 
 def _answers(port: int) -> bool:
     try:
-        return get(port, timeout=5).startswith(b"HTTP/1.1 200")
-    except OSError:
+        return get(port, timeout=5).status == 200
+    except (OSError, http.client.HTTPException):
         return False
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 import asyncssh
 import psutil
 import pytest
-from support import Env, free_port, kill_ours, wait_for
+from support import Env, free_port, get, kill_ours, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin (not resolved: the symlink is the venv)
@@ -235,17 +234,6 @@ def chart_seconds(screen: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def get(port: int) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # no proxy settings
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.status
-        return resp.read().decode()
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def rig(cu: Env) -> Iterator[tuple[Sshd, Tmux]]:
     if os.geteuid() != 0:
@@ -319,7 +307,7 @@ def test_dropped_ssh_session_leaves_the_apps_and_attach_finds_them(
     assert cu.supervisor_pid() == supervisor and cu.supervisor_alive()
     assert online(cu, "web", 3) == web, workers(cu)
     assert online(cu, "logger", 1) == logger, workers(cu)
-    answers = [get(port) for _ in range(12)]
+    answers = [get(port, expect=200) for _ in range(12)]
     served = {int(a.split()[-1]) for a in answers}
     assert all(a.startswith("hello from web instance") for a in answers), answers
     assert served == set(web.values()), (served, web)  # round-robin: every worker answers

@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from support import Control, HttpLoad, wait_for, web_app
+from support import Control, Load, wait_for, web_app
 from test_chaos import QUEUE_CAP
 
 from clusterui.cli import render
@@ -47,7 +47,7 @@ def test_sigstopped_cluster_worker_is_shown_suspended_and_the_others_serve(cu):
     others = {w["pid"] for w in before} - {frozen["pid"]}
     # More clients than the frozen worker's dispatch queue can swallow, so the others are
     # seen carrying the load rather than every client waiting on the frozen one.
-    with HttpLoad(port, concurrency=QUEUE_CAP + 16, timeout=30) as load:
+    with Load(port, QUEUE_CAP + 16, timeout=30) as load:
         os.kill(frozen["pid"], signal.SIGSTOP)
         try:
             t_stop = time.monotonic()

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Control, Env, free_port, wait_for
-from web_load import Load
+from support import Control, Env, Load, free_port, get, wait_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -38,16 +37,6 @@ def up(cu: Env, apps: str) -> None:
     cu.write("ecosystem.yaml", apps)
     r = cu.run("up", "-d", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def get(port: int, path: str = "/", close: bool = True) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"} if close else {})
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
 
 
 def pids_of(cu: Env, app: str) -> list[int]:
@@ -80,10 +69,10 @@ def test_fastapi_and_django_unchanged_behind_one_port_in_round_robin(cu):
             listen_timeout: 20s
         """,
     )
-    bodies = [get(api)[1] for _ in range(9)]
+    bodies = [get(api) for _ in range(9)]
     assert {b.split()[1] for b in bodies} == {str(p) for p in pids_of(cu, "api")}
     assert_round_robin(bodies, 3)
-    bodies = [get(site)[1] for _ in range(6)]
+    bodies = [get(site) for _ in range(6)]
     assert {b.split()[1] for b in bodies} == {str(p) for p in pids_of(cu, "site")}
     assert_round_robin(bodies, 2)
 
@@ -189,7 +178,7 @@ def test_lifespan_startup_and_shutdown_once_per_worker(cu):
     )
     first = pids_of(cu, "api")
     for _ in range(4):
-        assert get(port)[0] == 200
+        assert get(port).status == 200
     r = cu.run("reload", "api", timeout=60)
     assert r.returncode == 0, r.stderr
     second = pids_of(cu, "api")
@@ -225,7 +214,7 @@ def test_request_metrics_in_ls_json_move_under_load(cu):
         rows = cu.ls()
         return rows if all((w["req_rate"] or 0) > 0 for w in rows) else []
 
-    with Load(port, path="/sleep?ms=5", threads=4, keep_alive=True):
+    with Load(port, 4, keep_alive=True, path="/sleep?ms=5", warmup=0, expect_pid=False):
         rows = wait_for(busy, 15, "req_rate > 0 on every worker")
     for w in rows:
         m = w["metrics"]
@@ -266,20 +255,19 @@ def test_zero_failed_requests_across_rolling_reloads(cu, kind, target):
     )
     for keep_alive in (True, False):
         before = set(pids_of(cu, "web"))
-        with Load(port, threads=4, keep_alive=keep_alive) as load:
-            wait_for(lambda load=load: load.result.ok > 50, 10, "load to get going")
+        with Load(port, 4, keep_alive=keep_alive, warmup=0, expect_pid=False) as load:
+            wait_for(lambda load=load: load.ok > 50, 10, "load to get going")
             r = cu.run("reload", "web", timeout=60)  # both workers, one after the other
             assert r.returncode == 0, r.stderr
-            served = load.result.ok
-            wait_for(lambda load=load, n=served: load.result.ok > n + 50, 10, "load after reload")
-        result = load.result
-        assert result.failed == 0, result.errors
+            served = load.ok
+            wait_for(lambda load=load, n=served: load.ok > n + 50, 10, "load after reload")
+        assert load.failed == [], load.failed[:20]
         after = set(pids_of(cu, "web"))
         assert not before & after
         # The new workers served too.
-        assert any(str(p) in body for body in result.bodies for p in after)
+        assert any(str(p) in body for body in load.bodies for p in after)
         if keep_alive:
-            assert result.closes_seen > 0  # draining workers said Connection: close
+            assert load.closes_seen > 0  # draining workers said Connection: close
 
 
 WSGIREF_WORKER = """\
@@ -311,7 +299,7 @@ def test_clusterui_worker_servers_report_request_metrics_too(cu):
     )
     r = cu.run("up", "-d", timeout=60)
     assert r.returncode == 0, r.stderr
-    with Load(port, threads=2, keep_alive=False):
+    with Load(port, 2, keep_alive=False, warmup=0, expect_pid=False):
         rows = wait_for(
             lambda: [w for w in cu.ls() if (w["req_rate"] or 0) > 0], 15, "req_rate from wsgiref"
         )

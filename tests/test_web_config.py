@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from support import Env, free_port, wait_for
-from test_web import assert_round_robin, get, setup_apps
+from support import Env, free_port, get, wait_for
+from test_web import assert_round_robin, setup_apps
 
 from clusterui.core import config, hosted
 from clusterui.core.expand import ExpandError, check_expansion, expand
@@ -129,7 +129,7 @@ def test_start_asgi_on_the_command_line_round_robin(cu):
     )
     assert r.returncode == 0, r.stderr
     wait_for(lambda: all(w["status"] == "online" for w in cu.ls()), 30, "online")
-    assert_round_robin([get(port)[1] for _ in range(6)], 2)
+    assert_round_robin([get(port) for _ in range(6)], 2)
     assert "asgi fastapi_main:app --no-access-log" in cu.run("describe", "fastapi_main").stdout
     r = cu.run("start", "app.py", "--asgi", "x:y")
     assert r.returncode == 2 and "one of SCRIPT, --asgi" in r.stderr
@@ -204,7 +204,7 @@ def test_shared_mode_is_online_only_once_accepting_so_reload_rolls(cu):
         assert launching["pid"] not in old and os.path.exists(f"/proc/{launching['pid']}")
         # One at a time: the other instance is online meanwhile, and the port answers.
         assert [w["status"] for w in rows].count("online") == 1
-        assert get(port)[1] == "ok"
+        assert get(port) == "ok"
     finally:
         reload.communicate(timeout=60)
     assert reload.returncode == 0
@@ -261,7 +261,7 @@ def test_shared_fd_3_connections_have_tcp_nodelay(cu):
         """,
     )
     assert cu.run("up", "-d", timeout=60).returncode == 0
-    assert get(port)[1] == "nodelay 1"
+    assert get(port) == "nodelay 1"
 
 
 def test_drain_answers_pipelined_requests_and_closes_idle_after_grace(tmp_path):
@@ -309,7 +309,7 @@ def test_drain_answers_pipelined_requests_and_closes_idle_after_grace(tmp_path):
 
 def _answers(port: int) -> bool:
     try:
-        return get(port)[0] == 200
+        return get(port).status == 200
     except OSError:
         return False
 

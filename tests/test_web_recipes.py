@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import Env, free_port, wait_for
-from test_web import get
+from support import Env, free_port, get, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).parent / "webapps"
@@ -63,8 +62,8 @@ def test_readme_recipe_serves_and_reloads(cu: Env, name: str):
     def answered_by_all() -> set[str]:
         seen = set()
         for _ in range(4 * len(workers)):
-            status, body = get(port)
-            assert status == 200, body
+            body = get(port)
+            assert body.status == 200, body
             seen.add(body)
         return seen if len(seen) >= need else set()
 
@@ -73,4 +72,4 @@ def test_readme_recipe_serves_and_reloads(cu: Env, name: str):
     wait_for(answered_by_all, 20, f"{name}: answers from more than one worker")
     r = cu.run("reload", workers[0]["app"], timeout=90)
     assert r.returncode == 0, r.stderr
-    assert get(port)[0] == 200
+    assert get(port).status == 200
