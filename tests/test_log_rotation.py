@@ -172,7 +172,8 @@ def test_log_files_are_created_0644(tmp_path):
 
 def test_a_rotation_that_cannot_open_the_new_file_loses_nothing_later(tmp_path, capfd):
     """The folder vanishes mid-rotation: that flush fails; once it is back, the next
-    flush opens the file again and writes there (never to a stale descriptor)."""
+    flush opens the file again and writes there (never to a stale descriptor), after a
+    line that counts what was dropped."""
     logs = tmp_path / "logs"
     logs.mkdir()
     path = logs / "r.log"
@@ -186,5 +187,8 @@ def test_a_rotation_that_cannot_open_the_new_file_loses_nothing_later(tmp_path, 
     write(sink, lines(11, 2))
     assert os.fstat(1).st_ino == stdout  # no descriptor of ours was closed or reused
     sink.close()
-    assert path.read_bytes() == lines(11, 2)
+    # The line that could not be written is counted where it would have been (issue 11's
+    # "mark dropped lines with a count"), then the later lines follow, whole.
+    marker = b"clusterui: 1 line(s) dropped here (No such file or directory)\n"
+    assert path.read_bytes() == marker + lines(11, 2)
     assert capfd.readouterr().out == ""
