@@ -195,13 +195,16 @@ class LogHub:
         else:
             worker_ids = list(dict.fromkeys(worker_ids))
             rings = [self._rings[w] for w in worker_ids if w in self._rings]
-        # The supervisor's lines among the n first, then the workers' newest fill the
-        # rest: a flood of output can never crowd out an exit or a reload.
+        # The newest n lines by time, except that the newest supervisor lines keep up to
+        # half of them: a flood of output cannot crowd out an exit or a reload, and a
+        # small n (`logs --lines 1`) is still simply the newest line.
         sys_lines = self.sys.tail(worker_ids, n)
-        room = n - len(sys_lines)
-        per_worker = [ring.tail(room) for ring in rings] if room > 0 else []
-        output = list(heapq.merge(*per_worker, key=attrgetter("time")))[-room:] if room else []
-        return list(heapq.merge(output, sys_lines, key=attrgetter("time")))
+        kept = min(len(sys_lines), n // 2)
+        guaranteed = sys_lines[len(sys_lines) - kept :]
+        output = heapq.merge(*(ring.tail(n) for ring in rings), key=attrgetter("time"))
+        pool = list(heapq.merge(output, sys_lines[: len(sys_lines) - kept], key=attrgetter("time")))
+        rest = pool[max(0, len(pool) - (n - kept)) :] if n > kept else []
+        return list(heapq.merge(rest, guaranteed, key=attrgetter("time")))
 
     def history(
         self, worker_id: int, app: str, instance: int, spec: AppSpec, n: int
