@@ -499,3 +499,23 @@ def test_metrics_reach_the_channel(channel, procs, tmp_path):
         "requests": 7,
         "load": 0.5,
     }
+
+
+def test_piled_up_metrics_go_out_in_datagrams_that_fit() -> None:
+    """Names piled up while the channel was full are split, never one oversized datagram
+    (which made the helper raise and the worker crash)."""
+    from clusterui.dispatch import protocol as proto
+    from clusterui.worker import _metrics_chunk
+
+    values = {f"flood{i}": float(i) for i in range(20_000)}
+    values["x" * 70_000] = 1.0  # can never fit: dropped
+    left = dict(values)
+    sent: dict[str, float] = {}
+    while left:
+        data, names = _metrics_chunk(left)
+        if data is not None:
+            assert len(data) <= proto.MAX_MESSAGE
+            sent.update(proto.decode(data)["values"])
+        for name in names:
+            del left[name]
+    assert sent == {k: v for k, v in values.items() if len(k) < 70_000}

@@ -37,6 +37,7 @@ import collections
 import contextlib
 import http.server
 import inspect
+import json
 import os
 import select
 import signal
@@ -220,6 +221,25 @@ def _listen_socket(host: str, port: int | None, reuse_port: bool, backlog: int) 
 # ---- the channel ---------------------------------------------------------------------
 
 
+def _metrics_chunk(values: Mapping[str, float]) -> tuple[bytes | None, list[str]]:
+    """The first `metrics` datagram of `values` that fits protocol v1's 64 KiB, and the
+    names it carries: a worker that piled up many names while its channel was full sends
+    them in several datagrams rather than failing. A name too long to fit alone is
+    dropped (returned with no data)."""
+    names: list[str] = []
+    size = 32  # {"t":"metrics","values":{}}
+    for name, value in values.items():
+        item = len(json.dumps(name)) + len(json.dumps(value)) + 2
+        if size + item > proto.MAX_MESSAGE:
+            break
+        names.append(name)
+        size += item
+    if not names:
+        return None, [next(iter(values))]
+    chunk = {name: values[name] for name in names}
+    return proto.encode({"t": "metrics", "values": chunk}), names
+
+
 class _Channel:
     """Our end of the handoff channel; sends never block the caller for long."""
 
@@ -270,9 +290,12 @@ class _Channel:
                     seq, got = self.lost[0]
                     self._send(proto.encode({"t": "lost", "seq": seq, "got": got}), wait)
                     del self.lost[0]
-                if self.metrics:
-                    self._send(proto.encode({"t": "metrics", "values": self.metrics}), wait)
-                    self.metrics = {}
+                while self.metrics:
+                    data, sent = _metrics_chunk(self.metrics)
+                    if data is not None:
+                        self._send(data, wait)
+                    for name in sent:  # sent, or too long to ever fit: either way done
+                        del self.metrics[name]
             except BlockingIOError:
                 return False
             except OSError:
