@@ -190,7 +190,15 @@ def test_a_watch_reload_of_a_cluster_app_fails_no_request(cu):
             script.write_text(script.read_text().replace(f'"{current}"', f'"{word}"'))
             current = word
             wait_for(lambda w=word: get(port).startswith(w), 10, f"{word} served")
-            wait_for(lambda o=old: not o & {w["pid"] for w in cu.ls()}, 10, "all replaced")
+            # Replaced and done draining (draining processes stay listed, issue 11).
+            wait_for(
+                lambda o=old: (
+                    not o
+                    & {p for w in cu.ls() for p in [w["pid"], *(w.get("draining_pids") or [])]}
+                ),
+                10,
+                "all replaced",
+            )
             # Every worker serves the new code (round-robin: four in a row cover both).
             assert {get(port).split()[0] for _ in range(4)} == {word}
     assert load.failed == [], load.failed[:5]
