@@ -439,10 +439,17 @@ def test_metrics_endpoint_parses_and_moves_under_load(cu: Env) -> None:
         timeout=20,
         what="handed connections counted",
     )
-    after = scrape(mport)
     assert load.failed == []
-    # What the workers report themselves: their request counts and rates.
-    assert value(after, "clusterui_worker_custom", app="web", name="requests") >= 200
+    # What the workers report themselves: their request counts (sent once a second).
+    after = wait_for(
+        lambda: (
+            (s := scrape(mport))
+            and value(s, "clusterui_worker_custom", app="web", name="requests") >= 200
+            and s
+        ),
+        timeout=10,
+        what="the workers' request counts",
+    )
     assert value(after, "clusterui_worker_request_rate", app="web") > 0
     assert value(after, "clusterui_worker_health_probes_total", app="web") > 0
     assert value(after, "clusterui_worker_health_up", app="web", instance="0") == 1

@@ -690,34 +690,46 @@ class App:
                     await self.restart_slot(slot, reason=reason, after_watch=after_watch)
                     replaced += 1
                     continue
+                # The old worker stays listed (draining_pids) from the moment its
+                # replacement starts: `ls` never shows a slot without the process serving it.
                 slot.proc = None
+                slot.retiring.append(old)
                 new = self.start_slot(slot, manual=True)  # counted once it takes over
-                if new is not None:
-                    new.after_watch = after_watch
                 if new is None:
-                    slot.proc = old
+                    await self._keep_old(slot, old, None)
                     raise OpError(
                         f"reload of {self.name} stopped at instance {instance}: the new worker "
                         f"failed to start ({slot.last_error}); the old worker keeps serving"
                     )
+                new.after_watch = after_watch
                 timeout = self.spec.listen_timeout / 1000
                 # Where listen_timeout also means "online anyway", let that timer win.
                 fallback = not MODES[self.spec.dispatch].dispatcher
                 ok = await self.wait_ready(new, timeout + (1.0 if fallback else 0.0))
                 if not ok:
                     exited = new.exited.done()
-                    slot.proc = old
-                    await self.stop_proc(new)
+                    await self._keep_old(slot, old, new)
                     why = "exited" if exited else f"was not ready within {timeout:g} s"
                     raise OpError(
                         f"reload of {self.name} stopped at instance {instance}: the new worker "
                         f"{why}; the old worker keeps serving"
                     )
-                slot.retiring.append(old)
                 self.record_restart(slot, reason)
                 asyncio.ensure_future(self.stop_proc(old, drain=True))
                 replaced += 1
             return f"{self.name}: reloaded {replaced} worker(s)"
+
+    async def _keep_old(self, slot: Slot, old: Proc, new: Proc | None) -> None:
+        """A reload gave up on this slot: the old worker serves it again, if it still can."""
+        if old in slot.retiring:
+            slot.retiring.remove(old)
+        slot.proc = old  # before the new one stops, so its exit is not the slot's
+        if new is not None:
+            await self.stop_proc(new)
+        if slot.proc is old and old.exited.done() and not self.removed:
+            # It died while its replacement failed: the slot starts afresh, as after a crash.
+            slot.proc = None
+            self.start_slot(slot)
 
     # ---- dispatcher events --------------------------------------------------------
 

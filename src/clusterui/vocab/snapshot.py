@@ -66,7 +66,7 @@ class WorkerRow(TypedDict):
     error: str | None
     metrics: dict[str, float]  # at most dispatch.protocol.METRIC_NAMES_MAX names
     metrics_dropped: int  # metric updates or names refused by the cap (core/metric_cap.py)
-    draining_pids: list[int]  # older processes of this slot still draining (a reload)
+    draining_pids: list[int]  # older processes a reload is replacing (serving, then draining)
     log_dropped: int  # lines its log files could not take (a full disk), marked in them
     restart_history: list[RestartRecord]
     out_file: str
