@@ -133,8 +133,14 @@ async def test_whole_app_restart_and_stop_ask_first(key: str, op: str, question:
         assert client.calls_of(op) == []
 
         await pilot.press(key)
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await pilot.press("enter")  # the focus is on Cancel: a stray enter is harmless
+        # Once the question is up, the focus is on Cancel: a stray enter is harmless.
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, ConfirmScreen) and getattr(app.focused, "id", None) == "no"
+            ),
+        )
+        await pilot.press("enter")
         await until(pilot, lambda: messages(app).count("Cancelled.") == 2)
         assert client.calls_of(op) == []
 

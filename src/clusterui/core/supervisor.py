@@ -183,6 +183,7 @@ class Supervisor:
         for app, slot in slots:
             cpu, rss, stopped = figures.get(slot.proc.pid, NO_SAMPLE) if slot.proc else NO_SAMPLE
             slot.cpu, slot.memory = cpu, rss
+            slot.metrics_gate.settle(slot.metrics)  # values held over the rate
             if slot.proc is not None and stopped != slot.proc.suspended:
                 self._set_suspended(app, slot, stopped)
             slot.conn_rate = max(0.0, (slot.connections - slot.last_connections) / TICK)
