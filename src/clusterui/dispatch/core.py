@@ -523,18 +523,8 @@ class Dispatcher:
             w.dend.close()
             w.dend = None
         if w.wend is not None:
-            for _ in range(100_000):  # bounded by the channel's buffer in practice
-                try:
-                    got = proto.recv(w.wend)
-                except OSError:
-                    break
-                if got is None:
-                    break
-                data, fds, _truncated = got
-                if data == proto.CONN or w.node:
-                    recovered.extend(fds)
-                else:
-                    proto.close_fds(fds)
+            # Node: every fd in its stream is a connection.
+            recovered, _others = _take_back(w.wend, every_fd=w.node)
             w.wend.close()
             w.wend = None
         return recovered
@@ -717,21 +707,7 @@ class Dispatcher:
         read them: it may never) and route them to the others, oldest first."""
         if w.wend is None or not w.queued_fds or not self._others_routable(w):
             return
-        recovered: list[int] = []
-        resend: list[bytes] = []
-        for _ in range(100_000):  # bounded by the channel's buffer in practice
-            try:
-                got = proto.recv(w.wend)
-            except OSError:
-                break
-            if got is None:
-                break
-            data, fds, _truncated = got
-            if data == proto.CONN:
-                recovered.extend(fds)
-            else:
-                proto.close_fds(fds)
-                resend.append(data)
+        recovered, resend = _take_back(w.wend, every_fd=False)
         for data in resend:  # a drain message keeps its meaning
             if w.dend is not None:
                 with contextlib.suppress(OSError):
@@ -1123,6 +1099,29 @@ class Dispatcher:
         self.pending.appendleft(client)
         self._route()
         self._update_listen()
+
+
+def _take_back(wend: socket.socket, every_fd: bool) -> tuple[list[int], list[bytes]]:
+    """Empty a worker's channel from the worker's end (we hold it): the fds of the conn
+    datagrams it never took off, oldest first (with every_fd, the fds of every message),
+    and the data of the other messages, whose fds are closed. Not on the path of a
+    connection: only a worker that is gone or unhealthy is emptied."""
+    recovered: list[int] = []
+    others: list[bytes] = []
+    for _ in range(100_000):  # bounded by the channel's buffer in practice
+        try:
+            got = proto.recv(wend)
+        except OSError:
+            break
+        if got is None:
+            break
+        data, fds, _truncated = got
+        if every_fd or data == proto.CONN:
+            recovered.extend(fds)
+        else:
+            proto.close_fds(fds)
+            others.append(data)
+    return recovered, others
 
 
 class _ProxiedConnection:
