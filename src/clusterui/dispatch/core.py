@@ -23,6 +23,7 @@ from typing import Any
 
 from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
+from clusterui.vocab.exits import Exit
 
 MODES = proto.DISPATCHER_MODES
 
@@ -1326,11 +1327,11 @@ def main(argv: list[str] | None = None) -> int:
     parent = os.getppid()
     set_pdeathsig()
     if os.getppid() != parent:
-        return 1  # the parent died before prctl took effect
+        return Exit.FAILED  # the parent died before prctl took effect
     mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", proto.DEFAULT_MODE)
     if mode not in MODES:
         print(f"clusterui.dispatch: unknown mode {mode!r} ({', '.join(MODES)})", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     try:
         # No listening socket yet: the supervisor sends one once a worker asks for it.
         lfd = os.environ.get("CLUSTERUI_LISTEN_FD")
@@ -1343,11 +1344,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(inherited sockets): {exc}",
             file=sys.stderr,
         )
-        return 2
+        return Exit.USAGE
     dispatcher = Dispatcher(lsock, ctl, mode)
     import gc
 
     gc.freeze()  # everything so far is long-lived; keep collections short
     with contextlib.suppress(KeyboardInterrupt):
         dispatcher.run()
-    return 0
+    return Exit.OK
