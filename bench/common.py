@@ -1,6 +1,6 @@
 """Helpers the benchmarks and the tests share: errors, running clusterui, waiting, free
 ports, the machine lock, a control connection, one GET (get) and one HTTP load client
-(Load), cleaning up processes.
+(Load), cleaning up processes, sampling processes' CPU use.
 
 tests/support.py imports the generic ones from here, so each is defined once.
 """
@@ -385,3 +385,28 @@ def kill_all(procs: list[Any], grace: float = 3.0) -> None:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(alive, timeout=grace)
+
+
+def cpu_seconds(proc: Any) -> float:
+    """The CPU time a psutil.Process has used so far, user and system, in seconds."""
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def sample_cpu(procs: dict[str, Any], seconds: float) -> dict[str, tuple[float, float]]:
+    """Watch several psutil.Processes over the same `seconds`; for each key, (its CPU use
+    over the whole window, its busiest slice of about 1 s), both in % of one core."""
+    start_wall = last_wall = time.monotonic()
+    start = {k: cpu_seconds(p) for k, p in procs.items()}
+    last = dict(start)
+    peak = dict.fromkeys(procs, 0.0)
+    end_wall = start_wall + seconds
+    while (now := time.monotonic()) < end_wall:
+        time.sleep(min(1.0, end_wall - now))
+        wall = time.monotonic()
+        for key, proc in procs.items():
+            used = cpu_seconds(proc)
+            peak[key] = max(peak[key], 100 * (used - last[key]) / (wall - last_wall))
+            last[key] = used
+        last_wall = wall
+    return {k: (100 * (last[k] - start[k]) / (last_wall - start_wall), peak[k]) for k in procs}

@@ -49,7 +49,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, bench_lock, clusterui_bin, kill_all, run, tail, wait_for  # noqa: E402
+from common import (  # noqa: E402
+    BenchError,
+    bench_lock,
+    clusterui_bin,
+    cpu_seconds,
+    kill_all,
+    run,
+    sample_cpu,
+    tail,
+    wait_for,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -129,11 +139,6 @@ def all_online(sup: Supervisor, app: str, n: int) -> list[dict[str, Any]] | None
     return ws if len(ws) == n and all(w["status"] == "online" for w in ws) else None
 
 
-def cpu_seconds(proc: Any) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
 @dataclass
 class Usage:
     cpu: float = 0.0  # % of one core over the window
@@ -142,26 +147,9 @@ class Usage:
 
 
 def measure(procs: dict[str, Any], seconds: float) -> dict[str, Usage]:
-    start_wall = last_wall = time.monotonic()
-    start = {k: cpu_seconds(p) for k, p in procs.items()}
-    last = dict(start)
-    peak = dict.fromkeys(procs, 0.0)
-    end_wall = start_wall + seconds
-    while (now := time.monotonic()) < end_wall:
-        time.sleep(min(1.0, end_wall - now))
-        wall = time.monotonic()
-        for key, proc in procs.items():
-            used = cpu_seconds(proc)
-            peak[key] = max(peak[key], 100 * (used - last[key]) / (wall - last_wall))
-            last[key] = used
-        last_wall = wall
     return {
-        k: Usage(
-            cpu=100 * (last[k] - start[k]) / (last_wall - start_wall),
-            peak=peak[k],
-            rss=p.memory_info().rss / 2**20,
-        )
-        for k, p in procs.items()
+        k: Usage(cpu=cpu, peak=peak, rss=procs[k].memory_info().rss / 2**20)
+        for k, (cpu, peak) in sample_cpu(procs, seconds).items()
     }
 
 

@@ -28,7 +28,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, bench_lock, clusterui_bin, free_port, kill_all, run, tail, wait_for
+from common import (
+    BenchError,
+    bench_lock,
+    clusterui_bin,
+    cpu_seconds,
+    free_port,
+    kill_all,
+    run,
+    tail,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "examples" / "web.py"
@@ -76,11 +86,6 @@ def running(workers: int, probes: bool) -> Iterator[tuple[Any, Any, dict[str, st
         shutil.rmtree(root, ignore_errors=True)
 
 
-def cpu(proc: Any) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
 def measure(workers: int, probes: bool, seconds: float, settle: float) -> dict[str, Any]:
     with running(workers, probes) as (supervisor, dispatcher, env):
         if probes:
@@ -93,10 +98,10 @@ def measure(workers: int, probes: bool, seconds: float, settle: float) -> dict[s
             wait_for(probed, 30, "every worker probed and passing", step=0.5)
         time.sleep(settle)
         start = time.monotonic()
-        s0, d0 = cpu(supervisor), cpu(dispatcher)
+        s0, d0 = cpu_seconds(supervisor), cpu_seconds(dispatcher)
         time.sleep(seconds)
         wall = time.monotonic() - start
-        s1, d1 = cpu(supervisor), cpu(dispatcher)
+        s1, d1 = cpu_seconds(supervisor), cpu_seconds(dispatcher)
         row: dict[str, Any] = {
             "probes": "http every 1 s" if probes else "off",
             "supervisor_cpu": 100 * (s1 - s0) / wall,

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, clusterui_bin, kill_all, run, tail, wait_for  # noqa: E402
+from common import BenchError, clusterui_bin, kill_all, run, sample_cpu, tail, wait_for  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -95,35 +95,16 @@ class Row:
     skipped: str = ""
 
 
-def cpu_seconds(proc: Any) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
 def measure(procs: dict[str, Any], seconds: float) -> dict[str, Row]:
     """Watch several processes over the same window; one Row (figures only) each."""
-    start_wall = time.monotonic()
-    start = {k: cpu_seconds(p) for k, p in procs.items()}
-    last = dict(start)
-    peak = dict.fromkeys(procs, 0.0)
-    last_wall = start_wall
-    end_wall = start_wall + seconds
-    while (now := time.monotonic()) < end_wall:
-        time.sleep(min(1.0, end_wall - now))
-        wall = time.monotonic()
-        for key, proc in procs.items():
-            used = cpu_seconds(proc)
-            peak[key] = max(peak[key], 100 * (used - last[key]) / (wall - last_wall))
-            last[key] = used
-        last_wall = wall
     rows = {}
-    for key, proc in procs.items():
-        mem = proc.memory_full_info()
+    for key, (cpu, peak) in sample_cpu(procs, seconds).items():
+        mem = procs[key].memory_full_info()
         rows[key] = Row(
             manager=key,
             workers="",
-            cpu=100 * (last[key] - start[key]) / (last_wall - start_wall),
-            peak=peak[key],
+            cpu=cpu,
+            peak=peak,
             rss=mem.rss / MiB,
             uss=mem.uss / MiB,
             pss=getattr(mem, "pss", 0) / MiB,

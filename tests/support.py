@@ -1,12 +1,17 @@
 """The tests' helpers, each defined once: a private CLUSTERUI_HOME with the real CLI, a
-started web app, a counted batch of requests (close_requests), and (from bench/common.py,
-shared with the benchmarks) polling, free ports, a control connection, one GET (get) and
-one HTTP load client (Load)."""
+started web app, a counted batch of requests (close_requests), a request sent as the
+user nobody (ask_as_nobody), the source of a make_server HTTP worker (http_worker), a
+dashboard run under Textual's Pilot (dashboard), and (from bench/common.py, shared with
+the benchmarks) polling, free ports, a control connection, one GET (get) and one HTTP
+load client (Load)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -14,9 +19,9 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import leaks
 import psutil
@@ -34,6 +39,12 @@ from common import (  # noqa: E402  (bench/common.py: shared with the benchmarks
     wait_for_async,
 )
 
+if TYPE_CHECKING:  # only the dashboard tests pay for Textual at run time
+    from fake_client import FakeClient
+    from textual.pilot import Pilot
+
+    from clusterui.dashboard import DashboardApp
+
 __all__ = [
     "WEB",
     "Answer",
@@ -41,9 +52,12 @@ __all__ = [
     "Env",
     "Load",
     "Result",
+    "ask_as_nobody",
     "close_requests",
+    "dashboard",
     "free_port",
     "get",
+    "http_worker",
     "kill_ours",
     "pilot_until",
     "wait_for",
@@ -192,3 +206,88 @@ async def pilot_until(
 ) -> Any:
     """wait_for in a Textual test: the app runs (pilot.pause) while we wait."""
     return await wait_for_async(cond, timeout, what, step=0.01, sleep=pilot.pause)
+
+
+@contextlib.asynccontextmanager
+async def dashboard(
+    client: FakeClient | None = None, *, size: tuple[int, int] = (160, 48), **kwargs: Any
+) -> AsyncIterator[tuple[DashboardApp, Pilot, FakeClient]]:
+    """(app, pilot, client): a DashboardApp on `client` (a new FakeClient if None) in UTC,
+    running under Pilot at `size`, its first snapshot loaded; more DashboardApp keyword
+    arguments as keyword arguments."""
+    import datetime as dt
+
+    from fake_client import FakeClient
+
+    from clusterui.dashboard import DashboardApp
+
+    client = client or FakeClient()
+    app = DashboardApp(client, tz=dt.UTC, **kwargs)
+    async with app.run_test(size=size) as pilot:
+        await asyncio.wait_for(app.loaded.wait(), 5)
+        await pilot.pause()
+        yield app, pilot, client
+
+
+def ask_as_nobody(path: str, request: bytes) -> str:
+    """Fork a child that drops to the user nobody, connects to the unix socket `path` and
+    sends `request`; returns what it saw: "connected; refused" (closed without an answer),
+    "connected; answered: ...", or the exception it met. Needs root (setuid). No exec: our
+    interpreter may not be readable by nobody."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            os.write(w, b"connected; ")
+            try:
+                s.sendall(request)
+                s.settimeout(5)
+                answer = s.recv(100)
+                os.write(w, b"refused" if answer == b"" else b"answered: " + answer)
+            except (BrokenPipeError, ConnectionResetError):
+                os.write(w, b"refused")
+        except BaseException as exc:
+            os.write(w, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        said = f.read()
+    os.waitpid(pid, 0)
+    return said
+
+
+def http_worker(do_get: str) -> str:
+    """The source of a worker program: a ThreadingHTTPServer from worker.make_server whose
+    GET handler runs the statements `do_get` (any common indentation) that set `body`
+    (bytes) and answers 200 with it. It prints "draining" when its drain starts and "drained" once
+    serve_forever has returned."""
+    return (
+        """
+import http.server, os, sys, time
+from clusterui import worker
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+"""
+        + textwrap.indent(textwrap.dedent(do_get).strip("\n") + "\n", " " * 8)
+        + """        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+with worker.make_server(http.server.ThreadingHTTPServer, Handler) as httpd:
+    httpd.socket.on_drain(lambda: print("draining", flush=True))
+    httpd.serve_forever()
+print("drained", flush=True)
+"""
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ask_as_nobody
 
 from clusterui.core.control import ControlServer, OpError, peer_uid
 
@@ -33,37 +34,6 @@ async def server(tmp_path: Path) -> ControlServer:
     srv = ControlServer(str(tmp_path / "s.sock"), handler)
     await srv.start()
     return srv
-
-
-def as_nobody(path: str) -> str:
-    """Fork a child that drops to nobody, connects and asks; returns what it saw."""
-    nobody = pwd.getpwnam("nobody")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            os.write(w, b"connected; ")
-            try:
-                s.sendall(b'{"id":1,"op":"ping"}\n')
-                s.settimeout(5)
-                answer = s.recv(100)
-                os.write(w, b"refused" if answer == b"" else b"answered: " + answer)
-            except (BrokenPipeError, ConnectionResetError):
-                os.write(w, b"refused")
-        except BaseException as exc:
-            os.write(w, repr(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        said = f.read()
-    os.waitpid(pid, 0)
-    return said
 
 
 async def ask(path: str, request: bytes) -> dict[str, Any]:
@@ -143,7 +113,9 @@ async def test_another_uid_is_refused_even_when_the_file_modes_allow_it():
         path = top / "s.sock"
         os.chmod(top, 0o755)
         os.chmod(path, 0o777)  # only SO_PEERCRED stands between nobody and the server
-        said = await asyncio.get_running_loop().run_in_executor(None, as_nobody, str(path))
+        said = await asyncio.get_running_loop().run_in_executor(
+            None, ask_as_nobody, str(path), b'{"id":1,"op":"ping"}\n'
+        )
         assert said == "connected; refused"
         assert not srv.connections
         assert (await ask(str(path), b'{"id":1,"op":"ping"}\n'))["ok"] is True

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,6 +17,7 @@ from fake_client import (
     make_worker,
     screen_text,
 )
+from support import dashboard
 from support import pilot_until as until
 from textual.pilot import Pilot
 from textual.strip import Strip
@@ -39,21 +37,6 @@ def notices(app: DashboardApp) -> list[tuple[str, str]]:
 
 def messages(app: DashboardApp) -> list[str]:
     return [m for _, m in notices(app)]
-
-
-@contextlib.asynccontextmanager
-async def dashboard(
-    client: FakeClient | None = None,
-    *,
-    size: tuple[int, int] = (160, 48),
-    **kwargs: Any,
-) -> AsyncIterator[tuple[DashboardApp, Pilot, FakeClient]]:
-    client = client or FakeClient()
-    app = DashboardApp(client, tz=UTC, **kwargs)
-    async with app.run_test(size=size) as pilot:
-        await asyncio.wait_for(app.loaded.wait(), 5)
-        await pilot.pause()
-        yield app, pilot, client
 
 
 async def select(app: DashboardApp, pilot: Pilot, key: str) -> None:

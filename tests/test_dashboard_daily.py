@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fake_client import FakeClient, demo_snapshot, screen_text
+from support import dashboard
 from support import pilot_until as until
 from textual.pilot import Pilot
 
@@ -17,18 +15,6 @@ from clusterui.dashboard import DashboardApp
 from clusterui.dashboard.detail import DetailPane
 
 UTC = dt.UTC
-
-
-@contextlib.asynccontextmanager
-async def dashboard(
-    client: FakeClient | None = None, *, size: tuple[int, int] = (160, 48), **kwargs: Any
-) -> AsyncIterator[tuple[DashboardApp, Pilot, FakeClient]]:
-    client = client or FakeClient()
-    app = DashboardApp(client, tz=UTC, **kwargs)
-    async with app.run_test(size=size) as pilot:
-        await asyncio.wait_for(app.loaded.wait(), 5)
-        await pilot.pause()
-        yield app, pilot, client
 
 
 async def select(app: DashboardApp, pilot: Pilot, key: str) -> None:

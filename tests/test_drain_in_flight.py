@@ -13,29 +13,15 @@ from __future__ import annotations
 import subprocess
 
 from dispatch_harness import read_all
+from support import http_worker
 
-SLOW_WORKER = """
-import http.server, os, sys, time
-from clusterui import worker
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        print("busy", flush=True)
-        time.sleep(2.5)  # longer than the idle grace (1 s)
-        body = b"slow answer\\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-
-with worker.make_server(http.server.ThreadingHTTPServer, Handler) as httpd:
-    httpd.socket.on_drain(lambda: print("draining", flush=True))
-    httpd.serve_forever()
-print("drained", flush=True)
-"""
+SLOW_WORKER = http_worker(
+    """
+    print("busy", flush=True)
+    time.sleep(2.5)  # longer than the idle grace (1 s)
+    body = b"slow answer\\n"
+    """
+)
 
 
 def test_a_request_in_flight_outlives_the_idle_grace_of_a_drain(make) -> None:

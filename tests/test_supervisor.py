@@ -15,7 +15,7 @@ import time
 
 import psutil
 import pytest
-from support import wait_for
+from support import ask_as_nobody, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,32 +73,7 @@ def test_another_uid_is_refused_even_when_the_file_modes_allow_it(cu):
     os.chmod(cu.root, 0o755)
     os.chmod(cu.home, 0o755)
     os.chmod(cu.home / "supervisor.sock", 0o777)
-    # Fork (no exec: our interpreter may not be readable by nobody) and drop to nobody.
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(cu.home / "supervisor.sock"))
-            os.write(w, b"connected; ")
-            try:
-                s.sendall(b'{"id":1,"op":"state"}\n')
-                s.settimeout(5)
-                answer = s.recv(100)
-                os.write(w, b"refused" if answer == b"" else b"answered: " + answer)
-            except (BrokenPipeError, ConnectionResetError):
-                os.write(w, b"refused")
-        except BaseException as exc:
-            os.write(w, repr(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        said = f.read()
-    os.waitpid(pid, 0)
+    said = ask_as_nobody(str(cu.home / "supervisor.sock"), b'{"id":1,"op":"state"}\n')
     assert os.getuid() != nobody.pw_uid
     assert said == "connected; refused"  # it got through the file modes, not past the uid check
     # The same request from our own uid is answered.

@@ -20,7 +20,7 @@ from dispatch_harness import (
     kill_group,
     read_all,
 )
-from support import free_port, wait_for
+from support import free_port, http_worker, wait_for
 
 from clusterui.dispatch import protocol as proto
 
@@ -357,28 +357,13 @@ def test_protocol_server_under_dispatcher(make, polite):
 
 # ---- blocking servers ---------------------------------------------------------------------
 
-HTTP_WORKER = """
-import http.server, os, sys, time
-from clusterui import worker
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path == "/slow":
-            time.sleep(1)
-        body = f"{worker.instance()} {os.getpid()} {worker.mode()}\\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-
-with worker.make_server(http.server.ThreadingHTTPServer, Handler) as httpd:
-    httpd.socket.on_drain(lambda: print("draining", flush=True))
-    httpd.serve_forever()
-print("drained", flush=True)
-"""
+HTTP_WORKER = http_worker(
+    """
+    if self.path == "/slow":
+        time.sleep(1)
+    body = f"{worker.instance()} {os.getpid()} {worker.mode()}\\n".encode()
+    """
+)
 
 WSGI_WORKER = """
 import os

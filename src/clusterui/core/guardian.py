@@ -24,6 +24,8 @@ import select
 import signal
 import time
 
+from clusterui.vocab.exits import Exit
+
 # Each write is whole lines and at most PIPE_BUF bytes, so the kernel takes all of it
 # or nothing: the pipe never holds half a line that a reset would then corrupt.
 PIPE_BUF = select.PIPE_BUF
@@ -57,7 +59,7 @@ def start(cgroup_root: str | None = None) -> int:
         try:
             _run(r, cgroup_root)
         finally:
-            os._exit(0)
+            os._exit(Exit.OK)
     os.close(r)
     os.set_blocking(w, False)
     _pipe_w, _pid = w, pid

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from clusterui.core import cgroups, guardian
+from clusterui.vocab.exits import Exit
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -68,7 +69,7 @@ def spawn(spec: SpawnSpec) -> int:
             try:
                 os.write(err_w, msg.encode()[:4000])
             finally:
-                os._exit(127)
+                os._exit(Exit.EXEC_FAILED)
     os.close(err_w)
     try:
         chunks = []
@@ -91,7 +92,7 @@ def _child_setup(spec: SpawnSpec, parent_pid: int, env: dict[str, str]) -> None:
     if not spec.orphan_grace:
         set_pdeathsig(signal.SIGKILL)  # else the guardian kills it once the grace is over
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+        os._exit(Exit.FAILED)
     # Python ignores SIGPIPE and the asyncio loop may block signals; give the program
     # the defaults it would get from a shell.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])

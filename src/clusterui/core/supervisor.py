@@ -760,7 +760,7 @@ async def run(home: Home, ready_fd: int | None, tree: CgroupTree | None = None) 
         await sup.server.start()
     except OpError as exc:
         _report_ready(ready_fd, exc.message)
-        return 2
+        return Exit.USAGE
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)
@@ -772,7 +772,7 @@ async def run(home: Home, ready_fd: int | None, tree: CgroupTree | None = None) 
     await sup.shutdown()
     with contextlib.suppress(OSError):
         os.unlink(home.socket)
-    return 0
+    return Exit.OK
 
 
 def _report_ready(fd: int | None, message: str) -> None:
@@ -813,9 +813,9 @@ def main(argv: list[str] | None = None) -> int:
         handed = inherit.from_env() or inherit.from_systemd()
     except inherit.InheritError as exc:
         _report_ready(opts.ready_fd, str(exc))
-        return 2
+        return Exit.USAGE
     if opts.daemonize and os.fork() > 0:
-        os._exit(0)  # the launcher reaps us at once; the supervisor is nobody's child
+        os._exit(Exit.OK)  # the launcher reaps us at once; the supervisor is nobody's child
     home = Home.from_env(opts.home)
     ready_fd = opts.ready_fd
     try:
@@ -823,10 +823,10 @@ def main(argv: list[str] | None = None) -> int:
         lock_fd = lock_pidfile(home)
     except OpError as exc:
         _report_ready(ready_fd, exc.message)
-        return 2
+        return Exit.USAGE
     except OSError as exc:
         _report_ready(ready_fd, f"cannot use {home.root}: {_why(exc)}")
-        return 2
+        return Exit.USAGE
     if home.socket.exists() or home.socket.is_symlink():
         home.socket.unlink()  # stale: we hold the lock, so nobody else serves it
     for problem in inherit.install(handed):

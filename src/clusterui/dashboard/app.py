@@ -207,7 +207,7 @@ class DashboardApp(App[None]):
         if signum == signal.SIGHUP and not _terminal_alive():
             # Nothing can be shown or restored any more and a clean shutdown could hang
             # on the dead terminal: leave now. The supervisor sees our socket close.
-            os._exit(0)
+            os._exit(Exit.OK)
         if self._event_loop is not None:
             self._event_loop.call_soon_threadsafe(partial(self.exit, return_code=0))
 

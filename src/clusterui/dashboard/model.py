@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clusterui.dispatch.protocol import MODES
 from clusterui.vocab.snapshot import HISTORY
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -91,7 +92,8 @@ def mode_label(app: dict[str, Any], width: int = 12) -> str:
     mode = app.get("exec_mode") or "fork"
     dispatch = app.get("dispatch")
     if dispatch:
-        short = {"round-robin": "rr"}.get(dispatch, dispatch)
+        known = MODES.get(dispatch)
+        short = (known.short or dispatch) if known else dispatch
         text = f"{mode} {short}"
     else:
         text = mode

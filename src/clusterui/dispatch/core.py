@@ -23,6 +23,7 @@ from typing import Any
 
 from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
+from clusterui.vocab.exits import Exit
 
 MODES = proto.DISPATCHER_MODES
 
@@ -523,18 +524,8 @@ class Dispatcher:
             w.dend.close()
             w.dend = None
         if w.wend is not None:
-            for _ in range(100_000):  # bounded by the channel's buffer in practice
-                try:
-                    got = proto.recv(w.wend)
-                except OSError:
-                    break
-                if got is None:
-                    break
-                data, fds, _truncated = got
-                if data == proto.CONN or w.node:
-                    recovered.extend(fds)
-                else:
-                    proto.close_fds(fds)
+            # Node: every fd in its stream is a connection.
+            recovered, _others = _take_back(w.wend, every_fd=w.node)
             w.wend.close()
             w.wend = None
         return recovered
@@ -717,21 +708,7 @@ class Dispatcher:
         read them: it may never) and route them to the others, oldest first."""
         if w.wend is None or not w.queued_fds or not self._others_routable(w):
             return
-        recovered: list[int] = []
-        resend: list[bytes] = []
-        for _ in range(100_000):  # bounded by the channel's buffer in practice
-            try:
-                got = proto.recv(w.wend)
-            except OSError:
-                break
-            if got is None:
-                break
-            data, fds, _truncated = got
-            if data == proto.CONN:
-                recovered.extend(fds)
-            else:
-                proto.close_fds(fds)
-                resend.append(data)
+        recovered, resend = _take_back(w.wend, every_fd=False)
         for data in resend:  # a drain message keeps its meaning
             if w.dend is not None:
                 with contextlib.suppress(OSError):
@@ -1125,6 +1102,29 @@ class Dispatcher:
         self._update_listen()
 
 
+def _take_back(wend: socket.socket, every_fd: bool) -> tuple[list[int], list[bytes]]:
+    """Empty a worker's channel from the worker's end (we hold it): the fds of the conn
+    datagrams it never took off, oldest first (with every_fd, the fds of every message),
+    and the data of the other messages, whose fds are closed. Not on the path of a
+    connection: only a worker that is gone or unhealthy is emptied."""
+    recovered: list[int] = []
+    others: list[bytes] = []
+    for _ in range(100_000):  # bounded by the channel's buffer in practice
+        try:
+            got = proto.recv(wend)
+        except OSError:
+            break
+        if got is None:
+            break
+        data, fds, _truncated = got
+        if every_fd or data == proto.CONN:
+            recovered.extend(fds)
+        else:
+            proto.close_fds(fds)
+            others.append(data)
+    return recovered, others
+
+
 class _ProxiedConnection:
     """One proxied connection: client ⇄ upstream, with back-pressure both ways."""
 
@@ -1327,11 +1327,11 @@ def main(argv: list[str] | None = None) -> int:
     parent = os.getppid()
     set_pdeathsig()
     if os.getppid() != parent:
-        return 1  # the parent died before prctl took effect
+        return Exit.FAILED  # the parent died before prctl took effect
     mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", proto.DEFAULT_MODE)
     if mode not in MODES:
         print(f"clusterui.dispatch: unknown mode {mode!r} ({', '.join(MODES)})", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     try:
         # No listening socket yet: the supervisor sends one once a worker asks for it.
         lfd = os.environ.get("CLUSTERUI_LISTEN_FD")
@@ -1344,11 +1344,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(inherited sockets): {exc}",
             file=sys.stderr,
         )
-        return 2
+        return Exit.USAGE
     dispatcher = Dispatcher(lsock, ctl, mode)
     import gc
 
     gc.freeze()  # everything so far is long-lived; keep collections short
     with contextlib.suppress(KeyboardInterrupt):
         dispatcher.run()
-    return 0
+    return Exit.OK

@@ -45,6 +45,7 @@ class Mode:
     listen_fd: the listening socket is the worker's fd 3 (systemd socket activation).
     route: the dispatcher's strategy for picking a worker: "rotate" (the next ready
       worker in turn) or "fewest-open" (the fewest open connections, ties in turn).
+    short: a shorter name for narrow columns (the dashboard's mode); empty: the name.
     """
 
     name: str
@@ -53,12 +54,13 @@ class Mode:
     own_port: bool = False
     listen_fd: bool = False
     route: Literal["rotate", "fewest-open"] | None = None
+    short: str = ""
 
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("round-robin", dispatcher=True, handoff=True, route="rotate"),
+        Mode("round-robin", dispatcher=True, handoff=True, route="rotate", short="rr"),
         Mode("least-connections", dispatcher=True, handoff=True, route="fewest-open"),
         Mode("shared", dispatcher=False, listen_fd=True),
         Mode("proxy", dispatcher=True, own_port=True, route="rotate"),

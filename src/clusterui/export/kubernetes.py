@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from clusterui.core.spec import AppSpec
+from clusterui.dispatch.protocol import DEFAULT_MODE
 from clusterui.export import Export, ExportError, Options, source_note
 
 API_APPS = "apps/v1"
@@ -279,7 +280,8 @@ def _policy_notes(app: AppSpec, out: Export, notes: list[str]) -> None:
     if app.restart_delay or app.exp_backoff_restart_delay:
         notes.append(out.unmapped(app, "restart_delay/exp_backoff_restart_delay "
                                   "(the kubelet's CrashLoopBackOff)"))  # fmt: skip
-    if app.exec_mode == "cluster" and app.dispatch != "round-robin":
+    # The default dispatch is what a Service stands in for; any other choice is a note.
+    if app.exec_mode == "cluster" and app.dispatch != DEFAULT_MODE:
         notes.append(
             out.unmapped(
                 app,

@@ -6,7 +6,7 @@ import-linter contracts in pyproject.toml hold it to that).
 
 - `states`: worker statuses, how they are grouped and shown, the allowed transitions;
 - `snapshot`: the shape of the state the supervisor serves (`ls --json`, `state` events);
-- `exits`: the CLI's exit codes;
+- `exits`: the exit codes of clusterui's processes;
 - `logs`: the supervisor's own log stream and the skipped-lines note;
 - `safetext`: the one rule for showing text a worker controls (escaped, never markup).
 """

@@ -1,4 +1,5 @@
-"""The CLI's exit codes and the two errors that carry one.
+"""The exit codes of clusterui's processes (the CLI, the supervisor, the dispatcher and
+the children they fork) and the two errors that carry one.
 
 An operation the supervisor refuses raises OpError; the control connection sends its
 message and code to the client, which raises ClientError with them, and the CLI prints
@@ -14,8 +15,11 @@ from enum import IntEnum
 class Exit(IntEnum):
     OK = 0
     FAILED = 1  # the operation failed (a worker did not start, a reload stopped, ...)
-    USAGE = 2  # the request was wrong: bad arguments, a bad file, an unknown app
+    # The request was wrong: bad arguments, a bad file, an unknown app; for the supervisor
+    # and the dispatcher, what they were started with (arguments, inherited fds, home).
+    USAGE = 2
     NO_SUPERVISOR = 3  # none is running, or the connection to it was lost
+    EXEC_FAILED = 127  # a forked child could not exec its program, as a shell reports it
     INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
