@@ -150,8 +150,10 @@ def test_bad_signals_and_stopped_workers_are_one_line_errors(trap: Env) -> None:
     cu = trap
     r = cu.run("signal", "STOP", "trap")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].endswith(
-        "cannot send 'STOP': the signals are HUP, USR1, USR2, INT, TERM, KILL"
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .endswith("cannot send 'STOP': the signals are HUP, USR1, USR2, INT, TERM, KILL")
     )
     ctl = Control(cu.home)
     try:  # the supervisor checks the list itself, whoever asks

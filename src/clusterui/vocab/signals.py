@@ -9,12 +9,12 @@ from __future__ import annotations
 
 # (name, what it usually means). The meaning is the program's: these are conventions.
 SIGNALS: tuple[tuple[str, str], ...] = (
-    ("HUP", "reload configuration or reopen log files (if the program handles it)"),
+    ("HUP", "reload config or reopen logs, if the program does so"),
     ("USR1", "program-defined (often: reopen logs, dump state)"),
-    ("USR2", "program-defined (often: a graceful binary upgrade)"),
-    ("INT", "interrupt, as ctrl+c: the worker exits and restarts per its policy"),
-    ("TERM", "terminate: the worker exits and restarts per its policy"),
-    ("KILL", "kill at once, no cleanup: the worker restarts per its policy"),
+    ("USR2", "program-defined (often: a graceful upgrade)"),
+    ("INT", "interrupt (ctrl+c): it exits, restarts per its policy"),
+    ("TERM", "terminate: it exits, restarts per its policy"),
+    ("KILL", "kill at once, no cleanup: restarts per its policy"),
 )
 NAMES: tuple[str, ...] = tuple(name for name, _ in SIGNALS)
 # Signals after which the worker is (normally) gone: its exit is an unexpected one.
