@@ -382,7 +382,8 @@ class DashboardApp(App[None]):
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            self._events_key = None  # try again at the next snapshot
+            # Said until the key changes: an older supervisor without the op is not
+            # asked again every second.
             self.main_screen.query_one(DetailPane).show_events(owner, message_of(err))
             return
         self.main_screen.query_one(DetailPane).show_events(owner, list(rows))
