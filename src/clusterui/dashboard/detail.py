@@ -357,19 +357,24 @@ def _events_text(rows: list[dict[str, Any]] | str, tz: Any) -> Group:
         return Group(title, Text(visible(rows), style="dim"))
     if not rows:
         return Group(title, Text("none yet", style="dim"))
+    # Two columns: a long reason wraps under itself, the times stay a clean column.
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="dim", no_wrap=True)
-    grid.add_column(no_wrap=True)
-    grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
-    for event in reversed(rows):
-        kind = str(event.get("kind") or "?")
-        inst = event.get("instance")
-        who = f":{inst}" if inst is not None else "app"
-        grid.add_row(
-            fmt_clock(float(event.get("time") or 0), tz),
-            Text(visible(kind), style="bold red" if kind in timeline.BAD else "bold"),
-            Text(visible(who)),
-            Text(visible(str(event.get("reason") or ""))),
+    shown = [
+        (
+            e,
+            visible(str(e.get("kind") or "?")),
+            "app" if e.get("instance") is None else f":{e['instance']}",
         )
+        for e in reversed(rows)
+    ]
+    kinds = max(len(kind) for _, kind, _ in shown)  # padded: kinds and workers line up
+    whos = max(len(who) for _, _, who in shown)
+    for event, kind, who in shown:
+        line = Text(end="")
+        line.append(kind.ljust(kinds), style="bold red" if kind in timeline.BAD else "bold")
+        line.append(f" {who.ljust(whos)} ")
+        line.append(visible(str(event.get("reason") or "")))
+        grid.add_row(fmt_clock(float(event.get("time") or 0), tz), line)
     return Group(title, grid)
