@@ -170,6 +170,15 @@ def test_hung_worker_is_unhealthy_gets_nothing_and_is_replaced(cu: Env) -> None:
     others = [w for w in describe(cu, "api")["workers"] if w["instance"] != 1]
     assert [w["pid"] for w in others] == [before[0]["pid"], before[2]["pid"]]
     assert all(w["restarts"] == 0 for w in others)
+    # The timeline says it: the health change, then the replacement and why.
+    ctl = Control(cu.home)
+    try:
+        timeline = [(e["kind"], e["reason"]) for e in ctl.result("events", app="api", instance=1)]
+    finally:
+        ctl.close()
+    assert timeline[0] == ("health", "unhealthy: probe failed (no answer within 250 ms)")
+    assert timeline[-1][0] == "restart"
+    assert timeline[-1][1].startswith("unhealthy: 16 failed probes"), timeline
 
 
 def _alive(pid: int) -> bool:
