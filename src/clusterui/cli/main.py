@@ -630,7 +630,8 @@ async def cmd_events(client: Client, opts: argparse.Namespace) -> int:
     if opts.json:
         print(json.dumps(rows, indent=2))
     elif rows:
-        print("\n".join(render.event_line(e) for e in rows))
+        width = max(len(render.event_who(e)) for e in rows)
+        print("\n".join(render.event_line(e, width) for e in rows))
     else:
         print(f"no events yet for {escape(opts.target or 'any app')}")
     return 0

@@ -136,9 +136,8 @@ class DetailPane(VerticalScroll):
         self._metric_names: list[str] = []
         self._metric_charts: list[SparkChart] = []
         self._shown: dict[str, Any] = {}  # Static id -> what it shows (skip equal updates)
-        # The events last fetched (the app asks the supervisor), and for which selection.
+        # The selection the shown events were fetched for (the app asks the supervisor).
         self._events_owner: tuple[str, int | None] | None = None
-        self._events: list[dict[str, Any]] | str = []
 
     def compose(self) -> ComposeResult:
         yield Static("Nothing selected", id="detail-title")
@@ -192,7 +191,7 @@ class DetailPane(VerticalScroll):
     def show_events(self, owner: tuple[str, int | None], rows: list[dict[str, Any]] | str) -> None:
         """The timeline the app fetched for `owner` (app, worker id): rows oldest first,
         or why they could not be fetched."""
-        self._events_owner, self._events = owner, rows
+        self._events_owner = owner
         self._update("detail-events", (owner, rows), lambda: _events_text(rows, self.tz))
 
     def _update(self, static_id: str, facts: Any, build: Callable[[], Any]) -> None:
@@ -281,7 +280,7 @@ class DetailPane(VerticalScroll):
         for name, value in sorted((w.get("metrics") or {}).items()):
             grid.add_row(f"· {name}", fmt_metric(value))
         _health_rows(grid, w.get("health"), self.tz)
-        grid.add_row("restarts", str(w.get("restarts", 0)))  # why: the Events section
+        grid.add_row("restarts", str(w.get("restarts", 0)))  # their reasons: under Events
         return Group(grid)
 
     def _app_info(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
