@@ -386,6 +386,12 @@ async def test_cron_restart_fires_under_an_injected_clock(tmp_path: Path) -> Non
         await wait_async(online, what="web online again")
         assert all(s.proc.pid not in pids for s in app.slots.values())
         assert [s.restart_history[-1]["reason"] for s in app.slots.values()] == ["cron", "cron"]
+        timeline = [(e["kind"], e["instance"], e["reason"]) for e in await sup.op_events("web")]
+        assert timeline == [
+            ("restart", 0, "cron_restart"),
+            ("restart", 1, "cron_restart"),
+            ("reload", None, "cron_restart: reloaded 2 worker(s)"),
+        ]
         assert app.cron.next == start.replace(hour=3, minute=0) + timedelta(days=1)
     finally:
         await sup.shutdown()
