@@ -561,7 +561,8 @@ class Supervisor:
     async def op_signal(self, sig: str, targets: list[str]) -> dict[str, Any]:
         """Send `sig` (vocab.signals) to each targeted worker's process, not its group:
         the program decides what its own children hear, as with PM2's sendSignal. No
-        op lock: a signal does not wait behind a reload. A worker that a signal ends is
+        op lock: a signal does not wait behind a reload (during one it reaches each
+        slot's current process, not an old one draining). A worker that a signal ends is
         an unexpected exit, restarted per its policy (`stop` is the way to stop it)."""
         name = signals.parse(sig)
         if name is None:
