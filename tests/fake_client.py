@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from clusterui.vocab import states
+from clusterui.vocab import events, signals, states
 from clusterui.vocab.snapshot import HISTORY, AppRow, Series, Snapshot, WorkerRow
 
 T0 = 1_764_190_000.0  # the fake supervisor's start time (epoch seconds)
@@ -289,6 +289,36 @@ def demo_logs(n: int = 60) -> list[dict[str, Any]]:
     return lines
 
 
+def demo_events(snapshot: Snapshot) -> list[events.Event]:
+    """A timeline that agrees with the snapshot, oldest first: each worker's restarts
+    (restart_history) as the supervisor records them, and a watch trigger before a
+    watch restart."""
+    out: list[events.Event] = []
+    for w in snapshot["workers"]:
+        for item in w["restart_history"]:
+            reason = events.RESTART_REASONS.get(item["reason"], item["reason"])
+            if item["reason"] == "crashed":
+                reason += f" ({events.exit_text(item['exit_code'], item['signal'])})"
+            if item["reason"] == "watch":
+                out.append(
+                    event(
+                        item["time"] - 1,
+                        events.WATCH,
+                        w["app"],
+                        None,
+                        "views.py changed: reloading",
+                    )
+                )
+            out.append(event(item["time"], events.RESTART, w["app"], w["instance"], reason))
+    out.append(event(T0 + 5, events.SCALE, "api", None, "1 -> 2 instance(s)"))
+    out.sort(key=lambda e: e["time"])
+    return out
+
+
+def event(time: float, kind: str, app: str, instance: int | None, reason: str) -> events.Event:
+    return {"time": time, "kind": kind, "app": app, "instance": instance, "reason": reason}
+
+
 _CLOSE = object()
 
 
@@ -308,6 +338,8 @@ class FakeClient:
     ) -> None:
         self.snapshot = snapshot if snapshot is not None else demo_snapshot()
         self.backlog = logs if logs is not None else demo_logs()
+        # The `events` op's answers (tests may append): oldest first, as the supervisor's.
+        self.timeline: list[events.Event] = demo_events(self.snapshot)
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.closed = False
         self.subscribed = False
@@ -411,6 +443,38 @@ class FakeClient:
         current = next((a for a in self.snapshot["apps"] if a["name"] == app), {})
         new = (not current.get("watch")) if on is None else on
         return {"message": f"{app}: watch {'on' if new else 'off'}.", "watch": new}
+
+    async def signal(self, sig: str, targets: list[str]) -> dict[str, Any]:
+        await self._op("signal", sig, targets)
+        name = signals.parse(sig)
+        if name is None:
+            raise FakeClientError(signals.problem(sig), 2)
+        ids = self._ids(targets)
+        rows = [w for w in self.snapshot["workers"] if w["id"] in ids]
+        sent = [
+            {"id": w["id"], "app": w["app"], "instance": w["instance"], "pid": w["pid"]}
+            for w in rows
+            if w["pid"] is not None
+        ]
+        skipped = [f"{w['app']}:{w['instance']}" for w in rows if w["pid"] is None]
+        if not sent:
+            raise FakeClientError(f"no running worker to signal ({', '.join(skipped)} not running)")
+        message = f"sent SIG{name} to {len(sent)} worker(s)"
+        if skipped:
+            message += f"; not running: {', '.join(skipped)}"
+        return {"message": message, "signal": f"SIG{name}", "sent": sent, "skipped": skipped}
+
+    async def app_events(
+        self, app: str | None = None, instance: int | None = None, limit: int = 100
+    ) -> list[events.Event]:
+        await self._op("app_events", app, instance, limit)
+        rows = [
+            e
+            for e in self.timeline
+            if (app is None or e["app"] == app)
+            and (instance is None or e["instance"] in (instance, None))
+        ]
+        return copy.deepcopy(rows[-limit:] if limit else [])
 
     async def logs(self, target: str | None, lines: int) -> list[dict[str, Any]]:
         await self._op("logs", target, lines)

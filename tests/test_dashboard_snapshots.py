@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
-from fake_client import FakeClient, demo_snapshot
+from fake_client import NOW, FakeClient, demo_snapshot, event
 from textual.pilot import Pilot
 
 from clusterui.dashboard import DashboardApp
@@ -119,3 +119,20 @@ def test_launching_and_draining_during_a_reload_160x48(snap_compare) -> None:
 def test_narrow_60x20_with_an_errored_worker(snap_compare) -> None:
     app = with_states(w1={**GONE, "status": "errored", "exit_code": 1})
     assert snap_compare(app, terminal_size=(60, 20), run_before=loaded())
+
+
+def test_worker_details_with_the_events_timeline_160x48(snap_compare) -> None:
+    """The Events section: newest first, a failed reload in red, a signal, a watch restart."""
+    client = FakeClient(demo_snapshot())
+    client.timeline += [
+        event(NOW - 200, "reload-failed", "web", None, "manual: reload of web stopped at "
+              "instance 0: the new worker exited; the old worker keeps serving"),
+        event(NOW - 90, "signal", "web", 1, "SIGUSR1 sent to pid 41007"),
+        event(NOW - 30, "health", "web", 1, "unhealthy: probe failed (HTTP 503)"),
+    ]  # fmt: skip
+    app = DashboardApp(client, tz=dt.UTC)  # type: ignore[arg-type]
+    assert snap_compare(app, terminal_size=(160, 48), run_before=loaded(select="w:1"))
+
+
+def test_signal_menu_80x24(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=loaded("x", select="w:1"))

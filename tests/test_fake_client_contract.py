@@ -22,6 +22,7 @@ from support import WEB, Env, free_port, wait_for
 from test_chaos import Control
 
 from clusterui.client import Client, ClientError
+from clusterui.vocab.events import KINDS, Event
 from clusterui.vocab.snapshot import AppRow, Snapshot, WorkerRow
 
 pytestmark = pytest.mark.timeout(90)
@@ -168,6 +169,20 @@ async def real_answers(env: Env) -> tuple[dict, list[dict], ClientError]:
         await client.close()
 
 
+async def real_ops(env: Env) -> tuple[list[dict], dict, ClientError]:
+    """The events of every app, a signal's answer (last: it ends `watched`, which then
+    restarts) and a refused signal's error."""
+    client = await Client.connect(env.home)
+    try:
+        timeline = await client.app_events()
+        with pytest.raises(ClientError) as err:
+            await client.signal("STOP", ["watched"])
+        sent = await client.signal("TERM", ["watched"])
+        return timeline, sent, err.value
+    finally:
+        await client.close()
+
+
 async def fake_answers() -> tuple[dict, list[dict], FakeClientError]:
     fake = FakeClient(demo_snapshot(api_workers=3))
     state = await fake.state()
@@ -176,6 +191,33 @@ async def fake_answers() -> tuple[dict, list[dict], FakeClientError]:
     with pytest.raises(FakeClientError) as err:
         await fake.restart(["no-such-app"])
     return state, described, err.value
+
+
+async def fake_ops() -> tuple[list[dict], dict, FakeClientError]:
+    fake = FakeClient(demo_snapshot(api_workers=3))
+    timeline = await fake.app_events()
+    with pytest.raises(FakeClientError) as err:
+        await fake.signal("STOP", ["web"])
+    sent = await fake.signal("TERM", ["web:0"])
+    return timeline, sent, err.value
+
+
+async def test_the_fake_clients_events_and_signal_answers_have_the_real_shape(real: Env) -> None:
+    r_events, r_sent, r_err = await real_ops(real)
+    f_events, f_sent, f_err = await fake_ops()
+    # The real timeline has what the fake shows: a worker's restart, an app-wide event.
+    assert {"restart", "watch"} <= {e["kind"] for e in r_events}, r_events
+    for side, timeline in (("fake", f_events), ("real", r_events)):
+        for e in timeline:
+            conforms(e, Event, f"{side} events[]")
+            assert e["kind"] in KINDS, e
+        times = [e["time"] for e in timeline]
+        assert times == sorted(times), f"{side}: events oldest first"
+    same_shape("events[]", f_events, r_events)
+    same_shape("signal", [f_sent], [r_sent])
+    same_shape("signal.sent[]", f_sent["sent"], r_sent["sent"])
+    assert f_sent["signal"] == r_sent["signal"] == "SIGTERM"
+    assert f_err.message == r_err.message and f_err.code == r_err.code == 2
 
 
 async def test_the_fake_clients_answers_have_the_real_supervisors_shape(real: Env) -> None:

@@ -170,6 +170,15 @@ def test_hung_worker_is_unhealthy_gets_nothing_and_is_replaced(cu: Env) -> None:
     others = [w for w in describe(cu, "api")["workers"] if w["instance"] != 1]
     assert [w["pid"] for w in others] == [before[0]["pid"], before[2]["pid"]]
     assert all(w["restarts"] == 0 for w in others)
+    # The timeline says it: the health change, then the replacement and why.
+    ctl = Control(cu.home)
+    try:
+        timeline = [(e["kind"], e["reason"]) for e in ctl.result("events", app="api", instance=1)]
+    finally:
+        ctl.close()
+    assert timeline[0] == ("health", "unhealthy: probe failed (no answer within 250 ms)")
+    assert timeline[-1][0] == "restart"
+    assert timeline[-1][1].startswith("unhealthy: 16 failed probes"), timeline
 
 
 def _alive(pid: int) -> bool:
@@ -377,6 +386,12 @@ async def test_cron_restart_fires_under_an_injected_clock(tmp_path: Path) -> Non
         await wait_async(online, what="web online again")
         assert all(s.proc.pid not in pids for s in app.slots.values())
         assert [s.restart_history[-1]["reason"] for s in app.slots.values()] == ["cron", "cron"]
+        timeline = [(e["kind"], e["instance"], e["reason"]) for e in await sup.op_events("web")]
+        assert timeline == [
+            ("restart", 0, "cron_restart"),
+            ("restart", 1, "cron_restart"),
+            ("reload", None, "cron_restart: reloaded 2 worker(s)"),
+        ]
         assert app.cron.next == start.replace(hour=3, minute=0) + timedelta(days=1)
     finally:
         await sup.shutdown()

@@ -292,6 +292,12 @@ def test_max_memory_restart(cu):
     assert row["app"] == "hog"
     info = json.loads(cu.run("describe", "hog", "--json").stdout)["workers"][0]
     assert info["restart_history"][0]["reason"] == "memory"
+    timeline = json.loads(cu.run("events", "hog", "--json").stdout)
+    assert (timeline[0]["kind"], timeline[0]["instance"], timeline[0]["reason"]) == (
+        "restart",
+        0,
+        f"memory over max_memory_restart ({40 * 1024 * 1024} bytes)",
+    )
 
 
 def test_a_200000_line_flood_is_fully_in_the_log_files(cu):

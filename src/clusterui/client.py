@@ -209,6 +209,18 @@ class Client:
     async def watch(self, app: str, on: bool | None = None) -> dict[str, Any]:
         return await self.call("watch", app=app, on=on)
 
+    async def signal(self, sig: str, targets: list[str]) -> dict[str, Any]:
+        """Send a signal (vocab.signals: HUP, USR1, USR2, INT, TERM, KILL) to each targeted
+        worker's process; the supervisor sends it, never the caller."""
+        return await self.call("signal", sig=sig, targets=list(targets))
+
+    async def app_events(
+        self, app: str | None = None, instance: int | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The `events` op: an app's timeline (vocab.events), oldest first. Not `events`:
+        that name is the subscription's event stream."""
+        return await self.call("events", app=app, instance=instance, limit=limit)
+
     async def logs(self, target: str | None = None, lines: int = 15) -> list[dict[str, Any]]:
         return await self.call("logs", target=target, lines=lines)
 

@@ -25,6 +25,7 @@ from clusterui.client import (
 from clusterui.core import config, formats, inherit
 from clusterui.core.config import COMMAND_LINE
 from clusterui.core.home import Home
+from clusterui.vocab import events, signals
 from clusterui.vocab.exits import Exit
 from clusterui.vocab.safetext import escape
 from clusterui.vocab.snapshot import ls_json
@@ -36,6 +37,7 @@ ALIASES = {
     "show": "describe",
     "kill": "down",
     "dump": "save",
+    "sendSignal": "signal",  # PM2's spelling
 }
 VERBS = {
     "attach",
@@ -59,6 +61,8 @@ VERBS = {
     "startup",
     "unstartup",
     "export",
+    "signal",
+    "events",
 }
 
 
@@ -150,6 +154,18 @@ def _lifecycle_verbs(sub: Any) -> None:
     sp = sub.add_parser("scale", help="set the number of instances: N, +N or -N")
     sp.add_argument("app")
     sp.add_argument("count")
+    sp = sub.add_parser(
+        "signal",
+        aliases=["sendSignal"],
+        help=f"send a signal ({', '.join(signals.NAMES)}) to workers",
+        description="The supervisor sends SIGNAL to each targeted worker's process (not "
+        "its process group: the program decides what its children hear). A worker that "
+        "INT, TERM or KILL ends is an unexpected exit: it restarts per its policy, as "
+        "with PM2's sendSignal. `clusterui stop` is the way to stop one.",
+    )
+    sp.add_argument("sig", metavar="SIGNAL", type=_signal_name, help="e.g. USR1 or SIGUSR1")
+    sp.add_argument("targets", nargs="+", metavar="TARGET", help="APP, APP:INSTANCE or id")
+    sp.add_argument("--json", action="store_true")
 
 
 def _inspection_verbs(sub: Any) -> None:
@@ -172,6 +188,13 @@ def _inspection_verbs(sub: Any) -> None:
     )
     sp = sub.add_parser("describe", aliases=["show"], help="everything about one target")
     sp.add_argument("target")
+    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser(
+        "events",
+        help="an app's timeline: restarts and why, reloads, scales, watch, health, signals",
+    )
+    sp.add_argument("target", nargs="?", metavar="TARGET", help="APP, APP:INSTANCE or id")
+    sp.add_argument("--lines", type=int, default=events.KEPT, help="the newest N events")
     sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("check", help="validate an ecosystem file")
     _file_opts(sp)
@@ -200,6 +223,13 @@ def _saved_state_verbs(sub: Any) -> None:
     sp.add_argument("target")
     sp.add_argument("--values", action="store_true", help="print values too (may be secrets)")
     sp.add_argument("--json", action="store_true")
+
+
+def _signal_name(text: str) -> str:
+    name = signals.parse(text)
+    if name is None:
+        raise argparse.ArgumentTypeError(signals.problem(text))
+    return name
 
 
 def _seconds(text: str) -> float:
@@ -505,6 +535,12 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         return 0
     if verb == "metrics":
         return await cmd_metrics(client, opts)
+    if verb == "signal":
+        result = await client.signal(opts.sig, opts.targets)
+        print(json.dumps(result, indent=2) if opts.json else result["message"])
+        return 0
+    if verb == "events":
+        return await cmd_events(client, opts)
     raise UsageError(f"unknown verb {verb}")
 
 
@@ -577,6 +613,27 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
         raise UsageError("options like -i/--name/--listen go with a single SCRIPT")
     result = await client.start(what)
     print(result["message"])
+    return 0
+
+
+async def cmd_events(client: Client, opts: argparse.Namespace) -> int:
+    """`events [TARGET]`: oldest first, like logs; a worker's own events and its app's."""
+    if opts.lines < 0:
+        raise UsageError("--lines takes a number, 0 or more")
+    app, instance = None, None
+    if opts.target:
+        info = await client.describe(opts.target)  # resolves APP, APP:N and ids alike
+        app = info["app"]["name"]
+        if opts.target != app and len(info["workers"]) == 1:
+            instance = info["workers"][0]["instance"]
+    rows = await client.app_events(app, instance, opts.lines)
+    if opts.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        width = max(len(render.event_who(e)) for e in rows)
+        print("\n".join(render.event_line(e, width) for e in rows))
+    else:
+        print(f"no events yet for {escape(opts.target or 'any app')}")
     return 0
 
 

@@ -210,3 +210,18 @@ def describe(info: dict[str, Any]) -> str:
         lines += health_lines(w.get("health"))
     # Metric names, env names, errors and watch events can come from a worker: escape all.
     return "\n".join(escape(line, keep_tab=False) for line in lines)
+
+
+def event_who(event: dict[str, Any]) -> str:
+    """APP:INSTANCE, or APP for an app-wide event."""
+    inst = event.get("instance")
+    return f"{event.get('app')}:{inst}" if inst is not None else str(event.get("app"))
+
+
+def event_line(event: dict[str, Any], who_width: int = 0) -> str:
+    """One line of `clusterui events`: local date and time, who, kind, reason (escaped:
+    a reason holds text workers control, such as file names and probe output)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event.get("time") or 0)))
+    who = event_who(event).ljust(who_width)
+    kind = str(event.get("kind") or "?")
+    return escape(f"{when}  {who}  {kind:<13}  {event.get('reason') or ''}", keep_tab=False)

@@ -29,6 +29,7 @@ from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_gr
 from clusterui.core.spec import AppSpec
 from clusterui.dispatch.protocol import MODES, Mode, ProtocolError, decode
 from clusterui.reqstats import REQ_RATE
+from clusterui.vocab import events
 from clusterui.vocab.exits import OpError
 from clusterui.vocab.snapshot import HISTORY
 from clusterui.vocab.states import (
@@ -184,6 +185,8 @@ class App:
         self.cron: Any = None  # core.cron.CronRestart when spec.cron_restart is set
         self.waiting_for: str | None = None  # set by core.deps while start waits
         self.reloads = {"ok": 0, "failed": 0}  # rolling reloads and how they ended
+        # The timeline (vocab.events): served by the `events` op, not in the snapshot.
+        self.events: deque[events.Event] = deque(maxlen=events.KEPT)
 
     # ---- lifecycle of the whole app -------------------------------------------------
 
@@ -263,6 +266,23 @@ class App:
                 "signal": slot.last_exit[1],
             }
         )
+        said = events.RESTART_REASONS.get(reason, reason)
+        if reason == "crashed":
+            said += f" ({events.exit_text(*slot.last_exit)})"
+        elif reason == "memory" and self.spec.max_memory_restart:
+            said += f" ({self.spec.max_memory_restart} bytes)"
+        self.record_event(events.RESTART, slot.instance, said)
+
+    def record_event(self, kind: str, instance: int | None, reason: str) -> None:
+        """Add one event to the app's timeline (vocab.events says where each kind comes from)."""
+        event: events.Event = {
+            "time": time.time(),
+            "kind": kind,
+            "app": self.name,
+            "instance": instance,
+            "reason": reason,
+        }
+        self.events.append(event)
 
     @property
     def mode(self) -> Mode | None:
@@ -501,6 +521,9 @@ class App:
                 slot.id, self.name, slot.instance, f"{what}; {self.last_watch_event}"
             )
             self.ctx.notice("warning", self.last_watch_event)
+            self.record_event(
+                events.EXIT, slot.instance, f"{what} right after a file change; waits for the next"
+            )
             return
         decision = slot.tracker.on_exit(self.spec, proc.uptime * 1000)
         if decision.action == "restart":
@@ -517,9 +540,11 @@ class App:
             slot.idle.to(ERRORED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
             self.ctx.notice("error", f"{label} errored: {decision.reason}")
+            self.record_event(events.EXIT, slot.instance, f"{what}; errored: {decision.reason}")
         else:
             slot.idle.to(STOPPED)
             self.ctx.logs.emit(slot.id, self.name, slot.instance, f"{what}; {decision.reason}")
+            self.record_event(events.EXIT, slot.instance, f"{what}; {decision.reason}")
 
     def _restart_after_crash(self, slot: Slot) -> None:
         slot.restart_timer = None
@@ -598,8 +623,12 @@ class App:
     def _watch_event(self, message: str) -> None:
         self.last_watch_event = message
         self.ctx.notice("warning" if "paused" in message else "info", f"{self.name}: {message}")
+        # How a watch reload ended is in its reload or restart events already.
+        if not message.startswith(("reloaded: ", "reload failed: ")):
+            self.record_event(events.WATCH, None, message)
 
     async def _watch_reload(self, reason: str) -> None:
+        self.record_event(events.WATCH, None, f"{reason}: reloading")
         async with self.op_lock:
             await self._watch_reload_locked(reason)
 
@@ -631,6 +660,8 @@ class App:
         """Returns (added, removed) slots. Removal drains, so nothing is lost."""
         count = max(0, count)
         current = sorted(self.slots)
+        if count != len(current):
+            self.record_event(events.SCALE, None, f"{len(current)} -> {count} instance(s)")
         added: list[Slot] = []
         removed: list[Slot] = []
         self.spec.instances = count
@@ -660,12 +691,15 @@ class App:
 
     async def rolling_reload(self, reason: str = "reload", after_watch: bool = False) -> str:
         """One instance at a time: start the new one, wait for ready, then drain the old."""
+        trigger = events.RELOAD_TRIGGERS.get(reason, reason)
         try:
             message = await self._rolling_reload(reason, after_watch)
-        except OpError:
+        except OpError as exc:
             self.reloads["failed"] += 1
+            self.record_event(events.RELOAD_FAILED, None, f"{trigger}: {exc.message}")
             raise
         self.reloads["ok"] += 1
+        self.record_event(events.RELOAD, None, f"{trigger}: {message.partition(': ')[2]}")
         return message
 
     async def _rolling_reload(self, reason: str, after_watch: bool) -> str:

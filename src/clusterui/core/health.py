@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from clusterui.core.spec import HealthCheck
-from clusterui.vocab import states
+from clusterui.vocab import events, states
 
 if TYPE_CHECKING:
     from clusterui.core.apps import App, Proc, Slot
@@ -418,12 +418,16 @@ class HealthMonitor:
             self._tell_dispatcher(proc, ok)
             if ok and was is False:
                 app.ctx.logs.emit(slot.id, app.name, slot.instance, "health probe passes again")
+                app.record_event(events.HEALTH, slot.instance, f"healthy again ({detail})")
             elif not ok:
                 app.ctx.logs.emit(
                     slot.id,
                     app.name,
                     slot.instance,
                     f"health probe failed ({detail}); unhealthy, no new connections",
+                )
+                app.record_event(
+                    events.HEALTH, slot.instance, f"unhealthy: probe failed ({detail})"
                 )
         if not ok and state.consecutive >= self.check.failures and not state.replacing:
             state.replacing = True

@@ -136,6 +136,19 @@ def signal_group(pid: int, sig: int) -> bool:
         return False
 
 
+def signal_process(pid: int, sig: int) -> bool:
+    """Signal the process itself (not its group); False if it is already gone.
+
+    Safe from pid reuse: pid is our child, and only our ExitWatcher reaps it, on this
+    same event loop, so until then the pid cannot name another process.
+    """
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def _remove_when_empty(loop, path: str, tries: int) -> None:
     """rmdir a killed worker's cgroup once the kernel has reaped what was in it."""
     if not cgroups.CgroupTree.remove(path) and tries > 0:

@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from clusterui import __version__
@@ -28,12 +29,13 @@ from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.metrics import MetricsServer, is_loopback, parse_address, render
+from clusterui.core.process import signal_process
 from clusterui.core.safefs import UnsafePath
 from clusterui.core.snapshot import app_row, display_status, snapshot, worker_row
 from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
-from clusterui.vocab import states
+from clusterui.vocab import events, signals, states
 from clusterui.vocab.exits import Exit, OpError
 from clusterui.vocab.snapshot import Snapshot, SupervisorInfo
 
@@ -556,6 +558,56 @@ class Supervisor:
         workers = {(app.name, s.instance): s.id for app, slots in groups for s in slots}
         per_file.append(self.logs.sys_history(workers, n))
         return list(heapq.merge(*per_file, key=attrgetter("time")))[-n:]
+
+    async def op_signal(self, sig: str, targets: list[str]) -> dict[str, Any]:
+        """Send `sig` (vocab.signals) to each targeted worker's process, not its group:
+        the program decides what its own children hear, as with PM2's sendSignal. No
+        op lock: a signal does not wait behind a reload (during one it reaches each
+        slot's current process, not an old one draining). A worker that a signal ends is
+        an unexpected exit, restarted per its policy (`stop` is the way to stop it)."""
+        name = signals.parse(sig)
+        if name is None:
+            raise OpError(signals.problem(sig), Exit.USAGE)
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise OpError("targets must be a list of TARGET strings", Exit.USAGE)
+        number = getattr(signal, f"SIG{name}")
+        sent: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        for app, slots in resolve(self.apps, targets):
+            for slot in slots:
+                proc, label = slot.proc, f"{app.name}:{slot.instance}"
+                if proc is None or proc.exited.done() or not signal_process(proc.pid, number):
+                    skipped.append(label)
+                    continue
+                sent.append(
+                    {"id": slot.id, "app": app.name, "instance": slot.instance, "pid": proc.pid}
+                )
+                app.record_event(events.SIGNAL, slot.instance, f"SIG{name} sent to pid {proc.pid}")
+                self.logs.emit(slot.id, app.name, slot.instance, f"SIG{name} sent (by a user)")
+        if not sent:
+            what = ", ".join(skipped) or ", ".join(targets)
+            raise OpError(f"no running worker to signal ({what} not running)")
+        message = f"sent SIG{name} to {len(sent)} worker(s)"
+        if skipped:
+            message += f"; not running: {', '.join(skipped)}"
+        return {"message": message, "signal": f"SIG{name}", "sent": sent, "skipped": skipped}
+
+    async def op_events(
+        self, app: str | None = None, instance: int | None = None, limit: int = events.KEPT
+    ) -> list[events.Event]:
+        """The timeline (vocab.events), oldest first: the newest `limit` events of `app`
+        (every app when None); with `instance`, that worker's and the app-wide ones."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise OpError("limit must be a whole number, 0 or more", Exit.USAGE)
+        if instance is not None and (isinstance(instance, bool) or not isinstance(instance, int)):
+            raise OpError("instance must be a whole number", Exit.USAGE)
+        if app is not None and not isinstance(app, str):
+            raise OpError("app must be a name", Exit.USAGE)
+        apps = [self._app(app)] if app is not None else list(self.apps.values())
+        picked = heapq.merge(*(a.events for a in apps), key=itemgetter("time"))
+        if instance is not None:
+            picked = (e for e in picked if e["instance"] in (instance, None))
+        return list(deque(picked, maxlen=limit)) if limit else []
 
     async def op_resolve(self, targets: list[str]) -> list[int]:
         return [s.id for _, slots in resolve(self.apps, targets) for s in slots]

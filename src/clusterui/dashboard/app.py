@@ -36,13 +36,14 @@ from clusterui.dashboard.messages import (
     NoticeArrived,
     StateUpdated,
 )
-from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
+from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen, SignalScreen
 from clusterui.dashboard.model import History, Selection
 from clusterui.dashboard.table import ProcessTable
 from clusterui.vocab.exits import Exit
 from clusterui.vocab.safetext import visible
 
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
+EVENTS_SHOWN = 15  # the newest events the detail pane asks for
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
@@ -111,6 +112,10 @@ class DashboardApp(App[None]):
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._pending_logs: list[dict[str, Any]] | None = None  # the batch in the queue
         self._seen_width: int | None = None  # the terminal width the last Resize gave
+        # What the shown events were fetched for (selection and the counters that say
+        # the app's timeline moved); a different key fetches them again.
+        self._events_key: tuple[Any, ...] | None = None
+        self._events_nudge = 0  # bumped after a signal this dashboard sent
 
     # -- layout ---------------------------------------------------------------
 
@@ -340,8 +345,48 @@ class DashboardApp(App[None]):
         sel = self.selection
         if self.details_visible:
             self.main_screen.query_one(DetailPane).show(sel, self.snapshot, self.history)
+            self._follow_events(sel)
+        else:
+            self._events_key = None  # shown again: fetched again
         if self._log_follows_selection:
             self._scope_logs(sel)
+
+    # -- the events timeline (fetched, not in the snapshot) ----------------------------
+
+    def _follow_events(self, sel: Selection | None) -> None:
+        """Fetch the selection's events when it changes, or when its app's counters say
+        something happened (restarts, reloads, scale, watch, health, a signal we sent)."""
+        if sel is None or not self.connected or self.client is None:
+            return
+        workers = self._workers_of(sel.app)
+        app = next((a for a in self.snapshot["apps"] if a["name"] == sel.app), {})
+        key = (
+            id(self.client),
+            sel.app,
+            sel.worker,
+            tuple((w["instance"], w.get("restarts"), (w.get("health") or {}).get("ok"))
+                  for w in workers),
+            repr(app.get("reloads")),
+            app.get("last_watch_event"),
+            self._events_nudge,
+        )  # fmt: skip
+        if key != self._events_key:
+            self._events_key = key
+            self._fetch_events(sel)
+
+    @work(group="timeline", exclusive=True, exit_on_error=False)
+    async def _fetch_events(self, sel: Selection) -> None:
+        owner = (sel.app, sel.worker)
+        try:
+            rows = await self.client.app_events(sel.app, sel.instance, EVENTS_SHOWN)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            # Said until the key changes: an older supervisor without the op is not
+            # asked again every second.
+            self.main_screen.query_one(DetailPane).show_events(owner, message_of(err))
+            return
+        self.main_screen.query_one(DetailPane).show_events(owner, list(rows))
 
     # -- actions on the supervisor ------------------------------------------------
 
@@ -427,6 +472,29 @@ class DashboardApp(App[None]):
     async def action_watch(self) -> None:
         if sel := self._selected():
             await self._call("watch", sel.app, None)
+
+    @work(group="actions", exit_on_error=False)
+    async def action_signal(self) -> None:
+        """The `x` menu: the supervisor signals the worker (or each of the app's)."""
+        sel = self._selected()
+        if sel is None:
+            return
+        n = len(self._workers_of(sel.app)) if sel.is_app else 1
+        name = await self.push_screen_wait(SignalScreen(sel.target, n))
+        if name is None:
+            self.notify("Cancelled.", markup=False)
+            return
+        if name == "KILL":
+            whom = f"all {n} workers of {sel.app}" if sel.is_app and n != 1 else sel.target
+            question = (
+                f"Send SIGKILL to {whom}? It dies at once, without cleanup, and restarts "
+                "per its policy."
+            )
+            if not await self._confirm(question, "Kill"):
+                return
+        await self._call("signal", name, [sel.target])
+        self._events_nudge += 1
+        self._refresh_selection()
 
     @work(group="actions", exit_on_error=False)
     async def action_apply_file(self) -> None:
@@ -645,6 +713,7 @@ class DashboardApp(App[None]):
             "stop": f"Stop {target}",
             "start": f"Start {target}",
             "watch": f"Toggle file watch for {app}",
+            "signal": f"Send a signal to {target}…",
             "apply_file": "Apply the ecosystem file (reload FILE)",
             "logs": "Focus or maximise the logs",
             "filter": "Filter the logs",

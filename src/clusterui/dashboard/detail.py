@@ -32,6 +32,7 @@ from clusterui.dashboard.model import (
     worker_series,
 )
 from clusterui.dashboard.style import fg_style
+from clusterui.vocab import events as timeline
 from clusterui.vocab import states
 from clusterui.vocab.safetext import visible
 
@@ -122,6 +123,7 @@ class DetailPane(VerticalScroll):
         & > #detail-title { height: auto; text-style: bold; margin-bottom: 1; }
         & > #detail-metrics { height: auto; }
         & > #detail-info { height: auto; margin-top: 1; }
+        & > #detail-events { height: auto; margin-top: 1; }
         SparkChart.-mem > .sparkchart--bars { color: $text-secondary; }
         SparkChart.-conn > .sparkchart--bars { color: $text-accent; }
         SparkChart.-metric > .sparkchart--bars { color: $text-warning; }
@@ -134,6 +136,8 @@ class DetailPane(VerticalScroll):
         self._metric_names: list[str] = []
         self._metric_charts: list[SparkChart] = []
         self._shown: dict[str, Any] = {}  # Static id -> what it shows (skip equal updates)
+        # The selection the shown events were fetched for (the app asks the supervisor).
+        self._events_owner: tuple[str, int | None] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("Nothing selected", id="detail-title")
@@ -142,13 +146,18 @@ class DetailPane(VerticalScroll):
         yield SparkChart("Conn/s", fmt=fmt_rate, id="chart-conn", classes="-conn")
         yield Vertical(id="detail-metrics")
         yield Static("", id="detail-info")
+        yield Static("", id="detail-events")
 
     def show(self, sel: Selection | None, snapshot: dict[str, Any], history: History) -> None:
         apps = {a["name"]: a for a in snapshot.get("apps", [])}
         if sel is None or sel.app not in apps:
             self._update("detail-title", "Nothing selected", lambda: "Nothing selected")
             self._update("detail-info", "", lambda: "")
+            self._update("detail-events", "", lambda: "")
             return
+        if self._events_owner != (sel.app, sel.worker):
+            # Fetched for another selection: say they are coming rather than show those.
+            self._update("detail-events", "loading", lambda: _events_text("loading…", None))
         app = apps[sel.app]
         workers = [w for w in snapshot.get("workers", []) if w["app"] == sel.app]
         worker = next((w for w in workers if w["id"] == sel.worker), None)
@@ -178,6 +187,12 @@ class DetailPane(VerticalScroll):
             self._update("detail-title", (app, statuses), lambda: self._app_title(app, workers))
             facts = (app, [(w.get("restarts"), w.get("restart_history")) for w in workers])
             self._update("detail-info", facts, lambda: self._app_info(app, workers))
+
+    def show_events(self, owner: tuple[str, int | None], rows: list[dict[str, Any]] | str) -> None:
+        """The timeline the app fetched for `owner` (app, worker id): rows oldest first,
+        or why they could not be fetched."""
+        self._events_owner = owner
+        self._update("detail-events", (owner, rows), lambda: _events_text(rows, self.tz))
 
     def _update(self, static_id: str, facts: Any, build: Callable[[], Any]) -> None:
         key = repr(facts)
@@ -265,19 +280,8 @@ class DetailPane(VerticalScroll):
         for name, value in sorted((w.get("metrics") or {}).items()):
             grid.add_row(f"· {name}", fmt_metric(value))
         _health_rows(grid, w.get("health"), self.tz)
-        history = list(w.get("restart_history") or [])
-        grid.add_row("restarts", str(w.get("restarts", 0)))
-        parts: list[Any] = [grid]
-        if history:
-            events = self._grid()
-            events.add_row(Text("recent restarts", style="dim"), "")
-            for item in history[-10:][::-1]:
-                events.add_row(
-                    fmt_clock(float(item.get("time") or 0), self.tz),
-                    _restart_text(item),
-                )
-            parts.append(events)
-        return Group(*parts)
+        grid.add_row("restarts", str(w.get("restarts", 0)))  # their reasons: under Events
+        return Group(grid)
 
     def _app_info(self, app: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
         grid = self._grid()
@@ -291,23 +295,7 @@ class DetailPane(VerticalScroll):
         _upkeep_rows(grid, app, self.tz)
         restarts = sum(int(w.get("restarts") or 0) for w in workers)
         grid.add_row("restarts", str(restarts))
-        items = sorted(
-            (
-                (float(item.get("time") or 0), f"{app['name']}:{w['instance']}", item)
-                for w in workers
-                for item in (w.get("restart_history") or [])
-            ),
-            key=lambda t: t[0],
-            reverse=True,
-        )[:10]
-        parts: list[Any] = [grid]
-        if items:
-            events = self._grid()
-            events.add_row(Text("recent restarts", style="dim"), "")
-            for t, who, item in items:
-                events.add_row(fmt_clock(t, self.tz), f"{who} {_restart_text(item)}")
-            parts.append(events)
-        return Group(*parts)
+        return Group(grid)
 
 
 class _PlainGrid(Table):
@@ -360,7 +348,32 @@ def _exit_text(code: Any, signal: Any) -> str:
     return "—"
 
 
-def _restart_text(item: dict[str, Any]) -> str:
-    reason = str(item.get("reason") or "restart")
-    detail = _exit_text(item.get("exit_code"), item.get("signal"))
-    return reason if detail == "—" else f"{reason} ({detail})"
+def _events_text(rows: list[dict[str, Any]] | str, tz: Any) -> Group:
+    """The Events section: newest first, local HH:MM:SS, kind, who, reason. A reason holds
+    worker-controlled text (exit codes, file names, probe output): Text, never markup."""
+    title = Text("Events", style="bold")
+    if isinstance(rows, str):  # loading, or why the fetch failed
+        return Group(title, Text(visible(rows), style="dim"))
+    if not rows:
+        return Group(title, Text("none yet", style="dim"))
+    # Two columns: a long reason wraps under itself, the times stay a clean column.
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(overflow="fold")
+    shown = [
+        (
+            e,
+            visible(str(e.get("kind") or "?")),
+            "app" if e.get("instance") is None else f":{e['instance']}",
+        )
+        for e in reversed(rows)
+    ]
+    kinds = max(len(kind) for _, kind, _ in shown)  # padded: kinds and workers line up
+    whos = max(len(who) for _, _, who in shown)
+    for event, kind, who in shown:
+        line = Text(end="")
+        line.append(kind.ljust(kinds), style="bold red" if kind in timeline.BAD else "bold")
+        line.append(f" {who.ljust(whos)} ")
+        line.append(visible(str(event.get("reason") or "")))
+        grid.add_row(fmt_clock(float(event.get("time") or 0), tz), line)
+    return Group(title, grid)

@@ -87,6 +87,15 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("f", "f", "follow", "Follow", "Follow new log lines on or off", footer=False),
     Key("t", "t", "timestamps", "Times", "Log timestamps on or off", footer=False),
+    Key(
+        "x",
+        "x",
+        "signal",
+        "Signal…",
+        "Send a signal (HUP, USR1, USR2, INT, TERM, KILL) to the selected worker, or to "
+        "every worker on an app row; KILL asks first",
+        footer=False,
+    ),
 )
 
 NAVIGATION = (

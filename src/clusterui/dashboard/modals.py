@@ -1,4 +1,4 @@
-"""Dialogs: confirm a whole-app action, the quit question, key help."""
+"""Dialogs: confirm a whole-app action, the quit question, the signal menu, key help."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button, OptionList, Static
+from textual.widgets.option_list import Option
 
 from clusterui.dashboard.keys import KEYS, NAVIGATION
+from clusterui.vocab.safetext import visible
+from clusterui.vocab.signals import SIGNALS
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -82,6 +85,48 @@ class QuitScreen(ModalScreen[str | None]):
 
     def action_answer(self, answer: str | None) -> None:
         self.dismiss(answer)
+
+
+class SignalScreen(ModalScreen[str | None]):
+    """Which signal to send (vocab.signals): its name, or None when cancelled. The
+    dashboard then asks the supervisor to send it; KILL is confirmed first."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q", "cancel", "Cancel", show=False),
+    ]
+
+    def __init__(self, target: str, workers: int) -> None:
+        super().__init__(classes="dialog")
+        self.target = target
+        self.count = workers
+
+    def compose(self) -> ComposeResult:
+        whom = f"{self.count} workers of " if self.count > 1 else ""
+        options = [
+            Option(Text.assemble((f"{name:<5}", "bold"), f" {meaning}"), id=name)
+            for name, meaning in SIGNALS
+        ]
+        with Vertical(classes="dialog-box signal-box"):
+            yield Static(
+                Text(visible(f"Send a signal to {whom}{self.target}"), style="bold"),
+                classes="dialog-title",
+            )
+            yield OptionList(*options, id="signals")
+            yield Static(
+                Text("enter sends · esc cancels · INT/TERM/KILL: it restarts", style="dim"),
+                classes="dialog-hint",
+            )
+
+    def on_mount(self) -> None:
+        menu = self.query_one(OptionList)
+        menu.highlighted = 0  # enter right away sends the first one, as a menu does
+        menu.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class HelpScreen(ModalScreen[None]):
