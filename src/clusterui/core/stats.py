@@ -1,15 +1,28 @@
-"""Resource sampling with persistent psutil.Process objects (cpu_percent needs them)."""
+"""Resource sampling straight from /proc, once per tick for every worker's process tree.
+
+Each process costs one read of /proc/PID/stat (CPU ticks, state, thread count, start
+time and RSS are all in it) and, to find its children, one read of
+/proc/PID/task/PID/children (a directory listing of /proc/PID/task only when it has more
+than one thread). psutil.Process objects did the same with about four opens, a listing
+and far more Python per process: at 2,000 workers that was most of the supervisor's idle
+CPU (issue 18; bench/fleet.py measures it).
+
+CPU % is the change in utime + stime since the previous tick over the wall time between
+them, as psutil's cpu_percent computes it; a process seen for the first time contributes
+0 (its baseline), and a pid reused by a new process (another start time) starts afresh.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from typing import NamedTuple
 
-import psutil
-
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 # Kernel states of a process that will not run until SIGCONT (or the tracer lets go):
 # /proc state 'T' (SIGSTOP, SIGTSTP, SIGTTIN/OU) and 't' (stopped under ptrace).
-STOPPED = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP})
+STOPPED = frozenset({b"T", b"t"})
 
 
 class Sample(NamedTuple):
@@ -18,19 +31,60 @@ class Sample(NamedTuple):
     stopped: bool  # the worker's own process is stopped (its children are not looked at)
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children, from /proc/PID/task/*/children: no scan of the whole table."""
-    kids: list[int] = []
+class ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat the sampler uses."""
+
+    state: bytes
+    ticks: int  # utime + stime, in clock ticks
+    threads: int
+    start: int  # starttime: tells a reused pid from the process seen before
+    rss: int  # bytes
+
+
+def _read(path: str) -> bytes | None:
+    """The whole file, or None if it cannot be opened (the process is gone)."""
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return kids
-    for tid in tasks:
+        return None
+    try:
+        chunks = [os.read(fd, 4096)]
+        while len(chunks[-1]) == 4096:  # a long children list; stat is always shorter
+            chunks.append(os.read(fd, 4096))
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    data = _read(f"/proc/{pid}/stat")
+    if not data:
+        return None
+    # Field 2 (comm) is in parentheses and may hold spaces and ')': count from the last.
+    f = data[data.rfind(b")") + 2 :].split()
+    try:  # f[0] is field 3 (state); field N of proc(5) is f[N - 3]
+        return ProcStat(f[0], int(f[11]) + int(f[12]), int(f[17]), int(f[19]), int(f[21]) * _PAGE)
+    except (IndexError, ValueError):
+        return None
+
+
+def _children(pid: int, threads: int = 0) -> list[int]:
+    """Direct children, from /proc/PID/task/*/children: no scan of the whole table.
+    With a single thread (threads == 1) its one task is read without listing the folder."""
+    if threads == 1:
+        tasks = [str(pid)]
+    else:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                kids.extend(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            continue
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+    kids: list[int] = []
+    for tid in tasks:
+        data = _read(f"/proc/{pid}/task/{tid}/children")
+        if data:
+            kids.extend(int(x) for x in data.split())
     return kids
 
 
@@ -38,51 +92,40 @@ class Sampler:
     """CPU % and RSS per worker process tree, sampled once per tick."""
 
     def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-        psutil.cpu_percent(None)  # prime the host figure
-
-    def _process(self, pid: int) -> psutil.Process | None:
-        proc = self._procs.get(pid)
-        if proc is None:
-            try:
-                proc = psutil.Process(pid)
-                proc.cpu_percent(None)  # the first call only sets the baseline
-            except psutil.Error:
-                return None
-            self._procs[pid] = proc
-        return proc
+        # pid -> (start time, CPU ticks, monotonic time) at the previous tick.
+        self._last: dict[int, tuple[int, int, float]] = {}
+        self._host_cpu = _host_cpu_times()
 
     def sample_all(self, pids: list[int]) -> dict[int, Sample]:
         """{pid: Sample} for each pid and its descendants together."""
-        seen: set[int] = set()
-        out = {}
-        for pid in pids:
-            out[pid] = self._sample_tree(pid, seen)
-        for pid in list(self._procs):
-            if pid not in seen:  # exited since the last tick
-                del self._procs[pid]
+        now = time.monotonic()
+        seen: dict[int, tuple[int, int, float]] = {}
+        out = {pid: self._sample_tree(pid, now, seen) for pid in pids}
+        self._last = seen  # what exited since the last tick is forgotten
         return out
 
-    def _sample_tree(self, pid: int, seen: set[int]) -> Sample:
+    def _sample_tree(self, pid: int, now: float, seen: dict[int, tuple[int, int, float]]) -> Sample:
+        last = self._last
         family = [pid]
-        for member in family:  # grows as we go: a breadth-first walk of the tree
-            family.extend(k for k in _children(member) if k not in family)
+        members = {pid}
         cpu = 0.0
         rss = 0
         stopped = False
-        for member in family:
-            proc = self._process(member)
-            if proc is None:
+        for member in family:  # grows as we go: a breadth-first walk of the tree
+            st = read_stat(member)
+            if st is None:
                 continue
-            seen.add(member)
-            try:
-                with proc.oneshot():
-                    cpu += proc.cpu_percent(None)
-                    rss += proc.memory_info().rss
-                    if member == pid:  # status() reads the same /proc/PID/stat: no extra I/O
-                        stopped = proc.status() in STOPPED
-            except psutil.Error:
-                continue
+            seen[member] = (st.start, st.ticks, now)
+            prev = last.get(member)
+            if prev is not None and prev[0] == st.start and now > prev[2]:
+                cpu += 100 * (st.ticks - prev[1]) / _CLOCK_TICKS / (now - prev[2])
+            rss += st.rss
+            if member == pid:
+                stopped = st.state in STOPPED
+            for kid in _children(member, st.threads):
+                if kid not in members:
+                    members.add(kid)
+                    family.append(kid)
         return Sample(cpu, rss, stopped)
 
     @staticmethod
@@ -106,12 +149,40 @@ class Sampler:
                 continue
         return total
 
-    @staticmethod
-    def host() -> dict[str, float | int]:
-        mem = psutil.virtual_memory()
+    def host(self) -> dict[str, float | int]:
+        """The host's CPU % since the previous call (as psutil.cpu_percent(None)) and
+        memory in use (total - MemAvailable, as psutil.virtual_memory)."""
+        before, self._host_cpu = self._host_cpu, _host_cpu_times()
+        busy = (self._host_cpu[0] - before[0]) if before else 0
+        total = (self._host_cpu[1] - before[1]) if before else 0
+        mem = _meminfo()
         return {
-            "cpu": psutil.cpu_percent(None),
-            "memory_used": mem.total - mem.available,
-            "memory_total": mem.total,
-            "cpus": psutil.cpu_count() or 1,
+            "cpu": round(100 * busy / total, 1) if total > 0 else 0.0,
+            "memory_used": mem.get(b"MemTotal:", 0) - mem.get(b"MemAvailable:", 0),
+            "memory_total": mem.get(b"MemTotal:", 0),
+            "cpus": os.cpu_count() or 1,
         }
+
+
+def _host_cpu_times() -> tuple[int, int] | None:
+    """(busy, total) ticks from the first line of /proc/stat; guest time is already in
+    user and nice, and idle and iowait are not busy (psutil's reckoning)."""
+    data = _read("/proc/stat")
+    if not data:
+        return None
+    try:
+        t = [int(x) for x in data.split(b"\n", 1)[0].split()[1:]]
+        total = sum(t[:8])  # user nice system idle iowait irq softirq steal
+        return total - t[3] - t[4], total
+    except (IndexError, ValueError):
+        return None
+
+
+def _meminfo() -> dict[bytes, int]:
+    """/proc/meminfo's figures in bytes, by their label ('MemTotal:')."""
+    out = {}
+    for line in (_read("/proc/meminfo") or b"").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1]) * (1024 if parts[2:] == [b"kB"] else 1)
+    return out

@@ -52,7 +52,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self._ids: dict[tuple[str, int], int] = {}
         self._serial = 0
-        self._host: dict[str, Any] = Sampler.host()
+        self._host: dict[str, Any] = self.sampler.host()
         self._conn_rate = 0.0
         self._ticks = 0
         self.ctx = Context(
@@ -142,11 +142,12 @@ class Supervisor:
     # ---- the sampling tick -------------------------------------------------------------
 
     async def tick_loop(self) -> None:
+        tick = _profiled(self.tick, os.environ.get("CLUSTERUI_PROFILE_TICK"))
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), TICK)
             try:
-                self.tick()
+                tick()
             except Exception:  # one bad tick must not end sampling, sweeping and state
                 traceback.print_exc(file=sys.stderr)
 
@@ -178,7 +179,7 @@ class Supervisor:
         figures = self.sampler.sample_all(pids)
         self._ticks += 1
         if self._ticks % 2:  # host figures move slowly; /proc/meminfo is not free
-            self._host = Sampler.host()
+            self._host = self.sampler.host()
         total_rate = 0.0
         for app, slot in slots:
             cpu, rss, stopped = figures.get(slot.proc.pid, NO_SAMPLE) if slot.proc else NO_SAMPLE
@@ -732,6 +733,26 @@ class Supervisor:
         self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         await self.server.close()
+
+
+def _profiled(tick: Callable[[], None], path: str | None) -> Callable[[], None]:
+    """tick itself; with CLUSTERUI_PROFILE_TICK=FILE (for bench/fleet.py --profile), tick
+    under cProfile, the statistics of every tick so far written to FILE every 10 ticks."""
+    if not path:
+        return tick
+    import cProfile
+
+    profile = cProfile.Profile()
+    count = 0
+
+    def profiled() -> None:
+        nonlocal count
+        profile.runcall(tick)
+        count += 1
+        if count % 10 == 0:
+            profile.dump_stats(path)
+
+    return profiled
 
 
 def _check_load_args(file: Any, env: Any, only: Any) -> None:
