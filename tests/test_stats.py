@@ -32,6 +32,23 @@ os.read(r, 1)
 print(kid, flush=True)
 time.sleep(600)
 """
+# The child is forked by a second thread: its pid is in that thread's children file only.
+THREADED = """\
+import os, threading, time
+r, w = os.pipe()
+def start():
+    kid = os.fork()
+    if kid == 0:
+        block = bytearray(64 * 1024 * 1024)
+        os.write(w, b"x")
+        time.sleep(600)
+        os._exit(0)
+    os.read(r, 1)
+    print(kid, flush=True)
+    time.sleep(600)
+threading.Thread(target=start, daemon=True).start()
+time.sleep(600)
+"""
 BUSY = "while True: pass\n"
 HOLDER = f"""\
 import subprocess, sys, time
@@ -121,3 +138,36 @@ def test_host_figures(procs):
     assert host["memory_total"] == total
     assert 0 < host["memory_used"] < total
     assert 0.0 <= host["cpu"] <= 100.0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_kept_files_are_closed_when_their_process_goes_and_the_cap_holds(procs):
+    parent = python(procs, TREE)
+    kid = int(parent.stdout.readline())
+    before = open_fds()
+    sampler = Sampler()
+    kept = sampler.sample_all([parent.pid])[parent.pid]
+    assert open_fds() == before + 4  # stat and children file of each of the two
+    assert sampler.sample_all([parent.pid])[parent.pid].memory > 64 * 1024 * 1024
+    capped = Sampler()
+    capped.max_kept_fds = 0  # nothing kept: every file opened and closed each tick
+    assert abs(capped.sample_all([parent.pid])[parent.pid].memory - kept.memory) < 1024 * 1024
+    assert open_fds() == before + 4
+    os.kill(kid, signal.SIGKILL)
+    wait_for(
+        lambda: sampler.sample_all([parent.pid])[parent.pid].memory < 64 * 1024 * 1024,
+        10,
+        "the killed child's memory to leave the tree",
+    )
+    sampler.sample_all([])  # nothing sampled any more: every kept file is closed
+    assert open_fds() == before
+
+
+def test_a_child_of_a_second_thread_is_found(procs):
+    threaded = python(procs, THREADED)
+    kid = int(threaded.stdout.readline())
+    sampler = Sampler()
+    assert sampler.sample_all([threaded.pid])[threaded.pid].memory > 64 * 1024 * 1024, kid

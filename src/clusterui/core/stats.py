@@ -14,7 +14,9 @@ them, as psutil's cpu_percent computes it; a process seen for the first time con
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import time
 from typing import NamedTuple
 
@@ -58,10 +60,7 @@ def _read(path: str) -> bytes | None:
         os.close(fd)
 
 
-def read_stat(pid: int) -> ProcStat | None:
-    data = _read(f"/proc/{pid}/stat")
-    if not data:
-        return None
+def _parse_stat(data: bytes) -> ProcStat | None:
     # Field 2 (comm) is in parentheses and may hold spaces and ')': count from the last.
     f = data[data.rfind(b")") + 2 :].split()
     try:  # f[0] is field 3 (state); field N of proc(5) is f[N - 3]
@@ -70,30 +69,77 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
 
 
+def read_stat(pid: int) -> ProcStat | None:
+    data = _read(f"/proc/{pid}/stat")
+    return _parse_stat(data) if data else None
+
+
 def _children(pid: int, threads: int = 0) -> list[int]:
     """Direct children, from /proc/PID/task/*/children: no scan of the whole table.
     With a single thread (threads == 1) its one task is read without listing the folder."""
-    if threads == 1:
-        tasks = [str(pid)]
-    else:
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            return []
     kids: list[int] = []
-    for tid in tasks:
+    for tid in _tasks(pid, threads):
         data = _read(f"/proc/{pid}/task/{tid}/children")
         if data:
             kids.extend(int(x) for x in data.split())
     return kids
 
 
+def _tasks(pid: int, threads: int) -> list[str]:
+    if threads == 1:
+        return [str(pid)]
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def _pread(fd: int) -> bytes | None:
+    """A kept /proc file read again from its start (the kernel renders it anew); None
+    once its process (or thread) has exited: the fd never follows a reused pid."""
+    try:
+        chunks = [os.pread(fd, 4096, 0)]
+        while len(chunks[-1]) == 4096:
+            chunks.append(os.pread(fd, 4096, 4096 * len(chunks)))
+    except OSError:
+        return None
+    return b"".join(chunks)
+
+
+class _Kept:
+    """The open /proc files of one process: its stat and its threads' children lists
+    (by thread id). Opening a /proc file costs about three times what reading it again
+    does."""
+
+    __slots__ = ("kids", "stat")
+
+    def __init__(self, stat: int) -> None:
+        self.stat = stat
+        self.kids: dict[str, int] = {}
+
+    def fds(self) -> int:
+        return 1 + len(self.kids)
+
+    def close(self) -> None:
+        for fd in (self.stat, *self.kids.values()):
+            os.close(fd)
+        self.kids = {}
+
+
 class Sampler:
-    """CPU % and RSS per worker process tree, sampled once per tick."""
+    """CPU % and RSS per worker process tree, sampled once per tick.
+
+    The /proc files of sampled processes are kept open between ticks (up to a quarter of
+    the fd limit; beyond it, files are opened and closed each tick) and closed once their
+    process is no longer sampled.
+    """
 
     def __init__(self) -> None:
         # pid -> (start time, CPU ticks, monotonic time) at the previous tick.
         self._last: dict[int, tuple[int, int, float]] = {}
+        self._kept: dict[int, _Kept] = {}
+        self._kept_fds = 0
+        self.max_kept_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4
         self._host_cpu = _host_cpu_times()
 
     def sample_all(self, pids: list[int]) -> dict[int, Sample]:
@@ -102,7 +148,13 @@ class Sampler:
         seen: dict[int, tuple[int, int, float]] = {}
         out = {pid: self._sample_tree(pid, now, seen) for pid in pids}
         self._last = seen  # what exited since the last tick is forgotten
+        for pid in [p for p in self._kept if p not in seen]:
+            self._forget(pid)
         return out
+
+    def close(self) -> None:
+        for pid in list(self._kept):
+            self._forget(pid)
 
     def _sample_tree(self, pid: int, now: float, seen: dict[int, tuple[int, int, float]]) -> Sample:
         last = self._last
@@ -112,7 +164,7 @@ class Sampler:
         rss = 0
         stopped = False
         for member in family:  # grows as we go: a breadth-first walk of the tree
-            st = read_stat(member)
+            st, kids = self._read(member)
             if st is None:
                 continue
             seen[member] = (st.start, st.ticks, now)
@@ -122,11 +174,65 @@ class Sampler:
             rss += st.rss
             if member == pid:
                 stopped = st.state in STOPPED
-            for kid in _children(member, st.threads):
+            for kid in kids:
                 if kid not in members:
                     members.add(kid)
                     family.append(kid)
         return Sample(cpu, rss, stopped)
+
+    def _read(self, pid: int) -> tuple[ProcStat | None, list[int]]:
+        """pid's stat and children, from its kept files (opened on first sight)."""
+        kept = self._kept.get(pid)
+        if kept is not None:
+            data = _pread(kept.stat)
+            if not data:  # exited (a zombie still reads); a new process may have its pid
+                self._forget(pid)
+                kept = None
+        if kept is None:
+            kept = self._keep(pid)
+            if kept is None:  # gone, or too many files kept already
+                st = read_stat(pid)
+                return st, (_children(pid, st.threads) if st else [])
+            data = _pread(kept.stat)
+        st = _parse_stat(data) if data else None
+        if st is None:
+            return None, []
+        return st, self._kids(pid, kept, st.threads)
+
+    def _kids(self, pid: int, kept: _Kept, threads: int) -> list[int]:
+        """Children from the kept children file of each thread (the thread list is read
+        only when there is more than one: a file of an exited thread just reads empty)."""
+        tids = _tasks(pid, threads)
+        for tid in [t for t in kept.kids if t not in tids]:  # exited threads
+            os.close(kept.kids.pop(tid))
+            self._kept_fds -= 1
+        out: list[int] = []
+        for tid in tids:
+            fd = kept.kids.get(tid)
+            if fd is None and self._kept_fds < self.max_kept_fds:
+                with contextlib.suppress(OSError):
+                    fd = kept.kids[tid] = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
+                    self._kept_fds += 1
+            data = _pread(fd) if fd is not None else _read(f"/proc/{pid}/task/{tid}/children")
+            if data:
+                out.extend(int(x) for x in data.split())
+        return out
+
+    def _keep(self, pid: int) -> _Kept | None:
+        if self._kept_fds >= self.max_kept_fds:
+            return None
+        try:
+            kept = _Kept(os.open(f"/proc/{pid}/stat", os.O_RDONLY))
+        except OSError:
+            return None
+        self._kept[pid] = kept
+        self._kept_fds += 1
+        return kept
+
+    def _forget(self, pid: int) -> None:
+        kept = self._kept.pop(pid)
+        self._kept_fds -= kept.fds()
+        kept.close()
 
     @staticmethod
     def pss_tree(pid: int) -> int:
