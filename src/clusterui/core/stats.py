@@ -62,7 +62,7 @@ def _read(path: str) -> bytes | None:
 
 def _parse_stat(data: bytes) -> ProcStat | None:
     # Field 2 (comm) is in parentheses and may hold spaces and ')': count from the last.
-    f = data[data.rfind(b")") + 2 :].split()
+    f = data[data.rfind(b")") + 2 :].split(None, 22)  # the fields after rss stay unsplit
     try:  # f[0] is field 3 (state); field N of proc(5) is f[N - 3]
         return ProcStat(f[0], int(f[11]) + int(f[12]), int(f[17]), int(f[19]), int(f[21]) * _PAGE)
     except (IndexError, ValueError):
