@@ -8,7 +8,8 @@ manager:
 
 - `up -d` → all online: from launching `clusterui up -d FILE` / `pm2 start FILE` until
   `ls --json` / `pm2 jlist` lists every worker online with a pid (polled, so each figure
-  includes up to one poll's latency);
+  includes up to one poll's latency), and the manager's own CPU time until then (it was
+  started by `up`, so all of it is start-up work);
 - idle CPU of the manager process only, as % of one core: utime + stime from
   /proc/PID/stat over the window (CPU time, so a busy shared machine inflates it less
   than wall-clock figures), after a settle;
@@ -75,6 +76,7 @@ while True:
 class Row:
     manager: str
     up: float = 0.0  # s, launch → all online
+    up_cpu: float = 0.0  # s of the manager's CPU time from its start until all online
     cpu: float = 0.0  # % of one core over the window
     rss: float = 0.0  # MiB
     ls: float = 0.0  # s, median
@@ -245,10 +247,11 @@ def bench_one(manager: Manager, workers: int, opts: argparse.Namespace) -> Row:
             raise BenchError(f"{manager.name} up failed: {tail(out)}")
         wait_for(lambda: manager.online() >= workers, 600, f"{workers} online", step=opts.poll)
         row.up = time.monotonic() - start
+        pid = manager.pid()
+        row.up_cpu = cpu_seconds(pid)  # the manager was started by `up`: all of it is start-up
         tree += family(manager.pidfile)
         if len(tree) < workers + 1:
             row.notes.append(f"only {len(tree) - 1} processes under the manager")
-        pid = manager.pid()
         time.sleep(opts.settle)  # let the start-up burst pass: we want the steady idle cost
         row.cpu = idle_cpu(pid, opts.seconds)
         row.rss = rss_mib(pid)
@@ -290,19 +293,21 @@ def print_table(rows: list[Row], workers: int, apps: int) -> None:
     print()
     print(f"{workers} idle workers in {apps} apps (half sleepers, half idle HTTP servers)")
     head = (
-        f"{'':<16} {'up→online s':>12} {'idle CPU %':>11} {'RSS MiB':>8} {'ls ms':>7} {'down s':>7}"
+        f"{'':<16} {'up→online s':>12} {'its CPU s':>10} {'idle CPU %':>11} {'RSS MiB':>8} "
+        f"{'ls ms':>7} {'down s':>7}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r.manager:<16} {r.up:>12.1f} {r.cpu:>11.2f} {r.rss:>8.1f} {r.ls * 1e3:>7.0f} "
-            f"{r.down:>7.1f}" + (f"   ({'; '.join(r.notes)})" if r.notes else "")
+            f"{r.manager:<16} {r.up:>12.1f} {r.up_cpu:>10.1f} {r.cpu:>11.2f} {r.rss:>8.1f} "
+            f"{r.ls * 1e3:>7.0f} {r.down:>7.1f}" + (f"   ({'; '.join(r.notes)})" if r.notes else "")
         )
     if len(rows) == 2:
         cu, pm = rows
         print(
-            f"{'clusterui / PM2':<16} {ratio(cu.up, pm.up):>12} {ratio(cu.cpu, pm.cpu):>11} "
+            f"{'clusterui / PM2':<16} {ratio(cu.up, pm.up):>12} {ratio(cu.up_cpu, pm.up_cpu):>10} "
+            f"{ratio(cu.cpu, pm.cpu):>11} "
             f"{ratio(cu.rss, pm.rss):>8} {ratio(cu.ls, pm.ls):>7} {ratio(cu.down, pm.down):>7}"
         )
     cu = next((r for r in rows if r.manager == "clusterui"), None)

@@ -181,6 +181,7 @@ class Supervisor:
         if self._ticks % 2:  # host figures move slowly; /proc/meminfo is not free
             self._host = self.sampler.host()
         total_rate = 0.0
+        stamp = round(now, 3)
         for app, slot in slots:
             cpu, rss, stopped = figures.get(slot.proc.pid, NO_SAMPLE) if slot.proc else NO_SAMPLE
             slot.cpu, slot.memory = cpu, rss
@@ -190,11 +191,13 @@ class Supervisor:
             slot.last_connections = slot.connections
             total_rate += slot.conn_rate
             h = slot.history
-            h.time.append(round(now, 3))
-            h.cpu.append(round(cpu, 1))
+            h.time.append(stamp)
+            # round() only what is not 0: at 2,000 idle workers these calls added up.
+            h.cpu.append(round(cpu, 1) if cpu else 0.0)
             h.memory.append(rss)
-            h.conn_rate.append(round(slot.conn_rate, 2))
-            h.req_rate.append(round(slot.req_rate or 0.0, 1))
+            h.conn_rate.append(round(slot.conn_rate, 2) if slot.conn_rate else 0.0)
+            req_rate = slot.req_rate
+            h.req_rate.append(round(req_rate, 1) if req_rate else 0.0)
             limit = app.spec.max_memory_restart
             proc = slot.proc
             # max_memory_restart compares PSS, not RSS: a tree of forks shares most of
