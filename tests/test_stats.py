@@ -1,0 +1,177 @@
+"""The sampler reads /proc itself (core/stats.py): its figures against the kernel's and
+psutil's on real processes, whole trees, odd process names, stopped and vanished ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from support import wait_for
+
+from clusterui.core.stats import Sampler, read_stat
+
+pytestmark = pytest.mark.timeout(60)
+
+# A parent that starts a child which allocates 64 MiB, then both sleep; the parent prints
+# the child's pid once the child has its memory.
+TREE = """\
+import os, sys, time
+r, w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    block = bytearray(64 * 1024 * 1024)
+    os.write(w, b"x")
+    time.sleep(600)
+    os._exit(0)
+os.read(r, 1)
+print(kid, flush=True)
+time.sleep(600)
+"""
+# The child is forked by a second thread: its pid is in that thread's children file only.
+THREADED = """\
+import os, threading, time
+r, w = os.pipe()
+def start():
+    kid = os.fork()
+    if kid == 0:
+        block = bytearray(64 * 1024 * 1024)
+        os.write(w, b"x")
+        time.sleep(600)
+        os._exit(0)
+    os.read(r, 1)
+    print(kid, flush=True)
+    time.sleep(600)
+threading.Thread(target=start, daemon=True).start()
+time.sleep(600)
+"""
+BUSY = "while True: pass\n"
+HOLDER = f"""\
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {BUSY!r}])
+time.sleep(600)
+"""
+# comm may hold spaces and parentheses: /proc/PID/stat must be parsed from the last ')'.
+ODD_NAME = """\
+import time
+with open("/proc/self/comm", "w") as f:
+    f.write("a) b (c) d")
+print("named", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        for q in psutil.Process(p.pid).children(recursive=True) if p.poll() is None else []:
+            q.kill()
+        p.kill()
+        p.wait()
+
+
+def python(procs: list[subprocess.Popen], code: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    return p
+
+
+def test_a_tree_is_summed_and_its_rss_matches_psutil(procs):
+    parent = python(procs, TREE)
+    kid = int(parent.stdout.readline())
+    sample = Sampler().sample_all([parent.pid])[parent.pid]
+    expected = psutil.Process(parent.pid).memory_info().rss + psutil.Process(kid).memory_info().rss
+    # Both sleep; a page or two may still move between the two readings.
+    assert abs(sample.memory - expected) < 1024 * 1024, (sample.memory, expected)
+    assert sample.memory > 64 * 1024 * 1024
+    assert sample.cpu == 0.0  # first sight: only a baseline
+    assert not sample.stopped
+
+
+def test_cpu_of_a_busy_child_shows_in_its_parents_tree(procs):
+    holder = python(procs, HOLDER)
+    sampler = Sampler()
+    tree = wait_for(lambda: psutil.Process(holder.pid).children(), 10, "the busy child to start")
+    # Each call is a tick; the busy child uses CPU between any two of them.
+    wait_for(
+        lambda: sampler.sample_all([holder.pid])[holder.pid].cpu > 0,
+        20,
+        "CPU of the busy child in the tree",
+        step=0.2,
+    )
+    # The child alone (one thread, no children: the sampler's short path) shows it too.
+    busy = tree[0].pid
+    wait_for(
+        lambda: sampler.sample_all([busy])[busy].cpu > 0, 20, "CPU of the busy child", step=0.2
+    )
+
+
+def test_a_stopped_process_is_seen_and_a_vanished_one_is_zero(procs):
+    sleeper = python(procs, "import time; time.sleep(600)")
+    sampler = Sampler()
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    wait_for(lambda: sampler.sample_all([sleeper.pid])[sleeper.pid].stopped, 10, "stopped")
+    os.kill(sleeper.pid, signal.SIGCONT)
+    wait_for(lambda: not sampler.sample_all([sleeper.pid])[sleeper.pid].stopped, 10, "running")
+    sleeper.kill()
+    sleeper.wait()
+    assert sampler.sample_all([sleeper.pid])[sleeper.pid] == (0.0, 0, False)
+
+
+def test_a_process_name_with_parentheses_and_spaces_is_parsed(procs):
+    odd = python(procs, ODD_NAME)
+    assert odd.stdout.readline().strip() == "named"
+    st = read_stat(odd.pid)
+    assert st is not None
+    assert abs(st.rss - psutil.Process(odd.pid).memory_info().rss) < 1024 * 1024
+    assert st.start > 0 and st.threads == 1 and st.state in (b"S", b"R")
+    assert Sampler().sample_all([odd.pid])[odd.pid].memory == st.rss
+
+
+def test_host_figures(procs):
+    sampler = Sampler()
+    host = sampler.host()
+    assert host["cpus"] == psutil.cpu_count()
+    total = psutil.virtual_memory().total
+    assert host["memory_total"] == total
+    assert 0 < host["memory_used"] < total
+    assert 0.0 <= host["cpu"] <= 100.0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_kept_files_are_closed_when_their_process_goes_and_the_cap_holds(procs):
+    parent = python(procs, TREE)
+    kid = int(parent.stdout.readline())
+    before = open_fds()
+    sampler = Sampler()
+    kept = sampler.sample_all([parent.pid])[parent.pid]
+    assert open_fds() == before + 4  # stat and children file of each of the two
+    assert sampler.sample_all([parent.pid])[parent.pid].memory > 64 * 1024 * 1024
+    capped = Sampler()
+    capped.max_kept_fds = 0  # nothing kept: every file opened and closed each tick
+    assert abs(capped.sample_all([parent.pid])[parent.pid].memory - kept.memory) < 1024 * 1024
+    assert open_fds() == before + 4
+    os.kill(kid, signal.SIGKILL)
+    wait_for(
+        lambda: sampler.sample_all([parent.pid])[parent.pid].memory < 64 * 1024 * 1024,
+        10,
+        "the killed child's memory to leave the tree",
+    )
+    sampler.sample_all([])  # nothing sampled any more: every kept file is closed
+    assert open_fds() == before
+
+
+def test_a_child_of_a_second_thread_is_found(procs):
+    threaded = python(procs, THREADED)
+    kid = int(threaded.stdout.readline())
+    sampler = Sampler()
+    assert sampler.sample_all([threaded.pid])[threaded.pid].memory > 64 * 1024 * 1024, kid
