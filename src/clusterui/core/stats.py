@@ -18,7 +18,7 @@ class Sample(NamedTuple):
     stopped: bool  # the worker's own process is stopped (its children are not looked at)
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Direct children, from /proc/PID/task/*/children: no scan of the whole table."""
     kids: list[int] = []
     try:
@@ -66,7 +66,7 @@ class Sampler:
     def _sample_tree(self, pid: int, seen: set[int]) -> Sample:
         family = [pid]
         for member in family:  # grows as we go: a breadth-first walk of the tree
-            family.extend(k for k in _children(member) if k not in family)
+            family.extend(k for k in children(member) if k not in family)
         cpu = 0.0
         rss = 0
         stopped = False
@@ -93,7 +93,7 @@ class Sampler:
         the tree's RSS is over the limit (PSS is never more than RSS)."""
         family = [pid]
         for member in family:
-            family.extend(k for k in _children(member) if k not in family)
+            family.extend(k for k in children(member) if k not in family)
         total = 0
         for member in family:
             try:
