@@ -45,6 +45,7 @@ from clusterui.vocab.safetext import visible
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+TREE_EVERY = 1.0  # seconds between asks for the selection's process tree (detail pane open)
 
 
 async def _resolve(value: Any) -> Any:
@@ -111,6 +112,7 @@ class DashboardApp(App[None]):
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._pending_logs: list[dict[str, Any]] | None = None  # the batch in the queue
         self._seen_width: int | None = None  # the terminal width the last Resize gave
+        self._tree_asking: str | None = None  # the target of the tree call under way
 
     # -- layout ---------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class DashboardApp(App[None]):
         self.table.focus()
         self._install_signals()
         self._consume()
+        self.set_interval(TREE_EVERY, self._poll_tree)
 
     def on_unmount(self) -> None:
         self._restore_signals()
@@ -339,9 +342,43 @@ class DashboardApp(App[None]):
     def _refresh_selection(self) -> None:
         sel = self.selection
         if self.details_visible:
-            self.main_screen.query_one(DetailPane).show(sel, self.snapshot, self.history)
+            pane = self.main_screen.query_one(DetailPane)
+            shown = pane.tree_target
+            pane.show(sel, self.snapshot, self.history)
+            if sel is not None and pane.tree_target != shown:
+                self._poll_tree()  # a new selection: its tree now, not in up to a second
         if self._log_follows_selection:
             self._scope_logs(sel)
+
+    def _poll_tree(self) -> None:
+        """Ask for the selection's process tree, while the detail pane shows it (the
+        supervisor samples; the dashboard never reads /proc). One call at a time."""
+        if not self.details_visible or self.screen is not self.main_screen:
+            return
+        sel = self.selection
+        if sel is None or not self.connected or self.client is None:
+            return
+        if self._tree_asking is None:
+            self._tree_asking = sel.target
+            self._fetch_tree(sel.target, sel.is_app)
+
+    @work(group="tree", exit_on_error=False)
+    async def _fetch_tree(self, target: str, app_row: bool) -> None:
+        error = None
+        trees = None
+        try:
+            trees = await self.client.tree(target)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # an older supervisor, a lost link: said in the section
+            error = message_of(err)
+        finally:
+            self._tree_asking = None
+        sel = self.selection
+        if sel is not None and sel.target == target and self.details_visible:
+            self.main_screen.query_one(DetailPane).show_tree(
+                target, trees, app_row=app_row, error=error
+            )
 
     # -- actions on the supervisor ------------------------------------------------
 

@@ -31,6 +31,7 @@ from clusterui.dashboard.model import (
     sum_series,
     worker_series,
 )
+from clusterui.dashboard.proctree import tree_renderable
 from clusterui.dashboard.style import fg_style
 from clusterui.vocab import states
 from clusterui.vocab.safetext import visible
@@ -122,6 +123,7 @@ class DetailPane(VerticalScroll):
         & > #detail-title { height: auto; text-style: bold; margin-bottom: 1; }
         & > #detail-metrics { height: auto; }
         & > #detail-info { height: auto; margin-top: 1; }
+        & > #detail-procs { height: auto; margin-top: 1; }
         SparkChart.-mem > .sparkchart--bars { color: $text-secondary; }
         SparkChart.-conn > .sparkchart--bars { color: $text-accent; }
         SparkChart.-metric > .sparkchart--bars { color: $text-warning; }
@@ -134,6 +136,7 @@ class DetailPane(VerticalScroll):
         self._metric_names: list[str] = []
         self._metric_charts: list[SparkChart] = []
         self._shown: dict[str, Any] = {}  # Static id -> what it shows (skip equal updates)
+        self.tree_target: str | None = None  # whose process tree the section shows
 
     def compose(self) -> ComposeResult:
         yield Static("Nothing selected", id="detail-title")
@@ -142,13 +145,18 @@ class DetailPane(VerticalScroll):
         yield SparkChart("Conn/s", fmt=fmt_rate, id="chart-conn", classes="-conn")
         yield Vertical(id="detail-metrics")
         yield Static("", id="detail-info")
+        yield Static("", id="detail-procs")
 
     def show(self, sel: Selection | None, snapshot: dict[str, Any], history: History) -> None:
         apps = {a["name"]: a for a in snapshot.get("apps", [])}
         if sel is None or sel.app not in apps:
             self._update("detail-title", "Nothing selected", lambda: "Nothing selected")
             self._update("detail-info", "", lambda: "")
+            self._update("detail-procs", "", lambda: "")
+            self.tree_target = None
             return
+        if sel.target != self.tree_target:  # another selection: its tree is on its way
+            self.show_tree(sel.target, None, app_row=sel.is_app)
         app = apps[sel.app]
         workers = [w for w in snapshot.get("workers", []) if w["app"] == sel.app]
         worker = next((w for w in workers if w["id"] == sel.worker), None)
@@ -184,6 +192,21 @@ class DetailPane(VerticalScroll):
         if self._shown.get(static_id) != key:
             self._shown[static_id] = key
             self.query_one(f"#{static_id}", Static).update(build())
+
+    def show_tree(
+        self,
+        target: str,
+        trees: list[dict[str, Any]] | None,
+        *,
+        app_row: bool,
+        error: str | None = None,
+    ) -> None:
+        """The Processes section for `target` (None: not read yet; see dashboard/proctree)."""
+        self.tree_target = target
+        facts = (target, trees, error)
+        self._update(
+            "detail-procs", facts, lambda: tree_renderable(trees, app_row=app_row, error=error)
+        )
 
     # -- charts for custom metrics ---------------------------------------------
 
