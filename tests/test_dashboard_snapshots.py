@@ -13,9 +13,11 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 
 from fake_client import FakeClient, demo_snapshot
+from support import wait_for_async
 from textual.pilot import Pilot
 
 from clusterui.dashboard import DashboardApp
+from clusterui.dashboard.detail import DetailPane
 
 
 def make_app(**snapshot_args: object) -> DashboardApp:
@@ -36,8 +38,25 @@ def loaded(*keys: str, select: str | None = None) -> Callable[[Pilot], Awaitable
         for key in keys:
             await pilot.press(key)
             await pilot.pause()
+        await tree_shown(pilot)
 
     return run_before
+
+
+async def tree_shown(pilot: Pilot) -> None:
+    """With the detail pane open, wait for the selection's process tree to be drawn."""
+    app = pilot.app
+    assert isinstance(app, DashboardApp)
+    if app.details_visible and app.screen is app.main_screen and app.selection is not None:
+        pane = app.main_screen.query_one(DetailPane)
+        target = app.selection.target
+        await wait_for_async(
+            lambda: pane.tree_target == target and pane.tree_read,
+            10,
+            "the process tree",
+            sleep=pilot.pause,
+        )
+        await pilot.pause()
 
 
 def test_main_80x24(snap_compare) -> None:

@@ -29,6 +29,7 @@ from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.keys import KEYS, bindings
+from clusterui.dashboard.logscreen import LogScreen
 from clusterui.dashboard.logview import SYS_MODES, LogView, newest
 from clusterui.dashboard.messages import (
     ConnectionChanged,
@@ -301,6 +302,9 @@ class DashboardApp(App[None]):
         self.log_view.append(message.lines)
         if self.log_view.filter_text:
             self._update_log_title()
+        for screen in self.screen_stack:
+            if isinstance(screen, LogScreen):
+                screen.add_live(message.lines)
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         self.notify(
@@ -603,6 +607,12 @@ class DashboardApp(App[None]):
             focused.focus()
         self.notify("Log filter cleared.", markup=False)
 
+    def action_log_screen(self) -> None:
+        """The selected worker's (or app's) log, full screen (dashboard/logscreen.py)."""
+        sel = self._selected()
+        if sel is not None and self.screen is self.main_screen:
+            self.push_screen(LogScreen(self.client, sel, max_lines=self.max_log_lines, tz=self.tz))
+
     def action_log_scope(self) -> None:
         self._log_follows_selection = not self._log_follows_selection
         self._scope_logs(self.selection if self._log_follows_selection else None)
@@ -691,6 +701,7 @@ class DashboardApp(App[None]):
             "sys_lines": "Logs: all, supervisor lines only, or app output only",
             "sort": "Sort the table by the next column",
             "timestamps": "Log timestamps on or off",
+            "log_screen": f"Full-screen log of {target}",
             "detach": "Detach (apps keep running)",
             "quit": "Quit",
         }

@@ -137,6 +137,7 @@ class DetailPane(VerticalScroll):
         self._metric_charts: list[SparkChart] = []
         self._shown: dict[str, Any] = {}  # Static id -> what it shows (skip equal updates)
         self.tree_target: str | None = None  # whose process tree the section shows
+        self.tree_read = False  # ... and whether the supervisor's answer is in
 
     def compose(self) -> ComposeResult:
         yield Static("Nothing selected", id="detail-title")
@@ -203,6 +204,7 @@ class DetailPane(VerticalScroll):
     ) -> None:
         """The Processes section for `target` (None: not read yet; see dashboard/proctree)."""
         self.tree_target = target
+        self.tree_read = trees is not None or error is not None
         facts = (target, trees, error)
         self._update(
             "detail-procs", facts, lambda: tree_renderable(trees, app_row=app_row, error=error)

@@ -87,6 +87,15 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("f", "f", "follow", "Follow", "Follow new log lines on or off", footer=False),
     Key("t", "t", "timestamps", "Times", "Log timestamps on or off", footer=False),
+    Key(
+        "L",
+        "L",
+        "log_screen",
+        "Full log",
+        "The selected worker's log (an app row: the app's) full screen: "
+        "w wrap, t times, / search, n/N next/previous, r last restart, g/G top/bottom",
+        footer=False,
+    ),
 )
 
 NAVIGATION = (
