@@ -12,12 +12,13 @@ import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
-from fake_client import FakeClient, demo_snapshot
+from fake_client import NOW, FakeClient, demo_logs, demo_snapshot
 from support import wait_for_async
 from textual.pilot import Pilot
 
 from clusterui.dashboard import DashboardApp
 from clusterui.dashboard.detail import DetailPane
+from clusterui.dashboard.logscreen import LogScreen
 
 
 def make_app(**snapshot_args: object) -> DashboardApp:
@@ -138,3 +139,48 @@ def test_launching_and_draining_during_a_reload_160x48(snap_compare) -> None:
 def test_narrow_60x20_with_an_errored_worker(snap_compare) -> None:
     app = with_states(w1={**GONE, "status": "errored", "exit_code": 1})
     assert snap_compare(app, terminal_size=(60, 20), run_before=loaded())
+
+
+def test_processes_section_with_a_helper_that_left_120x40(snap_compare) -> None:
+    """web:1's tree: the worker and a helper that called setsid() (marked)."""
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=loaded(select="w:1"))
+
+
+def full_log(*keys: str, select: str) -> Callable[[Pilot], Awaitable[None]]:
+    """L on a row, its backlog loaded, then keys pressed inside the full-screen log."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await loaded("L", select=select)(pilot)
+        app = pilot.app
+        await wait_for_async(
+            lambda: isinstance(app.screen, LogScreen), 10, "the log screen", sleep=pilot.pause
+        )
+        assert isinstance(app.screen, LogScreen)
+        await asyncio.wait_for(app.screen.loaded.wait(), 10)
+        await pilot.pause()
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
+
+    return run_before
+
+
+def test_full_screen_log_searching_100x30(snap_compare) -> None:
+    assert snap_compare(
+        make_app(),
+        terminal_size=(100, 30),
+        run_before=full_log("slash", *"keyerror", "enter", "n", select="w:4"),
+    )
+
+
+def test_full_screen_log_at_the_last_restart_wrapped_100x30(snap_compare) -> None:
+    """A long line folded at the width, with the escape sequences a worker wrote drawn as
+    pictures; the current line is the newest restart."""
+    text = "sending invoice batch: " + ", ".join(f"order-{n}" for n in range(1000, 1014))
+    lines = demo_logs() + [
+        {"worker": 4, "app": "jobs", "instance": 0, "stream": "out", "time": NOW, "text": text},
+        {"worker": 4, "app": "jobs", "instance": 0, "stream": "err", "time": NOW,
+         "text": "\x1b]2;PWNED\x07\x1b[2J title and clear-screen, drawn as pictures"},
+    ]  # fmt: skip
+    app = DashboardApp(FakeClient(demo_snapshot(), logs=lines), tz=dt.UTC)  # type: ignore[arg-type]
+    assert snap_compare(app, terminal_size=(100, 30), run_before=full_log("w", "r", select="w:4"))
