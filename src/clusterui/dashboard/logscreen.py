@@ -222,17 +222,21 @@ class LogScreen(ModalScreen[None]):
 
     def _update_title(self) -> None:
         log = self.log_view
-        parts = [f"log · {self.selection.target}", f"{len(log.shown)} lines"]
+        parts = [f"log · {self.selection.target}", _lines(len(log.shown))]
         if log.search_text:
             if self._matches is None:
                 needle = log.search_text.lower()
                 self._matches = sum(
                     1 for r in log.shown if needle in r.text.lower() or needle in r.source.lower()
                 )
-            parts.append(f"search “{log.search_text}”: {self._matches} lines")
+            parts.append(f"search “{log.search_text}”: {_lines(self._matches)}")
         parts.append("wrap" if log.wrap else "no wrap")
         if not log.timestamps:
             parts.append("no times")
         parts.append("follow" if log.follow else "paused")
         # Text, not str: a str is parsed as markup, and the search is typed data.
         self.query_one("#logscreen-title", Static).update(Text(visible(" · ".join(parts))))
+
+
+def _lines(n: int) -> str:
+    return f"{n} line" if n == 1 else f"{n} lines"
