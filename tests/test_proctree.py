@@ -91,6 +91,12 @@ def test_tree_lists_children_and_grandchildren_with_cpu_and_memory(cu: Env) -> N
         assert child["left"] is None and grandchild["left"] is None
         # Depth first: the grandchild comes right after its parent.
         assert procs.index(grandchild) == procs.index(child) + 1
+        # `describe` lists them under the worker, indented by depth, the leak marked.
+        text = cu.run("describe", "spawner", check=True).stdout
+        assert "processes  3 below it" in text, text
+        assert f"    pid {child['pid']}  cpu " in text and "child.py" in text
+        assert f"      pid {grandchild['pid']}  cpu " in text
+        assert "sleep 600  [left its session]" in text
 
         # CPU % needs two readings: the second call has a figure for every process.
         def measured() -> dict[str, Any] | None:
