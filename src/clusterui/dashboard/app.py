@@ -21,6 +21,7 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
@@ -359,7 +360,10 @@ class DashboardApp(App[None]):
         supervisor samples; the dashboard never reads /proc). One call at a time."""
         if not self.details_visible or self.screen is not self.main_screen:
             return
-        sel = self.selection
+        try:
+            sel = self.selection
+        except NoMatches:  # the timer fired while the app shuts down: no widgets left
+            return
         if sel is None or not self.connected or self.client is None:
             return
         if self._tree_asking is None:
@@ -378,11 +382,12 @@ class DashboardApp(App[None]):
             error = message_of(err)
         finally:
             self._tree_asking = None
-        sel = self.selection
-        if sel is not None and sel.target == target and self.details_visible:
-            self.main_screen.query_one(DetailPane).show_tree(
-                target, trees, app_row=app_row, error=error
-            )
+        with contextlib.suppress(NoMatches):  # gone if the app shut down meanwhile
+            sel = self.selection
+            if sel is not None and sel.target == target and self.details_visible:
+                self.main_screen.query_one(DetailPane).show_tree(
+                    target, trees, app_row=app_row, error=error
+                )
 
     # -- actions on the supervisor ------------------------------------------------
 
