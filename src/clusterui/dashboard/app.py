@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -358,11 +358,11 @@ class DashboardApp(App[None]):
     def _poll_tree(self) -> None:
         """Ask for the selection's process tree, while the detail pane shows it (the
         supervisor samples; the dashboard never reads /proc). One call at a time."""
-        if not self.details_visible or self.screen is not self.main_screen:
-            return
         try:
+            if not self.details_visible or self.screen is not self.main_screen:
+                return
             sel = self.selection
-        except NoMatches:  # the timer fired while the app shuts down: no widgets left
+        except (NoMatches, ScreenStackError):  # the timer fired while the app shut down
             return
         if sel is None or not self.connected or self.client is None:
             return
