@@ -36,6 +36,7 @@ class TreeSampler:
 
     def __init__(self) -> None:
         self._procs: dict[int, tuple[psutil.Process, float]] = {}  # pid -> (proc, last used)
+        self._names_of: dict[int, tuple[str, str]] = {}  # pid -> (name, cmdline), as _procs
 
     def tree(self, pid: int, cgroup: str | None = None) -> dict:
         """The worker `pid` and what is below it, depth first, as TreeProcess rows, and
@@ -84,13 +85,9 @@ class TreeSampler:
             with proc.oneshot():
                 cpu = proc.cpu_percent(None)  # since the last call; the first sets a baseline
                 memory = proc.memory_info().rss
-                name = proc.name()
                 ppid = proc.ppid()
                 status = proc.status()
-            try:
-                cmdline = " ".join(proc.cmdline())
-            except psutil.Error:  # a zombie has none
-                cmdline = ""
+            name, cmdline = self._names(proc, new)
         except psutil.Error:
             self._procs.pop(pid, None)
             return None
@@ -99,12 +96,25 @@ class TreeSampler:
             "ppid": ppid,
             "depth": depth,
             "name": name,
-            "cmdline": cmdline[:CMDLINE_MAX],
+            "cmdline": cmdline,
             "cpu": None if new else round(cpu, 1),
             "memory": memory,
             "status": status,
             "left": None,
         }
+
+    def _names(self, proc: psutil.Process, new: bool) -> tuple[str, str]:
+        """Name and command line, read once per process (an exec changes them: rare, and
+        the next new process shows it); a call a second then reads only stat and statm."""
+        if not new and proc.pid in self._names_of:
+            return self._names_of[proc.pid]
+        try:
+            cmdline = " ".join(proc.cmdline())[:CMDLINE_MAX]
+        except psutil.Error:  # a zombie has none
+            cmdline = ""
+        names = (proc.name(), cmdline)
+        self._names_of[proc.pid] = names
+        return names
 
     def _prune(self, now: float) -> None:
         for pid, (proc, used) in list(self._procs.items()):
@@ -114,6 +124,8 @@ class TreeSampler:
             by_use = sorted(self._procs, key=lambda p: self._procs[p][1])
             for pid in by_use[: len(self._procs) - MAX_TRACKED]:
                 del self._procs[pid]
+        for pid in self._names_of.keys() - self._procs.keys():
+            del self._names_of[pid]
 
     @property
     def tracked(self) -> int:
