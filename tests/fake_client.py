@@ -14,7 +14,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from clusterui.vocab import events, signals, states
-from clusterui.vocab.snapshot import HISTORY, AppRow, Series, Snapshot, WorkerRow
+from clusterui.vocab.snapshot import (
+    HISTORY,
+    AppRow,
+    Series,
+    Snapshot,
+    TreeProcess,
+    WorkerRow,
+    WorkerTree,
+)
 
 T0 = 1_764_190_000.0  # the fake supervisor's start time (epoch seconds)
 UPTIME = 3 * 3600 + 12 * 60 + 5.0  # the fake supervisor has been up 3h12m05s
@@ -319,6 +327,39 @@ def event(time: float, kind: str, app: str, instance: int | None, reason: str) -
     return {"time": time, "kind": kind, "app": app, "instance": instance, "reason": reason}
 
 
+def demo_tree(worker: WorkerRow) -> list[TreeProcess]:
+    """A live worker's processes, as the `tree` operation lists them: api workers start a
+    renderer with a converter under it; web:1 left a helper that called setsid(); one
+    process was seen for the first time (no CPU figure yet)."""
+    pid = int(worker["pid"] or 0)
+    script = f"/srv/shop/{worker['app']}.py"
+
+    def proc(p: int, ppid: int, depth: int, cmd: str, cpu: float | None, mem: int, **kw: Any):
+        row: TreeProcess = {
+            "pid": p,
+            "ppid": ppid,
+            "depth": depth,
+            "name": cmd.split()[0].rsplit("/", 1)[-1],
+            "cmdline": cmd,
+            "cpu": cpu,
+            "memory": mem,
+            "status": "sleeping",
+            "left": None,
+        }
+        row.update(kw)  # type: ignore[typeddict-item]
+        return row
+
+    rows = [proc(pid, 40990, 0, f"python3 {script}", worker["cpu"], worker["memory"])]
+    if worker["app"] == "api":
+        rows.append(proc(pid + 1, pid, 1, "python3 -m shop.render --pool 2", 4.5, 31 << 20))
+        rows.append(
+            proc(pid + 2, pid + 1, 2, "convert -resize 640x480 in.png out.png", None, 9 << 20)
+        )
+    if worker["app"] == "web" and worker["instance"] == 1:
+        rows.append(proc(pid + 3, pid, 1, "sleep 600", 0.0, 1 << 20, left="session"))
+    return rows
+
+
 _CLOSE = object()
 
 
@@ -346,6 +387,7 @@ class FakeClient:
         self._failures: dict[str, FakeClientError] = {}
         self._gates: dict[str, asyncio.Event] = {}
         self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self.trees: dict[int, list[TreeProcess]] = {}  # worker id -> what tree() lists
 
     # -- scripting --------------------------------------------------------------
 
@@ -490,6 +532,27 @@ class FakeClient:
             if w["app"] == name and target in (name, f"{name}:{w['instance']}", str(w["id"]))
         ]
         return copy.deepcopy({"app": app, "spec": app_spec(app), "workers": workers})
+
+    async def tree(self, target: str) -> list[WorkerTree]:
+        """Each live worker of `target` with its processes: `trees[id]` if set, else
+        demo_tree's."""
+        await self._op("tree", target)
+        out: list[WorkerTree] = []
+        for w in self.snapshot["workers"]:
+            if w["id"] not in self._ids([target]) or w["pid"] is None:
+                continue
+            rows = self.trees.get(w["id"]) or demo_tree(w)
+            out.append(
+                {
+                    "id": w["id"],
+                    "app": w["app"],
+                    "instance": w["instance"],
+                    "pid": w["pid"],
+                    "processes": copy.deepcopy(rows),
+                    "more": 0,
+                }
+            )
+        return out
 
     async def shutdown(self) -> None:
         await self._op("shutdown")

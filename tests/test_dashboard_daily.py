@@ -65,7 +65,8 @@ async def test_esc_with_no_filter_does_nothing() -> None:
         await pilot.press("escape")
         assert app.is_running and app.table.has_focus
         assert len(app._notifications) == before
-        reads = ("subscribe", "state", "logs", "app_events")  # app_events: the detail pane
+        # Reads only (the detail pane asks for the events and, once a second, the tree).
+        reads = ("subscribe", "state", "logs", "app_events", "tree")
         assert [op for op, _ in client.calls if op not in reads] == []
 
 

@@ -12,10 +12,13 @@ import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
-from fake_client import NOW, FakeClient, demo_snapshot, event
+from fake_client import NOW, FakeClient, demo_logs, demo_snapshot, event
+from support import wait_for_async
 from textual.pilot import Pilot
 
 from clusterui.dashboard import DashboardApp
+from clusterui.dashboard.detail import DetailPane
+from clusterui.dashboard.logscreen import LogScreen
 
 
 def make_app(**snapshot_args: object) -> DashboardApp:
@@ -36,8 +39,25 @@ def loaded(*keys: str, select: str | None = None) -> Callable[[Pilot], Awaitable
         for key in keys:
             await pilot.press(key)
             await pilot.pause()
+        await tree_shown(pilot)
 
     return run_before
+
+
+async def tree_shown(pilot: Pilot) -> None:
+    """With the detail pane open, wait for the selection's process tree to be drawn."""
+    app = pilot.app
+    assert isinstance(app, DashboardApp)
+    if app.details_visible and app.screen is app.main_screen and app.selection is not None:
+        pane = app.main_screen.query_one(DetailPane)
+        target = app.selection.target
+        await wait_for_async(
+            lambda: pane.tree_target == target and pane.tree_read,
+            10,
+            "the process tree",
+            sleep=pilot.pause,
+        )
+        await pilot.pause()
 
 
 def test_main_80x24(snap_compare) -> None:
@@ -136,3 +156,48 @@ def test_worker_details_with_the_events_timeline_160x48(snap_compare) -> None:
 
 def test_signal_menu_80x24(snap_compare) -> None:
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=loaded("x", select="w:1"))
+
+
+def test_processes_section_with_a_helper_that_left_120x40(snap_compare) -> None:
+    """web:1's tree: the worker and a helper that called setsid() (marked)."""
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=loaded(select="w:1"))
+
+
+def full_log(*keys: str, select: str) -> Callable[[Pilot], Awaitable[None]]:
+    """L on a row, its backlog loaded, then keys pressed inside the full-screen log."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await loaded("L", select=select)(pilot)
+        app = pilot.app
+        await wait_for_async(
+            lambda: isinstance(app.screen, LogScreen), 10, "the log screen", sleep=pilot.pause
+        )
+        assert isinstance(app.screen, LogScreen)
+        await asyncio.wait_for(app.screen.loaded.wait(), 10)
+        await pilot.pause()
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
+
+    return run_before
+
+
+def test_full_screen_log_searching_100x30(snap_compare) -> None:
+    assert snap_compare(
+        make_app(),
+        terminal_size=(100, 30),
+        run_before=full_log("slash", *"keyerror", "enter", "n", select="w:4"),
+    )
+
+
+def test_full_screen_log_at_the_last_restart_wrapped_100x30(snap_compare) -> None:
+    """A long line folded at the width, with the escape sequences a worker wrote drawn as
+    pictures; the current line is the newest restart."""
+    text = "sending invoice batch: " + ", ".join(f"order-{n}" for n in range(1000, 1014))
+    lines = demo_logs() + [
+        {"worker": 4, "app": "jobs", "instance": 0, "stream": "out", "time": NOW, "text": text},
+        {"worker": 4, "app": "jobs", "instance": 0, "stream": "err", "time": NOW,
+         "text": "\x1b]2;PWNED\x07\x1b[2J title and clear-screen, drawn as pictures"},
+    ]  # fmt: skip
+    app = DashboardApp(FakeClient(demo_snapshot(), logs=lines), tz=dt.UTC)  # type: ignore[arg-type]
+    assert snap_compare(app, terminal_size=(100, 30), run_before=full_log("w", "r", select="w:4"))

@@ -9,8 +9,10 @@ same keys as the real one, each holding the same kind of value.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
 import types
 import typing
 from collections.abc import Iterable
@@ -23,7 +25,7 @@ from test_chaos import Control
 
 from clusterui.client import Client, ClientError
 from clusterui.vocab.events import KINDS, Event
-from clusterui.vocab.snapshot import AppRow, Snapshot, WorkerRow
+from clusterui.vocab.snapshot import AppRow, Snapshot, WorkerRow, WorkerTree
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -125,6 +127,9 @@ def real(cu: Env) -> Env:
           - name: gone
             script: later.py
             interpreter: {cu.root / "py"}
+          - name: helper
+            script: /bin/sh
+            args: ["-c", "setsid sleep 600 & exec sleep 601"]
           - name: watched
             script: /bin/sleep
             args: ["600"]
@@ -183,6 +188,19 @@ async def real_ops(env: Env) -> tuple[list[dict], dict, ClientError]:
         await client.close()
 
 
+async def real_trees(env: Env) -> list[dict]:
+    """Two rounds of tree() on every app: the first has no CPU figures, the second has."""
+    client = await Client.connect(env.home)
+    try:
+        deadline = time.monotonic() + 20
+        while len((trees := await client.tree("helper"))[0]["processes"]) < 2:
+            assert time.monotonic() < deadline, f"the helper's setsid child: {trees}"
+            await asyncio.sleep(0.05)
+        return [t for _ in range(2) for t in await client.tree("all")]
+    finally:
+        await client.close()
+
+
 async def fake_answers() -> tuple[dict, list[dict], FakeClientError]:
     fake = FakeClient(demo_snapshot(api_workers=3))
     state = await fake.state()
@@ -218,6 +236,21 @@ async def test_the_fake_clients_events_and_signal_answers_have_the_real_shape(re
     same_shape("signal.sent[]", f_sent["sent"], r_sent["sent"])
     assert f_sent["signal"] == r_sent["signal"] == "SIGTERM"
     assert f_err.message == r_err.message and f_err.code == r_err.code == 2
+
+
+async def test_the_fake_clients_trees_have_the_real_supervisors_shape(real: Env) -> None:
+    real_side = await real_trees(real)
+    fake_side = await FakeClient(demo_snapshot(api_workers=3)).tree("all")
+    for side, trees in (("fake", fake_side), ("real", real_side)):
+        for t in trees:
+            conforms(t, WorkerTree, f"{side} tree()[]")
+    same_shape("tree()[]", fake_side, real_side)
+    same_shape(
+        "tree()[].processes[]",
+        [p for t in fake_side for p in t["processes"]],
+        [p for t in real_side for p in t["processes"]],
+    )
+    assert {p["left"] for t in real_side for p in t["processes"]} >= {None, "session"}
 
 
 async def test_the_fake_clients_answers_have_the_real_supervisors_shape(real: Env) -> None:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -213,3 +214,59 @@ def test_attach_draws_hostile_data_visibly_and_stays_up(cu: Env) -> None:
         for seq in (b"\x1b]2;PWNED", b"\x1b]52;", b"\xc2\x9b"):  # U+009B in UTF-8
             assert seq not in out, (attempt, seq)
         assert code == 0, (attempt, code, out[-2000:].decode(errors="replace"))
+
+
+HOSTILE_CHILD = """
+import subprocess, sys, time
+# A helper whose command line (argv[0]) carries a window-title sequence and markup.
+subprocess.Popen(["\\x1b]2;PWNED-CHILD\\x07[/bogus]", "-c", "import time; time.sleep(600)"],
+                 executable=sys.executable)
+print({hostile!r}, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_process_tree_and_full_screen_log_draw_hostile_data_visibly(cu: Env) -> None:
+    """A worker's helper named with escape sequences, in the detail pane's Processes
+    section; its hostile log line in the full-screen log (`L`). Neither reaches the
+    terminal raw, and the markup in them is text."""
+    cu.write("evil.py", HOSTILE_CHILD.format(hostile=HOSTILE))
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: evil
+            script: evil.py
+            interpreter: {sys.executable}
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    wait_for(lambda: "PWNED-TITLE" in cu.run("logs", "evil").stdout, 30, "the hostile line")
+    term = Pty(cu)
+    try:
+        assert term.until(b"evil", 30), term.out[-3000:]
+        term.press(b"j")  # the worker row: its tree in the detail pane
+        assert term.until("␛]2;PWNED-CHILD␇[/bogus]".encode(), 30), term.out[-3000:]
+        term.press(b"L")  # its log, full screen
+        assert term.until("log · evil:0".encode(), 30), term.out[-3000:]
+        mark = len(term.out)
+        assert term.until("␛]52;c;UFdORUQ=␇".encode(), 30)
+        term.press(b"w")  # wrapped, the same line is drawn again
+        assert term.until(b"1 line \xc2\xb7 wrap", 30), term.out[mark:].decode(errors="replace")
+        term.press(b"/")
+        assert term.until(b"search (plain text", 30)
+        term.press(b"PWNED\r")
+        assert term.until("“PWNED”".encode(), 30), re.sub(
+            r"\x1b\[[0-9;]*[A-Za-z]", "", term.out[-4000:].decode(errors="replace")
+        )
+        term.press(b"\x1b")  # back to the dashboard
+        term.read(1.0)
+        assert term.proc.poll() is None, term.out[-3000:].decode(errors="replace")
+    finally:
+        code = term.close()
+    out = bytes(term.out)
+    assert b"MarkupError" not in out
+    for seq in (b"\x1b]2;PWNED", b"\x1b]52;", b"\xc2\x9b"):
+        assert seq not in out, seq
+    assert code == 0, out[-2000:].decode(errors="replace")

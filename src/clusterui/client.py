@@ -26,7 +26,7 @@ from clusterui.core.home import Home
 from clusterui.core.safefs import UnsafePath
 from clusterui.core.silence import CALL_TIMEOUT, silent_reason
 from clusterui.vocab.exits import ClientError, Exit
-from clusterui.vocab.snapshot import Snapshot
+from clusterui.vocab.snapshot import Snapshot, WorkerTree
 
 __all__ = ["Client", "ClientError", "ensure_supervisor", "supervisor_pid"]
 
@@ -226,6 +226,10 @@ class Client:
 
     async def describe(self, target: str) -> dict[str, Any]:
         return await self.call("describe", target=target)
+
+    async def tree(self, target: str) -> list[WorkerTree]:
+        """Each running worker of `target` with the processes below it (core/proctree.py)."""
+        return await self.call("tree", target=target)
 
     async def shutdown(self) -> None:
         await self.call("shutdown")

@@ -525,7 +525,16 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
         return await cmd_logs(client, opts)
     if verb == "describe":
         info = await client.describe(opts.target)
-        print(json.dumps(info, indent=2) if opts.json else render.describe(info))
+        if opts.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        try:
+            trees = await client.tree(opts.target)
+        except ClientError as exc:
+            if exc.code == Exit.NO_SUPERVISOR:
+                raise
+            trees = None  # an older supervisor: no tree operation
+        print(render.describe(info, trees))
         return 0
     if verb == "down":
         return await cmd_down(client, home)

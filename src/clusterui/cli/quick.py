@@ -194,7 +194,16 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
             print(conn.call("scale", app=opts["app"], count=opts["count"])["message"])
         elif verb == "describe":
             info = conn.call("describe", target=opts["target"])
-            print(json.dumps(info, indent=2) if opts["json"] else render.describe(info))
+            if opts["json"]:
+                print(json.dumps(info, indent=2))
+            else:
+                try:
+                    trees = conn.call("tree", target=opts["target"])
+                except ClientError as exc:
+                    if exc.code == Exit.NO_SUPERVISOR:
+                        raise
+                    trees = None  # an older supervisor: no tree operation
+                print(render.describe(info, trees))
         else:
             lines = conn.call("logs", target=opts["target"], lines=opts["lines"])
             if opts["target"]:

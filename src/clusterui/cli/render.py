@@ -160,8 +160,34 @@ def health_lines(health: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def describe(info: dict[str, Any]) -> str:
-    """`describe`: everything about one target, as text."""
+# What a process below a worker left (core/proctree.py), for `describe`.
+LEFT_WORDS = {"session": "left its session", "group": "left its group", "orphan": "orphan"}
+
+
+def tree_lines(tree: dict[str, Any] | None) -> list[str]:
+    """The processes below one worker, indented by depth (the caller escapes the lines)."""
+    procs = [p for p in (tree or {}).get("processes", []) if p["depth"] > 0]
+    if not procs:
+        return []
+    out = [
+        f"  processes  {len(procs)} below it"
+        + (f" (+{tree['more']} more)" if tree and tree.get("more") else "")
+    ]
+    for p in procs:
+        cpu = "-" if p["cpu"] is None else f"{p['cpu']:.1f}%"
+        left = LEFT_WORDS.get(p["left"] or "")
+        out.append(
+            f"    {'  ' * (p['depth'] - 1)}pid {p['pid']}  cpu {cpu}  memory "
+            f"{human_size(p['memory'])}  {p['cmdline'] or p['name']}"
+            + (f"  [{left}]" if left else "")
+        )
+    return out
+
+
+def describe(info: dict[str, Any], trees: list[dict[str, Any]] | None = None) -> str:
+    """`describe`: everything about one target, as text; with `trees` (the `tree`
+    operation's answer), the processes below each worker too."""
+    below = {t["id"]: t for t in trees or []}
     app = info["app"]
     spec = info["spec"]
     head = [spec["interpreter"], *spec["interpreter_args"]] if spec["interpreter"] else []
@@ -208,6 +234,7 @@ def describe(info: dict[str, Any]) -> str:
         if w["metrics"]:
             lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in w["metrics"].items()))
         lines += health_lines(w.get("health"))
+        lines += tree_lines(below.get(w["id"]))
     # Metric names, env names, errors and watch events can come from a worker: escape all.
     return "\n".join(escape(line, keep_tab=False) for line in lines)
 

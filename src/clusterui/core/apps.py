@@ -79,6 +79,7 @@ class Proc:
         self.kill_timer: asyncio.TimerHandle | None = None
         self.channel: socket.socket | None = None  # fork/shared wait_ready: our end
         self.handed = 0  # connections handed to this process (from the dispatcher)
+        self.cgroup: str | None = None  # its cgroup folder (core/cgroups.py), if it has one
         self.after_watch = False  # started by a file change (crash guard)
         # Stopped by the kernel (SIGSTOP, a debugger) at the last sample. Display only: the
         # snapshot shows "suspended"; status and the restart policy never look at it.
@@ -345,6 +346,7 @@ class App:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         proc = Proc(serial, pid, wiring.port)
+        proc.cgroup = cgroup
         proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
         proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)

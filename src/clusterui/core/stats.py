@@ -74,7 +74,7 @@ def read_stat(pid: int) -> ProcStat | None:
     return _parse_stat(data) if data else None
 
 
-def _children(pid: int, threads: int = 0) -> list[int]:
+def children(pid: int, threads: int = 0) -> list[int]:
     """Direct children, from /proc/PID/task/*/children: no scan of the whole table.
     With a single thread (threads == 1) its one task is read without listing the folder."""
     kids: list[int] = []
@@ -222,7 +222,7 @@ class Sampler:
             kept = self._keep(pid)
             if kept is None:  # gone, or too many files kept already
                 st = read_stat(pid)
-                return st, (_children(pid, st.threads) if st else [])
+                return st, (children(pid, st.threads) if st else [])
             data = _pread(kept.stat)
         st = _parse_stat(data) if data else None
         if st is None:
@@ -272,7 +272,7 @@ class Sampler:
         the tree's RSS is over the limit (PSS is never more than RSS)."""
         family = [pid]
         for member in family:
-            family.extend(k for k in _children(member) if k not in family)
+            family.extend(k for k in children(member) if k not in family)
         total = 0
         for member in family:
             try:

@@ -30,6 +30,7 @@ from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.metrics import MetricsServer, is_loopback, parse_address, render
 from clusterui.core.process import signal_process
+from clusterui.core.proctree import TreeSampler
 from clusterui.core.safefs import UnsafePath
 from clusterui.core.snapshot import app_row, display_status, snapshot, worker_row
 from clusterui.core.spec import AppSpec
@@ -37,7 +38,7 @@ from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
 from clusterui.vocab import events, signals, states
 from clusterui.vocab.exits import Exit, OpError
-from clusterui.vocab.snapshot import Snapshot, SupervisorInfo
+from clusterui.vocab.snapshot import Snapshot, SupervisorInfo, WorkerTree
 
 TICK = 1.0
 NO_SAMPLE = Sample(0.0, 0, False)
@@ -50,6 +51,7 @@ class Supervisor:
         self.started_at = time.time()
         self.logs = LogHub(home.logs, notice=self.notice, sys_log=home.supervisor_log)
         self.sampler = Sampler()
+        self.trees = TreeSampler()  # for op_tree only: sampled when asked, not per tick
         self.server = ControlServer(str(home.socket), self.handle)
         self.stopping = asyncio.Event()
         self._ids: dict[tuple[str, int], int] = {}
@@ -635,6 +637,31 @@ class Supervisor:
             "spec": spec,
             "workers": [worker_row(app, s) for s in slots],
         }
+
+    async def op_tree(self, target: str) -> list[WorkerTree]:
+        """The process tree of each running worker of TARGET: its children and
+        grandchildren with CPU % and memory, and what left its session, group or tree
+        (core/proctree.py). CPU % is None for a process seen for the first time."""
+        if not isinstance(target, str):
+            raise OpError("target must be a string", Exit.USAGE)
+        out: list[WorkerTree] = []
+        for app, slots in resolve(self.apps, [target]):
+            for slot in slots:
+                proc = slot.proc
+                if proc is None:
+                    continue
+                found = self.trees.tree(proc.pid, proc.cgroup)
+                out.append(
+                    {
+                        "id": slot.id,
+                        "app": app.name,
+                        "instance": slot.instance,
+                        "pid": proc.pid,
+                        "processes": found["processes"],
+                        "more": found["more"],
+                    }
+                )
+        return out
 
     async def op_save(self) -> dict[str, Any]:
         """Write every app's spec, instance count, watch state and caller env to

@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
@@ -29,6 +30,7 @@ from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.keys import KEYS, bindings
+from clusterui.dashboard.logscreen import LogScreen
 from clusterui.dashboard.logview import SYS_MODES, LogView, newest
 from clusterui.dashboard.messages import (
     ConnectionChanged,
@@ -46,6 +48,7 @@ ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable
 EVENTS_SHOWN = 15  # the newest events the detail pane asks for
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+TREE_EVERY = 1.0  # seconds between asks for the selection's process tree (detail pane open)
 
 
 async def _resolve(value: Any) -> Any:
@@ -116,6 +119,7 @@ class DashboardApp(App[None]):
         # the app's timeline moved); a different key fetches them again.
         self._events_key: tuple[Any, ...] | None = None
         self._events_nudge = 0  # bumped after a signal this dashboard sent
+        self._tree_asking: str | None = None  # the target of the tree call under way
 
     # -- layout ---------------------------------------------------------------
 
@@ -170,6 +174,7 @@ class DashboardApp(App[None]):
         self.table.focus()
         self._install_signals()
         self._consume()
+        self.set_interval(TREE_EVERY, self._poll_tree)
 
     def on_unmount(self) -> None:
         self._restore_signals()
@@ -303,6 +308,9 @@ class DashboardApp(App[None]):
         self.log_view.append(message.lines)
         if self.log_view.filter_text:
             self._update_log_title()
+        for screen in self.screen_stack:
+            if isinstance(screen, LogScreen):
+                screen.add_live(message.lines)
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         self.notify(
@@ -344,12 +352,50 @@ class DashboardApp(App[None]):
     def _refresh_selection(self) -> None:
         sel = self.selection
         if self.details_visible:
-            self.main_screen.query_one(DetailPane).show(sel, self.snapshot, self.history)
+            pane = self.main_screen.query_one(DetailPane)
+            shown = pane.tree_target
+            pane.show(sel, self.snapshot, self.history)
+            if sel is not None and pane.tree_target != shown:
+                self._poll_tree()  # a new selection: its tree now, not in up to a second
             self._follow_events(sel)
         else:
             self._events_key = None  # shown again: fetched again
         if self._log_follows_selection:
             self._scope_logs(sel)
+
+    def _poll_tree(self) -> None:
+        """Ask for the selection's process tree, while the detail pane shows it (the
+        supervisor samples; the dashboard never reads /proc). One call at a time."""
+        try:
+            if not self.details_visible or self.screen is not self.main_screen:
+                return
+            sel = self.selection
+        except (NoMatches, ScreenStackError):  # the timer fired while the app shut down
+            return
+        if sel is None or not self.connected or self.client is None:
+            return
+        if self._tree_asking is None:
+            self._tree_asking = sel.target
+            self._fetch_tree(sel.target, sel.is_app)
+
+    @work(group="tree", exit_on_error=False)
+    async def _fetch_tree(self, target: str, app_row: bool) -> None:
+        error = None
+        trees = None
+        try:
+            trees = await self.client.tree(target)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # an older supervisor, a lost link: said in the section
+            error = message_of(err)
+        finally:
+            self._tree_asking = None
+        with contextlib.suppress(NoMatches):  # gone if the app shut down meanwhile
+            sel = self.selection
+            if sel is not None and sel.target == target and self.details_visible:
+                self.main_screen.query_one(DetailPane).show_tree(
+                    target, trees, app_row=app_row, error=error
+                )
 
     # -- the events timeline (fetched, not in the snapshot) ----------------------------
 
@@ -634,6 +680,12 @@ class DashboardApp(App[None]):
             focused.focus()
         self.notify("Log filter cleared.", markup=False)
 
+    def action_log_screen(self) -> None:
+        """The selected worker's (or app's) log, full screen (dashboard/logscreen.py)."""
+        sel = self._selected()
+        if sel is not None and self.screen is self.main_screen:
+            self.push_screen(LogScreen(self.client, sel, max_lines=self.max_log_lines, tz=self.tz))
+
     def action_log_scope(self) -> None:
         self._log_follows_selection = not self._log_follows_selection
         self._scope_logs(self.selection if self._log_follows_selection else None)
@@ -723,6 +775,7 @@ class DashboardApp(App[None]):
             "sys_lines": "Logs: all, supervisor lines only, or app output only",
             "sort": "Sort the table by the next column",
             "timestamps": "Log timestamps on or off",
+            "log_screen": f"Full-screen log of {target}",
             "detach": "Detach (apps keep running)",
             "quit": "Quit",
         }

@@ -31,6 +31,7 @@ from clusterui.dashboard.model import (
     sum_series,
     worker_series,
 )
+from clusterui.dashboard.proctree import tree_renderable
 from clusterui.dashboard.style import fg_style
 from clusterui.vocab import events as timeline
 from clusterui.vocab import states
@@ -124,6 +125,7 @@ class DetailPane(VerticalScroll):
         & > #detail-metrics { height: auto; }
         & > #detail-info { height: auto; margin-top: 1; }
         & > #detail-events { height: auto; margin-top: 1; }
+        & > #detail-procs { height: auto; margin-top: 1; }
         SparkChart.-mem > .sparkchart--bars { color: $text-secondary; }
         SparkChart.-conn > .sparkchart--bars { color: $text-accent; }
         SparkChart.-metric > .sparkchart--bars { color: $text-warning; }
@@ -138,6 +140,8 @@ class DetailPane(VerticalScroll):
         self._shown: dict[str, Any] = {}  # Static id -> what it shows (skip equal updates)
         # The selection the shown events were fetched for (the app asks the supervisor).
         self._events_owner: tuple[str, int | None] | None = None
+        self.tree_target: str | None = None  # whose process tree the section shows
+        self.tree_read = False  # ... and whether the supervisor's answer is in
 
     def compose(self) -> ComposeResult:
         yield Static("Nothing selected", id="detail-title")
@@ -147,6 +151,7 @@ class DetailPane(VerticalScroll):
         yield Vertical(id="detail-metrics")
         yield Static("", id="detail-info")
         yield Static("", id="detail-events")
+        yield Static("", id="detail-procs")
 
     def show(self, sel: Selection | None, snapshot: dict[str, Any], history: History) -> None:
         apps = {a["name"]: a for a in snapshot.get("apps", [])}
@@ -154,10 +159,14 @@ class DetailPane(VerticalScroll):
             self._update("detail-title", "Nothing selected", lambda: "Nothing selected")
             self._update("detail-info", "", lambda: "")
             self._update("detail-events", "", lambda: "")
+            self._update("detail-procs", "", lambda: "")
+            self.tree_target = None
             return
         if self._events_owner != (sel.app, sel.worker):
             # Fetched for another selection: say they are coming rather than show those.
             self._update("detail-events", "loading", lambda: _events_text("loading…", None))
+        if sel.target != self.tree_target:  # another selection: its tree is on its way
+            self.show_tree(sel.target, None, app_row=sel.is_app)
         app = apps[sel.app]
         workers = [w for w in snapshot.get("workers", []) if w["app"] == sel.app]
         worker = next((w for w in workers if w["id"] == sel.worker), None)
@@ -199,6 +208,22 @@ class DetailPane(VerticalScroll):
         if self._shown.get(static_id) != key:
             self._shown[static_id] = key
             self.query_one(f"#{static_id}", Static).update(build())
+
+    def show_tree(
+        self,
+        target: str,
+        trees: list[dict[str, Any]] | None,
+        *,
+        app_row: bool,
+        error: str | None = None,
+    ) -> None:
+        """The Processes section for `target` (None: not read yet; see dashboard/proctree)."""
+        self.tree_target = target
+        self.tree_read = trees is not None or error is not None
+        facts = (target, trees, error)
+        self._update(
+            "detail-procs", facts, lambda: tree_renderable(trees, app_row=app_row, error=error)
+        )
 
     # -- charts for custom metrics ---------------------------------------------
 

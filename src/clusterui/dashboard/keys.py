@@ -96,6 +96,15 @@ KEYS: tuple[Key, ...] = (
         "every worker on an app row; KILL asks first",
         footer=False,
     ),
+    Key(
+        "L",
+        "L",
+        "log_screen",
+        "Full log",
+        "The selected worker's log (an app row: the app's) full screen: "
+        "w wrap, t times, / search, n/N next/previous, r last restart, g/G top/bottom",
+        footer=False,
+    ),
 )
 
 NAVIGATION = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from textual.timer import Timer
 
 from clusterui.dashboard.model import fmt_clock
 from clusterui.dashboard.style import StyleCache
-from clusterui.vocab.logs import is_event
+from clusterui.vocab.logs import is_event, is_restart
 from clusterui.vocab.safetext import visible, visible_except_sgr
 
 _ANSI = "\x1b"
@@ -31,6 +33,7 @@ REPAINT_HZ = 10
 MAX_EVENTS = 1000  # supervisor lines kept through any flood of output
 # Which lines `v` shows: all, only the supervisor's own, or only the apps' output.
 SYS_MODES = ("all", "only", "hide")
+_SGR = re.compile(r"\x1b\[[0-9;:]*m")  # colours: drawn as styles, so they take no cells
 
 
 def newest(lines: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -80,6 +83,7 @@ class LogView(ScrollView, can_focus=True):
         & > .logview--err { color: $text-error; }
         & > .logview--sys { color: $text-accent; text-style: italic; }
         & > .logview--match { background: $warning; color: $background; text-style: bold; }
+        & > .logview--current { background: $accent 40%; }
         & > .logview--app-0 { color: $text-primary; }
         & > .logview--app-1 { color: $text-success; }
         & > .logview--app-2 { color: $text-warning; }
@@ -93,6 +97,7 @@ class LogView(ScrollView, can_focus=True):
         "logview--err",
         "logview--sys",
         "logview--match",
+        "logview--current",
         *(f"logview--app-{i}" for i in range(APP_COLOURS)),
     }
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -106,6 +111,10 @@ class LogView(ScrollView, can_focus=True):
     timestamps: reactive[bool] = reactive(True)
     filter_text: reactive[str] = reactive("")
     sys_mode: reactive[str] = reactive("all")  # one of SYS_MODES
+    # The full-screen view's (dashboard/logscreen.py): long lines folded at the width; a
+    # search that lights its matches without hiding the other lines.
+    wrap: reactive[bool] = reactive(False)
+    search_text: reactive[str] = reactive("")
 
     def __init__(
         self,
@@ -132,6 +141,8 @@ class LogView(ScrollView, can_focus=True):
         self._styles = StyleCache(self)
         self._last_repaint = 0.0
         self._repaint_timer: Timer | None = None
+        self._starts: list[int] = []  # wrap on: the first row of each shown record
+        self.current: int | None = None  # seq of the line the last jump landed on
 
     # -- data -----------------------------------------------------------------
 
@@ -290,6 +301,64 @@ class LogView(ScrollView, can_focus=True):
             return needle in rec.text.lower() or needle in rec.source.lower()
         return True
 
+    # -- search and jumps (the full-screen view) ---------------------------------
+
+    def find(self, needle: str, forward: bool = True) -> int | None:
+        """Index in `shown` of the next (or previous) line holding `needle` (plain text,
+        any case), from the current line, else from the top of the window; wraps round."""
+        view = self._view
+        if not needle or not view:
+            return None
+        needle = needle.lower()
+        start = self._current_index()
+        if start is None:
+            start = self.index_at(round(self.scroll_y)) - (1 if forward else 0)
+        n = len(view)
+        for step in range(1, n + 1):
+            i = (start + step if forward else start - step) % n
+            rec = view[i]
+            if needle in rec.text.lower() or needle in rec.source.lower():
+                return i
+        return None
+
+    def last_restart(self) -> int | None:
+        """Index in `shown` of the newest supervisor line saying the worker exited or
+        was replaced (vocab/logs.is_restart)."""
+        for i in range(len(self._view) - 1, -1, -1):
+            rec = self._view[i]
+            if is_restart(rec.stream, rec.text):
+                return i
+        return None
+
+    def jump_to(self, index: int) -> None:
+        """Make shown[index] the current line, lit, in the middle of the window; following
+        stops (it would pull the view away again)."""
+        old = self.current
+        self.current = self._view[index].seq
+        for seq in (old, self.current):
+            if seq is not None:
+                self._cache.discard(seq)
+        self.follow = False
+        row = self._row_of(index)
+        self.scroll_to(y=max(0, row - self.size.height // 2), animate=False, immediate=True)
+        self.refresh()
+
+    def _current_index(self) -> int | None:
+        if self.current is None:
+            return None
+        seqs = [r.seq for r in self._view]  # ascending: records keep their arrival order
+        i = bisect.bisect_left(seqs, self.current)
+        return i if i < len(seqs) and seqs[i] == self.current else None
+
+    def index_at(self, row: int) -> int:
+        """Index in `shown` of the record drawn on virtual row `row`."""
+        if self.wrap and self._starts:
+            return max(0, bisect.bisect_right(self._starts, row) - 1)
+        return max(0, min(row, len(self._view) - 1))
+
+    def _row_of(self, index: int) -> int:
+        return self._starts[index] if self.wrap and index < len(self._starts) else index
+
     def _rebuild(self) -> None:
         self._view = [r for r in self._records if self._matches(r)]
         self._width = max((self._line_width(r) for r in self._view), default=0)
@@ -301,6 +370,18 @@ class LogView(ScrollView, can_focus=True):
 
     def watch_filter_text(self) -> None:
         self._rebuild()
+
+    def watch_search_text(self) -> None:
+        self._cache.clear()
+        self.refresh()
+
+    def watch_wrap(self) -> None:
+        self._cache.clear()
+        self.scroll_to(x=0, animate=False, immediate=True)
+        self._resize_virtual()
+        if self.follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.refresh()
 
     def watch_sys_mode(self) -> None:
         self._rebuild()
@@ -321,6 +402,8 @@ class LogView(ScrollView, can_focus=True):
             self.follow = False  # the reader scrolled up: stop dragging them down
 
     def on_resize(self) -> None:
+        if self.wrap:
+            self._resize_virtual()  # the rows a line folds into depend on the width
         if self.follow:  # the first layout, or a new size: stay at the newest line
             self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
 
@@ -337,7 +420,16 @@ class LogView(ScrollView, can_focus=True):
         return self._prefix_width() + _text_width(rec)
 
     def _resize_virtual(self) -> None:
-        self.virtual_size = Size(self._width, len(self._view))
+        if not self.wrap:
+            self.virtual_size = Size(self._width, len(self._view))
+            return
+        width = max(10, self.size.width)
+        starts, row = [], 0
+        for rec in self._view:
+            starts.append(row)
+            row += max(1, -(-self._line_width(rec) // width))
+        self._starts = starts
+        self.virtual_size = Size(width, row)
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -346,21 +438,24 @@ class LogView(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        index = scroll_y + y
+        row = scroll_y + y
         width = self.size.width
         rich_style = self._styles.base()
-        if index >= len(self._view):
+        index = self.index_at(row) if self.wrap else row
+        if row >= self.virtual_size.height or index >= len(self._view):
             return Strip.blank(width, rich_style)
-        key = self._view[index].seq
-        strip = self._cache.get(key)
+        rec = self._view[index]
+        strip = self._cache.get(rec.seq)
         if strip is None:
-            rec = self._view[index]
             strip = self._plain_strip(rec, rich_style)
             if strip is None:
                 text = self.render_record(rec)
                 text.stylize_before(rich_style)
                 strip = Strip(text.render(self.app.console), text.cell_len)
-            self._cache[key] = strip
+            self._cache[rec.seq] = strip
+        if self.wrap:  # the part of the line this row shows
+            start = (row - self._starts[index]) * width
+            return strip.crop_extend(start, start + width, rich_style).apply_offsets(0, row)
         return strip.crop_extend(scroll_x, scroll_x + width, rich_style).apply_offsets(
             scroll_x, index
         )
@@ -369,7 +464,9 @@ class LogView(ScrollView, can_focus=True):
         """The common line (no filter, no escapes or controls) built straight from segments:
         what render_record gives, at a fraction of Rich's cost, which a flood notices."""
         text = rec.text
-        if self.filter_text or not text.isprintable():
+        if self.filter_text or self.search_text or rec.seq == self.current:
+            return None
+        if not text.isprintable():
             return None
         colour = base + self.style_of(f"logview--app-{self._app_colour.get(rec.app, 0)}")
         body = base
@@ -386,7 +483,7 @@ class LogView(ScrollView, can_focus=True):
 
     def style_of(self, name: str) -> Style:
         """The Rich style a component class gives (the match highlight keeps its background)."""
-        if name == "logview--match":
+        if name in ("logview--match", "logview--current"):
             return self._styles.full(name)
         return self._styles.fg(name)
 
@@ -411,9 +508,10 @@ class LogView(ScrollView, can_focus=True):
         elif rec.stream == "sys":
             body.stylize_before(self.style_of("logview--sys"))
         line.append_text(body)
-        if self.filter_text:
+        if rec.seq == self.current:
+            line.stylize_before(self.style_of("logview--current"))
+        for needle in {self.filter_text.lower(), self.search_text.lower()} - {""}:
             plain = line.plain.lower()
-            needle = self.filter_text.lower()
             match_style = self.style_of("logview--match")
             # light matches in the source and the text, not in the timestamp
             pos = plain.find(needle, start - len(marker) - self._source_width)
@@ -424,5 +522,9 @@ class LogView(ScrollView, can_focus=True):
 
 
 def _text_width(rec: LogRecord) -> int:
+    """The cells rec.text takes as render_record draws it."""
     text = rec.text
-    return len(text) if text.isascii() else cell_len(text)
+    if text.isascii() and text.isprintable():
+        return len(text)
+    text = _SGR.sub("", text.expandtabs())
+    return cell_len(visible(text))

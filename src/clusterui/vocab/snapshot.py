@@ -125,6 +125,31 @@ class Snapshot(TypedDict):
     workers: list[WorkerRow]
 
 
+class TreeProcess(TypedDict):
+    """One process of a worker's tree (the `tree` operation, core/proctree.py)."""
+
+    pid: int
+    ppid: int
+    depth: int  # 0: the worker itself, 1: its child, 2: a grandchild, ...
+    name: str  # as the worker set it: sanitise before showing (vocab/safetext.py)
+    cmdline: str  # the same, cut to 300 characters
+    cpu: float | None  # % of one CPU since the previous call; None on the first
+    memory: int  # RSS bytes
+    status: str  # psutil's: running, sleeping, stopped, zombie, ...
+    left: str | None  # None, or what it left: "session", "group" or "orphan" (the leak)
+
+
+class WorkerTree(TypedDict):
+    """A worker and the processes below it: one item of the `tree` operation's answer."""
+
+    id: int
+    app: str
+    instance: int
+    pid: int
+    processes: list[TreeProcess]  # the worker first, then depth first
+    more: int  # processes left out past the 200 sent
+
+
 # The worker fields `clusterui ls --json` prints, in this order.
 LS_JSON_KEYS: tuple[str, ...] = (
     "id",
