@@ -45,7 +45,14 @@ def test_reload_under_load_fails_no_request(cu):
                 before = {w["pid"] for w in cu.ls()}
                 r = cu.run("reload", "web")
                 assert r.returncode == 0, r.stderr
+                assert "web: reloaded 2 worker(s)" in r.stdout
                 assert not before & {w["pid"] for w in cu.ls()}
+                ctl = support.Control(cu.home)
+                try:
+                    reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("web")]
+                finally:
+                    ctl.close()
+                assert reasons == ["reload"] * 2
                 time.sleep(0.3)
         assert load.failed == [], (keep_alive, load.failed[:5])
         assert load.ok > 100
