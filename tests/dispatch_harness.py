@@ -165,6 +165,25 @@ class Harness:
             theirs.close()
         return proc
 
+    def add_node_worker(self, wid: int, source: str, stdout: int | None = None) -> subprocess.Popen:
+        """Spawn a worker that speaks Node's IPC framing (dispatch/node.py) on a stream
+        socket at NODE_CHANNEL_FD, as the Node preload does, and announce it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {"NODE_CHANNEL_FD": str(theirs.fileno()), "CLUSTERUI_INSTANCE": str(wid)}
+        try:
+            proc = self.spawn(
+                [sys.executable, str(self.script(source))],
+                env=env,
+                pass_fds=(theirs.fileno(),),
+                stdout=stdout,
+            )
+            self.workers[wid] = proc
+            self.send({"t": "add", "id": wid, "framing": "node"}, [ours.fileno(), theirs.fileno()])
+        finally:
+            ours.close()
+            theirs.close()
+        return proc
+
     def add_proxy_worker(self, wid: int, argv: list[str], port: int) -> subprocess.Popen:
         proc = self.spawn(argv, env={"PORT": str(port), "CLUSTERUI_INSTANCE": str(wid)})
         self.workers[wid] = proc

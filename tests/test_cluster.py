@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import leaks
@@ -43,7 +45,14 @@ def test_reload_under_load_fails_no_request(cu):
                 before = {w["pid"] for w in cu.ls()}
                 r = cu.run("reload", "web")
                 assert r.returncode == 0, r.stderr
+                assert "web: reloaded 2 worker(s)" in r.stdout
                 assert not before & {w["pid"] for w in cu.ls()}
+                ctl = support.Control(cu.home)
+                try:
+                    reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("web")]
+                finally:
+                    ctl.close()
+                assert reasons == ["reload"] * 2
                 time.sleep(0.3)
         assert load.failed == [], (keep_alive, load.failed[:5])
         assert load.ok > 100
@@ -93,12 +102,73 @@ def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
     assert "the old worker keeps serving" in r.stderr
     assert [w["pid"] for w in cu.ls()] == old
     assert [w["status"] for w in cu.ls()] == ["online", "online"]
+    # Serving again, not listed as draining too (it was, while its replacement started).
+    assert [w["draining_pids"] for w in cu.ls()] == [[], []]
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
     # The replacement that never got ready was stopped, not left running unlisted.
     running = {
         p.pid for p in leaks.running(*leaks.home_is(cu.home)) if "app.py" in " ".join(p.cmdline())
     }
     assert running == set(old), f"running {sorted(running)}, listed {sorted(old)}"
+
+
+def test_an_old_worker_that_dies_during_a_failed_reload_is_replaced(cu):
+    """The reload gives up on a replacement that never gets ready, and the old worker it
+    would have gone back to died meanwhile: the slot starts afresh, as after a crash."""
+    port = free_port()
+    cu.write(
+        "app.py",
+        f"""
+        import os, runpy, sys, time
+        if os.path.exists("broken"):
+            time.sleep(600)  # hangs before serving: never sends ready
+        sys.argv = [{WEB!r}]
+        runpy.run_path({WEB!r}, run_name="__main__")
+        """,
+    )
+    # listen_timeout: time enough to kill the old worker while the reload waits.
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: web
+            script: app.py
+            listen: 127.0.0.1:{port}
+            instances: 1
+            listen_timeout: 20000
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    [old] = [w["pid"] for w in cu.ls()]
+    (cu.root / "broken").write_text("")
+    reload = subprocess.Popen(
+        [sys.executable, "-m", "clusterui", "reload", "web"],
+        env=cu.env,
+        cwd=cu.root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The replacement started: the old worker is listed as draining from then on.
+        wait_for(lambda: cu.ls()[0]["draining_pids"] == [old], 30, "the reload to start")
+        os.kill(old, signal.SIGKILL)
+        (cu.root / "broken").unlink()  # what starts next serves
+        _, err = reload.communicate(timeout=60)
+    finally:
+        if reload.poll() is None:
+            reload.kill()
+            reload.wait()
+    assert reload.returncode == 1, err
+    assert "the new worker was not ready within 20 s" in err
+    row = wait_for(
+        lambda: (w := cu.ls()[0])["status"] == "online" and w["pid"] not in (None, old) and w,
+        30,
+        "a fresh worker in the slot",
+    )
+    assert row["draining_pids"] == []
+    assert int(get(port).split("pid ")[1]) == row["pid"]
 
 
 def test_killed_worker_is_replaced_and_others_keep_serving(cu):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -21,6 +22,9 @@ from dispatch_harness import (
     read_all,
 )
 from support import free_port
+
+from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.core import QUEUE_CAP
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -398,3 +402,197 @@ def test_proxy_mode_waits_for_the_port_and_survives_a_dead_upstream(make, tmp_pa
     assert [h.get("/id.txt") for _ in range(4)] == ["1"] * 4  # all served by 7's copy
     stats = h.stats()
     assert stats["workers"]["7"]["handed"] >= 4
+
+
+# Says ready, then leaves its channel unread until SIGUSR1, so the channel fills up. Then
+# it answers every connection it was handed ("held"), says "drain" when the drain message
+# comes, and at end of file (the dispatcher's remove) prints what it got, as JSON. With
+# HELD_READ_FIRST=n it takes n datagrams at the first SIGUSR1, says "took", and waits for
+# a second SIGUSR1 before the rest.
+HELD_WORKER = """
+import fcntl, json, os, signal, socket, sys, termios
+from clusterui.dispatch import protocol as proto
+chan = socket.socket(fileno=int(os.environ["CLUSTERUI_CHANNEL_FD"]))
+chan.setblocking(True)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+chan.send(proto.READY)
+signal.sigwait([signal.SIGUSR1])
+got = {"waiting_bytes": 0, "conns": 0, "drains": 0, "after_drain": []}
+
+def take(data, fds):
+    if got["drains"]:
+        got["after_drain"].append(data.decode())
+    if data == proto.DRAIN:
+        got["drains"] += 1
+        print("drain", flush=True)
+    for fd in fds:
+        with socket.socket(fileno=fd) as conn:
+            conn.recv(64)  # the client's line: closing with it unread would reset
+            conn.sendall(b"held\\n")
+    got["conns"] += len(fds)
+
+for _ in range(int(os.environ.get("HELD_READ_FIRST", "0"))):
+    take(*proto.recv(chan, block=True)[:2])
+if os.environ.get("HELD_READ_FIRST"):
+    print("took", flush=True)
+    signal.sigwait([signal.SIGUSR1])
+raw = fcntl.ioctl(chan.fileno(), termios.FIONREAD, b"\\0" * 4)
+got["waiting_bytes"] = int.from_bytes(raw, sys.byteorder)
+while (msg := proto.recv(chan, block=True)) is not None:
+    take(*msg[:2])
+print(json.dumps(got), flush=True)
+"""
+
+
+class Lines:
+    """A worker's stdout, line by line; waiting for one fails after `timeout`, naming it."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.fd = proc.stdout.fileno()
+        self.buf = b""
+
+    def next(self, timeout: float, what: str) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, left))
+            assert ready, f"timed out after {timeout:g} s waiting for {what}"
+            chunk = os.read(self.fd, 65536)
+            assert chunk, f"the worker closed its output before {what}"
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+
+def fill_channel(h: Harness, wid: int) -> list[socket.socket]:
+    """Connect one client at a time until the dispatcher cannot hand the next one to
+    worker `wid` (its only worker, which does not read its channel): each connection
+    is one datagram, so the channel's send buffer, not QUEUE_CAP, is what fills."""
+    clients: list[socket.socket] = []
+    for n in range(1, QUEUE_CAP + 1):
+        clients.append(h.connect())
+        clients[-1].sendall(b"hi\n")
+        stats = h.wait_stats(
+            lambda s, n=n: (
+                s["accepted"] == n and (s["workers"][str(wid)]["handed"] == n or s["pending"] > 0)
+            )
+        )
+        if stats["pending"]:
+            assert stats["pending"] == 1 and stats["workers"][str(wid)]["handed"] == n - 1
+            return clients
+    raise AssertionError(f"the channel took {QUEUE_CAP} connections without filling up")
+
+
+def held_summary(h: Harness, held: subprocess.Popen, out: Lines) -> dict:
+    """Once the held worker got its drain: remove it, and return what it got in all."""
+    assert out.next(30, "worker 1 to get its drain message") == b"drain"
+    # A second drain message would be sent when the dispatcher sees the channel writable,
+    # which it did while the worker read (before this answer): then it would be queued.
+    h.stats()
+    h.remove(1)  # its channel closes: the worker says what it got
+    got = json.loads(out.next(30, "worker 1's summary"))
+    assert held.wait(timeout=30) == 0
+    return got
+
+
+def test_drain_waits_for_room_in_a_full_channel(make):
+    """The drain message of a worker whose channel is full goes out once there is room:
+    the worker drains (not only stops getting connections), after everything it was
+    handed, and the connection that did not fit goes to another worker."""
+    h = make()
+    held = h.add_worker(1, source=HELD_WORKER, stdout=subprocess.PIPE)
+    out = Lines(held)
+    h.wait_ready(1)
+    clients = fill_channel(h, 1)
+    handed = len(clients) - 1
+    h.drain(1)
+    h.stats()  # answered after the drain: the dispatcher tried to send it, to a full channel
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(2)
+    held.send_signal(signal.SIGUSR1)
+    got = held_summary(h, held, out)
+    held.stdout.close()
+    # waiting_bytes: when the dispatcher tried, the drain did not fit (only conns waited).
+    assert got == {
+        "waiting_bytes": handed * len(proto.CONN),
+        "conns": handed,
+        "drains": 1,
+        "after_drain": [],
+    }
+    answers = [read_all(c).decode() for c in clients]
+    assert answers[:handed] == ["held\n"] * handed
+    assert instance_of(answers[-1]) == 2
+    for c in clients:
+        c.close()
+
+
+def test_a_drain_that_fits_is_sent_once(make):
+    """A channel that was full has room for the drain message again, but the kernel says
+    "writable" only later (a unix socket: once 3/4 of its buffer is free). The drain goes
+    out at once, and not a second time when the channel turns writable."""
+    h = make()
+    held = h.add_worker(1, source=HELD_WORKER, stdout=subprocess.PIPE, env={"HELD_READ_FIRST": "1"})
+    out = Lines(held)
+    h.wait_ready(1)
+    clients = fill_channel(h, 1)
+    handed = len(clients) - 1
+    held.send_signal(signal.SIGUSR1)
+    assert out.next(30, "worker 1 to take one connection") == b"took"
+    h.drain(1)
+    h.stats()
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(2)
+    held.send_signal(signal.SIGUSR1)
+    got = held_summary(h, held, out)
+    held.stdout.close()
+    # waiting_bytes: the drain message was in the channel, behind the connections.
+    assert got == {
+        "waiting_bytes": (handed - 1) * len(proto.CONN) + len(proto.DRAIN),
+        "conns": handed,
+        "drains": 1,
+        "after_drain": [],
+    }
+    answers = [read_all(c).decode() for c in clients]
+    assert answers[:handed] == ["held\n"] * handed
+    assert instance_of(answers[-1]) == 2
+    for c in clients:
+        c.close()
+
+
+# Speaks Node's IPC framing as the preload does: says ready, acknowledges each handle (and
+# answers its connection), and exits 0 once the drain line comes.
+NODE_FRAMED_WORKER = """
+import os, socket
+from clusterui.dispatch import node as nodeproto
+from clusterui.dispatch import protocol as proto
+chan = socket.socket(fileno=int(os.environ["NODE_CHANNEL_FD"]))
+chan.sendall(nodeproto.line({"t": "ready"}))
+buf = b""
+while True:
+    data, anc, _, _ = chan.recvmsg(65536, socket.CMSG_SPACE(4 * 8))
+    assert data, "the channel closed before the drain line"
+    for fd in proto.unpack_fds(anc):
+        with socket.socket(fileno=fd) as conn:
+            conn.recv(64)
+            conn.sendall(b"node\\n")
+    lines, buf, _ = nodeproto.split_lines(buf, data)
+    for line in lines:
+        if line == nodeproto.DRAIN.rstrip(b"\\n"):
+            raise SystemExit(0)
+        if b"NODE_HANDLE" in line:
+            chan.sendall(nodeproto.ACK + b"\\n")
+"""
+
+
+def test_a_node_framed_worker_gets_its_drain_line(make):
+    """Workers on Node's framing drain too: the drain line reaches the worker (which
+    exits), and nothing new is routed to it."""
+    h = make()
+    node = h.add_node_worker(1, NODE_FRAMED_WORKER)
+    h.add_worker(2, source=ECHO_WORKER)
+    h.wait_ready(1)
+    h.wait_ready(2)
+    assert {h.ask() for _ in range(2)} >= {"node\n"}  # it serves until drained
+    h.drain(1)
+    assert node.wait(timeout=30) == 0
+    assert [instance_of(h.ask()) for _ in range(4)] == [2] * 4

@@ -12,9 +12,9 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -30,6 +30,8 @@ import support
 from support import Control, Load, free_port, get, wait_for
 
 from clusterui.client import Client, ClientError
+from clusterui.core import cgroups
+from clusterui.core import guardian as guardian_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -245,6 +247,21 @@ def grandchild(worker: int) -> psutil.Process | None:
     return None
 
 
+def only_its_group_kills(p: psutil.Process, sup: int) -> None:
+    """Where workers have cgroups, the guardian kills their cgroups too when the supervisor
+    dies, which would hide a wrong set of tracked groups. Move p to the supervisor's own
+    cgroup: then only its process group's SIGKILL (the tracked set) reaches it."""
+    mount = cgroups.cgroup2_mount()
+    with open(f"/proc/{p.pid}/cgroup") as f:
+        own = next((line[3:].strip() for line in f if line.startswith("0::")), "")
+    if mount is None or f"/{cgroups.PREFIX}" not in own:
+        return  # no worker cgroups: the group kill is all there is already
+    with open(f"/proc/{sup}/cgroup") as f:
+        target = next(line[3:].strip() for line in f if line.startswith("0::"))
+    with open(os.path.join(mount, target.lstrip("/"), "cgroup.procs"), "w") as f:
+        f.write(str(p.pid))
+
+
 # Bounds here tell a hang (a blocked supervisor, an orphan) from slowness on two busy,
 # shared cores: generous, about correctness. The measured times are printed as figures.
 HANG = 10.0
@@ -267,6 +284,23 @@ class PipeProbe:
             raise AssertionError("no pipe shared by the supervisor and the guardian")
         self.capacity = fcntl.fcntl(self.fd, fcntl.F_GETPIPE_SZ)
 
+    def shrink(self) -> bool:
+        """Make the pipe one page: it fills after ~4 KiB instead of the default 64 KiB,
+        so the test needs a quarter of the restarts. The supervisor sees the same thing
+        either way (a non-blocking write that gets EAGAIN). False while the pipe holds
+        more than a page (EBUSY): the running guardian reads it soon."""
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, os.sysconf("SC_PAGE_SIZE"))
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            return False
+        self.capacity = fcntl.fcntl(self.fd, fcntl.F_GETPIPE_SZ)
+        return True
+
+    def pages(self) -> int:
+        return -(-self.capacity // os.sysconf("SC_PAGE_SIZE"))
+
     def unread(self) -> int:
         buf = array.array("i", [0])
         fcntl.ioctl(self.fd, termios.FIONREAD, buf)
@@ -276,6 +310,50 @@ class PipeProbe:
         os.close(self.fd)
 
 
+# The longest line the supervisor sends the guardian for a worker here ("+<pid>\n", no grace).
+LONGEST_LINE = len(b"+%d\n" % (1 << 22))
+# The fewest bytes one restart sends: "-<pid>\n" for the exit, "+<pid>\n" for the new
+# worker. Linux hands out pids from 300 up once they wrap (RESERVED_PIDS), so a worker's
+# pid has 3 digits at least: 10 bytes (5-digit pids send 14, so this errs on the long side).
+FEWEST_BYTES_PER_RESTART = 2 * len(b"+300\n")
+
+
+def churn_until_backlog_reset(ctl: Control, probe: PipeProbe, guardian: psutil.Process) -> int:
+    """Stop the guardian and keep the churn going until the supervisor must have replaced
+    its backlog by a snapshot (guardian.py's BACKLOG_LIMIT); returns the restarts made.
+
+    Whatever the machine's speed: the only limit is that a restart happens at least every
+    HANG seconds, and that every state call is answered within HANG (Control's timeout).
+    A supervisor blocked on the pipe does neither.
+    """
+
+    def restarts() -> int:
+        return sum(w["restarts"] for w in ctl.workers("churn"))
+
+    guardian.suspend()
+    # A read in progress still completes: count from when the guardian is really stopped.
+    wait_for(lambda: guardian.status() == psutil.STATUS_STOPPED, HANG, "the guardian to stop")
+    start = last = restarts()
+    last_at = time.monotonic()
+    # Past the pipe's capacity, everything waits in the supervisor's backlog; past
+    # BACKLOG_LIMIT more, the backlog must have been reset. Up to one restart per worker
+    # may have sent half its lines before `start` was read: 4 more.
+    needed = -(-(probe.capacity + guardian_module.BACKLOG_LIMIT + 1) // FEWEST_BYTES_PER_RESTART)
+    needed += 4
+    while last - start < needed:
+        time.sleep(0.05)
+        now = restarts()  # each call must be answered (Control's timeout)
+        if now > last:
+            last, last_at = now, time.monotonic()
+        assert time.monotonic() - last_at < HANG, (
+            f"no restart for {HANG:g} s after {last - start} with the guardian stopped "
+            f"({probe.unread()} bytes unread in its pipe)"
+        )
+    return last - start
+
+
+# Bounded by progress (churn_until_backlog_reset), not by time: this only catches a hang.
+@pytest.mark.timeout(600)
 def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
     cu.write("forker.py", FORKER)
     cu.write(
@@ -299,24 +377,13 @@ def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
     probe = PipeProbe(sup, guardian.pid)
     ctl = Control(cu.home, timeout=HANG)
 
-    def restarts() -> int:
-        return sum(w["restarts"] for w in ctl.workers("churn"))
-
     try:
-        wait_for(lambda: restarts() > 10, 10, "the churn to start")
-        guardian.suspend()
-        start, began = restarts(), time.monotonic()
-        filled_at = None  # restarts when the pipe was full
-        deadline = began + 90
-        while True:
-            now_restarts = restarts()  # each call must be answered (Control's timeout)
-            if filled_at is None and probe.unread() > probe.capacity - select.PIPE_BUF:
-                filled_at = now_restarts - start
-            if filled_at is not None and now_restarts - start >= filled_at + 1500:
-                break
-            assert time.monotonic() < deadline, (now_restarts - start, probe.unread())
-            time.sleep(0.05)
-        churned = now_restarts - start
+        wait_for(
+            lambda: sum(w["restarts"] for w in ctl.workers("churn")) > 10, 60, "the churn to start"
+        )
+        wait_for(probe.shrink, HANG, "the guardian's pipe to hold at most one page")
+        began = time.monotonic()
+        churned = churn_until_backlog_reset(ctl, probe, guardian)
         took = time.monotonic() - began
         cli_start = time.monotonic()
         assert cu.run("ls", timeout=30).returncode == 0
@@ -329,26 +396,29 @@ def test_a_stopped_guardian_never_blocks_the_supervisor(cu):
                 and all(w["pid"] and grandchild(w["pid"]) for w in rows)
                 and rows
             ),
-            15,
+            60,
             "3 keep workers with a grandchild each",
         )
+        for w in keep:
+            only_its_group_kills(grandchild(w["pid"]), sup)
         ctl.result("stop", targets=["churn"])
-        wait_for(lambda: all(w["pid"] is None for w in ctl.workers("churn")), 10, "churn stopped")
+        wait_for(lambda: all(w["pid"] is None for w in ctl.workers("churn")), 60, "churn stopped")
         print(
             f"\nguardian stopped: {churned} restarts in {took:.1f} s"
-            f" ({2 * churned} messages of 5-8 bytes; the pipe ({probe.capacity} bytes)"
-            f" was full after {filled_at});"
+            f" ({2 * churned} messages of at least 5 bytes, through a {probe.capacity}-byte"
+            f" pipe and past a {guardian_module.BACKLOG_LIMIT}-byte backlog limit);"
             f" slowest state answer {ctl.slowest * 1000:.0f} ms; `clusterui ls` took"
             f" {cli_took:.2f} s"
         )
         assert ctl.slowest < HANG
-        assert probe.unread() > probe.capacity - select.PIPE_BUF
+        # Full: each page of the pipe lacks room for one more line at most.
+        assert probe.unread() > probe.capacity - probe.pages() * LONGEST_LINE, probe.unread()
 
         guardian.resume()
         # Caught up: it read the pipe, we sent what waited in memory, it read that too.
-        wait_for(lambda: probe.unread() == 0, 5, "the guardian to read its pipe")
+        wait_for(lambda: probe.unread() == 0, HANG, "the guardian to read its pipe")
         ctl.result("ping")
-        wait_for(lambda: probe.unread() == 0, 5, "the guardian to read the rest")
+        wait_for(lambda: probe.unread() == 0, HANG, "the guardian to read the rest")
         family = psutil.Process(sup).children(recursive=True)
         grandchildren = [grandchild(w["pid"]) for w in keep]
         assert len(grandchildren) == 3 and set(grandchildren) <= set(family), (

@@ -527,11 +527,32 @@ async def test_dev_null_and_unopenable_files(tmp_path, spawn):
     # The refusal is in the worker's own lines too (a sys line), not only a notice.
     why, *lines = texts(hub.recent([0], 5))
     assert lines == ["to nowhere", "still kept"]
-    assert why.startswith(f"cannot open log file {tmp_path}/blocker/err.log:")
+    assert why == f"cannot open log file {tmp_path}/blocker/err.log: File exists"
     assert [lvl for lvl, _ in notices] == ["error"]
     assert notices[0][1] == why
     # Nothing but the supervisor's own line file.
     assert {p.name for p in (tmp_path / "logs").iterdir()} <= {"clusterui.log"}
+
+
+async def test_a_log_folder_it_creates_is_private(hub, spawn, tmp_path):
+    folder = tmp_path / "made" / "here"
+    sp = spec(out_file=str(folder / "out.log"))
+    await closed(attach(hub, spawn("print('x')"), sp=sp))
+    assert (folder / "out.log").read_text() == "x\n"
+    assert os.stat(folder).st_mode & 0o777 == 0o700  # other users cannot list the logs
+
+
+async def test_a_shared_log_file_stays_open_while_any_writer_has_it(hub, spawn, tmp_path):
+    sp = spec(merge_logs=True, instances=2, exec_mode="cluster")
+    first = spawn("print('first')")
+    second = spawn("import sys; print(sys.stdin.readline().strip())", stdin=True)
+    caps = [attach(hub, first, worker=0, sp=sp), attach(hub, second, worker=1, sp=sp)]
+    await closed(caps[0])  # the first writer is done with the file
+    second.send("second\n")
+    second.close_stdin()
+    await closed(caps[1])
+    await hub.aclose()
+    assert (tmp_path / "logs" / "app-out.log").read_text() == "first\nsecond\n"
 
 
 # ---- memory, subscribers, supervisor lines ---------------------------------------------

@@ -102,6 +102,7 @@ async def test_history_is_what_the_files_held_before_and_none_of_ours(tmp_path):
         ]
         assert {(ln.worker, ln.app, ln.instance) for ln in got} == {(0, "app", 0)}
         assert texts(hub.history(0, "app", 0, sp, 3)) == ["old 2", "old 3", "old 4"]
+        assert texts(hub.history(0, "app", 0, sp, 1)) == ["old 4"]
         assert hub.history(0, "app", 0, sp, 0) == []
         # A file this hub created holds only lines its ring has had: no history.
         fresh = spec(name="fresh")
@@ -109,9 +110,18 @@ async def test_history_is_what_the_files_held_before_and_none_of_ours(tmp_path):
         await closed(attach(hub, writers[-1], worker=1, sp=fresh))
         assert (logs / "fresh-1-out.log").read_text() == "mine\n"
         assert hub.history(1, "fresh", 1, fresh, 10) == []
-        # Files several instances share cannot be told apart: not read.
+        # Files several instances share cannot be told apart: not read. One instance's
+        # merged file is its own: read.
+        write_lines(logs / "app-out.log", ["merged 1", "merged 2"], t0)
         merged = spec(merge_logs=True, instances=2)
         assert hub.history(0, "app", 0, merged, 10) == []
+        alone = spec(merge_logs=True, instances=1)
+        assert texts(hub.history(0, "app", 0, alone, 10)) == ["merged 1", "merged 2"]
+        # out_file and error_file the same file: read once, as "out".
+        write_lines(tmp_path / "both.log", ["both 1", "both 2"], t0)
+        both = spec(out_file=str(tmp_path / "both.log"), error_file=str(tmp_path / "both.log"))
+        got = hub.history(0, "app", 0, both, 10)
+        assert [(ln.stream, ln.text) for ln in got] == [("out", "both 1"), ("out", "both 2")]
     finally:
         for w in writers:
             w.kill()

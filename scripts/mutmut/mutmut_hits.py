@@ -39,3 +39,25 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _read[path.name] = _read.get(path.name, 0) + end
         for name in data[:end].decode().split():
             record_trampoline_hit(name)
+
+
+# The tests' timeouts are set for a normal run. Under `nice` on a busy shared machine, with
+# every call recorded (the stats run), a test can take several times as long, and one
+# pytest-timeout failure in the stats run stops mutmut ("failed to collect stats"): that
+# was the "hang" of the reload and loghub targets. Mutant runs have mutmut's own timeout.
+FACTOR = float(os.environ.get("CLUSTERUI_MUTATION_TIMEOUT_FACTOR", "5"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        default = float(config.getini("timeout") or 0)
+    except (ValueError, KeyError):
+        return  # pytest-timeout is not installed
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        seconds = default
+        if mark is not None:
+            seconds = float(mark.args[0] if mark.args else mark.kwargs.get("timeout", default))
+        if seconds > 0:
+            item.add_marker(pytest.mark.timeout(seconds * FACTOR), append=False)
