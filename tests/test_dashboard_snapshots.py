@@ -66,7 +66,7 @@ def test_log_filter_80x24(snap_compare) -> None:
     assert snap_compare(
         make_app(),
         terminal_size=(80, 24),
-        run_before=loaded("slash", *"slow", "enter"),
+        run_before=loaded("l", "slash", *"slow", "enter"),
     )
 
 

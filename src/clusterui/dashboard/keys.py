@@ -58,7 +58,15 @@ KEYS: tuple[Key, ...] = (
         footer=False,
     ),
     Key("l", "l", "logs", "Logs", "Focus the log pane; again to maximise it; again to restore"),
-    Key("slash", "/", "filter", "Filter", "Filter the log lines (enter keeps it, esc clears)"),
+    # `/` filters the focused pane: this entry the logs (and, in the footer, holds the
+    # place of the table's, at the end of KEYS: the footer shows the one that applies).
+    Key(
+        "slash",
+        "/",
+        "filter",
+        "Filter logs",
+        "Outside the table: filter the log lines (enter keeps it, esc clears)",
+    ),
     Key(
         "q",
         "q",
@@ -87,13 +95,29 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("f", "f", "follow", "Follow", "Follow new log lines on or off", footer=False),
     Key("t", "t", "timestamps", "Times", "Log timestamps on or off", footer=False),
+    Key(
+        "slash",
+        "/",
+        "filter_rows",
+        "Filter rows",
+        "In the table: show the rows whose app, app:instance or status has this text "
+        "(enter keeps it, esc clears)",
+    ),
+    Key(
+        "T",
+        "T",
+        "change_theme",
+        "Theme",
+        "Choose a colour theme (remembered for the next start)",
+        footer=False,
+    ),
 )
 
 NAVIGATION = (
     ("j / k, ↓ / ↑", "Move the selection (or scroll the logs)"),
     ("tab", "Next pane"),
     ("ctrl+p", "Command palette"),
-    ("esc", "Close a dialog, clear the filter, restore a maximised pane"),
+    ("esc", "Close a dialog, clear the focused pane's filter, restore a maximised pane"),
 )
 
 
