@@ -485,3 +485,27 @@ def _clock_texts(app: DashboardApp) -> set[str]:
     from clusterui.dashboard.model import fmt_clock
 
     return {fmt_clock(r.time, UTC) for r in app.log_view.records}
+
+
+def test_the_settings_path_follows_the_xdg_rules(tmp_path: Path) -> None:
+    home = str(tmp_path)
+    assert default_path({"HOME": home}) == tmp_path / ".config/clusterui/dashboard.json"
+    assert default_path({"HOME": home, "XDG_CONFIG_HOME": "/etc/xdg-u"}) == Path(
+        "/etc/xdg-u/clusterui/dashboard.json"
+    )
+    # a relative XDG_CONFIG_HOME is invalid (the spec says to ignore it)
+    assert default_path({"HOME": home, "XDG_CONFIG_HOME": "rel"}) == default_path({"HOME": home})
+
+
+def test_a_settings_folder_others_can_write_is_refused(config_home: Path) -> None:
+    folder = config_home / "clusterui"
+    folder.mkdir(parents=True)
+    (folder / "dashboard.json").write_text('{"theme": "nord"}')
+    folder.chmod(0o777)  # another user could swap the file for a link
+    data, warning = PrefsFile().load()
+    assert data == {} and warning is not None
+    assert "can be written by other users" in warning and "\n" not in warning
+    # saving makes the folder ours alone again (0700), as CLUSTERUI_HOME's are made
+    assert PrefsFile().save(theme="nord") is None
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert PrefsFile().load() == ({"theme": "nord"}, None)

@@ -119,3 +119,27 @@ def test_launching_and_draining_during_a_reload_160x48(snap_compare) -> None:
 def test_narrow_60x20_with_an_errored_worker(snap_compare) -> None:
     app = with_states(w1={**GONE, "status": "errored", "exit_code": 1})
     assert snap_compare(app, terminal_size=(60, 20), run_before=loaded())
+
+
+def test_row_filter_sorted_100x30(snap_compare) -> None:
+    # sorted by CPU, only the online workers, each under its app; the cursor on api:1
+    keys = loaded("o", "slash", *"online", "enter", select="w:3")
+
+    async def run_before(pilot: Pilot) -> None:
+        await keys(pilot)
+        pilot.app.clear_notifications()  # "Sorted by CPU": a toast would time out unevenly
+        await pilot.pause()
+
+    assert snap_compare(make_app(api_workers=3), terminal_size=(100, 30), run_before=run_before)
+
+
+def test_light_theme_100x30(snap_compare) -> None:
+    app = with_states(w1={**GONE, "status": "errored", "exit_code": 1}, w3={"status": "suspended"})
+
+    async def light(pilot: Pilot) -> None:
+        assert isinstance(pilot.app, DashboardApp)
+        pilot.app.theme = "textual-light"
+        await loaded(select="w:2")(pilot)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=light)

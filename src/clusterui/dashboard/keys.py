@@ -21,7 +21,8 @@ class Key:
 SCALE = Binding.Group("Scale", compact=True)
 
 # Footer order is this order: help first (as htop's F1), the app verbs, quit before
-# detach, so an 80-column footer loses the least needed key.
+# detach, then the filter (its label names the pane it filters, so it is long), so an
+# 80-column footer loses the least needed key.
 KEYS: tuple[Key, ...] = (
     Key("question_mark", "?", "help", "Help", "Show these keys", palette=False),
     Key(
@@ -58,6 +59,14 @@ KEYS: tuple[Key, ...] = (
         footer=False,
     ),
     Key("l", "l", "logs", "Logs", "Focus the log pane; again to maximise it; again to restore"),
+    Key(
+        "q",
+        "q",
+        "quit",
+        "Quit",
+        "Quit (asks whether to stop the apps if this dashboard started them)",
+    ),
+    Key("d", "d", "detach", "Detach", "Leave the dashboard; the apps keep running"),
     # `/` filters the focused pane: this entry the logs (and, in the footer, holds the
     # place of the table's, at the end of KEYS: the footer shows the one that applies).
     Key(
@@ -67,14 +76,6 @@ KEYS: tuple[Key, ...] = (
         "Filter logs",
         "Outside the table: filter the log lines (enter keeps it, esc clears)",
     ),
-    Key(
-        "q",
-        "q",
-        "quit",
-        "Quit",
-        "Quit (asks whether to stop the apps if this dashboard started them)",
-    ),
-    Key("d", "d", "detach", "Detach", "Leave the dashboard; the apps keep running"),
     Key("enter", "enter", "details", "Details", "Show or hide the detail pane", footer=False),
     Key("a", "a", "log_scope", "Scope", "Logs of all apps, or of the selection only", footer=False),
     Key(
