@@ -24,6 +24,7 @@ from textual.widget import Widget
 
 from clusterui.cli.prefs import PrefsFile, default_path
 from clusterui.dashboard import DashboardApp
+from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.style import fg_style
 
@@ -435,9 +436,13 @@ DECORATION = set("╭╮╰╯─│├└▁ ")  # borders, tree lines and an e
 
 
 def weakest_text(widget: Widget, skip: set[str] = frozenset()) -> tuple[float, str]:
-    """The lowest contrast of any text the widget draws now (as the terminal gets it)."""
+    """The lowest contrast of any text the widget and the widgets in it draw now (as the
+    terminal gets it); fails if there is no text at all (a test that checks nothing)."""
     worst = (99.0, "")
-    for strip in widget.render_lines(widget.size.region):
+    parts = [widget, *(w for w in widget.query("*") if w.display and w.size.area)]
+    strips = [strip for w in parts for strip in w.render_lines(w.size.region)]
+    assert any(seg.text.strip() for strip in strips for seg in strip), widget
+    for strip in strips:
         for seg in strip:
             text = seg.text.strip()
             if not text or set(text) <= DECORATION or seg.style is None or text in skip:
@@ -478,6 +483,10 @@ async def test_every_row_reads_in_light_and_dark_themes(theme: str) -> None:
         ratio, text = weakest_text(app.log_view, skip=_clock_texts(app))
         assert ratio >= 3.0, (theme, text, ratio)
         ratio, text = weakest_text(app.main_screen.query_one(StatusHeader))
+        assert ratio >= 3.0, (theme, text, ratio)
+        detail = app.main_screen.query_one(DetailPane)
+        assert app.details_visible and "api:1" in screen_text(app)  # w:3's details
+        ratio, text = weakest_text(detail)
         assert ratio >= 3.0, (theme, text, ratio)
 
 

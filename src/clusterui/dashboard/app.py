@@ -46,6 +46,7 @@ from clusterui.vocab.safetext import visible
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+SORT_NAMES = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
 
 
 async def _resolve(value: Any) -> Any:
@@ -594,10 +595,9 @@ class DashboardApp(App[None]):
 
     def _update_table_title(self) -> None:
         table = self.table
-        names = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
         parts = ["processes"]
         if table.sort_by:
-            parts.append(f"by {names.get(table.sort_by, table.sort_by)} {SORT_MARK}")
+            parts.append(f"by {SORT_NAMES.get(table.sort_by, table.sort_by)} {SORT_MARK}")
         if table.filter_text:
             shown, total = table.filter_counts
             parts.append(f"filter “{table.filter_text}” {shown}/{total} workers")
@@ -669,7 +669,7 @@ class DashboardApp(App[None]):
 
     def action_sort(self) -> None:
         by = self.table.cycle_sort()
-        names = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
+        names = SORT_NAMES
         self._update_table_title()
         said = (
             f"Sorted by {names.get(by, by)}, largest first, within each app."

@@ -47,7 +47,7 @@ class SparkChart(Widget):
     SparkChart {
         height: 3;
         & > .sparkchart--label { text-style: bold; }
-        & > .sparkchart--note { color: $text-muted; text-style: dim; }
+        & > .sparkchart--note { color: $text-muted; }
         & > .sparkchart--bars { color: $text-primary; }
     }
     """
@@ -125,8 +125,11 @@ class DetailPane(VerticalScroll):
         SparkChart.-mem > .sparkchart--bars { color: $text-secondary; }
         SparkChart.-conn > .sparkchart--bars { color: $text-accent; }
         SparkChart.-metric > .sparkchart--bars { color: $text-warning; }
+        /* muted, not dim as well: dim on top of muted is too pale on light themes */
+        & > .detail--label { color: $text-muted; }
     }
     """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"detail--label"}
 
     def __init__(self, *, tz: _dt.tzinfo | None = None, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -227,7 +230,7 @@ class DetailPane(VerticalScroll):
 
     def _grid(self) -> Table:
         grid = _PlainGrid.grid(padding=(0, 1))
-        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(style=fg_style(self, "detail--label"), no_wrap=True)
         grid.add_column(overflow="fold")
         return grid
 
@@ -270,7 +273,7 @@ class DetailPane(VerticalScroll):
         parts: list[Any] = [grid]
         if history:
             events = self._grid()
-            events.add_row(Text("recent restarts", style="dim"), "")
+            events.add_row(Text("recent restarts", style=fg_style(self, "detail--label")), "")
             for item in history[-10:][::-1]:
                 events.add_row(
                     fmt_clock(float(item.get("time") or 0), self.tz),
@@ -303,7 +306,7 @@ class DetailPane(VerticalScroll):
         parts: list[Any] = [grid]
         if items:
             events = self._grid()
-            events.add_row(Text("recent restarts", style="dim"), "")
+            events.add_row(Text("recent restarts", style=fg_style(self, "detail--label")), "")
             for t, who, item in items:
                 events.add_row(fmt_clock(t, self.tz), f"{who} {_restart_text(item)}")
             parts.append(events)
