@@ -112,6 +112,7 @@ async def test_the_row_filter_matches_app_instance_and_is_a_plain_substring() ->
         await type_filter(pilot, "WEB:1")  # case-insensitive
         assert table.row_keys == ["app:web", "w:1"]
         assert "└ web:1" in table_text(app) and "web:0" not in table_text(app)
+        assert "● 2/2 up" in table_text(app)  # web's row: both its workers, shown or not
         assert title(app).endswith("filter “WEB:1” 1/5 workers")
         await pilot.press("slash", "ctrl+u", *"[b]s.*", "enter")  # not markup, not a regex
         assert table.row_keys == [] and app.selection is None
@@ -137,6 +138,7 @@ async def test_the_row_filter_matches_the_status_and_follows_new_snapshots() -> 
         await until(pilot, lambda: table.row_keys == ["app:api", "w:3"])
         assert title(app).endswith("filter “errored” 1/5 workers")
         assert "✖ errored" in table_text(app)
+        assert "✖ 1/2 up" in table_text(app)  # the app's row still sums up the whole app
 
 
 async def test_esc_clears_the_row_filter_in_the_box_and_in_the_table() -> None:

@@ -567,18 +567,15 @@ class ProcessTable(ScrollView, can_focus=True):
         shown = 0
         for app in apps:
             name = app["name"]
-            workers = sorted(workers_by_app.get(name, []), key=lambda w: w["instance"])
-            if query:
-                workers = [w for w in workers if row_matches(query, name, w)]
-                if not workers and query not in name.casefold():
-                    continue  # the app row stays only with a match of its own or its workers'
+            every = sorted(workers_by_app.get(name, []), key=lambda w: w["instance"])
+            workers = [w for w in every if row_matches(query, name, w)] if query else every
+            if query and not workers and query not in name.casefold():
+                continue  # the app row stays only with a match of its own or its workers'
             shown += len(workers)
             if by:
                 workers.sort(key=lambda w: _sort_value(w, by), reverse=True)
-            rows[app_key(name)] = (
-                Selection(name),
-                _bind(self._app_cells, app, workers),
-            )
+            # the app's row sums up the whole app, filtered or not
+            rows[app_key(name)] = (Selection(name), _bind(self._app_cells, app, every))
             for i, w in enumerate(workers):
                 last = i == len(workers) - 1
                 rows[worker_key(w["id"])] = (
