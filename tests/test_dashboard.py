@@ -502,7 +502,7 @@ async def test_state_messages_coalesce_to_the_newest() -> None:
 async def test_filter_narrows_highlights_and_clears() -> None:
     async with dashboard() as (app, pilot, client):
         log = app.log_view
-        await pilot.press("slash")
+        await pilot.press("l", "slash")  # in the log pane, `/` filters the lines
         assert app.focused is not None and app.focused.id == "filter"
         await pilot.press(*"slow qu")
         await until(pilot, lambda: log.filter_text == "slow qu")
@@ -669,12 +669,21 @@ async def test_help_lists_every_key() -> None:
 
 
 async def test_footer_shows_the_keys() -> None:
+    # `/` is in KEYS twice: the table's row filter and the logs' line filter; the footer
+    # shows the one the focused pane gives it.
+    pane_keys = {"filter_rows": "table", "filter": "logs"}
     async with dashboard(size=(200, 60)) as (app, pilot, _):
-        footer = screen_text(app).splitlines()[-1]
-        for key in KEYS:
-            if key.footer and not key.action.startswith("scale"):
-                assert f"{key.show} {key.label}" in footer, key.label
-        assert "+- Scale" in footer
+        for pane in ("table", "logs"):
+            if pane == "logs":
+                await pilot.press("l")
+                assert app.log_view.has_focus
+            await pilot.pause()
+            footer = screen_text(app).splitlines()[-1]
+            for key in KEYS:
+                if key.footer and not key.action.startswith("scale"):
+                    shown = f"{key.show} {key.label}" in footer
+                    assert shown == (pane_keys.get(key.action, pane) == pane), (pane, key.label)
+            assert "+- Scale" in footer
 
 
 # -- the supervisor's events and the connection ----------------------------------------
@@ -758,9 +767,9 @@ async def test_a_tick_redraws_only_the_rows_that_changed() -> None:
         drawn: list[tuple[str, ...]] = []
         real = table._strip
 
-        def spy(cells: Any, base: Any) -> Any:
+        def spy(cells: Any, *style: Any) -> Any:
             drawn.append(tuple(c.plain for c in cells))
-            return real(cells, base)
+            return real(cells, *style)
 
         table._strip = spy  # type: ignore[method-assign]
         snap = copy.deepcopy(client.snapshot)

@@ -33,7 +33,7 @@ def header_labels(app: DashboardApp) -> list[str]:
 async def test_esc_clears_a_kept_filter_from_the_logs_and_from_the_table() -> None:
     async with dashboard(size=(80, 24)) as (app, pilot, client):
         log = app.log_view
-        await pilot.press("slash", *"slow", "enter")  # keep the filter: focus goes to the logs
+        await pilot.press("l", "slash", *"slow", "enter")  # keep it: the focus goes to the logs
         assert log.has_focus and log.filter_text == "slow"
         assert len(log.shown) < len(log.records)
         await pilot.press("escape")
@@ -41,7 +41,7 @@ async def test_esc_clears_a_kept_filter_from_the_logs_and_from_the_table() -> No
         assert log.has_focus  # esc cleared, it did not move the focus
         assert "filter" not in str(app.main_screen.query_one("#logs").border_title)
 
-        await pilot.press("slash", *"slow", "enter", "tab")  # back to the table
+        await pilot.press("slash", *"slow", "enter", "tab")  # back to the table (from the logs)
         assert app.table.has_focus and log.filter_text == "slow"
         await pilot.press("escape")
         assert log.filter_text == "" and app.table.has_focus
@@ -51,7 +51,7 @@ async def test_esc_clears_a_kept_filter_from_the_logs_and_from_the_table() -> No
 async def test_esc_restores_a_maximised_log_pane_first_then_clears_the_filter() -> None:
     async with dashboard() as (app, pilot, _):
         screen = app.main_screen
-        await pilot.press("slash", *"slow", "enter", "l")
+        await pilot.press("l", "slash", *"slow", "enter", "l")
         assert screen.maximized is not None and app.log_view.filter_text == "slow"
         await pilot.press("escape")
         assert screen.maximized is None and app.log_view.filter_text == "slow"

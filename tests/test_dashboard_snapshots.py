@@ -86,7 +86,7 @@ def test_log_filter_80x24(snap_compare) -> None:
     assert snap_compare(
         make_app(),
         terminal_size=(80, 24),
-        run_before=loaded("slash", *"slow", "enter"),
+        run_before=loaded("l", "slash", *"slow", "enter"),
     )
 
 
@@ -201,3 +201,27 @@ def test_full_screen_log_at_the_last_restart_wrapped_100x30(snap_compare) -> Non
     ]  # fmt: skip
     app = DashboardApp(FakeClient(demo_snapshot(), logs=lines), tz=dt.UTC)  # type: ignore[arg-type]
     assert snap_compare(app, terminal_size=(100, 30), run_before=full_log("w", "r", select="w:4"))
+
+
+def test_row_filter_sorted_100x30(snap_compare) -> None:
+    # sorted by CPU, only the online workers, each under its app; the cursor on api:1
+    keys = loaded("o", "slash", *"online", "enter", select="w:3")
+
+    async def run_before(pilot: Pilot) -> None:
+        await keys(pilot)
+        pilot.app.clear_notifications()  # "Sorted by CPU": a toast would time out unevenly
+        await pilot.pause()
+
+    assert snap_compare(make_app(api_workers=3), terminal_size=(100, 30), run_before=run_before)
+
+
+def test_light_theme_100x30(snap_compare) -> None:
+    app = with_states(w1={**GONE, "status": "errored", "exit_code": 1}, w3={"status": "suspended"})
+
+    async def light(pilot: Pilot) -> None:
+        assert isinstance(pilot.app, DashboardApp)
+        pilot.app.theme = "textual-light"
+        await loaded(select="w:2")(pilot)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=light)

@@ -401,8 +401,13 @@ def cmd_dashboard(opts: argparse.Namespace, home: Home) -> int:
         raise ClientError(f"no supervisor is running (home {home.root})", Exit.NO_SUPERVISOR)
     shown = str(Path(file).absolute()) if file else None
     timeout = opts.timeout
+    from clusterui.cli.prefs import PrefsFile
+
     return run_dashboard(
-        lambda: Client.connect(home, timeout), file=shown, started_supervisor=started
+        lambda: Client.connect(home, timeout),
+        file=shown,
+        started_supervisor=started,
+        prefs=PrefsFile(),
     )
 
 

@@ -40,7 +40,8 @@ from clusterui.dashboard.messages import (
 )
 from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen, SignalScreen
 from clusterui.dashboard.model import History, Selection
-from clusterui.dashboard.table import ProcessTable
+from clusterui.dashboard.table import SORT_MARK, ProcessTable
+from clusterui.dashboard.themes import Prefs, ThemeMemory
 from clusterui.vocab.exits import Exit
 from clusterui.vocab.safetext import visible
 
@@ -49,6 +50,7 @@ EVENTS_SHOWN = 15  # the newest events the detail pane asks for
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 TREE_EVERY = 1.0  # seconds between asks for the selection's process tree (detail pane open)
+SORT_NAMES = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
 
 
 async def _resolve(value: Any) -> Any:
@@ -64,6 +66,14 @@ class LogPane(Vertical):
 class FilterInput(Input):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.clear_filter", "Clear filter", show=False),
+    ]
+
+
+class RowFilterInput(Input):
+    """The process table's filter box, under the table while it is typed in."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.clear_row_filter", "Clear filter", show=False),
     ]
 
 
@@ -89,6 +99,7 @@ class DashboardApp(App[None]):
         max_log_lines: int = 5000,
         reconnect_delay: float = 2.0,
         freeze_gc: bool = False,
+        prefs: Prefs | None = None,
     ) -> None:
         super().__init__()
         self.client: Any = client
@@ -100,6 +111,7 @@ class DashboardApp(App[None]):
         self.max_log_lines = max_log_lines
         self.reconnect_delay = reconnect_delay
         self.freeze_gc = freeze_gc  # for a process of its own (run_dashboard), not tests
+        self.prefs = prefs  # the settings file (the theme); None: nothing is remembered
         self.snapshot: dict[str, Any] = {"apps": [], "workers": []}
         self.history = History()
         self.connected = True
@@ -128,6 +140,10 @@ class DashboardApp(App[None]):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield ProcessTable(id="procs")
+                yield RowFilterInput(
+                    placeholder="filter rows: app, app:instance, status (enter keeps, esc clears)",
+                    id="row-filter",
+                )
                 with LogPane(id="logs"):
                     yield LogView(self.max_log_lines, tz=self.tz, id="log")
                     yield FilterInput(
@@ -167,7 +183,11 @@ class DashboardApp(App[None]):
 
     def on_mount(self) -> None:
         self._main = self.screen
-        self.table.border_title = "processes"
+        if self.prefs is not None:
+            ThemeMemory(self, self.prefs).start()
+        # The detail pane's text holds its colours: draw it again in a new theme's.
+        self.theme_changed_signal.subscribe(self, lambda _theme: self._refresh_selection())
+        self._update_table_title()
         self.main_screen.query_one(DetailPane).border_title = "details"
         self._apply_size()
         self._update_log_title()
@@ -299,6 +319,8 @@ class DashboardApp(App[None]):
             self.history.record(worker, tick)
         self.history.forget({w["id"] for w in snapshot["workers"]})
         self.table.update_snapshot(snapshot, self.history)
+        if self.table.filter_text:
+            self._update_table_title()  # the counts may have changed
         self.main_screen.query_one(StatusHeader).update_state(snapshot)
         self._refresh_selection()
 
@@ -442,7 +464,14 @@ class DashboardApp(App[None]):
             self.notify("Not connected to the supervisor.", severity="error", markup=False)
             return None
         sel = self.selection
-        if sel is None:
+        if sel is None and self.table.filter_text:
+            typed = visible(self.table.filter_text)
+            self.notify(
+                f"Nothing is selected: no row matches the filter “{typed}” (esc clears it).",
+                severity="warning",
+                markup=False,
+            )
+        elif sel is None:
             self.notify("Nothing is selected: there are no apps loaded.", severity="warning")
         return sel
 
@@ -639,6 +668,56 @@ class DashboardApp(App[None]):
         else:
             log.focus()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`/` means the focused pane's filter: the rows' in the table, else the logs'.
+
+        Both bindings stay in KEYS; the one that does not apply is hidden (so the footer
+        names the one that does) and lets the key fall through to the other.
+        """
+        if action in ("filter", "filter_rows") and self._main is not None:
+            return (action == "filter_rows") == self._table_focused()
+        return True
+
+    def _table_focused(self) -> bool:
+        focused = self.main_screen.focused
+        return focused is not None and focused.id in ("procs", "row-filter")
+
+    def action_filter_rows(self) -> None:
+        """Open the row filter box under the table, with the filter kept so far."""
+        box = self.main_screen.query_one(RowFilterInput)
+        box.value = self.table.filter_text
+        box.add_class("-filtering")
+        box.focus()
+
+    @on(Input.Changed, "#row-filter")
+    def _row_filter_changed(self, event: Input.Changed) -> None:
+        self.table.set_filter(event.value)
+        self._update_table_title()
+
+    @on(Input.Submitted, "#row-filter")
+    def _row_filter_submitted(self) -> None:
+        self.main_screen.query_one(RowFilterInput).remove_class("-filtering")
+        self.table.focus()
+
+    def action_clear_row_filter(self) -> None:
+        box = self.main_screen.query_one(RowFilterInput)
+        box.value = ""
+        box.remove_class("-filtering")
+        self.table.set_filter("")
+        self._update_table_title()
+        self.table.focus()
+
+    def _update_table_title(self) -> None:
+        table = self.table
+        parts = ["processes"]
+        if table.sort_by:
+            parts.append(f"by {SORT_NAMES.get(table.sort_by, table.sort_by)} {SORT_MARK}")
+        if table.filter_text:
+            shown, total = table.filter_counts
+            parts.append(f"filter “{table.filter_text}” {shown}/{total} workers")
+        # Text, not str: a str title is parsed as markup, and the filter is typed data.
+        table.border_title = Text(visible(" · ".join(parts)))
+
     def action_filter(self) -> None:
         if self.narrow and self._details_narrow:
             self._details_narrow = False
@@ -667,18 +746,29 @@ class DashboardApp(App[None]):
         self.log_view.focus()
 
     def action_escape(self) -> None:
-        """Esc outside the filter box: clear an active log filter, focus left where it is.
+        """Esc outside the filter boxes: clear a filter, the focus left where it is.
 
-        A maximised pane is restored by Textual before this runs, so esc first restores,
-        then clears.
+        The focused pane's filter goes first (the rows' in the table, the logs' in the
+        log pane), then the other's on the next esc. A maximised pane is restored by
+        Textual before this runs, so esc first restores, then clears.
         """
-        if not self.log_view.filter_text:
+        rows = bool(self.table.filter_text)
+        logs = bool(self.log_view.filter_text)
+        in_logs = self.focused is not None and self.main_screen.query_one(LogPane) in (
+            self.focused.ancestors_with_self
+        )
+        if not (rows or logs):
             return
         focused = self.focused
-        self.action_clear_filter()
-        if focused is not None and focused.id != "filter":
+        if rows and (not logs or not in_logs):
+            self.action_clear_row_filter()
+            said = "Row filter cleared."
+        else:
+            self.action_clear_filter()
+            said = "Log filter cleared."
+        if focused is not None and focused.id not in ("filter", "row-filter"):
             focused.focus()
-        self.notify("Log filter cleared.", markup=False)
+        self.notify(said, markup=False)
 
     def action_log_screen(self) -> None:
         """The selected worker's (or app's) log, full screen (dashboard/logscreen.py)."""
@@ -699,9 +789,8 @@ class DashboardApp(App[None]):
 
     def action_sort(self) -> None:
         by = self.table.cycle_sort()
-        names = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
-        title = f"processes · by {names.get(by, by)} ▼" if by else "processes"
-        self.table.border_title = title
+        names = SORT_NAMES
+        self._update_table_title()
         said = (
             f"Sorted by {names.get(by, by)}, largest first, within each app."
             if by
@@ -752,7 +841,7 @@ class DashboardApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for command in super().get_system_commands(screen):
-            if command.title != "Quit":  # ours below: it knows whether to ask
+            if command.title not in ("Quit", "Theme"):  # ours below (Theme: to show its key)
                 yield command
         sel = self.selection if self._main is not None else None
         target = sel.target if sel else "selection"
@@ -769,6 +858,7 @@ class DashboardApp(App[None]):
             "apply_file": "Apply the ecosystem file (reload FILE)",
             "logs": "Focus or maximise the logs",
             "filter": "Filter the logs",
+            "filter_rows": "Filter the table's rows",
             "details": "Show or hide details",
             "log_scope": "Logs: all apps or the selection",
             "follow": "Follow logs on or off",
@@ -776,6 +866,7 @@ class DashboardApp(App[None]):
             "sort": "Sort the table by the next column",
             "timestamps": "Log timestamps on or off",
             "log_screen": f"Full-screen log of {target}",
+            "change_theme": "Change the colour theme",
             "detach": "Detach (apps keep running)",
             "quit": "Quit",
         }
@@ -784,11 +875,18 @@ class DashboardApp(App[None]):
                 yield SystemCommand(
                     f"{titles[key.action]}  ({key.show})",
                     key.help,
-                    partial(self.run_action, key.action),
+                    self._palette_callback(key.action),
                 )
         yield SystemCommand(
             f"Delete {app}", "Stop the app and forget it (asks first)", self.action_delete
         )
+
+    def _palette_callback(self, action: str) -> Callable[[], Any]:
+        if action in ("filter", "filter_rows"):
+            # check_action would refuse the one `/` does not mean for the focus of the
+            # moment; chosen by name, it focuses its own pane.
+            return getattr(self, f"action_{action}")
+        return partial(self.run_action, action)
 
 
 def _terminal_alive() -> bool:
@@ -805,11 +903,13 @@ def run_dashboard(
     *,
     file: str | None,
     started_supervisor: bool,
+    prefs: Prefs | None = None,
 ) -> int:
     """Run the dashboard until the user quits or detaches; returns the exit code.
 
     `client_factory()` returns a connected client (or an awaitable of one); it is called
-    once at the start and again to reconnect if the supervisor connection drops.
+    once at the start and again to reconnect if the supervisor connection drops. `prefs`
+    keeps the chosen theme (clusterui.cli.prefs.PrefsFile); without it nothing is kept.
     """
 
     async def main() -> int:
@@ -825,6 +925,7 @@ def run_dashboard(
             file=file,
             started_supervisor=started_supervisor,
             freeze_gc=True,
+            prefs=prefs,
         )
         try:
             await app.run_async()

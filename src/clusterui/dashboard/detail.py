@@ -49,7 +49,7 @@ class SparkChart(Widget):
     SparkChart {
         height: 3;
         & > .sparkchart--label { text-style: bold; }
-        & > .sparkchart--note { color: $text-muted; text-style: dim; }
+        & > .sparkchart--note { color: $text-muted; }
         & > .sparkchart--bars { color: $text-primary; }
     }
     """
@@ -129,8 +129,11 @@ class DetailPane(VerticalScroll):
         SparkChart.-mem > .sparkchart--bars { color: $text-secondary; }
         SparkChart.-conn > .sparkchart--bars { color: $text-accent; }
         SparkChart.-metric > .sparkchart--bars { color: $text-warning; }
+        /* muted, not dim as well: dim on top of muted is too pale on light themes */
+        & > .detail--label { color: $text-muted; }
     }
     """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"detail--label"}
 
     def __init__(self, *, tz: _dt.tzinfo | None = None, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -267,7 +270,7 @@ class DetailPane(VerticalScroll):
 
     def _grid(self) -> Table:
         grid = _PlainGrid.grid(padding=(0, 1))
-        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(style=fg_style(self, "detail--label"), no_wrap=True)
         grid.add_column(overflow="fold")
         return grid
 

@@ -21,6 +21,8 @@ class StatusHeader(Widget):
         background: $panel;
         color: $foreground;
         & > .header--brand { color: $text-accent; text-style: bold; }
+        /* $text-accent is orange in light themes too, too pale on $panel there */
+        &:light > .header--brand { color: $text-primary; }
         & > .header--dim { color: $text-muted; }
         & > .header--lost { color: $text-error; text-style: bold reverse; }
         &.-lost { background: $error-muted; }

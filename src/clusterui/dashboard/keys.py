@@ -21,7 +21,8 @@ class Key:
 SCALE = Binding.Group("Scale", compact=True)
 
 # Footer order is this order: help first (as htop's F1), the app verbs, quit before
-# detach, so an 80-column footer loses the least needed key.
+# detach, then the filter (its label names the pane it filters, so it is long), so an
+# 80-column footer loses the least needed key.
 KEYS: tuple[Key, ...] = (
     Key("question_mark", "?", "help", "Help", "Show these keys", palette=False),
     Key(
@@ -58,7 +59,6 @@ KEYS: tuple[Key, ...] = (
         footer=False,
     ),
     Key("l", "l", "logs", "Logs", "Focus the log pane; again to maximise it; again to restore"),
-    Key("slash", "/", "filter", "Filter", "Filter the log lines (enter keeps it, esc clears)"),
     Key(
         "q",
         "q",
@@ -67,6 +67,15 @@ KEYS: tuple[Key, ...] = (
         "Quit (asks whether to stop the apps if this dashboard started them)",
     ),
     Key("d", "d", "detach", "Detach", "Leave the dashboard; the apps keep running"),
+    # `/` filters the focused pane: this entry the logs (and, in the footer, holds the
+    # place of the table's, at the end of KEYS: the footer shows the one that applies).
+    Key(
+        "slash",
+        "/",
+        "filter",
+        "Filter logs",
+        "Outside the table: filter the log lines (enter keeps it, esc clears)",
+    ),
     Key("enter", "enter", "details", "Details", "Show or hide the detail pane", footer=False),
     Key("a", "a", "log_scope", "Scope", "Logs of all apps, or of the selection only", footer=False),
     Key(
@@ -105,13 +114,29 @@ KEYS: tuple[Key, ...] = (
         "w wrap, t times, / search, n/N next/previous, r last restart, g/G top/bottom",
         footer=False,
     ),
+    Key(
+        "slash",
+        "/",
+        "filter_rows",
+        "Filter rows",
+        "In the table: show the rows whose app, app:instance or status has this text "
+        "(enter keeps it, esc clears)",
+    ),
+    Key(
+        "T",
+        "T",
+        "change_theme",
+        "Theme",
+        "Choose a colour theme (remembered for the next start)",
+        footer=False,
+    ),
 )
 
 NAVIGATION = (
     ("j / k, ↓ / ↑", "Move the selection (or scroll the logs)"),
     ("tab", "Next pane"),
     ("ctrl+p", "Command palette"),
-    ("esc", "Close a dialog, clear the filter, restore a maximised pane"),
+    ("esc", "Close a dialog, clear the focused pane's filter, restore a maximised pane"),
 )
 
 

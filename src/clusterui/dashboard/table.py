@@ -1,7 +1,8 @@
 """The process table: one row per worker, grouped under one summary row per app.
 
 Rows are keyed ("app:NAME", "w:ID") and updated in place; rows are only added or removed
-when workers appear or go, and the cursor stays on the row it was on.
+when workers appear or go (or a row filter hides them), and the cursor stays on the row
+it was on.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class ProcessTable(ScrollView, can_focus=True):
         & > .proc--alert { color: $text-warning; text-style: bold; }
         & > .proc--failing { color: $text-accent; text-style: bold reverse; }
         & > .proc--held { color: $text-secondary; }
-        & > .proc--idle { color: $text-muted; text-style: dim; }
+        & > .proc--idle { color: $text-muted; }
         & > .proc--bad { color: $text-error; text-style: bold; }
         & > .proc--spark-cpu { color: $text-primary; }
         & > .proc--spark-mem { color: $text-secondary; }
@@ -160,6 +161,11 @@ class ProcessTable(ScrollView, can_focus=True):
         "proc--spark-cpu",
         "proc--spark-mem",
         "proc--spark-conn",
+    }
+    # The component styles the cells hold (the header and the cursor are applied apart).
+    _CELL_STYLES: ClassVar[frozenset[str]] = frozenset(COMPONENT_CLASSES) - {
+        "proc--header",
+        "proc--cursor",
     }
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "cursor_up", "Up", show=False),
@@ -195,6 +201,37 @@ class ProcessTable(ScrollView, can_focus=True):
         self._snapshot: dict[str, Any] = {"apps": [], "workers": []}
         self._history = History()
         self.sort_by = ""  # one of SORTS
+        self.filter_text = ""  # rows shown: see row_matches()
+        self._counts = (0, 0)  # workers shown, workers in the snapshot
+        self._lost: str | None = None  # the row a filter took the cursor from
+        self._look: tuple[Style, ...] = ()  # the cell styles the cells were made with
+
+    def set_filter(self, text: str) -> None:
+        """Show only the rows matching `text` (see row_matches); "" shows them all.
+
+        The cursor stays on its row while that row is shown. A row the filter hides leaves
+        the cursor on its app's row if that is shown, else on the first row, and the
+        cursor goes back to it when a later filter (or none) shows it again, unless the
+        user moved the cursor in between.
+        """
+        if text == self.filter_text:
+            return
+        self.filter_text = text
+        before = self.selection
+        self.relayout()
+        lost = self._lost
+        if lost is not None and lost in self._index:
+            self.move_cursor(self._index[lost])
+        elif before is not None and before.key not in self._index:
+            self.move_cursor(self._index.get(app_key(before.app), 0))
+            self._lost = lost or before.key
+        else:
+            self._scroll_to_cursor()
+
+    @property
+    def filter_counts(self) -> tuple[int, int]:
+        """(workers shown, workers in all) under the row filter."""
+        return self._counts
 
     def cycle_sort(self) -> str:
         """Sort by the next column of SORTS (the grouping by app stays); returns it."""
@@ -241,6 +278,7 @@ class ProcessTable(ScrollView, can_focus=True):
         return True
 
     def move_cursor(self, row: int, *, scroll: bool = True) -> None:
+        self._lost = None  # the user (or the filter) chose this row: forget the old one
         old = self.cursor_row
         self._cursor = max(0, min(row, len(self._order) - 1))
         if self.cursor_row != old:
@@ -362,6 +400,16 @@ class ProcessTable(ScrollView, can_focus=True):
         self._header = None
         self._styles.clear()
         self._strips.clear()
+        self.call_after_refresh(self._restyle)
+
+    def _restyle(self) -> None:
+        """Re-make the cells when the colours they hold changed (a new theme): they carry
+        their styles, and would otherwise keep the old theme's until their values change."""
+        look = tuple(self._styles.fg(name) for name in sorted(self._CELL_STYLES))
+        if look != self._look:
+            self._look = look
+            self._cells = {key: () for key in self._cells}  # all differ from the new ones
+            self.relayout()
 
     # -- rendering ------------------------------------------------------------------
 
@@ -379,11 +427,18 @@ class ProcessTable(ScrollView, can_focus=True):
         cursor = row == self.cursor_row
         strip = self._strips.get((key, cursor))
         if strip is None:
-            row_base = base + self._styles.full("proc--cursor") if cursor else base
-            strip = self._strips[key, cursor] = self._strip(self._cells[key], row_base)
+            if cursor:
+                # The cursor row in the cursor's own colours: a cell's colour (a status,
+                # a sparkline) on the cursor's background is unreadable in some themes.
+                bar = self._styles.full("proc--cursor")
+                top = Style(color=bar.color, dim=False) if bar.color is not None else None
+                strip = self._strip(self._cells[key], base + bar, top)
+            else:
+                strip = self._strip(self._cells[key], base)
+            self._strips[key, cursor] = strip
         return strip.crop_extend(0, width, base)
 
-    def _strip(self, cells: tuple[Text, ...], base: Style) -> Strip:
+    def _strip(self, cells: tuple[Text, ...], base: Style, top: Style | None = None) -> Strip:
         # One strip per cell, joined: a cell's segments then start at its own column,
         # which keeps exported SVGs aligned where a font draws a glyph wider than a cell.
         console = self.app.console
@@ -391,6 +446,8 @@ class ProcessTable(ScrollView, can_focus=True):
         for cell in cells:
             cell = cell.copy()
             cell.stylize_before(base)
+            if top is not None:
+                cell.stylize(top)
             parts.append(Strip(cell.render(console), cell.cell_len))
         strip = Strip.join(parts)
         width = max(strip.cell_length, self.scrollable_content_region.width)
@@ -506,21 +563,26 @@ class ProcessTable(ScrollView, can_focus=True):
                 return max(values, default=0.0) if by == "uptime" else sum(values)
 
             apps.sort(key=total, reverse=True)
+        query = self.filter_text.strip().casefold()
+        shown = 0
         for app in apps:
             name = app["name"]
-            workers = sorted(workers_by_app.get(name, []), key=lambda w: w["instance"])
+            every = sorted(workers_by_app.get(name, []), key=lambda w: w["instance"])
+            workers = [w for w in every if row_matches(query, name, w)] if query else every
+            if query and not workers and query not in name.casefold():
+                continue  # the app row stays only with a match of its own or its workers'
+            shown += len(workers)
             if by:
                 workers.sort(key=lambda w: _sort_value(w, by), reverse=True)
-            rows[app_key(name)] = (
-                Selection(name),
-                _bind(self._app_cells, app, workers),
-            )
+            # the app's row sums up the whole app, filtered or not
+            rows[app_key(name)] = (Selection(name), _bind(self._app_cells, app, every))
             for i, w in enumerate(workers):
                 last = i == len(workers) - 1
                 rows[worker_key(w["id"])] = (
                     Selection(name, w["id"], w["instance"]),
                     _bind(self._worker_cells, app, w, last),
                 )
+        self._counts = (shown, len(snapshot.get("workers", [])))
         return rows
 
     def _metric_cell(self, value: str, series: list[float], kind: str, top: float | None) -> Text:
@@ -587,7 +649,7 @@ class ProcessTable(ScrollView, can_focus=True):
         if app.get("watch"):
             name = Text(" ", end="")
             name.append(app["name"], bold)
-            name.append(" ◉", self._style("proc--dim"))
+            name.append(" ◉", bold)  # "watch on": information, not decoration
             name.truncate(lay.name_w + 1, overflow="ellipsis", pad=True)
         cpu = sum(float(w.get("cpu") or 0) for w in workers)
         mem = sum(int(w.get("memory") or 0) for w in workers)
@@ -618,6 +680,17 @@ class ProcessTable(ScrollView, can_focus=True):
             self._metric_cell(fmt_rate(rate), series["conn_rate"], "conn", None),
             _cell(str(sum(int(w.get("active") or 0) for w in workers)), 5, justify="right"),
         )
+
+
+def row_matches(query: str, app: str, w: dict[str, Any]) -> bool:
+    """Whether worker `w` of `app` matches a row filter: a plain case-insensitive substring
+    (`query` already casefolded) of its name `app:instance` or of its status, as stored
+    or as the table words it ("waiting", "paused"). Never a pattern: the text is data.
+    """
+    status = str(w.get("status", ""))
+    look = states.look(status)
+    words = (f"{app}:{w.get('instance')}", status, look.word, look.short)
+    return any(query in word.casefold() for word in words)
 
 
 def _sort_value(w: dict[str, Any], by: str) -> float:
