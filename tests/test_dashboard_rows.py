@@ -56,8 +56,9 @@ def table_text(app: DashboardApp) -> str:
 
 
 def ops(client: FakeClient) -> list[str]:
-    """The operations the dashboard asked the supervisor for (not its subscriptions)."""
-    return [op for op, _ in client.calls if op not in ("subscribe", "logs", "state", "close")]
+    """The operations the dashboard asked the supervisor for (not its reads)."""
+    reads = ("subscribe", "logs", "state", "close", "tree", "app_events")
+    return [op for op, _ in client.calls if op not in reads]
 
 
 def footer(app: DashboardApp) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.console import Group
+from rich.style import Style, StyleType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -167,7 +168,9 @@ class DetailPane(VerticalScroll):
             return
         if self._events_owner != (sel.app, sel.worker):
             # Fetched for another selection: say they are coming rather than show those.
-            self._update("detail-events", "loading", lambda: _events_text("loading…", None))
+            self._update(
+                "detail-events", "loading", lambda: _events_text("loading…", None, self._muted())
+            )
         if sel.target != self.tree_target:  # another selection: its tree is on its way
             self.show_tree(sel.target, None, app_row=sel.is_app)
         app = apps[sel.app]
@@ -204,13 +207,19 @@ class DetailPane(VerticalScroll):
         """The timeline the app fetched for `owner` (app, worker id): rows oldest first,
         or why they could not be fetched."""
         self._events_owner = owner
-        self._update("detail-events", (owner, rows), lambda: _events_text(rows, self.tz))
+        self._update(
+            "detail-events", (owner, rows), lambda: _events_text(rows, self.tz, self._muted())
+        )
 
     def _update(self, static_id: str, facts: Any, build: Callable[[], Any]) -> None:
         key = repr(facts)
         if self._shown.get(static_id) != key:
             self._shown[static_id] = key
             self.query_one(f"#{static_id}", Static).update(build())
+
+    def _muted(self) -> Style:
+        """Secondary text that still reads in light themes (dim alone does not)."""
+        return fg_style(self, "detail--label")
 
     def show_tree(
         self,
@@ -225,7 +234,9 @@ class DetailPane(VerticalScroll):
         self.tree_read = trees is not None or error is not None
         facts = (target, trees, error)
         self._update(
-            "detail-procs", facts, lambda: tree_renderable(trees, app_row=app_row, error=error)
+            "detail-procs",
+            facts,
+            lambda: tree_renderable(trees, app_row=app_row, error=error, muted=self._muted()),
         )
 
     # -- charts for custom metrics ---------------------------------------------
@@ -376,17 +387,17 @@ def _exit_text(code: Any, signal: Any) -> str:
     return "—"
 
 
-def _events_text(rows: list[dict[str, Any]] | str, tz: Any) -> Group:
+def _events_text(rows: list[dict[str, Any]] | str, tz: Any, muted: StyleType) -> Group:
     """The Events section: newest first, local HH:MM:SS, kind, who, reason. A reason holds
     worker-controlled text (exit codes, file names, probe output): Text, never markup."""
     title = Text("Events", style="bold")
     if isinstance(rows, str):  # loading, or why the fetch failed
-        return Group(title, Text(visible(rows), style="dim"))
+        return Group(title, Text(visible(rows), style=muted))
     if not rows:
-        return Group(title, Text("none yet", style="dim"))
+        return Group(title, Text("none yet", style=muted))
     # Two columns: a long reason wraps under itself, the times stay a clean column.
     grid = Table.grid(padding=(0, 1))
-    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(style=muted, no_wrap=True)
     grid.add_column(overflow="fold")
     shown = [
         (
