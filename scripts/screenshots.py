@@ -34,6 +34,7 @@ class Shot:
     busy: bool = False
     select: str | None = None
     keys: list[str] = field(default_factory=list)
+    theme: str | None = None
 
 
 SHOTS = [
@@ -63,6 +64,38 @@ SHOTS = [
     Shot("80x24", (80, 24), "clusterui at 80×24"),
     Shot("80x24-details", (80, 24), "clusterui at 80×24, details", select="w:4", keys=["enter"]),
     Shot("quit", (100, 30), "clusterui: quit", keys=["q"]),
+    Shot(
+        "sorted-filtered",
+        (160, 48),
+        "clusterui: sorted by CPU, rows filtered to the online workers",
+        api_workers=4,
+        busy=True,
+        select="w:3",
+        keys=["o", "slash", *"online", "enter"],
+    ),
+    Shot(
+        "process-tree-and-timeline",
+        (160, 48),
+        "clusterui: a worker's processes and its events timeline",
+        select="w:1",
+    ),
+    Shot(
+        "crash-timeline",
+        (160, 48),
+        "clusterui: a crash-looping worker's events timeline",
+        select="w:4",
+    ),
+    Shot(
+        "full-screen-log",
+        (120, 36),
+        "clusterui: a worker's log full screen, searching",
+        select="w:4",
+        keys=["L", "slash", *"keyerror", "enter", "n"],
+    ),
+    Shot("signal-menu", (100, 30), "clusterui: the signal menu", select="w:1", keys=["x"]),
+    Shot(
+        "light-theme", (160, 48), "clusterui in textual-light", select="w:2", theme="textual-light"
+    ),
 ]
 
 
@@ -71,6 +104,8 @@ async def take(shot: Shot, outdir: Path) -> Path:
     app = DashboardApp(client, tz=dt.UTC, started_supervisor=True)
     async with app.run_test(size=shot.size) as pilot:
         await asyncio.wait_for(app.loaded.wait(), 10)
+        if shot.theme:
+            app.theme = shot.theme
         await pilot.pause()
         if shot.select:
             app.table.select_key(shot.select)
@@ -78,7 +113,7 @@ async def take(shot: Shot, outdir: Path) -> Path:
         for key in shot.keys:
             await pilot.press(key)
             await pilot.pause()
-        await pilot.pause()
+        await pilot.pause(0.3)  # the detail pane's events and tree answers, drawn
         path = outdir / f"{shot.name}.svg"
         path.write_text(app.export_screenshot(title=shot.title))
     return path

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from helpers import Env, wait_for, web_app
+from support import Env, wait_for, web_app
 
 
 def test_commands_time_out_on_a_stopped_supervisor(cu: Env) -> None:

@@ -13,7 +13,7 @@ import re
 import subprocess
 
 import pytest
-from helpers import Env, wait_for
+from support import Env, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
 

@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from helpers import WEB, Env, wait_for
+from support import WEB, Env, wait_for
 
 from clusterui.core.apps import PIPE_GRACE
 

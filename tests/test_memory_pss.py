@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from helpers import Env, wait_for
+from support import Env, wait_for
 
 from clusterui.core.stats import Sampler
 

@@ -15,7 +15,7 @@ import time
 
 import psutil
 import pytest
-from helpers import WEB, Env, get, wait_for, web_app
+from support import WEB, Env, get, wait_for, web_app
 
 from clusterui.client import Client, ClientError
 from clusterui.core.home import Home

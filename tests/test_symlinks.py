@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import Env, wait_for
+from support import Env, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second uid")
 

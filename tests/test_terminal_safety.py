@@ -23,7 +23,7 @@ import termios
 import time
 
 import pytest
-from helpers import WEB, Env, free_port, wait_for
+from support import WEB, Env, free_port, wait_for
 
 from clusterui.core.metric_cap import MAX_NAMES
 from clusterui.vocab.safetext import escape, visible

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from helpers import Env, wait_for
+from support import Env, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
