@@ -497,12 +497,7 @@ async def up_detached(
 async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     verb = opts.verb
     if verb == "ls":
-        state = await client.state(history=False)
-        if opts.json:
-            print(json.dumps(ls_json(state["workers"]), indent=2))
-        else:
-            print(render.ls_text(state["workers"], render.use_colour()))
-        return 0
+        return await cmd_ls(client, opts)
     if verb == "start":
         return await cmd_start(client, opts)
     if verb in ("stop", "restart", "reload", "delete") and (file := filecmds.file_target(opts)):
@@ -529,18 +524,7 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     if verb == "logs":
         return await cmd_logs(client, opts)
     if verb == "describe":
-        info = await client.describe(opts.target)
-        if opts.json:
-            print(json.dumps(info, indent=2))
-            return 0
-        try:
-            trees = await client.tree(opts.target)
-        except ClientError as exc:
-            if exc.code == Exit.NO_SUPERVISOR:
-                raise
-            trees = None  # an older supervisor: no tree operation
-        print(render.describe(info, trees))
-        return 0
+        return await cmd_describe(client, opts)
     if verb == "down":
         return await cmd_down(client, home)
     if verb == "watch":
@@ -556,6 +540,30 @@ async def run_verb(client: Client, opts: argparse.Namespace, home: Home) -> int:
     if verb == "events":
         return await cmd_events(client, opts)
     raise UsageError(f"unknown verb {verb}")
+
+
+async def cmd_ls(client: Client, opts: argparse.Namespace) -> int:
+    state = await client.state(history=False)
+    if opts.json:
+        print(json.dumps(ls_json(state["workers"]), indent=2))
+    else:
+        print(render.ls_text(state["workers"], render.use_colour()))
+    return 0
+
+
+async def cmd_describe(client: Client, opts: argparse.Namespace) -> int:
+    info = await client.describe(opts.target)
+    if opts.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    try:
+        trees = await client.tree(opts.target)
+    except ClientError as exc:
+        if exc.code == Exit.NO_SUPERVISOR:
+            raise
+        trees = None  # an older supervisor: no tree operation
+    print(render.describe(info, trees))
+    return 0
 
 
 async def cmd_metrics(client: Client, opts: argparse.Namespace) -> int:
