@@ -388,7 +388,13 @@ def kill_all(procs: list[Any], grace: float = 3.0) -> None:
 
 
 def cpu_seconds(proc: Any) -> float:
-    """The CPU time a psutil.Process has used so far, user and system, in seconds."""
+    """The CPU time a process has used so far, user and system, in seconds: `proc` is a
+    psutil.Process, or a pid (read from /proc/PID/stat, fields 14 and 15: no psutil)."""
+    if isinstance(proc, int):
+        with open(f"/proc/{proc}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     t = proc.cpu_times()
     return t.user + t.system
 

@@ -46,11 +46,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import BenchError, bench_lock, clusterui_bin, kill_all, run, tail, wait_for  # noqa: E402
+from common import (  # noqa: E402
+    BenchError,
+    bench_lock,
+    clusterui_bin,
+    cpu_seconds,
+    kill_all,
+    run,
+    tail,
+    wait_for,
+)
 from idle import PM2_BIN, ensure_pm2, family, pm2_version  # noqa: E402
 
 MiB = 1024 * 1024
-TICKS = os.sysconf("SC_CLK_TCK")
 # Targets from issue 18 (docs/targets.md).
 CPU_TARGET = 2.0  # % of one core
 RSS_TARGET = 80.0  # MiB
@@ -109,14 +117,6 @@ def write_ecosystem(directory: Path, apps: int, per_app: int) -> Path:
 
 
 # ---- measuring one process ---------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of pid, from /proc/PID/stat (fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rss_mib(pid: int) -> float:

@@ -46,7 +46,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BenchError, bench_lock, clusterui_bin, free_port, kill_all, run, tail, wait_for
+from common import (
+    BenchError,
+    bench_lock,
+    clusterui_bin,
+    cpu_seconds,
+    free_port,
+    kill_all,
+    run,
+    tail,
+    wait_for,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -235,13 +245,6 @@ class Sampler:
             self.names |= names
             self.samples += 1
             self.stop.wait(0.01)
-
-
-def cpu_seconds(pid: int) -> float:
-    import psutil
-
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def rss(pid: int) -> int:
