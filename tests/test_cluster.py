@@ -70,18 +70,24 @@ def test_scale_down_under_load_fails_no_request(cu):
     assert load.failed == [], load.failed[:5]
 
 
-def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
-    port = free_port()
+def write_hangs_when_broken(cu) -> None:
+    """app.py: the example web worker, or, once a file `broken` exists, a worker that
+    hangs before serving and so never sends ready."""
     cu.write(
         "app.py",
         f"""
         import os, runpy, sys, time
         if os.path.exists("broken"):
-            time.sleep(600)  # hangs before serving: never sends ready
+            time.sleep(600)
         sys.argv = [{WEB!r}]
         runpy.run_path({WEB!r}, run_name="__main__")
         """,
     )
+
+
+def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
+    port = free_port()
+    write_hangs_when_broken(cu)
     cu.write(
         "ecosystem.yaml",
         f"""
@@ -116,16 +122,7 @@ def test_an_old_worker_that_dies_during_a_failed_reload_is_replaced(cu):
     """The reload gives up on a replacement that never gets ready, and the old worker it
     would have gone back to died meanwhile: the slot starts afresh, as after a crash."""
     port = free_port()
-    cu.write(
-        "app.py",
-        f"""
-        import os, runpy, sys, time
-        if os.path.exists("broken"):
-            time.sleep(600)  # hangs before serving: never sends ready
-        sys.argv = [{WEB!r}]
-        runpy.run_path({WEB!r}, run_name="__main__")
-        """,
-    )
+    write_hangs_when_broken(cu)
     # listen_timeout: time enough to kill the old worker while the reload waits.
     cu.write(
         "ecosystem.yaml",

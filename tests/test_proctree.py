@@ -57,7 +57,8 @@ def tree(ctl: Control, target: str = "spawner") -> dict[str, Any]:
     return found
 
 
-def test_tree_lists_children_and_grandchildren_with_cpu_and_memory(cu: Env) -> None:
+def start_spawner(cu: Env) -> None:
+    """The spawner app (a worker that starts a child and a grandchild), up."""
     cu.write("spawner.py", WORKER)
     cu.write("child.py", CHILD)
     cu.write(
@@ -70,6 +71,10 @@ def test_tree_lists_children_and_grandchildren_with_cpu_and_memory(cu: Env) -> N
         """,
     )
     assert cu.run("up", "-d").returncode == 0
+
+
+def test_tree_lists_children_and_grandchildren_with_cpu_and_memory(cu: Env) -> None:
+    start_spawner(cu)
     ctl = Control(cu.home)
     try:
         worker_pid = cu.ls()[0]["pid"]
@@ -127,18 +132,7 @@ def test_a_double_forked_daemon_is_marked_orphan_or_swept(cu: Env) -> None:
     """`sh -c 'sleep 601 &'`: the sleep's parent exits at once. With a cgroup per worker
     it is still the worker's (marked "orphan"); without, the supervisor is its subreaper
     and kills it, so it is not listed at all."""
-    cu.write("spawner.py", WORKER)
-    cu.write("child.py", CHILD)
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: spawner
-            script: spawner.py
-            interpreter: {sys.executable}
-        """,
-    )
-    assert cu.run("up", "-d").returncode == 0
+    start_spawner(cu)
     ctl = Control(cu.home)
     try:
         wait_for(lambda: len(tree(ctl)["processes"]) >= 4, 30, "the worker's tree")
