@@ -72,12 +72,13 @@ def test_scale_down_under_load_fails_no_request(cu):
 
 def write_hangs_when_broken(cu) -> None:
     """app.py: the example web worker, or, once a file `broken` exists, a worker that
-    hangs before serving and so never sends ready."""
+    hangs before serving and so never sends ready; it leaves `hung.<pid>` to say so."""
     cu.write(
         "app.py",
         f"""
         import os, runpy, sys, time
         if os.path.exists("broken"):
+            open(f"hung.{{os.getpid()}}", "w").close()
             time.sleep(600)
         sys.argv = [{WEB!r}]
         runpy.run_path({WEB!r}, run_name="__main__")
@@ -150,6 +151,9 @@ def test_an_old_worker_that_dies_during_a_failed_reload_is_replaced(cu):
     try:
         # The replacement started: the old worker is listed as draining from then on.
         wait_for(lambda: cu.ls()[0]["draining_pids"] == [old], 30, "the reload to start")
+        # ...and has seen `broken`: under load it can take longer to get there than
+        # this test takes to remove it, and would then serve and the reload succeed.
+        wait_for(lambda: any(cu.root.glob("hung.*")), 30, "the replacement to hang")
         os.kill(old, signal.SIGKILL)
         (cu.root / "broken").unlink()  # what starts next serves
         _, err = reload.communicate(timeout=60)
