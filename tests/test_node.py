@@ -7,6 +7,7 @@ once by `npm ci` (skipped while node_modules matches the lock file).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import json
@@ -36,15 +37,18 @@ def node_apps() -> Path:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not on PATH: these tests need Node 20 and npm")
     digest = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
-    if not STAMP.exists() or STAMP.read_text() != digest:
-        subprocess.run(
-            ["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            check=True,
-            timeout=300,
-            stdout=subprocess.DEVNULL,
-        )
-        STAMP.write_text(digest)
+    # One `npm ci` at a time: pytest-xdist's workers each run this fixture.
+    with open(NODE_DIR / ".npm-ci.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not STAMP.exists() or STAMP.read_text() != digest:
+            subprocess.run(
+                ["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                check=True,
+                timeout=300,
+                stdout=subprocess.DEVNULL,
+            )
+            STAMP.write_text(digest)
     return NODE_DIR
 
 
