@@ -24,6 +24,7 @@ from textual.strip import Strip
 
 from clusterui.dashboard import DashboardApp
 from clusterui.dashboard.detail import DetailPane
+from clusterui.dashboard.feed import LIVE_LINES
 from clusterui.dashboard.keys import KEYS
 from clusterui.dashboard.messages import LogsArrived, StateUpdated
 from clusterui.dashboard.modals import ConfirmScreen, HelpScreen, QuitScreen
@@ -51,7 +52,7 @@ async def select(app: DashboardApp, pilot: Pilot, key: str) -> None:
 async def test_first_snapshot_and_log_backlog_are_shown() -> None:
     async with dashboard() as (app, pilot, client):
         assert client.calls[:3] == [
-            ("subscribe", (True, True, 2000)),
+            ("subscribe", (True, True, LIVE_LINES)),
             ("state", ()),
             ("logs", (None, 1000)),
         ]

@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# Log lines per supervisor batch (20 a second) the dashboard asks for: 40,000 lines/s is
+# Log lines per supervisor batch (20 a second) the dashboard asks for: 10,000 lines/s is
 # more than anyone reads; past it a "sys" line counts what the files have and the view
-# skipped, and the CPU a key press needs is not spent decoding lines nobody sees.
-LIVE_LINES = 2000
+# skipped, and the CPU a key press needs is not spent decoding lines nobody sees (at
+# 2,000 a batch, a 20k lines/s flood kept the dashboard 70 % busy and key presses waited
+# up to 300 ms; bench/dashboard.py).
+LIVE_LINES = 500
 
 
 class ShownLine(Protocol):

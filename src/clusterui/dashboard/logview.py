@@ -29,8 +29,12 @@ from clusterui.vocab.safetext import visible, visible_except_sgr
 
 _ANSI = "\x1b"
 APP_COLOURS = 6  # logview--app-0 .. logview--app-5
-REPAINT_HZ = 10
+# Redraws a second while lines arrive: a flood replaces every row of the pane at each one.
+REPAINT_HZ = 5
 MAX_EVENTS = 1000  # supervisor lines kept through any flood of output
+# Lines kept drawn: two screens of a tall terminal. Each is ~10 objects the garbage
+# collector scans, and under a flood they are scanned, not shown again.
+STRIP_CACHE = 256
 # Which lines `v` shows: all, only the supervisor's own, or only the apps' output.
 SYS_MODES = ("all", "only", "hide")
 _SGR = re.compile(r"\x1b\[[0-9;:]*m")  # colours: drawn as styles, so they take no cells
@@ -137,7 +141,7 @@ class LogView(ScrollView, can_focus=True):
         self._app_colour: dict[str, int] = {}
         self._source_width = 6
         self._width = 0
-        self._cache: LRUCache[int, Strip] = LRUCache(1024)  # record seq -> its line
+        self._cache: LRUCache[int, Strip] = LRUCache(STRIP_CACHE)  # record seq -> its line
         self._styles = StyleCache(self)
         self._last_repaint = 0.0
         self._repaint_timer: Timer | None = None
