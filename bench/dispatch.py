@@ -27,6 +27,7 @@ or on Ctrl-C too. clusterui and PM2 get private homes under /tmp.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -49,7 +50,14 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import BenchError, clusterui_bin, free_port, kill_all, wait_for  # noqa: E402
+from common import (  # noqa: E402
+    BenchError,
+    clusterui_bin,
+    cpu_seconds,
+    free_port,
+    kill_all,
+    wait_for,
+)
 
 from clusterui.dispatch import protocol as proto  # noqa: E402
 
@@ -61,6 +69,7 @@ LOCK_PATH = "/tmp/clusterui-bench.lock"
 # Targets (docs/targets.md).
 CLOSE_VS_REUSEPORT = 0.90
 KEEPALIVE_VS_REUSEPORT = 0.95
+DISPATCH_US = 8.0  # µs of the dispatcher's CPU per handed connection
 CLOSE_VS_NODE_RR = 1.5
 FAIRNESS = 1.02
 FLOOD_RATIO = 0.90
@@ -270,6 +279,9 @@ class Wrk:
     timeout: int = 0
     non2xx: int = 0
     others: float = 0.0  # cores used by other people's processes during the run
+    # The dispatcher's CPU (user + system) per request of this run, in µs: in close mode
+    # one request is one handed connection. Where the target has a dispatcher process.
+    dispatch_us: float | None = None
 
     @property
     def errors(self) -> int:
@@ -457,6 +469,20 @@ class Clusterui:
             time.sleep(1.2)
         return last or {}
 
+    def listener_pid(self, app: str) -> int | None:
+        """The pid of the app's dispatcher process (the snapshot's `listener_pid`)."""
+        from clusterui.client import Client
+
+        async def ask() -> int | None:
+            client = await Client.connect(self.home)
+            try:
+                state = await client.state(history=False)
+            finally:
+                await client.close()
+            return next((a["listener_pid"] for a in state["apps"] if a["name"] == app), None)
+
+        return asyncio.run(ask())
+
     def supervisor_cpu(self) -> float:
         """CPU seconds the supervisor has used (user + system, all threads)."""
         import psutil
@@ -541,6 +567,8 @@ class Target:
     procs: list[subprocess.Popen] = field(default_factory=list)
     # Per-worker connections so far, where a round-robin dispatcher counts them (fairness).
     counts: Callable[[], dict[str, int]] | None = None
+    # The pid of the process that accepts and hands connections on (round-robin rows).
+    dispatcher: Callable[[], int | None] | None = None
 
     def start(self, workers: int) -> None:
         raise NotImplementedError
@@ -562,6 +590,7 @@ class ClusteruiApp(Target):
         self.cu.start(self.app)
         if self.app == "web":  # round-robin: fairness from the supervisor's counters
             self.counts = lambda: self.cu.counts(self.app)
+            self.dispatcher = lambda: self.cu.listener_pid(self.app)
 
     def stop(self) -> None:
         self.cu.stop(self.app)
@@ -613,6 +642,7 @@ class Dispatched(Target):
             if msg.get("t") == "ready":
                 ready.add(msg["id"])
         self.counts = self._counts
+        self.dispatcher = lambda: self.procs[0].pid
 
     def _counts(self) -> dict[str, int]:
         self.ctl.setblocking(False)
@@ -719,7 +749,12 @@ def measure_throughput(
             target.start(opts.workers)
             wrk(target.port, 1, opts, False)  # warm up
             before = target.counts() if target.counts else None
-            row.close.append(wrk(target.port, opts.duration, opts, True))
+            pid = target.dispatcher() if target.dispatcher else None
+            cpu0 = cpu_seconds(pid) if pid else 0.0
+            result = wrk(target.port, opts.duration, opts, True)
+            if pid and result.requests:
+                result.dispatch_us = (cpu_seconds(pid) - cpu0) / result.requests * 1e6
+            row.close.append(result)
             if before is not None and target.counts:
                 after = target.counts()
                 add_counts(fairness, target.name, {k: after[k] - before.get(k, 0) for k in after})
@@ -921,6 +956,18 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
         "others = CPU cores used by processes outside this run during that wrk run "
         f"(of {os.cpu_count()}); above {NOISY:g} the figure is unreliable"
     )
+    print()
+    for r in rows.values():
+        if r.skipped or not r.close:
+            continue
+        costs = [w.dispatch_us for w in r.close if w.dispatch_us is not None]
+        if costs:
+            c = best(r.close)
+            print(
+                f"dispatcher CPU per handed connection, {r.target}: {min(costs):.1f} µs "
+                f"(rounds: {', '.join(f'{x:.1f}' for x in costs)}; {c.rps:,.0f} conn/s in the "
+                f"best round)  target <= {DISPATCH_US:g} µs  {mark(min(costs) <= DISPATCH_US)}"
+            )
 
     def get(name: str) -> Row | None:
         r = rows.get(name)
