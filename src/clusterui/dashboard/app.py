@@ -51,7 +51,6 @@ NARROW = 120  # below this many columns the detail pane leaves the side and goes
 SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 TREE_EVERY = 1.0  # seconds between asks for the selection's process tree (detail pane open)
 SORT_NAMES = {"cpu": "CPU", "mem": "memory", "conn": "req|conn/s", "restarts": "restarts"}
-GC_THRESHOLDS = (10_000, 10, 10)  # the collector's, once loaded: see _on_loaded
 
 
 async def _resolve(value: Any) -> Any:
@@ -278,12 +277,9 @@ class DashboardApp(App[None]):
             # Everything made so far (modules, widgets, styles) lives as long as the app:
             # out of the collector's sight, the full collections a log flood sets off
             # scan ~30k objects instead of ~100k (50 ms each, which a key press pressed at
-            # that moment waited for). GC_THRESHOLDS: young collections every 10,000
-            # objects, not 700, so a flood's lines (alive a second in the view) have
-            # mostly left before one is old enough to count towards a full collection.
+            # that moment waited for).
             gc.collect()
             gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)
         self.loaded.set()
 
     def _post_logs(self, lines: list[dict[str, Any]]) -> None:
