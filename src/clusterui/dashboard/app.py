@@ -275,9 +275,9 @@ class DashboardApp(App[None]):
     def _on_loaded(self) -> None:
         if self.freeze_gc and not self.loaded.is_set():
             # Everything made so far (modules, widgets, styles) lives as long as the app:
-            # out of the collector's sight, the full collections a log flood sets off
-            # scan ~30k objects instead of ~100k (50 ms each, which a key press pressed at
-            # that moment waited for).
+            # out of the collector's sight, about 57,000 objects fewer to scan in each
+            # full collection a log flood sets off, which a key press pressed at that
+            # moment waits for (bench/README.md, dashboard.py).
             gc.collect()
             gc.freeze()
         self.loaded.set()
