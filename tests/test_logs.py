@@ -521,17 +521,29 @@ async def test_dev_null_and_unopenable_files(tmp_path, spawn):
     (tmp_path / "blocker").write_text("a file, not a directory")
     sp = spec(out_file="/dev/null", error_file=str(tmp_path / "blocker" / "err.log"))
     w = spawn("import sys; print('to nowhere'); sys.stderr.write('still kept\\n')")
-    cap = attach(hub, w, sp=sp)
+    cap = attach(hub, w, worker=1, sp=sp)
     await closed(cap)
     await hub.aclose()
     # The refusal is in the worker's own lines too (a sys line), not only a notice.
-    why, *lines = texts(hub.recent([0], 5))
-    assert lines == ["to nowhere", "still kept"]
+    refusal, *output = hub.recent([1], 5)
+    assert texts(output) == ["to nowhere", "still kept"]
+    why = refusal.text
     assert why == f"cannot open log file {tmp_path}/blocker/err.log: File exists"
+    # ...labelled with the worker's app and instance, so `logs app:1` shows it.
+    assert (refusal.app, refusal.instance, refusal.stream) == ("app", 1, "sys")
     assert [lvl for lvl, _ in notices] == ["error"]
     assert notices[0][1] == why
     # Nothing but the supervisor's own line file.
     assert {p.name for p in (tmp_path / "logs").iterdir()} <= {"clusterui.log"}
+
+
+async def test_stderr_is_captured_when_stdout_is_not(hub, spawn):
+    """attach() takes None for a stream it is not given: the other is still read."""
+    w = spawn("import sys; sys.stderr.write('only err\\n')")
+    os.close(w.out_r)  # not given to the hub, so not its to close
+    cap = hub.attach(0, "app", 0, spec(), None, w.err_r)
+    await closed(cap)
+    assert [(line.stream, line.text) for line in hub.recent([0], 5)] == [("err", "only err")]
 
 
 async def test_a_log_folder_it_creates_is_private(hub, spawn, tmp_path):

@@ -141,8 +141,9 @@ class LogHub:
                 continue
             sink = self._acquire(path, spec.log_max_size, spec.log_retain)
             if sink is None and path != os.devnull:
-                # In the app's own log view and describe too, not only a passing notice.
-                self.emit(worker_id, app, instance, self._open_error.get(path, "no log file"))
+                # In the app's own log view and describe too, not only a passing notice
+                # (_acquire records why for every path but /dev/null).
+                self.emit(worker_id, app, instance, self._open_error[path])
             cap._pipes.append(StreamCapture(self, cap, stream, fd, sink, stamp))
         cap._left = len(cap._pipes)
         if cap._left:
