@@ -58,6 +58,32 @@ def test_reload_under_load_fails_no_request(cu):
         assert load.ok > 100
 
 
+def test_a_reload_starts_a_stopped_worker_and_records_it_as_a_reload(cu):
+    """A slot with nothing serving is started by the reload (a plain start is its
+    reload), and its restart is recorded with the reload's reason, like the others."""
+    port = free_port()
+    web_app(cu, port)
+    assert cu.run("stop", "web:1").returncode == 0
+    wait_for(lambda: [w["status"] for w in cu.ls()] == ["online", "stopped"], 10, "web:1 stopped")
+    serving = cu.ls()[0]["pid"]
+    r = cu.run("reload", "web")
+    assert r.returncode == 0, r.stderr
+    assert "web: reloaded 1 worker(s)" in r.stdout  # the one that was serving
+    rows = wait_for(
+        lambda: (rows := cu.ls()) and [w["status"] for w in rows] == ["online"] * 2 and rows,
+        15,
+        "both online",
+    )
+    assert serving not in {w["pid"] for w in rows}
+    ctl = support.Control(cu.home)
+    try:
+        reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("web")]
+    finally:
+        ctl.close()
+    assert reasons == ["reload", "reload"]
+    assert {int(get(port).split("pid ")[1]) for _ in range(4)} == {w["pid"] for w in rows}
+
+
 def test_scale_down_under_load_fails_no_request(cu):
     port = free_port()
     web_app(cu, port, instances=4)
