@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from support import wait_for
 
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
@@ -109,9 +110,11 @@ def test_max_restarts_zero_never_restarts():
     assert RestartTracker().on_exit(spec(max_restarts=0), 60_000).action == "errored"
 
 
-def test_a_manual_start_forgives_the_crash_history(cu):
+@pytest.mark.parametrize("verb", ["start", "reload"])
+def test_a_manual_start_forgives_the_crash_history(cu, verb):
     """Through the supervisor: an app errored after max_restarts unstable runs gets the
-    full max_restarts again when started by hand, not one run."""
+    full max_restarts again when started by hand, not one run; so does a reload, which
+    starts a slot with nothing serving."""
     # Up for 3 s: long enough that `up -d` and `start` see it online on a busy machine.
     crash = "import time\nopen('starts', 'a').write('x')\ntime.sleep(3)\nraise SystemExit(3)\n"
     cu.write("crash.py", crash)
@@ -133,7 +136,7 @@ def test_a_manual_start_forgives_the_crash_history(cu):
 
     assert cu.run("up", "-d").returncode == 0
     wait_for(lambda: errored_after(3), 60, "errored after 3 starts")
-    assert cu.run("start", "crash").returncode == 0
+    assert cu.run(verb, "crash").returncode == 0
     wait_for(lambda: errored_after(6), 60, "errored after 3 more starts")
     time.sleep(0.5)
     assert starts.read_text() == 6 * "x"
