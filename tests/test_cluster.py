@@ -63,9 +63,10 @@ def test_a_reload_starts_a_stopped_worker_and_records_it_as_a_reload(cu):
     reload), and its restart is recorded with the reload's reason, like the others."""
     port = free_port()
     web_app(cu, port)
-    assert cu.run("stop", "web:1").returncode == 0
-    wait_for(lambda: [w["status"] for w in cu.ls()] == ["online", "stopped"], 10, "web:1 stopped")
-    serving = cu.ls()[0]["pid"]
+    # The first slot: the reload must go on to the next one after starting it.
+    assert cu.run("stop", "web:0").returncode == 0
+    wait_for(lambda: [w["status"] for w in cu.ls()] == ["stopped", "online"], 10, "web:0 stopped")
+    serving = cu.ls()[1]["pid"]
     r = cu.run("reload", "web")
     assert r.returncode == 0, r.stderr
     assert "web: reloaded 1 worker(s)" in r.stdout  # the one that was serving
