@@ -227,3 +227,20 @@ def test_broken_code_keeps_the_old_cluster_workers_serving(cu):
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
     script.write_text(good.replace('"hello"', '"fixed"'))
     wait_for(lambda: get(port).startswith("fixed"), 15, "the fixed code")
+
+
+def test_a_watch_reload_starts_a_stopped_cluster_worker_under_the_crash_guard(cu):
+    """A change reloads the app; a slot with nothing serving is started by that reload,
+    and if the new code dies at once there, it waits for the next save as any worker
+    started by a change does, instead of going into the restart policy's loop."""
+    port = free_port()
+    script = web_project(cu, port)
+    assert cu.run("stop", "web:0").returncode == 0
+    wait_for(lambda: cu.ls()[0]["status"] == "stopped", 10, "web:0 stopped")
+    script.write_text("import sys\nsys.exit('broken at start')\n")
+    wait_for(lambda: cu.ls()[0]["status"] == "errored", 15, "web:0 errored after the change")
+    time.sleep(1.0)
+    row = cu.ls()[0]
+    assert row["status"] == "errored"
+    assert row["restarts"] == 1, row  # the start by the change; no policy restart after it
+    assert "web:0 crashed after the change" in cu.run("logs", "web").stdout
