@@ -85,6 +85,40 @@ def test_a_reload_starts_a_stopped_worker_and_records_it_as_a_reload(cu):
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == {w["pid"] for w in rows}
 
 
+@pytest.mark.parametrize("mode", ["fork", "cluster"])
+def test_a_reload_without_a_listener_restarts_each_worker(cu, mode):
+    """No listener, so nothing to hand over: each worker is restarted in turn, and each
+    restart is recorded with the reload's reason."""
+    cu.write("idle.py", "import time\ntime.sleep(600)\n")
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: jobs
+            script: idle.py
+            exec_mode: {mode}
+            instances: 2
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    before = {w["pid"] for w in cu.ls()}
+    r = cu.run("reload", "jobs")
+    assert r.returncode == 0, r.stderr
+    assert "jobs: reloaded 2 worker(s)" in r.stdout
+    rows = wait_for(
+        lambda: (rows := cu.ls()) and [w["status"] for w in rows] == ["online"] * 2 and rows,
+        15,
+        "both online",
+    )
+    assert not before & {w["pid"] for w in rows}
+    ctl = support.Control(cu.home)
+    try:
+        reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("jobs")]
+    finally:
+        ctl.close()
+    assert reasons == ["reload", "reload"]
+
+
 def test_scale_down_under_load_fails_no_request(cu):
     port = free_port()
     web_app(cu, port, instances=4)
