@@ -53,6 +53,7 @@ __all__ = [
     "Load",
     "Result",
     "ask_as_nobody",
+    "assert_greys_only",
     "close_requests",
     "dashboard",
     "free_port",
@@ -227,6 +228,18 @@ async def dashboard(
         await asyncio.wait_for(app.loaded.wait(), 5)
         await pilot.pause()
         yield app, pilot, client
+
+
+def assert_greys_only(svg: str) -> None:
+    """Every colour in a dashboard screenshot (less the SVG frame's three window buttons)
+    is a grey: what NO_COLOR must give, whatever the theme."""
+    import re
+
+    colours = set(re.findall(r"#([0-9a-f]{6})", svg)) - {"ff5f57", "febc2e", "28c840"}
+    assert colours
+    for colour in colours:
+        r, g, b = (int(colour[i : i + 2], 16) for i in (0, 2, 4))
+        assert max(r, g, b) - min(r, g, b) <= 8, colour
 
 
 def ask_as_nobody(path: str, request: bytes) -> str:

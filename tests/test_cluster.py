@@ -21,6 +21,24 @@ def web_app(cu, port: int, **keys) -> None:
     support.web_app(cu, port, kill_timeout=3000, **keys)
 
 
+def restart_reasons(cu, app: str) -> list[str]:
+    """Each of the app's workers' latest restart reason, from the supervisor's snapshot."""
+    ctl = support.Control(cu.home)
+    try:
+        return [w["restart_history"][-1]["reason"] for w in ctl.workers(app)]
+    finally:
+        ctl.close()
+
+
+def all_online(cu, n: int) -> list[dict]:
+    """The rows, once there are n and every one is online."""
+    return wait_for(
+        lambda: (rows := cu.ls()) and [w["status"] for w in rows] == ["online"] * n and rows,
+        15,
+        f"{n} online",
+    )
+
+
 def test_round_robin_through_the_supervisor_and_counters(cu):
     port = free_port()
     web_app(cu, port, instances=3)
@@ -47,12 +65,7 @@ def test_reload_under_load_fails_no_request(cu):
                 assert r.returncode == 0, r.stderr
                 assert "web: reloaded 2 worker(s)" in r.stdout
                 assert not before & {w["pid"] for w in cu.ls()}
-                ctl = support.Control(cu.home)
-                try:
-                    reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("web")]
-                finally:
-                    ctl.close()
-                assert reasons == ["reload"] * 2
+                assert restart_reasons(cu, "web") == ["reload"] * 2
                 time.sleep(0.3)
         assert load.failed == [], (keep_alive, load.failed[:5])
         assert load.ok > 100
@@ -70,18 +83,9 @@ def test_a_reload_starts_a_stopped_worker_and_records_it_as_a_reload(cu):
     r = cu.run("reload", "web")
     assert r.returncode == 0, r.stderr
     assert "web: reloaded 1 worker(s)" in r.stdout  # the one that was serving
-    rows = wait_for(
-        lambda: (rows := cu.ls()) and [w["status"] for w in rows] == ["online"] * 2 and rows,
-        15,
-        "both online",
-    )
+    rows = all_online(cu, 2)
     assert serving not in {w["pid"] for w in rows}
-    ctl = support.Control(cu.home)
-    try:
-        reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("web")]
-    finally:
-        ctl.close()
-    assert reasons == ["reload", "reload"]
+    assert restart_reasons(cu, "web") == ["reload", "reload"]
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == {w["pid"] for w in rows}
 
 
@@ -105,18 +109,9 @@ def test_a_reload_without_a_listener_restarts_each_worker(cu, mode):
     r = cu.run("reload", "jobs")
     assert r.returncode == 0, r.stderr
     assert "jobs: reloaded 2 worker(s)" in r.stdout
-    rows = wait_for(
-        lambda: (rows := cu.ls()) and [w["status"] for w in rows] == ["online"] * 2 and rows,
-        15,
-        "both online",
-    )
+    rows = all_online(cu, 2)
     assert not before & {w["pid"] for w in rows}
-    ctl = support.Control(cu.home)
-    try:
-        reasons = [w["restart_history"][-1]["reason"] for w in ctl.workers("jobs")]
-    finally:
-        ctl.close()
-    assert reasons == ["reload", "reload"]
+    assert restart_reasons(cu, "jobs") == ["reload", "reload"]
 
 
 def test_scale_down_under_load_fails_no_request(cu):
