@@ -28,6 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from common import (  # noqa: E402  (bench/common.py: shared with the benchmarks)
+    PID,
     WEB,
     Answer,
     Control,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # only the dashboard tests pay for Textual at run time
     from clusterui.dashboard import DashboardApp
 
 __all__ = [
+    "PID",
     "WEB",
     "Answer",
     "Control",
