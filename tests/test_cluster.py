@@ -91,9 +91,25 @@ def test_a_reload_starts_a_stopped_worker_and_records_it_as_a_reload(cu):
 
 @pytest.mark.parametrize("mode", ["fork", "cluster"])
 def test_a_reload_without_a_listener_restarts_each_worker(cu, mode):
-    """No listener, so nothing to hand over: each worker is restarted in turn, and each
-    restart is recorded with the reload's reason."""
-    cu.write("idle.py", "import time\ntime.sleep(600)\n")
+    """No listener, so nothing to hand over: each worker is restarted in turn (stopped
+    before its replacement starts, so an instance never runs twice), and each restart is
+    recorded with the reload's reason."""
+    cu.write(
+        "idle.py",
+        """
+        import os, signal, sys, time
+        def say(what):
+            with open("lifetimes", "a") as f:
+                f.write(f"{what} {os.getpid()}\\n")
+        def stop(*_):
+            say("stop")
+            sys.exit(0)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        say("start")
+        time.sleep(600)
+        """,
+    )
     cu.write(
         "ecosystem.yaml",
         f"""
@@ -105,13 +121,31 @@ def test_a_reload_without_a_listener_restarts_each_worker(cu, mode):
         """,
     )
     assert cu.run("up", "-d").returncode == 0
-    before = {w["pid"] for w in cu.ls()}
+    before = {w["instance"]: w["pid"] for w in all_online(cu, 2)}
     r = cu.run("reload", "jobs")
     assert r.returncode == 0, r.stderr
     assert "jobs: reloaded 2 worker(s)" in r.stdout
-    rows = all_online(cu, 2)
-    assert not before & {w["pid"] for w in rows}
+    after = {w["instance"]: w["pid"] for w in all_online(cu, 2)}
+    assert not set(before.values()) & set(after.values())
     assert restart_reasons(cu, "jobs") == ["reload", "reload"]
+    lines = wait_for(
+        lambda: (t := (cu.root / "lifetimes").read_text().splitlines()) and len(t) == 6 and t,
+        10,
+        "two starts, two stops and two starts",
+    )
+    for i in (0, 1):
+        assert lines.index(f"stop {before[i]}") < lines.index(f"start {after[i]}"), lines
+
+
+def test_reloading_an_app_scaled_to_nothing_is_refused(cu):
+    cu.write("idle.py", "import time\ntime.sleep(600)\n")
+    cu.write("ecosystem.yaml", "apps:\n  - name: jobs\n    script: idle.py\n")
+    assert cu.run("up", "-d").returncode == 0
+    all_online(cu, 1)
+    assert cu.run("scale", "jobs", "0").returncode == 0
+    r = cu.run("reload", "jobs")
+    assert r.returncode != 0
+    assert "jobs has no workers to reload" in r.stderr
 
 
 def test_scale_down_under_load_fails_no_request(cu):
