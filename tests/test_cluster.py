@@ -137,6 +137,32 @@ def test_a_reload_without_a_listener_restarts_each_worker(cu, mode):
         assert lines.index(f"stop {before[i]}") < lines.index(f"start {after[i]}"), lines
 
 
+def test_a_shared_mode_reload_of_a_worker_that_never_accepts_goes_on_at_listen_timeout(cu):
+    """Shared mode cannot see a worker that never waits in accept() (a select() loop, or
+    here none at all) get ready: as with PM2, it is online at listen_timeout, and a
+    reload waits for that rather than giving up at the same moment."""
+    cu.write("idle.py", "import time\ntime.sleep(600)\n")
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: quiet
+            script: idle.py
+            exec_mode: cluster
+            instances: 2
+            listen: 127.0.0.1:{free_port()}
+            dispatch: shared
+            listen_timeout: 1000
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    before = {w["pid"] for w in all_online(cu, 2)}
+    r = cu.run("reload", "quiet")
+    assert r.returncode == 0, r.stderr
+    assert "quiet: reloaded 2 worker(s)" in r.stdout
+    assert not before & {w["pid"] for w in all_online(cu, 2)}
+
+
 def test_reloading_an_app_scaled_to_nothing_is_refused(cu):
     cu.write("idle.py", "import time\ntime.sleep(600)\n")
     cu.write("ecosystem.yaml", "apps:\n  - name: jobs\n    script: idle.py\n")
