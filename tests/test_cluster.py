@@ -137,6 +137,23 @@ def test_a_reload_without_a_listener_restarts_each_worker(cu, mode):
         assert lines.index(f"stop {before[i]}") < lines.index(f"start {after[i]}"), lines
 
 
+def test_a_reload_whose_new_worker_cannot_start_keeps_the_old_one_serving(cu):
+    """The replacement's exec fails (its cwd is gone): the reload stops at once with the
+    reason, and the old worker stays in its slot, online and serving."""
+    site = cu.root / "site"
+    site.mkdir()
+    port = free_port()
+    web_app(cu, port, cwd=site)
+    before = [w["pid"] for w in all_online(cu, 2)]
+    site.rmdir()
+    r = cu.run("reload", "web")
+    assert r.returncode != 0
+    assert "reload of web stopped at instance 0: the new worker failed to start" in r.stderr
+    assert "the old worker keeps serving" in r.stderr
+    assert [w["pid"] for w in all_online(cu, 2)] == before
+    assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(before)
+
+
 def test_a_shared_mode_reload_of_a_worker_that_never_accepts_goes_on_at_listen_timeout(cu):
     """Shared mode cannot see a worker that never waits in accept() (a select() loop, or
     here none at all) get ready: as with PM2, it is online at listen_timeout, and a
@@ -233,6 +250,42 @@ def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
         p.pid for p in leaks.running(*leaks.home_is(cu.home)) if "app.py" in " ".join(p.cmdline())
     }
     assert running == set(old), f"running {sorted(running)}, listed {sorted(old)}"
+
+
+def test_a_reload_whose_new_worker_exits_says_so_and_keeps_the_old_one(cu):
+    port = free_port()
+    cu.write(
+        "app.py",
+        f"""
+        import os, runpy, sys
+        if os.path.exists("broken"):
+            sys.exit(3)
+        sys.argv = [{WEB!r}]
+        runpy.run_path({WEB!r}, run_name="__main__")
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: web
+            script: app.py
+            listen: 127.0.0.1:{port}
+            instances: 2
+            listen_timeout: 20000
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    old = [w["pid"] for w in all_online(cu, 2)]
+    (cu.root / "broken").write_text("")
+    r = cu.run("reload", "web")
+    assert r.returncode == 1
+    # Said as soon as it exits, not after listen_timeout, and named for what happened.
+    assert "stopped at instance 0: the new worker exited; the old worker keeps serving" in (
+        r.stderr
+    )
+    assert [w["pid"] for w in all_online(cu, 2)] == old
+    assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
 
 
 def test_an_old_worker_that_dies_during_a_failed_reload_is_replaced(cu):

@@ -158,8 +158,8 @@ def test_filter_unit(tmp_path):
     assert not f.ignored(str(tmp_path / "builder.py"))
 
 
-def web_project(cu, port: int, greeting: str = "hello") -> Path:
-    """A copy of the example web app in its own watched folder."""
+def web_project(cu, port: int, greeting: str = "hello", extra: str = "") -> Path:
+    """A copy of the example web app in its own watched folder (more keys in extra)."""
     src = cu.root / "web"
     src.mkdir()
     (src / "web.py").write_text(Path(WEB).read_text().replace('"hello"', f'"{greeting}"'))
@@ -174,6 +174,7 @@ def web_project(cu, port: int, greeting: str = "hello") -> Path:
             listen: 127.0.0.1:{port}
             watch: [web]
             listen_timeout: 1500
+            {extra}
         """,
     )
     cu.run("up", "-d", check=True)
@@ -244,3 +245,42 @@ def test_a_watch_reload_starts_a_stopped_cluster_worker_under_the_crash_guard(cu
     assert row["status"] == "errored"
     assert row["restarts"] == 1, row  # the start by the change; no policy restart after it
     assert "web:0 crashed after the change" in cu.run("logs", "web").stdout
+
+
+DIES_ON_CUE = """from __future__ import annotations
+import os, threading, time
+def _die_on_cue() -> None:
+    while not os.path.exists("die"):
+        time.sleep(0.05)
+    os._exit(4)
+threading.Thread(target=_die_on_cue, daemon=True).start()
+"""
+
+
+def test_new_code_that_serves_then_dies_after_a_watch_reload_waits_for_the_next_change(cu):
+    """The crash guard also covers workers a watch reload handed the socket to: new code
+    that takes over, then dies within min_uptime, waits for the next save rather than
+    going into the restart policy's loop."""
+    port = free_port()
+    script = web_project(cu, port, extra="min_uptime: 60000")
+    old = {w["pid"] for w in wait_for(lambda: all_online(cu), 15, "2 online")}
+    text = script.read_text().replace("from __future__ import annotations\n", DIES_ON_CUE)
+    script.write_text(text)
+    rows = wait_for(
+        lambda: (r := all_online(cu)) and not old & {w["pid"] for w in r} and r,
+        20,
+        "both workers replaced by the change",
+    )
+    assert get(port).status == 200  # the new code serves
+    counts = [w["restarts"] for w in rows]
+    (cu.root / "die").write_text("")  # outside the watched folder
+    wait_for(lambda: [w["status"] for w in cu.ls()] == ["errored"] * 2, 15, "both errored")
+    time.sleep(1.0)
+    assert [w["restarts"] for w in cu.ls()] == counts  # no restart by the policy
+    assert [w["status"] for w in cu.ls()] == ["errored"] * 2
+    assert "web:0 crashed after the change" in cu.run("logs", "web").stdout
+
+
+def all_online(cu) -> list[dict] | None:
+    rows = cu.ls()
+    return rows if len(rows) == 2 and all(w["status"] == "online" for w in rows) else None
