@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from support import wait_for
+from support import WEB, free_port, wait_for
 
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
 from clusterui.core.spec import AppSpec
@@ -140,3 +140,55 @@ def test_a_manual_start_forgives_the_crash_history(cu, verb):
     wait_for(lambda: errored_after(6), 60, "errored after 3 more starts")
     time.sleep(0.5)
     assert starts.read_text() == 6 * "x"
+
+
+def test_a_reload_forgives_the_crash_history_of_the_slot_it_hands_over(cu):
+    """Two unstable runs of max_restarts 3, then a reload hands the socket to a new
+    worker: that worker starts with a clean history, so one more crash is restarted
+    rather than being the third strike."""
+    cu.write(
+        "app.py",
+        f"""
+        import os, runpy, sys, threading, time
+        def crash_on_cue():  # each kill.N file is one crash, of whichever worker sees it
+            while True:
+                for name in sorted(os.listdir(".")):
+                    if name.startswith("kill."):
+                        try:
+                            os.unlink(name)
+                        except FileNotFoundError:
+                            continue
+                        os._exit(3)
+                time.sleep(0.05)
+        threading.Thread(target=crash_on_cue, daemon=True).start()
+        sys.argv = [{WEB!r}]
+        runpy.run_path({WEB!r}, run_name="__main__")
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: web
+            script: app.py
+            exec_mode: cluster
+            instances: 1
+            listen: 127.0.0.1:{free_port()}
+            max_restarts: 3
+            min_uptime: 60000
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+
+    def online_after(restarts: int) -> dict | None:
+        row = cu.ls()[0]
+        return row if row["status"] == "online" and row["restarts"] == restarts else None
+
+    wait_for(lambda: online_after(0), 20, "online")
+    for n in (1, 2):
+        (cu.root / f"kill.{n}").write_text("")
+        wait_for(lambda n=n: online_after(n), 20, f"online after crash {n}")
+    assert cu.run("reload", "web").returncode == 0
+    wait_for(lambda: online_after(3), 20, "online after the reload")
+    (cu.root / "kill.3").write_text("")
+    wait_for(lambda: online_after(4), 20, "restarted after the crash that follows the reload")
