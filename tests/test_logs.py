@@ -692,3 +692,28 @@ def test_tail_file(tmp_path):
     assert tail_file(f, 3) == ["now"]
     assert tail_file(f, 3, rotated=True) == ["r1 a", "r1 b", "now"]
     assert tail_file(f, 10, rotated=True) == ["r2 a", "r1 a", "r1 b", "now"]
+
+
+def open_paths() -> set[str]:
+    """What this process's file descriptors point at."""
+    paths = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd, gone by now
+            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return paths
+
+
+async def test_a_log_file_is_closed_once_its_last_writer_is_done(hub, spawn, tmp_path):
+    """A supervisor runs for months while apps come and go: a file two workers shared is
+    closed when the second is done with it, not kept open until shutdown."""
+    sp = spec(merge_logs=True, instances=2, exec_mode="cluster")
+    waiting = spawn("import sys; print(sys.stdin.readline().strip())", stdin=True)
+    second = attach(hub, waiting, worker=1, sp=sp)
+    await closed(attach(hub, spawn("print('first')"), worker=0, sp=sp))
+    path = str(tmp_path / "logs" / "app-out.log")
+    assert path in open_paths()  # the second writer still has it
+    waiting.send("second\n")
+    waiting.close_stdin()
+    await closed(second)
+    assert path not in open_paths()
+    assert sorted(Path(path).read_text().split()) == ["first", "second"]
