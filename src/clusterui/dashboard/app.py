@@ -321,8 +321,24 @@ class DashboardApp(App[None]):
         self.table.update_snapshot(snapshot, self.history)
         if self.table.filter_text:
             self._update_table_title()  # the counts may have changed
-        self.main_screen.query_one(StatusHeader).update_state(snapshot)
-        self._refresh_selection()
+        # The rest in later frames. Textual redraws the box around everything that changed
+        # since the last frame: the table, header and detail pane together are most of
+        # the screen, one long frame a second that a key press under a flood waits behind.
+        self.call_after_refresh(self._state_header, snapshot)
+
+    def _state_header(self, snapshot: dict[str, Any]) -> None:
+        if snapshot is not self.snapshot:  # a newer state is on its way through here
+            return
+        try:
+            self.main_screen.query_one(StatusHeader).update_state(snapshot)
+        except (NoMatches, ScreenStackError):  # the app closed meanwhile
+            return
+        self.call_after_refresh(self._state_selection, snapshot)
+
+    def _state_selection(self, snapshot: dict[str, Any]) -> None:
+        if snapshot is self.snapshot:
+            with contextlib.suppress(NoMatches, ScreenStackError):
+                self._refresh_selection()
 
     def on_logs_arrived(self, message: LogsArrived) -> None:
         if message.lines is self._pending_logs:

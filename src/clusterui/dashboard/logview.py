@@ -32,9 +32,10 @@ APP_COLOURS = 6  # logview--app-0 .. logview--app-5
 # Redraws a second while lines arrive: a flood replaces every row of the pane at each one.
 REPAINT_HZ = 5
 MAX_EVENTS = 1000  # supervisor lines kept through any flood of output
-# Lines kept drawn: two screens of a tall terminal. Each is ~10 objects the garbage
-# collector scans, and under a flood they are scanned, not shown again.
-STRIP_CACHE = 256
+# Lines kept drawn: about one tall terminal, enough for repaints in place. Under a flood
+# none is shown twice, and each keeps the strips Textual derives from it (every one with
+# seven small caches) alive for each full collection to scan (bench/README.md).
+STRIP_CACHE = 64
 # Which lines `v` shows: all, only the supervisor's own, or only the apps' output.
 SYS_MODES = ("all", "only", "hide")
 _SGR = re.compile(r"\x1b\[[0-9;:]*m")  # colours: drawn as styles, so they take no cells
