@@ -526,6 +526,29 @@ def test_drain_waits_for_room_in_a_full_channel(make):
         c.close()
 
 
+def test_connections_handed_once_a_full_channel_has_room_are_reported_unasked(make):
+    """The connection that waited for room in a full channel is handed when the channel
+    turns writable, and the dispatcher pushes the new figures to the supervisor (the
+    connection counts `ls` shows) without being asked: this worker reports nothing."""
+    h = make()
+    held = h.add_worker(1, source=HELD_WORKER, stdout=subprocess.DEVNULL)
+    h.wait_ready(1)
+    clients = fill_channel(h, 1)
+    assert h.read_events()[-1]["pending"] == 1  # from here on, nothing asks for stats
+    held.send_signal(signal.SIGUSR1)  # it takes everything off its channel
+
+    def all_handed(e: dict) -> bool:
+        return e.get("t") == "stats" and (e["pending"], e["workers"]["1"]["handed"]) == (
+            0,
+            len(clients),
+        )
+
+    h.wait_event(all_handed, what="pushed stats with every connection handed")
+    assert [read_all(c) for c in clients] == [b"held\n"] * len(clients)
+    for c in clients:
+        c.close()
+
+
 def test_a_drain_that_fits_is_sent_once(make):
     """A channel that was full has room for the drain message again, but the kernel says
     "writable" only later (a unix socket: once 3/4 of its buffer is free). The drain goes
