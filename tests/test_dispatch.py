@@ -21,7 +21,7 @@ from dispatch_harness import (
     instance_of,
     read_all,
 )
-from support import free_port
+from support import free_port, wait_for
 
 from clusterui.dispatch import protocol as proto
 from clusterui.dispatch.core import QUEUE_CAP
@@ -213,7 +213,7 @@ import os, socket, array
 from clusterui import worker
 chan = socket.socket(fileno=int(os.environ["CLUSTERUI_CHANNEL_FD"]))
 r, w = os.pipe()
-for junk in [b"not json", b"[1, 2]", b'{"t": "bogus"}', b'{"t": "closed", "n": "x"}',
+for junk in [b"", b"not json", b"[1, 2]", b'{"t": "bogus"}', b'{"t": "closed", "n": "x"}',
              b'{"no": "type"}', b"x" * 70000, b'{"t": "metrics", "values": 3}', b"\\xff\\xfe"]:
     chan.send(junk)
 chan.sendmsg([b'{"t": "ready"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
@@ -226,8 +226,17 @@ def test_protocol_garbage_from_a_worker_is_reported_and_harmless(make):
     h.add_worker(1, source=GARBAGE_WORKER + ECHO_WORKER)
     h.add_worker(2, source=ECHO_WORKER)
     h.wait_ready(2)
-    error = h.wait_event(lambda e: e.get("t") == "error", what="an error report")
-    assert error["id"] == 1 and error["message"].startswith("worker 1: ")
+    errors = wait_for(
+        lambda: (e := [x for x in h.read_events() if x.get("t") == "error"])[1:] and e,
+        10,
+        "two error reports",
+    )
+    first, second = errors[:2]
+    # The first junk, an empty datagram, named as such and as this worker's; then the
+    # decoder's own reason for the second.
+    assert first == {"t": "error", "id": 1, "message": "worker 1: sent an empty datagram; ignored"}
+    assert second["message"].startswith("worker 1: ") and second["message"].endswith("; ignored")
+    assert "None" not in second["message"]
     # Still serving everyone, the garbage sender included (its ready came with an fd
     # attached: the fd is dropped, the message ignored; the helper's ready counts).
     h.wait_ready(1)
@@ -236,6 +245,29 @@ def test_protocol_garbage_from_a_worker_is_reported_and_harmless(make):
     errors = [e for e in h.read_events() if e.get("t") == "error"]
     assert 3 <= len(errors) <= 6  # rate-limited per worker
     assert h.dispatcher.poll() is None
+
+
+# Two protocol errors, each on its own well under the per-second report limit.
+FD_AND_BIG_WORKER = """
+import os, socket, array
+chan = socket.socket(fileno=int(os.environ["CLUSTERUI_CHANNEL_FD"]))
+r, w = os.pipe()
+fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))]
+chan.sendmsg([b'{"t": "closed", "n": 0}'], fds)
+chan.send(b"x" * 70000)
+"""
+
+
+def test_a_worker_sending_fds_or_an_oversized_message_is_told_which(make):
+    h = make()
+    h.add_worker(3, source=FD_AND_BIG_WORKER + ECHO_WORKER)
+    h.wait_ready(3)
+    errors = [e["message"] for e in h.read_events() if e.get("t") == "error" and e["id"] == 3]
+    assert errors[:2] == [
+        "worker 3: sent file descriptors to the dispatcher; ignored",
+        f"worker 3: message larger than {proto.MAX_MESSAGE} bytes; ignored",
+    ]
+    assert instance_of(h.ask()) == 3
 
 
 def test_garbage_on_the_control_socket_is_reported(make):
