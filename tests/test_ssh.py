@@ -287,7 +287,10 @@ def test_dropped_ssh_session_leaves_the_apps_and_attach_finds_them(
     assert "sshd" in dash.parent().name()
 
     # 2. A key over SSH: `+` on the web app (the first row) adds a third worker.
-    assert re.search(r"details.*\n.*│ web\s+cluster", tmux.screen("first")), tmux.screen("first")
+    # (The detail pane is drawn a frame or two after the table: wait for it too.)
+    until(
+        lambda: re.search(r"details.*\n.*│ web\s+cluster", tmux.screen("first")), 10, show("first")
+    )
     tmux.keys("first", "+")
     web = until(lambda: online(cu, "web", 3), 20, lambda: f"{workers(cu)}{show('first')()}")
     until(lambda: all(str(p) in tmux.screen("first") for p in web.values()), 20, show("first"))
