@@ -57,6 +57,7 @@ __all__ = [
     "ask_as_nobody",
     "assert_greys_only",
     "close_requests",
+    "online_rows",
     "dashboard",
     "free_port",
     "get",
@@ -66,6 +67,7 @@ __all__ = [
     "wait_for",
     "wait_for_async",
     "web_app",
+    "web_wrapper",
 ]
 
 
@@ -151,20 +153,45 @@ def kill_ours(home: Path) -> list[int]:
 
 
 def web_app(
-    cu: Env, port: int | None = None, *, name: str = "web", instances: int = 2, **keys: object
+    cu: Env,
+    port: int | None = None,
+    *,
+    name: str = "web",
+    instances: int = 2,
+    script: str = WEB,
+    **keys: object,
 ) -> int:
-    """Start (`up -d`) one cluster app of examples/web.py on 127.0.0.1:PORT (a free port if
-    None) and return the port; more ecosystem keys for the app as keyword arguments."""
+    """Start (`up -d`) one cluster app of examples/web.py (or `script`, such as
+    web_wrapper's) on 127.0.0.1:PORT (a free port if None) and return the port; more
+    ecosystem keys for the app as keyword arguments."""
     port = port or free_port()
     more = "".join(f"\n    {key}: {value}" for key, value in keys.items())
     app = (
-        f"  - name: {name}\n    script: {WEB}\n    exec_mode: cluster\n"
+        f"  - name: {name}\n    script: {script}\n    exec_mode: cluster\n"
         f"    instances: {instances}\n    listen: 127.0.0.1:{port}{more}\n"
     )
     cu.write("ecosystem.yaml", "apps:\n" + app)
     r = cu.run("up", "-d")
     assert r.returncode == 0, r.stderr
     return port
+
+
+def web_wrapper(cu: Env, prelude: str) -> str:
+    """Write app.py: `prelude` (Python, dedented), then examples/web.py as the worker.
+    Returns the script's name for web_app(script=...)."""
+    cu.write(
+        "app.py",
+        textwrap.dedent(prelude)
+        + f"import runpy, sys\nsys.argv = [{WEB!r}]\n"
+        + f"runpy.run_path({WEB!r}, run_name='__main__')\n",
+    )
+    return "app.py"
+
+
+def online_rows(cu: Env, n: int, app: str | None = None) -> list[dict] | None:
+    """The `ls` rows (of `app`, or all), if there are n and every one is online."""
+    rows = [w for w in cu.ls() if app is None or w["app"] == app]
+    return rows if len(rows) == n and all(w["status"] == "online" for w in rows) else None
 
 
 def close_requests(port: int, count: int, concurrency: int = 16) -> str:

@@ -32,11 +32,7 @@ def restart_reasons(cu, app: str) -> list[str]:
 
 def all_online(cu, n: int) -> list[dict]:
     """The rows, once there are n and every one is online."""
-    return wait_for(
-        lambda: (rows := cu.ls()) and [w["status"] for w in rows] == ["online"] * n and rows,
-        15,
-        f"{n} online",
-    )
+    return wait_for(lambda: support.online_rows(cu, n), 15, f"{n} online")
 
 
 def test_round_robin_through_the_supervisor_and_counters(cu):
@@ -206,15 +202,13 @@ def test_scale_down_under_load_fails_no_request(cu):
 def write_hangs_when_broken(cu) -> None:
     """app.py: the example web worker, or, once a file `broken` exists, a worker that
     hangs before serving and so never sends ready; it leaves `hung.<pid>` to say so."""
-    cu.write(
-        "app.py",
-        f"""
-        import os, runpy, sys, time
+    support.web_wrapper(
+        cu,
+        """
+        import os, time
         if os.path.exists("broken"):
-            open(f"hung.{{os.getpid()}}", "w").close()
+            open(f"hung.{os.getpid()}", "w").close()
             time.sleep(600)
-        sys.argv = [{WEB!r}]
-        runpy.run_path({WEB!r}, run_name="__main__")
         """,
     )
 
@@ -253,29 +247,16 @@ def test_a_reload_whose_new_worker_never_gets_ready_keeps_the_old_one(cu):
 
 
 def test_a_reload_whose_new_worker_exits_says_so_and_keeps_the_old_one(cu):
-    port = free_port()
-    cu.write(
-        "app.py",
-        f"""
-        import os, runpy, sys
+    script = support.web_wrapper(
+        cu,
+        """
+        import os, sys
         if os.path.exists("broken"):
             sys.exit(3)
-        sys.argv = [{WEB!r}]
-        runpy.run_path({WEB!r}, run_name="__main__")
         """,
     )
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: app.py
-            listen: 127.0.0.1:{port}
-            instances: 2
-            listen_timeout: 20000
-        """,
-    )
-    assert cu.run("up", "-d").returncode == 0
+    port = free_port()
+    web_app(cu, port, script=script, listen_timeout=20000)
     old = [w["pid"] for w in all_online(cu, 2)]
     (cu.root / "broken").write_text("")
     r = cu.run("reload", "web")

@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from support import WEB, free_port, wait_for
+from support import wait_for, web_app, web_wrapper
 
 from clusterui.core.policy import BACKOFF_CAP_MS, RestartTracker
 from clusterui.core.spec import AppSpec
@@ -146,10 +146,10 @@ def test_a_reload_forgives_the_crash_history_of_the_slot_it_hands_over(cu):
     """Two unstable runs of max_restarts 3, then a reload hands the socket to a new
     worker: that worker starts with a clean history, so one more crash is restarted
     rather than being the third strike."""
-    cu.write(
-        "app.py",
-        f"""
-        import os, runpy, sys, threading, time
+    script = web_wrapper(
+        cu,
+        """
+        import os, threading, time
         def crash_on_cue():  # each kill.N file is one crash, of whichever worker sees it
             while True:
                 for name in sorted(os.listdir(".")):
@@ -161,24 +161,9 @@ def test_a_reload_forgives_the_crash_history_of_the_slot_it_hands_over(cu):
                         os._exit(3)
                 time.sleep(0.05)
         threading.Thread(target=crash_on_cue, daemon=True).start()
-        sys.argv = [{WEB!r}]
-        runpy.run_path({WEB!r}, run_name="__main__")
         """,
     )
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: web
-            script: app.py
-            exec_mode: cluster
-            instances: 1
-            listen: 127.0.0.1:{free_port()}
-            max_restarts: 3
-            min_uptime: 60000
-        """,
-    )
-    assert cu.run("up", "-d").returncode == 0
+    web_app(cu, instances=1, script=script, max_restarts=3, min_uptime=60000)
 
     def online_after(restarts: int) -> dict | None:
         row = cu.ls()[0]

@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from support import Control, Load, wait_for, web_app
+from support import Control, Load, online_rows, wait_for, web_app
 from test_chaos import QUEUE_CAP
 
 from clusterui.cli import render
@@ -29,11 +29,6 @@ def status_of(cu, app: str, instance: int) -> dict:
     return next(w for w in cu.ls() if w["app"] == app and w["instance"] == instance)
 
 
-def all_online(cu, app: str) -> list[dict] | None:
-    rows = [w for w in cu.ls() if w["app"] == app]
-    return rows if rows and all(w["status"] == "online" for w in rows) else None
-
-
 def ls_line(cu, pid: int) -> str:
     """The `clusterui ls` table row of the worker with this pid."""
     out = cu.run("ls", check=True).stdout
@@ -42,7 +37,7 @@ def ls_line(cu, pid: int) -> str:
 
 def test_sigstopped_cluster_worker_is_shown_suspended_and_the_others_serve(cu):
     port = web_app(cu, instances=3)
-    before = wait_for(lambda: all_online(cu, "web"), 20, "3 workers online")
+    before = wait_for(lambda: online_rows(cu, 3, "web"), 20, "3 workers online")
     frozen = before[1]
     others = {w["pid"] for w in before} - {frozen["pid"]}
     # More clients than the frozen worker can swallow (its dispatch queue, and what it had
@@ -108,7 +103,7 @@ def test_sigstopped_fork_worker_is_suspended_until_sigcont(cu):
     )
     r = cu.run("up", "-d")
     assert r.returncode == 0, r.stderr
-    before = wait_for(lambda: all_online(cu, "sleepy"), 20, "2 workers online")
+    before = wait_for(lambda: online_rows(cu, 2, "sleepy"), 20, "2 workers online")
     pid = before[0]["pid"]
     ctl = Control(cu.home)
     os.kill(pid, signal.SIGSTOP)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import WEB, Load, free_port, get, wait_for
+from support import WEB, Load, free_port, get, online_rows, wait_for
 
 from clusterui.core.spec import AppSpec
 from clusterui.core.watch import WatchFilter
@@ -263,11 +263,11 @@ def test_new_code_that_serves_then_dies_after_a_watch_reload_waits_for_the_next_
     going into the restart policy's loop."""
     port = free_port()
     script = web_project(cu, port, extra="min_uptime: 60000")
-    old = {w["pid"] for w in wait_for(lambda: all_online(cu), 15, "2 online")}
+    old = {w["pid"] for w in wait_for(lambda: online_rows(cu, 2), 15, "2 online")}
     text = script.read_text().replace("from __future__ import annotations\n", DIES_ON_CUE)
     script.write_text(text)
     rows = wait_for(
-        lambda: (r := all_online(cu)) and not old & {w["pid"] for w in r} and r,
+        lambda: (r := online_rows(cu, 2)) and not old & {w["pid"] for w in r} and r,
         20,
         "both workers replaced by the change",
     )
@@ -279,8 +279,3 @@ def test_new_code_that_serves_then_dies_after_a_watch_reload_waits_for_the_next_
     assert [w["restarts"] for w in cu.ls()] == counts  # no restart by the policy
     assert [w["status"] for w in cu.ls()] == ["errored"] * 2
     assert "web:0 crashed after the change" in cu.run("logs", "web").stdout
-
-
-def all_online(cu) -> list[dict] | None:
-    rows = cu.ls()
-    return rows if len(rows) == 2 and all(w["status"] == "online" for w in rows) else None
