@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from clusterui.cli import render
 from clusterui.vocab import states
 
 
@@ -13,6 +14,11 @@ def test_every_status_has_a_look_and_stored_ones_a_transition_row() -> None:
     assert set(states.TRANSITIONS) == states.LIVE | states.IDLE
     assert states.SUSPENDED not in states.TRANSITIONS  # shown, never stored
     assert not states.LIVE & states.IDLE
+
+
+def test_every_look_has_a_known_tone_and_the_cli_a_colour_for_each() -> None:
+    assert {look.tone for look in (*states.LOOKS.values(), states.UNKNOWN)} <= set(states.TONES)
+    assert set(render.TONE_COLOURS) == set(states.TONES)
 
 
 def test_a_process_goes_forward_only() -> None:

@@ -11,20 +11,27 @@ know, `--help`, `--debug`, `-f`, a bad number) returns None, and the full comman
 line parses it and answers, errors included, as before.
 
 tests/test_quick_cli.py checks which modules this path loads; keep its imports to
-the standard library's light modules and clusterui's text helpers.
+the standard library's light modules and clusterui's text helpers. Even `socket`,
+`json` and `typing` are too heavy here (with what they import, `re` and `enum`, they
+cost about as much as the interpreter's own start-up): this module speaks to the
+supervisor through `_socket` and `cli/quickjson.py`, and only `--json` output loads
+`json`.
 """
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
 import select
-import socket
 import sys
-from typing import Any
 
+from clusterui.cli import quickjson
 from clusterui.core.silence import CALL_TIMEOUT, read_pid, silent_reason
 from clusterui.vocab.exits import ClientError, Exit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 QUICK_VERBS = {"ls": "ls", "list": "ls", "logs": "logs", "log": "logs"}
 QUICK_VERBS |= {"scale": "scale", "describe": "describe", "show": "describe"}
@@ -89,7 +96,7 @@ class Connection:
     def __init__(self, path: str, root: str, timeout: float | None = CALL_TIMEOUT) -> None:
         self.root = root
         self.timeout = timeout  # None waits for ever
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             # Blocking: a full listen backlog makes connect wait rather than fail.
             self.sock.settimeout(30.0)
@@ -126,7 +133,7 @@ class Connection:
             line = self._line(timeout)
             if line is None:
                 return None
-            msg = json.loads(line)
+            msg = quickjson.loads(line)
             if msg.get("id") == rid and "event" not in msg:
                 return msg
 
@@ -135,7 +142,7 @@ class Connection:
         rid = self.next_id
         request = {"id": rid, "op": op, "args": args}
         try:
-            self.sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+            self.sock.sendall(quickjson.dumps(request).encode() + b"\n")
             msg = self._answer(rid, self.timeout)
             while msg is None:
                 if op == "ping" or not self._answers_ping():
@@ -156,14 +163,14 @@ class Connection:
         it is put back for the caller to read."""
         self.next_id += 1
         rid = self.next_id
-        self.sock.sendall(json.dumps({"id": rid, "op": "ping", "args": {}}).encode() + b"\n")
+        self.sock.sendall(quickjson.dumps({"id": rid, "op": "ping", "args": {}}).encode() + b"\n")
         kept: list[bytes] = []
         answered = False
         while not answered:
             line = self._line(self.timeout)
             if line is None:
                 break
-            msg = json.loads(line)
+            msg = quickjson.loads(line)
             answered = msg.get("id") == rid and "event" not in msg
             if not answered:
                 kept.append(line)
@@ -185,6 +192,8 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
         if verb == "ls":
             workers = conn.call("state", history=False)["workers"]
             if opts["json"]:
+                import json
+
                 from clusterui.vocab.snapshot import ls_json
 
                 print(json.dumps(ls_json(workers), indent=2))
@@ -195,6 +204,8 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
         elif verb == "describe":
             info = conn.call("describe", target=opts["target"])
             if opts["json"]:
+                import json
+
                 print(json.dumps(info, indent=2))
             else:
                 try:
@@ -209,10 +220,12 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
             if opts["target"]:
                 conn.call("resolve", targets=[opts["target"]])  # as cli/main.py: checks it
             colour = render.use_colour()
-            out = [
-                json.dumps(line) if opts["json"] else render.log_line(line, colour, opts["time"])
-                for line in lines
-            ]
+            if opts["json"]:
+                import json
+
+                out = [json.dumps(line) for line in lines]
+            else:
+                out = [render.log_line(line, colour, opts["time"]) for line in lines]
             if out:
                 print("\n".join(out))
         sys.stdout.flush()

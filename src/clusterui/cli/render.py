@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
 
 from clusterui.vocab import states
 from clusterui.vocab.safetext import escape
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` imports `re`, which `clusterui ls` does without
+    from typing import Any
 
 COLUMNS = ("id", "app", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "conns")
 # ANSI colour per status tone (clusterui.vocab.states).

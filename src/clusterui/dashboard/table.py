@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar
 
 from rich.style import Style
 from rich.text import Text
@@ -157,7 +157,7 @@ class ProcessTable(ScrollView, can_focus=True):
         "proc--app",
         "proc--tree",
         "proc--dim",
-        *(f"proc--{tone}" for tone in get_args(states.Tone)),
+        *(f"proc--{tone}" for tone in states.TONES),
         "proc--spark-cpu",
         "proc--spark-mem",
         "proc--spark-conn",

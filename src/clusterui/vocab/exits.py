@@ -9,18 +9,22 @@ every layer names the same codes.
 
 from __future__ import annotations
 
-from enum import IntEnum
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 
-class Exit(IntEnum):
-    OK = 0
-    FAILED = 1  # the operation failed (a worker did not start, a reload stopped, ...)
+class Exit:
+    """The codes, as plain ints: `clusterui ls` must not pay for importing `enum`."""
+
+    OK: Final = 0
+    FAILED: Final = 1  # the operation failed (a worker did not start, a reload stopped, ...)
     # The request was wrong: bad arguments, a bad file, an unknown app; for the supervisor
     # and the dispatcher, what they were started with (arguments, inherited fds, home).
-    USAGE = 2
-    NO_SUPERVISOR = 3  # none is running, or the connection to it was lost
-    EXEC_FAILED = 127  # a forked child could not exec its program, as a shell reports it
-    INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+    USAGE: Final = 2
+    NO_SUPERVISOR: Final = 3  # none is running, or the connection to it was lost
+    EXEC_FAILED: Final = 127  # a forked child could not exec its program, as a shell reports it
+    INTERRUPTED: Final = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 class ClusteruiError(Exception):

@@ -20,20 +20,28 @@ bidirectional overrides and isolates (they reorder what is shown, "Trojan Source
 
 from __future__ import annotations
 
-import re
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
 
-_BIDI = "\u202a-\u202e\u2066-\u2069"
-_UNSAFE = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]")
-_UNSAFE_OR_TAB = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]")
+# The unsafe code points, as inclusive ranges; tab (0x09) is unsafe unless kept.
+TAB = 0x09
+_RANGES = (
+    (0x00, 0x08),
+    (0x0A, 0x1F),
+    (0x7F, 0x9F),
+    (0x2028, 0x2029),
+    (0x202A, 0x202E),  # bidirectional embeddings and overrides
+    (0x2066, 0x2069),  # bidirectional isolates
+)
+_CODES = tuple(c for low, high in _RANGES for c in range(low, high + 1))
 
 
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
+def _escaped_char(code: int) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def _picture(match: re.Match[str]) -> str:
-    code = ord(match.group())
+def _picture_char(code: int) -> str:
     if code < 0x20:
         return chr(0x2400 + code)  # ␀ .. ␟ (␛ for ESC)
     if code == 0x7F:
@@ -41,20 +49,44 @@ def _picture(match: re.Match[str]) -> str:
     return "\ufffd"
 
 
+# `escape` is the CLI's, and `clusterui ls` must not pay for importing `re` (see
+# cli/quick.py): str.translate with a table does the same job in C.
+_ESCAPES = {code: _escaped_char(code) for code in _CODES}
+_ESCAPES_AND_TAB = {**_ESCAPES, TAB: _escaped_char(TAB)}
+# `visible` is the dashboard's, on every line drawn: a compiled pattern's search finds
+# nothing in most lines and returns them as they are, faster than a translation.
+_patterns: dict[bool, re.Pattern[str]] = {}
+
+
+def _pattern(keep_tab: bool) -> re.Pattern[str]:
+    if keep_tab not in _patterns:
+        import re
+
+        ranges = _RANGES if keep_tab else ((TAB, TAB), *_RANGES)
+        members = "".join(f"{chr(low)}-{chr(high)}" for low, high in ranges)
+        _patterns[keep_tab] = re.compile(f"[{members}]")
+    return _patterns[keep_tab]
+
+
+def _picture(match: re.Match[str]) -> str:
+    return _picture_char(ord(match.group()))
+
+
 def escape(text: str, *, keep_tab: bool = True) -> str:
     """`text` with every unsafe character written as \\xNN or \\uNNNN (for the CLI)."""
-    pattern = _UNSAFE if keep_tab else _UNSAFE_OR_TAB
-    return pattern.sub(_escaped, text) if pattern.search(text) else text
+    if text.isprintable():  # nothing unsafe is printable: the common case, no copy
+        return text
+    return text.translate(_ESCAPES if keep_tab else _ESCAPES_AND_TAB)
 
 
 def visible(text: str, *, keep_tab: bool = False) -> str:
     """`text` with every unsafe character replaced by one visible character (for the
     dashboard: the same length, so styles laid over it still line up)."""
-    pattern = _UNSAFE if keep_tab else _UNSAFE_OR_TAB
+    pattern = _pattern(keep_tab)
     return pattern.sub(_picture, text) if pattern.search(text) else text
 
 
-_SGR = re.compile(r"(\x1b\[[0-9;:]*m)")
+_sgr: list[re.Pattern[str]] = []
 
 
 def visible_except_sgr(text: str) -> str:
@@ -62,10 +94,14 @@ def visible_except_sgr(text: str) -> str:
     view that turns them into styles (Rich's Text.from_ansi) and draws nothing raw."""
     if "\x1b" not in text:
         return visible(text)
-    parts = _SGR.split(text)  # odd items are the SGR sequences
+    if not _sgr:
+        import re
+
+        _sgr.append(re.compile(r"(\x1b\[[0-9;:]*m)"))
+    parts = _sgr[0].split(text)  # odd items are the SGR sequences
     return "".join(p if i % 2 else visible(p) for i, p in enumerate(parts))
 
 
 def is_safe(text: str) -> bool:
     """True when `text` has nothing `escape`/`visible` would change (tab aside)."""
-    return _UNSAFE.search(text) is None
+    return _pattern(True).search(text) is None

@@ -17,20 +17,11 @@ in the tests instead of showing a confusing status.
 
 from __future__ import annotations
 
-from typing import Final, Literal, NamedTuple
-
-Status = Literal[
-    "launching",
-    "online",
-    "stopping",
-    "draining",
-    "stopped",
-    "errored",
-    "waiting-restart",
-    "suspended",
-    "unhealthy",
-    "pending",
-]
+# `clusterui ls` imports this module, and `typing` costs it milliseconds (it imports
+# `re`): the names below are for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 LAUNCHING: Final = "launching"
 ONLINE: Final = "online"
@@ -44,18 +35,33 @@ UNHEALTHY: Final = "unhealthy"
 PENDING: Final = "pending"
 
 # How a front end colours a status; each maps these to its own colours.
-Tone = Literal["good", "starting", "busy", "waiting", "alert", "failing", "held", "idle", "bad"]
+TONES: Final[tuple[str, ...]] = (
+    "good",
+    "starting",
+    "busy",
+    "waiting",
+    "alert",
+    "failing",
+    "held",
+    "idle",
+    "bad",
+)
 
 
-class Look(NamedTuple):
+class Look:
     """How a status is shown: a glyph (so it reads without colour), the word in a wide
-    column, the word in a narrow one, and a tone. (A NamedTuple, not a dataclass:
-    `clusterui ls` imports this, and dataclasses costs it milliseconds.)"""
+    column, the word in a narrow one, and a tone (one of TONES)."""
 
-    glyph: str
-    word: str
-    short: str
-    tone: Tone
+    __slots__ = ("glyph", "word", "short", "tone")
+
+    def __init__(self, glyph: str, word: str, short: str, tone: str) -> None:
+        self.glyph = glyph
+        self.word = word
+        self.short = short
+        self.tone = tone
+
+    def __repr__(self) -> str:
+        return f"Look({self.glyph!r}, {self.word!r}, {self.short!r}, {self.tone!r})"
 
 
 # Every status, in the order most worth seeing.
