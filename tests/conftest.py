@@ -42,8 +42,8 @@ def make(tmp_path):
 
     made: list[Harness] = []
 
-    def factory(mode: str = "round-robin") -> Harness:
-        h = Harness(mode, tmp_path)
+    def factory(mode: str = "round-robin", env: dict[str, str] | None = None) -> Harness:
+        h = Harness(mode, tmp_path, env)
         made.append(h)
         return h
 

@@ -80,7 +80,9 @@ def kill_group(proc: subprocess.Popen) -> None:
 class Harness:
     """A listener on 127.0.0.1 with a dispatcher process behind it."""
 
-    def __init__(self, mode: str = "round-robin", tmp: Path | None = None) -> None:
+    def __init__(
+        self, mode: str = "round-robin", tmp: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.mode = mode
         self.tmp = tmp
         self.lsock = socket.socket()
@@ -89,14 +91,15 @@ class Harness:
         self.address = self.lsock.getsockname()
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctl.setblocking(False)
-        env = dict(os.environ)
-        env.update(
+        dispatcher_env = dict(os.environ)
+        dispatcher_env.update(
             CLUSTERUI_LISTEN_FD=str(self.lsock.fileno()),
             CLUSTERUI_CONTROL_FD=str(theirs.fileno()),
+            **(env or {}),
         )
         self.dispatcher = subprocess.Popen(
             [sys.executable, "-m", "clusterui.dispatch", mode],
-            env=env,
+            env=dispatcher_env,
             pass_fds=(self.lsock.fileno(), theirs.fileno()),
             start_new_session=True,
         )

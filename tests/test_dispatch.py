@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -309,6 +310,60 @@ def test_dispatcher_exits_with_its_supervisor_and_workers_follow(make):
     h.ctl.close()  # the supervisor is gone
     assert h.dispatcher.wait(timeout=10) == 0
     assert worker.wait(timeout=10) == 0  # channel EOF: the worker drains and exits
+
+
+# Says ready, then reads its channel only once a file named "go" exists; answers each
+# connection it is handed with one line and closes it; exits at the channel's end.
+GATED_WORKER = """
+import os, socket, time
+from clusterui.dispatch import protocol as proto
+chan = socket.socket(fileno=int(os.environ["CLUSTERUI_CHANNEL_FD"]))
+chan.send(b'{"t":"ready"}')
+while not os.path.exists("go"):
+    time.sleep(0.02)
+while (got := proto.recv(chan, block=True)) is not None:
+    for fd in got[1]:
+        with socket.socket(fileno=fd) as conn:
+            conn.sendall(b"served\\n")
+"""
+
+
+def test_an_orphaned_dispatcher_hands_over_what_it_accepted_and_accepts_no_more(make):
+    """On a socket handed in from outside, the supervisor may be SIGKILLed while the
+    dispatcher holds accepted connections no worker has room for yet. Those must reach
+    the workers (which outlive the supervisor there); what is still in the kernel's
+    queue is left for the next supervisor."""
+    h = make(env={"CLUSTERUI_ORPHAN_GRACE": "20"})
+    worker = h.add_worker(1, source=GATED_WORKER)
+    h.wait_ready(1)
+    clients = [socket.create_connection(h.address, timeout=20) for _ in range(QUEUE_CAP + 40)]
+    # The channel fills and the dispatcher holds some (what it has not accepted, if any,
+    # waits in the kernel's queue).
+    h.wait_stats(lambda s: s["pending"] > 0)
+    time.sleep(0.3)
+    stats = h.stats()
+    accepted, held = stats["accepted"], stats["pending"]
+    assert held > 0, stats
+    h.ctl.close()  # the supervisor is gone
+    time.sleep(0.3)  # the dispatcher has seen the end of its control socket
+    later = [socket.create_connection(h.address, timeout=20) for _ in range(5)]
+    time.sleep(0.3)
+    assert h.dispatcher.poll() is None  # it waits to hand over what it holds
+    (h.tmp / "go").touch()
+    # Accepted in the order they were made: the first `accepted` are the dispatcher's.
+    assert [c.recv(64) for c in clients[:accepted]] == [b"served\n"] * accepted
+    assert h.dispatcher.wait(timeout=10) == 0  # then it goes
+    assert worker.wait(timeout=10) == 0
+    # Everything else, the 5 made after the supervisor died too, is still queued on
+    # the socket, unaccepted: the next supervisor's.
+    h.lsock.setblocking(False)
+    queued = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            queued.append(h.lsock.accept()[0])
+    assert len(queued) == len(clients) - accepted + len(later)
+    for s in (*clients, *later, *queued):
+        s.close()
 
 
 def test_unknown_mode_is_one_clear_sentence():

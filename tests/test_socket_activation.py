@@ -134,21 +134,22 @@ def test_supervisor_killed_under_load_loses_no_connection(activated) -> None:
     out = dict(load.outcomes)
     assert out.get("refused", 0) == 0, out
     assert set(out) == {"ok"}, out  # no reset, no timeout, no short answer
-    # A connection made while no supervisor ran was answered: in round-robin it waited
-    # in the socket's queue for the next supervisor's workers; in shared mode the old
-    # workers, which accept for themselves, may still take it.
+    # A connection made while no supervisor ran was answered. In round-robin it waited
+    # in the socket's queue for the next supervisor's workers, or the old dispatcher
+    # took it in the moment before it saw its supervisor go and handed it to an old
+    # worker (both outlive the supervisor by kill_timeout here). In shared mode the
+    # old workers, which accept for themselves, may still take it.
     first_new = min(a.end for a in load.answers if a.pid not in old_workers)
     answer = probe.result(timeout=30)
     assert answer.status == 200, answer
     assert probe_at < first_new, "the probe was made after the new supervisor served"
-    if dispatch == "round-robin":
-        probe_pid = int(PID.search(answer).group(1))
-        assert probe_pid not in old_workers, (probe_pid, old_workers)
+    by = "an old" if int(PID.search(answer).group(1)) in old_workers else "a new"
     queued = [
         a for a in load.answers if a.pid not in old_workers and killed_at < a.start < first_new
     ]
     print(
-        f"{out} probe made {first_new - probe_at:.2f}s before the first new answer; "
+        f"{out} probe made {first_new - probe_at:.2f}s before the first new answer, "
+        f"answered by {by} worker; "
         f"{len(queued)} load connections made in the gap; restart={first_new - killed_at:.2f}s"
     )
 

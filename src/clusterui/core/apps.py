@@ -291,14 +291,8 @@ class App:
         return MODES[self.spec.dispatch] if self.listener is not None else None
 
     def _orphan_grace(self) -> float:
-        """On a socket handed in from outside, a worker outlives a killed supervisor by
-        kill_timeout: it finishes what it was handed while the next supervisor takes
-        over the socket (new connections wait in its queue)."""
-        mode = self.mode
-        if self.listener is not None and self.listener.inherited and not mode.own_port:
-            return self.spec.kill_timeout / 1000
-        # proxy: every byte goes through the dispatcher, which dies with the supervisor.
-        return 0.0
+        """How long a worker outlives a killed supervisor (see Listener.orphan_grace)."""
+        return self.listener.orphan_grace if self.listener is not None else 0.0
 
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec

@@ -166,6 +166,20 @@ class Listener:
             self._start_dispatcher()
 
     @property
+    def orphan_grace(self) -> float:
+        """How long this app's workers and dispatcher outlive a killed supervisor.
+
+        On a socket handed in from outside, kill_timeout: the workers finish what they
+        were handed, and the dispatcher hands them what it had accepted, while the next
+        supervisor takes the socket over (new connections wait in its queue). Otherwise
+        nothing: the socket dies with us. In proxy mode every byte goes through the
+        dispatcher's own sockets, so nothing outlives it either.
+        """
+        if self.inherited and not MODES[self.spec.dispatch].own_port:
+            return self.spec.kill_timeout / 1000
+        return 0.0
+
+    @property
     def address(self) -> str:
         return str(self.spec.listen) if self.spec.listen else "(from the app's listen())"
 
@@ -178,6 +192,11 @@ class Listener:
             CLUSTERUI_DISPATCH_MODE=self.spec.dispatch,
             CLUSTERUI_APP=self.spec.name,
         )
+        grace = self.orphan_grace
+        if grace:
+            env["CLUSTERUI_ORPHAN_GRACE"] = f"{grace:g}"
+        else:
+            env.pop("CLUSTERUI_ORPHAN_GRACE", None)
         fds = {4: theirs.fileno()}
         if self.sock is not None:
             env["CLUSTERUI_LISTEN_FD"] = "3"
@@ -190,6 +209,7 @@ class Listener:
                     env=env,
                     stderr=2,
                     fds=fds,
+                    orphan_grace=grace,
                 )
             )
         finally:

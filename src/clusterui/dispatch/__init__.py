@@ -9,7 +9,10 @@ Run as ``python -m clusterui.dispatch [MODE]`` with
   ``least-connections`` or ``proxy``.
 
 It exits when the control socket reaches end of file, and takes PR_SET_PDEATHSIG
-so it never outlives the process that started it.
+so it never outlives the process that started it. With ``CLUSTERUI_ORPHAN_GRACE=S``
+(a socket handed in from outside, which outlives the supervisor) it instead stops
+accepting at end of file, hands the workers what it had accepted, and exits; the
+supervisor's guardian kills it S seconds later if it is still there.
 
 Control messages, one JSON object per datagram (see ``protocol``):
 

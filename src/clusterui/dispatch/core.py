@@ -180,11 +180,16 @@ _STRATEGIES = {"rotate": _rotate, "fewest-open": _fewest_open}
 
 class Dispatcher:
     def __init__(
-        self, listen_sock: socket.socket | None, control: socket.socket, mode: str
+        self,
+        listen_sock: socket.socket | None,
+        control: socket.socket,
+        mode: str,
+        orphan_grace: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown dispatch mode {mode!r} (expected one of {', '.join(MODES)})")
         self.mode = mode
+        self.orphan_grace = orphan_grace
         self.proxy = proto.MODES[mode].own_port
         self.strategy = _STRATEGIES[proto.MODES[mode].route]
         self.ctl = control
@@ -214,6 +219,9 @@ class Dispatcher:
         self.dirty = False
         self.last_stats = 0.0
         self.running = True
+        # Set once the supervisor is gone, when we outlive it (orphan_grace): the time
+        # by which we exit, whatever we still hold.
+        self.orphan_until = 0.0
         self._register(self.ctl.fileno(), IN, self._on_control)
         if listen_sock is not None:
             self._set_listen_socket(listen_sock)
@@ -246,6 +254,10 @@ class Dispatcher:
                         break
             if self.next_timer and monotonic() >= self.next_timer:
                 self._timers()
+            if self.orphan_until and (
+                not self.pending or not self.workers or monotonic() >= self.orphan_until
+            ):
+                self.running = False
 
     def close(self) -> None:
         for w in list(self.workers.values()):
@@ -270,6 +282,8 @@ class Dispatcher:
             deadlines.extend(w.next_probe for w in self.workers.values() if self._probing(w))
         if self.probe_watch:
             deadlines.append(now + PROBE_TAKEN_CHECK)
+        if self.orphan_until:
+            deadlines.append(self.orphan_until)
         if not deadlines:
             self.next_timer = 0.0
             return -1
@@ -310,6 +324,8 @@ class Dispatcher:
     # ---- talking to the supervisor ---------------------------------------------
 
     def _emit(self, msg: dict[str, Any], *, droppable: bool = True) -> None:
+        if self.orphan_until:
+            return  # nobody is listening any more
         data = proto.encode(msg)
         if not self.out:
             try:
@@ -387,7 +403,7 @@ class Dispatcher:
             except OSError:
                 got = None
             if got is None:
-                self.running = False  # supervisor gone: so are we
+                self._supervisor_gone()
                 return
             data, fds, truncated = got
             try:
@@ -402,6 +418,24 @@ class Dispatcher:
                 self._control(msg, fds)  # takes ownership of fds
             except proto.ProtocolError as exc:
                 self._error(None, f"bad control message: {exc}")
+
+    def _supervisor_gone(self) -> None:
+        """The control socket ended: the supervisor is gone.
+
+        Without an orphan grace, so are we. With one (a socket handed in from outside,
+        whose workers outlive the supervisor), accept nothing more, since what waits in
+        the kernel's queue is the next supervisor's, but hand what we already accepted
+        to the workers, then exit: killed at once, we would drop those connections.
+        """
+        if not self.orphan_grace or self.proxy:
+            self.running = False
+            return
+        self._unregister(self.ctl.fileno())
+        self.orphan_until = time.monotonic() + self.orphan_grace
+        if self.lsock is not None and self.listening:
+            self.ep.modify(self.lfd, 0)
+            self.listening = False
+        self._route()
 
     def _control(self, msg: dict[str, Any], fds: list[int]) -> None:
         kind = msg["t"]
@@ -743,7 +777,7 @@ class Dispatcher:
         return rlist
 
     def _update_listen(self) -> None:
-        if self.lsock is None:
+        if self.lsock is None or self.orphan_until:
             return
         want = (
             not self.accept_paused_until
@@ -1324,8 +1358,15 @@ def set_pdeathsig() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        # Seconds to outlive the supervisor, handing over what we accepted (see
+        # Dispatcher._supervisor_gone); the guardian kills us once they are over.
+        orphan_grace = float(os.environ.get("CLUSTERUI_ORPHAN_GRACE") or 0)
+    except ValueError:
+        orphan_grace = 0.0
     parent = os.getppid()
-    set_pdeathsig()
+    if not orphan_grace:
+        set_pdeathsig()
     if os.getppid() != parent:
         return Exit.FAILED  # the parent died before prctl took effect
     mode = argv[0] if argv else os.environ.get("CLUSTERUI_DISPATCH_MODE", proto.DEFAULT_MODE)
@@ -1345,7 +1386,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return Exit.USAGE
-    dispatcher = Dispatcher(lsock, ctl, mode)
+    dispatcher = Dispatcher(lsock, ctl, mode, orphan_grace)
     import gc
 
     gc.freeze()  # everything so far is long-lived; keep collections short
