@@ -262,9 +262,9 @@ def test_a_reload_whose_new_worker_exits_says_so_and_keeps_the_old_one(cu):
     r = cu.run("reload", "web")
     assert r.returncode == 1
     # Said as soon as it exits, not after listen_timeout, and named for what happened.
-    assert "stopped at instance 0: the new worker exited; the old worker keeps serving" in (
-        r.stderr
-    )
+    assert (
+        "stopped at instance 0: the new worker exited (exit code 3); the old worker keeps serving"
+    ) in r.stderr
     assert [w["pid"] for w in all_online(cu, 2)] == old
     assert {int(get(port).split("pid ")[1]) for _ in range(4)} == set(old)
 

@@ -552,7 +552,7 @@ def test_a_replaced_dispatcher_serves_in_every_mode_and_reload_still_works(cu, d
     assert [w["pid"] for w in cu.ls()] == pids
     # The new dispatcher takes part in a rolling reload like the first one did.
     r = cu.run("reload", "web")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, (r.stderr, cu.run("logs", "--lines", "60").stdout)
     new = [w["pid"] for w in cu.ls()]
     assert not set(new) & set(pids)
     assert {int(get(port).split("pid ")[1]) for _ in range(8)} == set(new)

@@ -739,7 +739,11 @@ class App:
                 if not ok:
                     exited = new.exited.done()
                     await self._keep_old(slot, old, new)
-                    why = "exited" if exited else f"was not ready within {timeout:g} s"
+                    why = (
+                        f"exited ({events.exit_text(*new.exited.result())})"
+                        if exited
+                        else f"was not ready within {timeout:g} s"
+                    )
                     raise OpError(
                         f"reload of {self.name} stopped at instance {instance}: the new worker "
                         f"{why}; the old worker keeps serving"
