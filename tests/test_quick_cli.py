@@ -175,3 +175,44 @@ def test_plain_forms_are_recognised():
         "logs",
         {"target": "web", "lines": 0, "json": False, "time": True},
     )
+
+
+def test_ls_against_a_supervisor_that_knows_no_columns(tmp_path, monkeypatch, capsys):
+    """A supervisor from before `state`'s columns refuses them as bad arguments (exit 2):
+    `ls` asks again for the whole snapshot, and a column it lacks prints as empty."""
+    import json
+    import socket
+    import threading
+
+    row = {k: None for k in ("id", "app", "instance", "pid", "status", "restarts")}
+    row |= {"id": 0, "app": "old", "instance": 0, "status": "stopped", "restarts": 2}
+    row |= {"uptime": 0, "cpu": 0.0, "memory": 0, "connections": 0, "active": 0}
+    asked: list[dict] = []
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "supervisor.sock"))
+    server.listen()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as f:
+            for line in f:
+                req = json.loads(line)
+                asked.append(req["args"])
+                if "columns" in req["args"]:
+                    answer = {"id": req["id"], "ok": False, "error": "bad arguments", "code": 2}
+                else:
+                    answer = {"id": req["id"], "ok": True, "result": {"workers": [row]}}
+                f.write(json.dumps(answer).encode() + b"\n")
+                f.flush()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    monkeypatch.setenv("CLUSTERUI_HOME", str(tmp_path))
+    monkeypatch.setenv("NO_COLOR", "1")
+    try:
+        assert quick.main(["ls"]) == 0
+    finally:
+        server.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["0", "old", "0", "-", "stopped", "2", "-", "-", "-", "-"]
+    assert [sorted(a) for a in asked] == [["columns"], ["history"]]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from fake_client import demo_snapshot
 from support import web_app
 
 from clusterui.client import Client
+from clusterui.vocab.exits import ClientError, Exit
 from clusterui.vocab.snapshot import (
     LS_JSON_KEYS,
     AppRow,
@@ -54,3 +56,32 @@ def test_the_supervisor_sends_the_schema(cu) -> None:
     _check(asyncio.run(state()))
     (row,) = cu.ls()
     assert tuple(row) == LS_JSON_KEYS
+
+
+def test_the_state_as_a_table_of_asked_columns(cu) -> None:
+    """`clusterui ls` asks for its columns only (core/snapshot.py worker_table)."""
+    web_app(cu, instances=2)
+
+    async def ask() -> tuple[dict[str, Any], ...]:
+        client = await Client.connect(cu.home)
+        try:
+            full = await client.call("state", history=False)
+            ls = await client.call("state", columns=list(LS_JSON_KEYS))
+            mixed = await client.call("state", columns=["out_file", "pid", "no-such", "pid"])
+            with pytest.raises(ClientError, match="columns must be a list") as bad:
+                await client.call("state", columns="pid")
+            assert bad.value.code == Exit.USAGE
+            return full, ls, mixed
+        finally:
+            await client.close()
+
+    full, ls, mixed = asyncio.run(ask())
+    assert set(ls) == {"columns", "rows"} and ls["columns"] == list(LS_JSON_KEYS)
+    steady = ("uptime", "cpu", "memory")  # these move between the two calls
+    assert [
+        [v for c, v in zip(ls["columns"], row, strict=True) if c not in steady]
+        for row in ls["rows"]
+    ] == [[w[c] for c in LS_JSON_KEYS if c not in steady] for w in full["workers"]]
+    # Beyond the ls fields, in the asked order, each once; unknown names left out.
+    assert mixed["columns"] == ["out_file", "pid"]
+    assert mixed["rows"] == [[w["out_file"], w["pid"]] for w in full["workers"]]

@@ -28,6 +28,7 @@ import sys
 from clusterui.cli import quickjson
 from clusterui.core.silence import CALL_TIMEOUT, read_pid, silent_reason
 from clusterui.vocab.exits import ClientError, Exit
+from clusterui.vocab.lsfields import LS_JSON_KEYS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -190,7 +191,16 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
     conn = Connection(os.path.join(root, SOCKET_NAME), root, timeout)
     try:
         if verb == "ls":
-            workers = conn.call("state", history=False)["workers"]
+            try:
+                table = conn.call("state", columns=list(LS_JSON_KEYS))
+                columns = table["columns"]
+                workers = [dict(zip(columns, row, strict=True)) for row in table["rows"]]
+                if len(columns) < len(LS_JSON_KEYS):  # an older supervisor knows fewer
+                    workers = [dict.fromkeys(LS_JSON_KEYS) | w for w in workers]
+            except ClientError as exc:
+                if exc.code != Exit.USAGE:
+                    raise
+                workers = conn.call("state", history=False)["workers"]  # an older supervisor
             if opts["json"]:
                 import json
 

@@ -72,15 +72,24 @@ def worker_table(workers: list[dict[str, Any]], colour: bool = False) -> str:
         )
     if not rows:
         return "no apps loaded"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(COLUMNS)]
-    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(COLUMNS)).rstrip()]
+    # One format per table, not a call per cell: `ls` may list thousands of workers.
+    widths = [
+        max(len(h), *map(len, column))
+        for h, column in zip(COLUMNS, zip(*rows, strict=True), strict=True)
+    ]
+    specs = [f"{{:<{w}}}" for w in widths]
+    lines = ["  ".join(specs).format(*COLUMNS).rstrip()]
+    if not colour:
+        fmt = "  ".join(specs)
+        lines.extend(fmt.format(*r).rstrip() for r in rows)
+        return "\n".join(lines)
+    specs[4] = "{}"  # the status cell comes padded and coloured
+    fmt = "  ".join(specs)
     for r in rows:
-        cells = [c.ljust(widths[i]) for i, c in enumerate(r)]
-        if colour:
-            known = states.LOOKS.get(r[4].split()[0])
-            code = TONE_COLOURS[known.tone] if known else "0"
-            cells[4] = f"\x1b[{code}m{cells[4]}\x1b[0m"
-        lines.append("  ".join(cells).rstrip())
+        known = states.LOOKS.get(r[4].split()[0])
+        code = TONE_COLOURS[known.tone] if known else "0"
+        status = f"\x1b[{code}m{r[4].ljust(widths[4])}\x1b[0m"
+        lines.append(fmt.format(*r[:4], status, *r[5:]).rstrip())
     return "\n".join(lines)
 
 

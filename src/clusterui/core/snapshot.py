@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from clusterui.core import upkeep
 from clusterui.core.apps import App, Slot
 from clusterui.core.health import display_health, is_unhealthy
 from clusterui.vocab import states
+from clusterui.vocab.lsfields import LS_JSON_KEYS
 from clusterui.vocab.snapshot import AppRow, Snapshot, SupervisorInfo, WorkerRow
 
 
@@ -16,9 +19,12 @@ def display_status(slot: Slot) -> str:
     return states.shown(slot.status, proc is not None and proc.suspended, is_unhealthy(proc))
 
 
-def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
+def worker_row(
+    app: App, slot: Slot, *, history: bool = True, fields: frozenset[str] | None = None
+) -> WorkerRow:
+    """One worker's row; with `fields`, only those keys (any others asked for are left
+    out: a newer client may know more than this supervisor)."""
     proc = slot.proc
-    out_file, err_file = app.ctx.logs.paths(app.name, slot.instance, app.spec)
     row: WorkerRow = {
         "id": slot.id,
         "app": app.name,
@@ -38,19 +44,31 @@ def worker_row(app: App, slot: Slot, *, history: bool = True) -> WorkerRow:
         "exit_signal": slot.last_exit[1],
         "error": slot.last_error or slot.diagnosis,
         "metrics": dict(slot.metrics),
-        "metrics_dropped": slot.metrics_gate.total_dropped,
         # Older processes of this slot still draining after a reload: alive, so listed.
         "draining_pids": [p.pid for p in slot.retiring],
-        # Lines lost to write errors (a full disk) in its two files; the files mark the gap.
-        "log_dropped": app.ctx.logs.dropped(out_file) + app.ctx.logs.dropped(err_file),
-        "restart_history": list(slot.restart_history),
-        "out_file": out_file,
-        "err_file": err_file,
-        "health": display_health(slot),
     }
+    if fields is not None and fields <= _LS_FIELDS:
+        # `clusterui ls` at 2,000 workers: the rest (paths, health, history) costs as
+        # much again to build and to send.
+        return row if fields == _LS_FIELDS else _only(row, fields)
+    out_file, err_file = app.ctx.logs.paths(app.name, slot.instance, app.spec)
+    row["metrics_dropped"] = slot.metrics_gate.total_dropped
+    # Lines lost to write errors (a full disk) in its two files; the files mark the gap.
+    row["log_dropped"] = app.ctx.logs.dropped(out_file) + app.ctx.logs.dropped(err_file)
+    row["restart_history"] = list(slot.restart_history)
+    row["out_file"] = out_file
+    row["err_file"] = err_file
+    row["health"] = display_health(slot)
     if history:
         row["history"] = slot.history.to_dict()
-    return row
+    return row if fields is None else _only(row, fields)
+
+
+_LS_FIELDS = frozenset(LS_JSON_KEYS)
+
+
+def _only(row: WorkerRow, fields: frozenset[str]) -> WorkerRow:
+    return {k: v for k, v in row.items() if k in fields}  # type: ignore[return-value]
 
 
 def app_row(app: App) -> AppRow:
@@ -86,3 +104,19 @@ def snapshot(apps: dict[str, App], supervisor: SupervisorInfo, history: bool = T
             for i in sorted(app.slots)
         ],
     }
+
+
+_WORKER_FIELDS = WorkerRow.__required_keys__ | WorkerRow.__optional_keys__
+
+
+def worker_table(apps: dict[str, App], columns: list[str]) -> dict[str, Any]:
+    """The workers as a table of the asked columns, in the asked order, leaving out
+    names this supervisor does not know (a newer client may ask for more)."""
+    known = [c for c in dict.fromkeys(columns) if c in _WORKER_FIELDS]
+    wanted = frozenset(known)
+    rows = []
+    for app in apps.values():
+        for i in sorted(app.slots):
+            row = worker_row(app, app.slots[i], history="history" in wanted, fields=wanted)
+            rows.append([row[c] for c in known])
+    return {"columns": known, "rows": rows}

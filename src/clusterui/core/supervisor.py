@@ -32,7 +32,7 @@ from clusterui.core.metrics import MetricsServer, is_loopback, parse_address, re
 from clusterui.core.process import signal_process
 from clusterui.core.proctree import TreeSampler
 from clusterui.core.safefs import UnsafePath
-from clusterui.core.snapshot import app_row, display_status, snapshot, worker_row
+from clusterui.core.snapshot import app_row, display_status, snapshot, worker_row, worker_table
 from clusterui.core.spec import AppSpec
 from clusterui.core.stats import Sample, Sampler
 from clusterui.core.targets import resolve
@@ -250,8 +250,16 @@ class Supervisor:
     async def op_ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__}
 
-    async def op_state(self, history: bool = True) -> dict[str, Any]:
-        return self.state(history=history)
+    async def op_state(self, history: bool = True, columns: Any = None) -> dict[str, Any]:
+        """The snapshot; with `columns` (worker field names), only the workers, as a
+        table: {"columns": the names this supervisor knows, "rows": [[value, ...]]}.
+        `clusterui ls` asks for its own columns: at 2,000 workers the whole snapshot is
+        about 1 MB of JSON to build, send and read."""
+        if columns is None:
+            return self.state(history=history)
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise OpError("columns must be a list of worker field names", Exit.USAGE)
+        return worker_table(self.apps, columns)
 
     async def op_subscribe(
         self, conn: Connection, state: bool = True, logs: bool = True, live_lines: Any = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from clusterui.vocab.lsfields import LS_JSON_KEYS
+
 HISTORY = 120  # samples kept per series: one per supervisor tick, so two minutes
 
 
@@ -148,29 +150,6 @@ class WorkerTree(TypedDict):
     pid: int
     processes: list[TreeProcess]  # the worker first, then depth first
     more: int  # processes left out past the 200 sent
-
-
-# The worker fields `clusterui ls --json` prints, in this order.
-LS_JSON_KEYS: tuple[str, ...] = (
-    "id",
-    "app",
-    "instance",
-    "pid",
-    "status",
-    "restarts",
-    "uptime",
-    "cpu",
-    "memory",
-    "connections",
-    "active",
-    "conn_rate",
-    "req_rate",
-    "exit_code",
-    "exit_signal",
-    "draining_pids",
-    "metrics",
-    "error",  # why it failed, or why it is not ready (core.diagnose)
-)
 
 
 def ls_json(workers: list[WorkerRow]) -> list[dict[str, Any]]:

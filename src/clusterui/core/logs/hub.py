@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 from clusterui.core.logs.capture import StreamCapture, WorkerLogs
 from clusterui.core.logs.dates import compile_date_format, compile_date_parser
@@ -26,6 +27,7 @@ from clusterui.core.spec import AppSpec
 TICK = 0.05
 SUPERVISOR_LOG = "clusterui.log"
 SUPERVISOR_DATE_FORMAT = "YYYY-MM-DD HH:mm:ss"
+PATHS_KEPT = 65536  # remembered log paths (see paths), far more than any fleet has workers
 
 
 Subscriber = Callable[[list[LogLine]], None]
@@ -62,6 +64,10 @@ class LogHub:
         sys_lines: int = 2000,
     ) -> None:
         self.logs_dir = Path(logs_dir)
+        # paths() runs for every worker in every snapshot: its answers are kept, by
+        # everything they depend on (see _path).
+        self._logs_root = str(self.logs_dir)
+        self._paths: dict[tuple[Any, ...], tuple[str, str]] = {}
         self.sys_log = str(sys_log) if sys_log is not None else str(self.logs_dir / SUPERVISOR_LOG)
         self.sys = SysLines(sys_lines)
         # The supervisor's lines for the next subscriber batch: never cut by the live
@@ -100,10 +106,17 @@ class LogHub:
         single fork-mode instance (PM2 merges those by default); otherwise the instance is
         added before the extension (web.log → web-1.log), as PM2 does.
         """
-        return (
-            self._path(app, instance, spec, spec.out_file, "out"),
-            self._path(app, instance, spec, spec.error_file, "err"),
-        )
+        key = (app, instance, spec.out_file, spec.error_file, spec.merge_logs)
+        key += (spec.exec_mode == "fork" and spec.instances == 1,)
+        paths = self._paths.get(key)
+        if paths is None:
+            if len(self._paths) >= PATHS_KEPT:
+                self._paths.clear()
+            paths = self._paths[key] = (
+                self._path(app, instance, spec, spec.out_file, "out"),
+                self._path(app, instance, spec, spec.error_file, "err"),
+            )
+        return paths
 
     def _path(self, app: str, instance: int, spec: AppSpec, given: str | None, kind: str) -> str:
         if given:
@@ -115,7 +128,7 @@ class LogHub:
             root, ext = os.path.splitext(path)
             return f"{root}-{instance}{ext}"
         name = f"{app}-{kind}.log" if spec.merge_logs else f"{app}-{instance}-{kind}.log"
-        return str(self.logs_dir / name)
+        return os.path.join(self._logs_root, name)
 
     # -- capture
 
