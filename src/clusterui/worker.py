@@ -35,22 +35,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import http.server
 import inspect
 import json
 import os
 import select
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterui import reqstats
 from clusterui.dispatch import protocol as proto
+
+if TYPE_CHECKING:
+    import socketserver
 
 __all__ = [
     "Draining",
@@ -1103,8 +1104,20 @@ def _clustered_server_class(server_cls: type) -> type:
     return Clustered
 
 
+def _is_http_handler(handler_cls: object) -> bool:
+    """A subclass of http.server's request handler. That module is not imported here
+    (it costs a worker about a third of this module's import time): a class cannot
+    derive from it unless its program imported it already."""
+    module = sys.modules.get("http.server")
+    return (
+        module is not None
+        and isinstance(handler_cls, type)
+        and issubclass(handler_cls, module.BaseHTTPRequestHandler)
+    )
+
+
 def _clustered_handler_class(handler_cls: type) -> type:
-    if not issubclass(handler_cls, http.server.BaseHTTPRequestHandler):
+    if not _is_http_handler(handler_cls):
         return handler_cls
     if handler_cls in _handler_classes:
         return _handler_classes[handler_cls]
@@ -1197,9 +1210,7 @@ def make_server(
     server._clusterui_cond = threading.Condition(server._clusterui_lock)
     server._clusterui_open = set()
     # Requests being answered now (HTTP handlers say; None: unknown, the grace applies).
-    http_handler = isinstance(handler_cls, type) and issubclass(
-        handler_cls, http.server.BaseHTTPRequestHandler
-    )
+    http_handler = _is_http_handler(handler_cls)
     server._clusterui_busy = set() if http_handler else None
     sock.on_drain(server._clusterui_drain)
     try:
