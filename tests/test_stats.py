@@ -175,3 +175,78 @@ def test_a_child_of_a_second_thread_is_found(procs):
     kid = int(threaded.stdout.readline())
     sampler = Sampler()
     assert sampler.sample_all([threaded.pid])[threaded.pid].memory > 64 * 1024 * 1024, kid
+
+
+# Sleeps; on SIGUSR1 forks a child holding 64 MiB and prints its pid.
+FORKS_ON_SIGNAL = """\
+import os, signal, sys, time
+def fork(*_):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        block = bytearray(64 * 1024 * 1024)
+        os.write(w, b"x")
+        time.sleep(600)
+        os._exit(0)
+    os.read(r, 1)
+    print("forked", flush=True)
+signal.signal(signal.SIGUSR1, fork)
+print("ready", flush=True)
+while True:
+    time.sleep(600)
+"""
+
+
+def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once(
+    procs, monkeypatch
+):
+    """The short path for idle processes (Sampler._alone): while the process does not run
+    only /proc/PID/schedstat is read; a stop, a continue or a fork makes it run, and the
+    very next tick reads everything again."""
+    import clusterui.core.stats as stats
+
+    proc = python(procs, FORKS_ON_SIGNAL)
+    assert proc.stdout.readline().strip() == "ready"
+    read: list[str] = []
+    real_pread = os.pread
+
+    def spy(fd: int, n: int, offset: int) -> bytes:
+        read.append(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(stats.os, "pread", spy)
+    sampler = Sampler()
+    pid = proc.pid
+
+    def tick() -> stats.Sample:
+        read.clear()
+        return sampler.sample_all([pid])[pid]
+
+    # First sight; the schedstat file is kept; its figure is known; then idle.
+    for _ in range(4):
+        first = tick()
+    assert read == ["schedstat"], read
+    assert tick() == (0.0, first.memory, False) and read == ["schedstat"]
+
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: read_stat(pid).state == b"T", 10, "the stop")
+    assert tick().stopped and "stat" in read  # no wait for a periodic full read
+    assert tick().stopped and "stat" in read  # read in full while stopped
+    os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: read_stat(pid).state != b"T", 10, "the continue")
+    assert not tick().stopped
+
+    os.kill(pid, signal.SIGUSR1)
+    assert proc.stdout.readline().strip() == "forked"
+    assert tick().memory > 64 * 1024 * 1024  # the child is found on the next tick
+
+    # An idle process is still read in full every FULL_READ_EVERY ticks.
+    sleeper = python(procs, "import time; print('ready', flush=True); time.sleep(600)")
+    assert sleeper.stdout.readline().strip() == "ready"
+    sleeper = sleeper.pid
+    quiet = Sampler()
+    full = []
+    for _ in range(3 + 2 * (stats.FULL_READ_EVERY + 1)):
+        read.clear()
+        quiet.sample_all([sleeper])
+        full.append("stat" in read)
+    assert full[3:] == ([False] * stats.FULL_READ_EVERY + [True]) * 2, full
