@@ -201,6 +201,20 @@ def anchor(runs: int) -> list[float]:
     return times
 
 
+# What examples/web.py imports before it serves: the split of a standalone start.
+WEB_IMPORTS = "import argparse, asyncio, os; from clusterui import worker"
+
+
+def exec_time(runs: int, code: str) -> list[float]:
+    """`python -c CODE` run to its end, `runs` times: exec → exit."""
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.monotonic() - t0)
+    return times
+
+
 def probe_new_pid(port: int, old: set[int], timeout: float = 30.0) -> float:
     """Fresh connections until a pid not in old answers (keep-alive load opens none);
     returns time.monotonic() of that answer."""
@@ -350,6 +364,8 @@ def main() -> int:
         port = free_port()
         sup.up(web_ecosystem(port, opts.workers))
         with bench_lock("the anchors"):
+            bare = exec_time(opts.anchor, "pass")
+            imports = exec_time(opts.anchor, WEB_IMPORTS)
             idle = anchor(opts.anchor)
             # The same start while the cluster is under the kill phase's load: the new
             # worker competes for the CPU with the clients and the other workers.
@@ -360,6 +376,19 @@ def main() -> int:
         print(HEADER)
         print(row("on an idle host", idle))
         print(row(f"while {opts.concurrency} clients load the cluster", loaded))
+        print("  its parts on the idle host, each run to its end (exec → exit):")
+        print(row("python -c pass", bare))
+        print(row("python -c '<web.py's imports>'", imports))
+        report["anchor_bare"], report["anchor_imports"] = bare, imports
+        split = (
+            statistics.median(bare),
+            statistics.median(imports) - statistics.median(bare),
+            statistics.median(idle) - statistics.median(imports),
+        )
+        print(
+            "  medians: interpreter {:.0f} ms + imports {:.0f} ms + listen, ready, first "
+            "answer {:.0f} ms".format(*(1000 * x for x in split))
+        )
         for keep_alive in (False, True):
             mode = "keep-alive" if keep_alive else "Connection: close"
             with bench_lock(f"kills ({mode})"):

@@ -134,6 +134,10 @@ class Supervisor:
         self.loop.close()
 
 
+# What a fleet worker runs (write_ecosystem's `fleet`): a Python that sleeps.
+SLEEPER = str(Path(__file__).resolve().parent / "sleeper.py")
+
+
 def all_online(sup: Supervisor, app: str, n: int) -> list[dict[str, Any]] | None:
     ws = sup.workers(app)
     return ws if len(ws) == n and all(w["status"] == "online" for w in ws) else None
@@ -272,7 +276,11 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def write_ecosystem(path: Path, app: str, instances: int, args: list[str], **extra: Any) -> Path:
+def write_ecosystem(
+    path: Path, app: str, instances: int, args: list[str], fleet: int = 0, **extra: Any
+) -> Path:
+    """`app` (the one the key presses scale), and `fleet` more idle workers, in apps of
+    10 tiny sleepers each (`python -S`), for a table of thousands of rows."""
     lines = [
         "apps:",
         f"  - name: {app}",
@@ -282,6 +290,14 @@ def write_ecosystem(path: Path, app: str, instances: int, args: list[str], **ext
         f"    instances: {instances}",
     ]
     lines += [f"    {k}: {v}" for k, v in extra.items()]
+    for i in range(0, fleet, 10):
+        lines += [
+            f"  - name: fleet{i // 10:03d}",
+            f"    script: {json.dumps(SLEEPER)}",
+            f"    interpreter: {sys.executable}",
+            "    interpreter_args: -S",
+            f"    instances: {min(10, fleet - i)}",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -345,7 +361,7 @@ def key_block(
     meter = CpuSince(cpu_procs)
     host = HostBusy()
     for i in range(opts.presses):
-        wait_for(lambda: all_online(sup, "idle", n), 20, f"{n} idle workers online")
+        wait_for(lambda: all_online(sup, "idle", n), _slack(n, 20), f"{n} idle workers online")
         before = children(sup_pid)
         # Land anywhere in the supervisor's and the dashboard's 1 s tick.
         time.sleep(random.uniform(0.2, 0.7))
@@ -361,7 +377,9 @@ def key_block(
             plus.send_ms.append(sent)
         if len(sup.workers("idle")) != n + 1:
             continue  # nothing to scale down
-        wait_for(lambda: all_online(sup, "idle", n + 1), 20, f"{n + 1} idle workers online")
+        wait_for(
+            lambda: all_online(sup, "idle", n + 1), _slack(n, 20), f"{n + 1} idle workers online"
+        )
         new = after - before
         time.sleep(random.uniform(0.2, 0.7))
         ms, sent, _ = act("-", sup_pid, new or after, opts.key_timeout, False)
@@ -376,10 +394,15 @@ def key_block(
             f"  - {_ms(minus.ms[-1:] or None)}",
             flush=True,
         )
-    wait_for(lambda: all_online(sup, "idle", n), 20, f"{n} idle workers online")
+    wait_for(lambda: all_online(sup, "idle", n), _slack(n, 20), f"{n} idle workers online")
     plus.cpu = minus.cpu = meter.done()
     plus.host = minus.host = host.done()
     return plus, minus
+
+
+def _slack(workers: int, seconds: float) -> float:
+    """A wait's limit, longer for a fleet (`--workers 2000`: starting them takes minutes)."""
+    return seconds * max(1.0, workers / 100)
 
 
 def _ms(values: list[float] | None) -> str:
@@ -445,7 +468,7 @@ def bench(opts: argparse.Namespace, result: Result) -> None:
     dashboard: Any = None
     try:
         idle_file = write_ecosystem(
-            workdir / "idle.yaml", "idle", opts.workers, ["--worker", "idle"]
+            workdir / "idle.yaml", "idle", opts.workers, ["--worker", "idle"], fleet=opts.fleet
         )
         out = run([cli, "up", "-d", str(idle_file)], env)
         if out.returncode != 0:
@@ -453,7 +476,16 @@ def bench(opts: argparse.Namespace, result: Result) -> None:
         supervisor = psutil.Process(int((home / "supervisor.pid").read_text().split()[0]))
         family = [supervisor, *supervisor.children(recursive=True)]
         sup = Supervisor(home)
-        wait_for(lambda: all_online(sup, "idle", opts.workers), 30, "every idle worker online")
+        everyone = opts.workers + opts.fleet
+        wait_for(
+            lambda: (
+                (ws := sup.state()["workers"])
+                and len(ws) == everyone
+                and all(w["status"] == "online" for w in ws)
+            ),
+            _slack(everyone, 30),
+            "every worker online",
+        )
 
         command = shlex.join(["env", f"CLUSTERUI_HOME={home}", cli, "attach"])
         term = Terminal(workdir)
@@ -463,7 +495,7 @@ def bench(opts: argparse.Namespace, result: Result) -> None:
         # Drawn: the idle app's group row shows every worker up.
         wait_for(
             lambda: f"{opts.workers}/{opts.workers} up" in term.screen(),
-            30,
+            _slack(everyone, 30),
             "the dashboard showing the idle app",
             step=0.2,
         )
@@ -549,7 +581,8 @@ def bench(opts: argparse.Namespace, result: Result) -> None:
 def print_report(result: Result, opts: argparse.Namespace) -> None:
     print()
     print(
-        f"(a) idle, {opts.workers} idle python workers (fork mode), {opts.seconds:g} s window; "
+        f"(a) idle, {opts.workers} idle python workers (fork mode) and {opts.fleet} in apps "
+        f"of 10, {opts.seconds:g} s window; "
         f"host {result.idle_host:.0f}% busy ({os.cpu_count()} cores, all processes)"
     )
     head = f"{'process':<14} {'CPU % core':>10} {'peak 1 s':>9} {'RSS MiB':>8}"
@@ -630,6 +663,9 @@ def print_report(result: Result, opts: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=16, help="idle workers (default 16)")
+    parser.add_argument(
+        "--fleet", type=int, default=0, help="more idle workers, in apps of 10 (rows to draw)"
+    )
     parser.add_argument("--seconds", type=float, default=20, help="idle CPU window (s)")
     parser.add_argument("--settle", type=float, default=5, help="wait before measuring (s)")
     parser.add_argument("--presses", type=int, default=10, help="(+, -) pairs per condition")
@@ -651,7 +687,13 @@ def main(argv: list[str] | None = None) -> int:
     if opts.worker == "flood":
         flood_worker(opts.rate)
         return 0
-    if opts.workers < 1 or opts.seconds <= 0 or opts.presses < 1 or opts.flood_rate < 1:
+    if (
+        opts.workers < 1
+        or opts.fleet < 0
+        or opts.seconds <= 0
+        or opts.presses < 1
+        or opts.flood_rate < 1
+    ):
         parser.error("--workers, --seconds, --presses and --flood-rate must be positive")
     if not shutil.which("tmux"):
         print("tmux is not installed (Debian: apt-get install tmux)", file=sys.stderr)

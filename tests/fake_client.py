@@ -559,9 +559,13 @@ class FakeClient:
         self.drop()  # the supervisor is gone: its event stream ends
 
     async def subscribe(
-        self, state: bool = True, logs: bool = True, live_lines: int | None = None
+        self,
+        state: bool = True,
+        logs: bool = True,
+        live_lines: int | None = None,
+        history: bool = True,
     ) -> None:
-        await self._op("subscribe", state, logs, live_lines)
+        await self._op("subscribe", state, logs, live_lines, history)
         self.subscribed = True
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

@@ -85,3 +85,30 @@ def test_the_state_as_a_table_of_asked_columns(cu) -> None:
     # Beyond the ls fields, in the asked order, each once; unknown names left out.
     assert mixed["columns"] == ["out_file", "pid"]
     assert mixed["rows"] == [[w["out_file"], w["pid"]] for w in full["workers"]]
+
+
+def test_state_events_carry_the_series_only_for_subscribers_that_want_them(cu) -> None:
+    """The dashboard subscribes with history=False: it takes the series once, from
+    state(), and keeps them itself (at 2,000 workers they are 3 MB a second)."""
+    web_app(cu, instances=1)
+
+    async def first_state(client: Client) -> dict[str, Any]:
+        async for event in client.events():
+            if event.get("event") == "state":
+                return event["data"]
+        raise AssertionError("no state event")
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        full, lean = await Client.connect(cu.home), await Client.connect(cu.home)
+        try:
+            await full.subscribe(state=True, logs=False)
+            await lean.subscribe(state=True, logs=False, history=False)
+            return await asyncio.wait_for(asyncio.gather(first_state(full), first_state(lean)), 10)
+        finally:
+            await full.close()
+            await lean.close()
+
+    with_series, without = asyncio.run(both())
+    _check(with_series)
+    (worker,) = without["workers"]
+    assert set(worker) == _keys(WorkerRow) - {"history"}

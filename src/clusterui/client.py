@@ -235,11 +235,24 @@ class Client:
         await self.call("shutdown")
 
     async def subscribe(
-        self, state: bool = True, logs: bool = True, live_lines: int | None = None
+        self,
+        state: bool = True,
+        logs: bool = True,
+        live_lines: int | None = None,
+        history: bool = True,
     ) -> None:
+        """history=False: state events without the workers' series (call state() once for
+        them). A supervisor too old to know that sends them anyway."""
         args: dict[str, Any] = {"state": state, "logs": logs}
         if live_lines is not None:
             args["live_lines"] = live_lines
+        if not history:
+            try:
+                await self.call("subscribe", **args, history=False)
+                return
+            except ClientError as exc:
+                if exc.code != Exit.USAGE:
+                    raise
         await self.call("subscribe", **args)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

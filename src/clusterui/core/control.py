@@ -49,6 +49,9 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.subscribed_state = False
+        # State events with each worker's history (the series the dashboard draws), or
+        # without: a client that keeps its own from one state() call needs them once.
+        self.state_history = True
         self.subscribed_logs = False
         self.live_lines: int | None = None  # most log lines per event this client wants
         self.closed = False
@@ -103,6 +106,17 @@ class ControlServer:
             conn.close()
         if self._server:
             self._server.close()
+
+    def broadcast_state(self, make: Callable[[bool], Any]) -> None:
+        """A state event to each state subscriber: make(history) builds it, at most once
+        per kind, encoded once for every subscriber that wants that kind."""
+        encoded: dict[bool, bytes] = {}
+        for conn in list(self.connections):
+            if conn.subscribed_state and not conn.closed:
+                kind = conn.state_history
+                if kind not in encoded:
+                    encoded[kind] = encode(make(kind))
+                conn.send_encoded(encoded[kind])
 
     def broadcast(self, obj: Any, *, logs: bool = False) -> None:
         data = None  # encoded once, for every subscriber

@@ -3,7 +3,9 @@
 Each process costs one read of /proc/PID/stat (CPU ticks, state, thread count, start
 time and RSS are all in it) and, to find its children, one read of
 /proc/PID/task/PID/children (a directory listing of /proc/PID/task only when it has more
-than one thread). psutil.Process objects did the same with about four opens, a listing
+than one thread). A single-threaded process without children that has not run since the
+last tick costs one read of /proc/PID/schedstat instead (see Sampler._alone): in a fleet
+that is most workers. psutil.Process objects did the same with about four opens, a listing
 and far more Python per process: at 2,000 workers that was most of the supervisor's idle
 CPU (issue 18; bench/fleet.py measures it).
 

@@ -222,8 +222,7 @@ class Supervisor:
                 )
                 asyncio.ensure_future(app.restart_for_memory(slot, proc))
         self._conn_rate = total_rate
-        if any(c.subscribed_state for c in self.server.connections):
-            self.server.broadcast({"event": "state", "data": self.state()})
+        self.server.broadcast_state(lambda history: {"event": "state", "data": self.state(history)})
 
     def _set_suspended(self, app: App, slot: Slot, stopped: bool) -> None:
         """A display overlay only: dispatch and the restart policy do not change."""
@@ -262,16 +261,25 @@ class Supervisor:
         return worker_table(self.apps, columns)
 
     async def op_subscribe(
-        self, conn: Connection, state: bool = True, logs: bool = True, live_lines: Any = None
+        self,
+        conn: Connection,
+        state: bool = True,
+        logs: bool = True,
+        live_lines: Any = None,
+        history: bool = True,
     ) -> None:
         """live_lines: at most this many log lines per event (the newest; a "sys" line per
-        worker counts the rest), for a viewer that cannot use more than that."""
+        worker counts the rest), for a viewer that cannot use more than that.
+        history: false for state events without each worker's series (the dashboard
+        takes them once from `state` and keeps them itself: at 2,000 workers they are
+        3 MB a second)."""
         if live_lines is not None and (
             not isinstance(live_lines, int) or isinstance(live_lines, bool) or live_lines < 1
         ):
             raise OpError("live_lines must be a whole number of at least 1", Exit.USAGE)
         conn.live_lines = live_lines
         conn.subscribed_state = bool(state)
+        conn.state_history = bool(history)
         conn.subscribed_logs = bool(logs)
         if logs:
             self._follow_logs()

@@ -63,7 +63,9 @@ async def follow(
     """Follow one connection until it ends; returns why it ended (never raises, except
     for cancellation)."""
     try:
-        await client.subscribe(state=True, logs=True, live_lines=LIVE_LINES)
+        # The workers' series come once, with state(); the dashboard keeps them from
+        # there (model.History), so the events every second carry only current figures.
+        await client.subscribe(state=True, logs=True, live_lines=LIVE_LINES, history=False)
         sink.state(await client.state())
         lines = list(await client.logs(None, backlog)) if backlog else []
         lines = unseen(lines, shown())

@@ -204,9 +204,13 @@ def worker_key(wid: int) -> str:
 
 
 class History:
-    """Series the dashboard keeps itself: custom metrics (the snapshot carries only
-    current values) and a fallback for cpu/memory/conn_rate when a snapshot has no
-    `history`. Keyed by worker id, bounded to HISTORY samples."""
+    """The series the dashboard draws, kept by the dashboard itself: cpu, memory,
+    conn_rate and req_rate, seeded from a snapshot's `history` the first time a worker is
+    seen with one (state() on attach), then one sample per state event (which carry
+    current figures only); and custom metrics, which snapshots carry as current values
+    only. Keyed by worker id, bounded to HISTORY samples."""
+
+    SEEDED = ("cpu", "memory", "conn_rate", "req_rate")
 
     def __init__(self) -> None:
         self._series: dict[int, dict[str, deque[float]]] = {}
@@ -218,17 +222,30 @@ class History:
             return  # the same snapshot twice (initial state() then the first event)
         self._last_tick[wid] = tick
         series = self._series.setdefault(wid, {})
+        past = {name: v for name, v in (worker.get("history") or {}).items() if v}
+        if past and not series:
+            # The supervisor's series end with this snapshot's figures: take them as
+            # they are (custom metrics start from here).
+            for name in self.SEEDED:
+                values = past.get(name, ())
+                series[name] = deque((float(v or 0) for v in values), maxlen=HISTORY)
+            self._record_metrics(worker, series)
+            return
         values: dict[str, float] = {
             "cpu": float(worker.get("cpu") or 0),
             "memory": float(worker.get("memory") or 0),
             "conn_rate": float(worker.get("conn_rate") or 0),
             "req_rate": float(worker.get("req_rate") or 0),
         }
-        for name, v in (worker.get("metrics") or {}).items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                values[f"metric:{name}"] = float(v)
         for name, v in values.items():
             series.setdefault(name, deque(maxlen=HISTORY)).append(v)
+        self._record_metrics(worker, series)
+
+    @staticmethod
+    def _record_metrics(worker: dict[str, Any], series: dict[str, deque[float]]) -> None:
+        for name, v in (worker.get("metrics") or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                series.setdefault(f"metric:{name}", deque(maxlen=HISTORY)).append(float(v))
 
     def get(self, wid: int, name: str) -> list[float]:
         return list(self._series.get(wid, {}).get(name, ()))
@@ -241,11 +258,7 @@ class History:
 
 
 def worker_series(worker: dict[str, Any], history: History, name: str) -> list[float]:
-    """A worker's history for cpu/memory/conn_rate (from the snapshot when present)."""
-    hist = worker.get("history") or {}
-    values = hist.get(name)
-    if values:
-        return [float(v or 0) for v in values]
+    """A worker's history for cpu/memory/conn_rate/req_rate."""
     return history.get(worker["id"], name)
 
 

@@ -189,6 +189,9 @@ class ProcessTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}
         self._meta: dict[str, Selection] = {}
         self._cells: dict[str, tuple[Text, ...]] = {}
+        # Rows off-screen at the last update: how to make their cells, made only once the
+        # row is drawn or asked for (a fleet's table has thousands of rows, a screen 50).
+        self._lazy: dict[str, Callable[[], tuple[Text, ...]]] = {}
         self._strips: dict[tuple[str, bool], Strip] = {}  # (key, is cursor row) -> strip
         self._header: Strip | None = None
         self._labels_of: tuple[Layout, tuple[Text, ...]] | None = None
@@ -258,6 +261,8 @@ class ProcessTable(ScrollView, can_focus=True):
 
     @property
     def rows(self) -> dict[str, tuple[Text, ...]]:
+        for key in list(self._lazy):
+            self._cells_of(key)
         return self._cells
 
     @property
@@ -269,7 +274,13 @@ class ProcessTable(ScrollView, can_focus=True):
         return min(self._cursor, max(0, len(self._order) - 1))
 
     def get_cell(self, key: str, column: str) -> Text:
-        return self._cells[key][COLUMNS.index(column)]
+        return self._cells_of(key)[COLUMNS.index(column)]
+
+    def _cells_of(self, key: str) -> tuple[Text, ...]:
+        make = self._lazy.pop(key, None)
+        if make is not None:
+            self._cells[key] = make()
+        return self._cells[key]
 
     def select_key(self, key: str) -> bool:
         if key not in self._index:
@@ -296,6 +307,7 @@ class ProcessTable(ScrollView, can_focus=True):
         self._order.remove(key)
         self._index = {k: i for i, k in enumerate(self._order)}
         self._cells.pop(key, None)
+        self._lazy.pop(key, None)
         self._forget(key)
 
     def update_snapshot(self, snapshot: dict[str, Any], history: History) -> None:
@@ -322,15 +334,28 @@ class ProcessTable(ScrollView, can_focus=True):
             del self._meta[key]
 
         changed: set[str] = set()
-        for key, (sel, cells_fn) in desired.items():
-            cells = cells_fn()
-            if key not in self._cells:
-                self.add_row(*cells, key=key)
-            elif cells != self._cells[key]:
-                self._cells[key] = cells
-                changed.add(key)
-            self._meta[key] = sel
         order = list(desired)
+        # Cells are made now only for the rows on screen (where the cursor row will be
+        # is not known yet: a margin of a screen either side of it covers a move).
+        top = int(self.scroll_y)
+        shown = set(order[max(0, top - 1) : top + self._body_height() + 1])
+        if self._order:
+            cursor = self.cursor_row
+            shown.update(self._order[max(0, cursor - 1) : cursor + 2])
+        for key, (sel, cells_fn) in desired.items():
+            self._meta[key] = sel
+            if key not in self._cells:
+                self.add_row(key=key)
+                self._lazy[key] = cells_fn
+            elif key in shown:
+                self._lazy.pop(key, None)
+                cells = cells_fn()
+                if cells != self._cells[key]:
+                    self._cells[key] = cells
+                    changed.add(key)
+            else:
+                self._lazy[key] = cells_fn
+                self._forget(key)
         if relayout:
             self._header = None
             self._strips.clear()
@@ -409,6 +434,7 @@ class ProcessTable(ScrollView, can_focus=True):
         if look != self._look:
             self._look = look
             self._cells = {key: () for key in self._cells}  # all differ from the new ones
+            self._lazy.clear()
             self.relayout()
 
     # -- rendering ------------------------------------------------------------------
@@ -432,9 +458,9 @@ class ProcessTable(ScrollView, can_focus=True):
                 # a sparkline) on the cursor's background is unreadable in some themes.
                 bar = self._styles.full("proc--cursor")
                 top = Style(color=bar.color, dim=False) if bar.color is not None else None
-                strip = self._strip(self._cells[key], base + bar, top)
+                strip = self._strip(self._cells_of(key), base + bar, top)
             else:
-                strip = self._strip(self._cells[key], base)
+                strip = self._strip(self._cells_of(key), base)
             self._strips[key, cursor] = strip
         return strip.crop_extend(0, width, base)
 
