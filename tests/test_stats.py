@@ -3,6 +3,7 @@ psutil's on real processes, whole trees, odd process names, stopped and vanished
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -239,14 +240,19 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
     assert proc.stdout.readline().strip() == "forked"
     assert tick().memory > 64 * 1024 * 1024  # the child is found on the next tick
 
-    # An idle process is still read in full every FULL_READ_EVERY ticks.
+    # An idle process is still read in full every FULL_READ_EVERY ticks, the first time
+    # sooner by its pid (so that workers started together spread their full reads).
     sleeper = python(procs, "import time; print('ready', flush=True); time.sleep(600)")
     assert sleeper.stdout.readline().strip() == "ready"
     sleeper = sleeper.pid
     quiet = Sampler()
     full = []
-    for _ in range(3 + 2 * (stats.FULL_READ_EVERY + 1)):
+    for _ in range(3 + 3 * (stats.FULL_READ_EVERY + 1)):
         read.clear()
         quiet.sample_all([sleeper])
         full.append("stat" in read)
-    assert full[3:] == ([False] * stats.FULL_READ_EVERY + [True]) * 2, full
+    at = [i for i, was in enumerate(full) if was and i >= 3]
+    first = stats.FULL_READ_EVERY - sleeper % stats.FULL_READ_EVERY
+    assert at[0] == 3 + first, (at, sleeper)
+    assert [b - a for a, b in itertools.pairwise(at)] == [stats.FULL_READ_EVERY + 1] * (len(at) - 1)
+    assert len(at) >= 2, at

@@ -27,8 +27,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Kernel states of a process that will not run until SIGCONT (or the tracer lets go):
 # /proc state 'T' (SIGSTOP, SIGTSTP, SIGTTIN/OU) and 't' (stopped under ptrace).
 STOPPED = frozenset({b"T", b"t"})
-# An idle process's figures are read in full at least this often (ticks; see _alone).
-FULL_READ_EVERY = 10
+# An idle process's figures are read in full at least this often (ticks; see _alone):
+# for what the kernel changes without the process running (reclaimed pages).
+FULL_READ_EVERY = 30
 
 
 class Sample(NamedTuple):
@@ -126,15 +127,16 @@ class _Kept:
     For a single-threaded process without children also its schedstat, and what the
     last full read found (`Sampler._alone`)."""
 
-    __slots__ = ("kids", "last_full", "rss", "runtime", "sched", "stat", "stopped")
+    __slots__ = ("kids", "last_full", "quiet", "sched", "sched_line", "stat")
 
     def __init__(self, stat: int) -> None:
         self.stat = stat
         self.kids: dict[str, int] = {}
         self.sched = -1  # /proc/PID/schedstat, once the process is seen alone
-        self.runtime = b""  # its first field at the last full read: ns on a CPU
-        self.rss = 0
-        self.stopped = False
+        self.sched_line = b""  # what it read just before the last full read
+        # The figures of the last full read while they may stand for a tick without one
+        # (alone and not stopped); None: read in full.
+        self.quiet: Sample | None = None
         self.last_full = 0  # ticks since then
 
     def fds(self) -> int:
@@ -169,7 +171,26 @@ class Sampler:
         """{pid: Sample} for each pid and its descendants together."""
         now = time.monotonic()
         seen: dict[int, tuple[int, int, float]] = {}
-        out = {pid: self._sample_tree(pid, now, seen) for pid in pids}
+        out: dict[int, Sample] = {}
+        last, kept_of, pread = self._last, self._kept, os.pread
+        for pid in pids:
+            # An idle worker that has not run since the last look (see _alone), inline:
+            # at 2,000 workers this loop is most of the supervisor's idle CPU.
+            kept = kept_of.get(pid)
+            line = None
+            if kept is not None and kept.quiet is not None:
+                try:
+                    line = pread(kept.sched, 64, 0)
+                except OSError:
+                    line = None
+                if line == kept.sched_line and kept.last_full < FULL_READ_EVERY:
+                    prev = last.get(pid)
+                    if prev is not None:
+                        kept.last_full += 1
+                        seen[pid] = (prev[0], prev[1], now)
+                        out[pid] = kept.quiet
+                        continue
+            out[pid] = self._sample_tree(pid, now, seen, line)
         self._last = seen  # what exited since the last tick is forgotten
         for pid in [p for p in self._kept if p not in seen]:
             self._forget(pid)
@@ -179,8 +200,14 @@ class Sampler:
         for pid in list(self._kept):
             self._forget(pid)
 
-    def _sample_tree(self, pid: int, now: float, seen: dict[int, tuple[int, int, float]]) -> Sample:
-        quick = self._alone(pid, now, seen)
+    def _sample_tree(
+        self,
+        pid: int,
+        now: float,
+        seen: dict[int, tuple[int, int, float]],
+        line: bytes | None = None,
+    ) -> Sample:
+        quick = self._alone(pid, now, seen, line)
         if quick is not None:
             return quick
         last = self._last
@@ -207,41 +234,35 @@ class Sampler:
         return Sample(cpu, rss, stopped)
 
     def _alone(
-        self, pid: int, now: float, seen: dict[int, tuple[int, int, float]]
+        self,
+        pid: int,
+        now: float,
+        seen: dict[int, tuple[int, int, float]],
+        line: bytes | None = None,
     ) -> Sample | None:
         """The common case in one go, without the general walk's calls: a process seen
         before, single-threaded then and now, with no children. None: not that case.
 
-        Most workers of a large fleet sit idle. The first field of /proc/PID/schedstat
-        (nanoseconds on a CPU, a quarter of the cost of reading /proc/PID/stat) tells
-        whether the process ran since the last look. If it did not, nothing in its stat
-        moved: not its CPU time, nor its RSS (only running code maps pages, give or
-        take the kernel reclaiming some), nor its state or children, since stopping on
-        a signal, a fork or a new thread all need the process to run. Then the last
-        figures stand, with a full read at least every FULL_READ_EVERY ticks. (A stopped
-        process is read in full: SIGCONT makes it runnable before it runs.)
+        Most workers of a large fleet sit idle. /proc/PID/schedstat (time on a CPU, time
+        waiting for one, times run: a quarter of the cost of reading /proc/PID/stat)
+        unchanged since the last full read means the process has not run since. Then
+        nothing in its stat moved: not its CPU time, nor its RSS (only running code maps
+        pages, give or take the kernel reclaiming some), nor its state or children, since
+        stopping on a signal, a fork or a new thread all need the process to run. So
+        sample_all lets the last figures stand (`quiet`), with a full read at least every
+        FULL_READ_EVERY ticks (spread over the ticks by pid). A stopped process is read in
+        full each tick: SIGCONT makes it runnable before it runs. `line`: schedstat as
+        sample_all just read it.
         """
         kept = self._kept.get(pid)
         if kept is None or len(kept.kids) > 1 or (not kept.kids and kept.sched < 0):
             return None
-        prev = self._last.get(pid)
-        runtime = b""
-        if kept.sched >= 0:
+        kept.quiet = None
+        if line is None and kept.sched >= 0:
             try:
-                runtime = os.pread(kept.sched, 64, 0).partition(b" ")[0]
+                line = os.pread(kept.sched, 64, 0)
             except OSError:
                 return None
-            # A stopped process is woken by SIGCONT (its state leaves T) before it runs:
-            # read it in full every time.
-            if (
-                runtime == kept.runtime
-                and not kept.stopped
-                and prev is not None
-                and kept.last_full < FULL_READ_EVERY
-            ):
-                kept.last_full += 1
-                seen[pid] = (prev[0], prev[1], now)
-                return Sample(0.0, kept.rss, kept.stopped)
         kids_fd = kept.kids.get(str(pid))
         try:
             data = os.pread(kept.stat, 4096, 0)
@@ -256,14 +277,20 @@ class Sampler:
         except ValueError:
             return None
         seen[pid] = (start, ticks, now)
+        prev = self._last.get(pid)
         cpu = 0.0
         if prev is not None and prev[0] == start and now > prev[2]:
             cpu = 100 * (ticks - prev[1]) / _CLOCK_TICKS / (now - prev[2])
         stopped = f[0] in STOPPED
         if kept.sched < 0:
             self._keep_sched(pid, kept)
-        # The runtime read before the stat: if it ran in between, the next look reads again.
-        kept.runtime, kept.rss, kept.stopped, kept.last_full = runtime, rss, stopped, 0
+        elif line is not None and not stopped:
+            # Read before the stat: if it ran in between, the next look reads again. The
+            # first time, the countdown starts at a point set by the pid, so the periodic
+            # full reads of workers started together do not all fall on one tick.
+            first = kept.sched_line == b""
+            kept.sched_line, kept.quiet = line, Sample(0.0, rss, False)
+            kept.last_full = pid % FULL_READ_EVERY if first else 0
         return Sample(cpu, rss, stopped)
 
     def _keep_sched(self, pid: int, kept: _Kept) -> None:
