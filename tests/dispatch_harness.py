@@ -103,6 +103,8 @@ class Harness:
             pass_fds=(self.lsock.fileno(), theirs.fileno()),
             start_new_session=True,
         )
+        # The same numbers in the dispatcher (pass_fds keeps them).
+        self.listen_fd, self.control_fd = self.lsock.fileno(), theirs.fileno()
         theirs.close()
         self.workers: dict[Any, subprocess.Popen] = {}
         self.events: list[dict[str, Any]] = []
@@ -199,6 +201,23 @@ class Harness:
         kill_group(self.dispatcher)
         self.ctl.close()
         self.lsock.close()
+
+    def watched(self) -> dict[int, int] | None:
+        """What the dispatcher's epoll set watches: {fd: event mask} from its
+        /proc/PID/fdinfo (the mask has EPOLLIN while it wants to read that fd); None once
+        the dispatcher has exited."""
+        watched: dict[int, int] = {}
+        try:
+            for name in os.listdir(f"/proc/{self.dispatcher.pid}/fdinfo"):
+                with contextlib.suppress(OSError):
+                    info = Path(f"/proc/{self.dispatcher.pid}/fdinfo/{name}").read_text()
+                    for line in info.splitlines():
+                        if line.startswith("tfd:"):
+                            fields = line.split()
+                            watched[int(fields[1])] = int(fields[3], 16)
+        except OSError:
+            return None
+        return None if self.dispatcher.poll() is not None else watched
 
     # ---- control -----------------------------------------------------------------
 

@@ -337,17 +337,23 @@ def test_an_orphaned_dispatcher_hands_over_what_it_accepted_and_accepts_no_more(
     worker = h.add_worker(1, source=GATED_WORKER)
     h.wait_ready(1)
     clients = [socket.create_connection(h.address, timeout=20) for _ in range(QUEUE_CAP + 40)]
-    # The channel fills and the dispatcher holds some (what it has not accepted, if any,
-    # waits in the kernel's queue).
+    # The channel fills and the dispatcher holds some: it has accepted them all, or it
+    # stopped accepting (the rest wait in the kernel's queue).
     h.wait_stats(lambda s: s["pending"] > 0)
-    time.sleep(0.3)
+    wait_for(
+        lambda: (
+            h.stats()["accepted"] == len(clients) or not h.watched()[h.listen_fd] & select.EPOLLIN
+        ),
+        10,
+        "accepting to end",
+    )
     stats = h.stats()
     accepted, held = stats["accepted"], stats["pending"]
     assert held > 0, stats
     h.ctl.close()  # the supervisor is gone
-    time.sleep(0.3)  # the dispatcher has seen the end of its control socket
+    # Seen: the control socket leaves its epoll set (or, on the old code, it exits).
+    wait_for(lambda: h.control_fd not in (h.watched() or {}), 10, "the end seen")
     later = [socket.create_connection(h.address, timeout=20) for _ in range(5)]
-    time.sleep(0.3)
     assert h.dispatcher.poll() is None  # it waits to hand over what it holds
     (h.tmp / "go").touch()
     # Accepted in the order they were made: the first `accepted` are the dispatcher's.

@@ -213,6 +213,7 @@ def test_ls_against_a_supervisor_that_knows_no_columns(tmp_path, monkeypatch, ca
         assert quick.main(["ls"]) == 0
     finally:
         server.close()
+        thread.join(5)
     out = capsys.readouterr().out.splitlines()
     assert out[1].split() == ["0", "old", "0", "-", "stopped", "2", "-", "-", "-", "-"]
     assert [sorted(a) for a in asked] == [["columns"], ["history"]]

@@ -165,6 +165,7 @@ class Sampler:
         self._kept: dict[int, _Kept] = {}
         self._kept_fds = 0
         self.max_kept_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4
+        self._schedstat = True  # False once the kernel is seen without /proc/PID/schedstat
         self._host_cpu = _host_cpu_times()
 
     def sample_all(self, pids: list[int]) -> dict[int, Sample]:
@@ -297,9 +298,14 @@ class Sampler:
         """Keep its schedstat open instead of its children file, which is read only on a
         full read from now on: two files per idle worker, not three (at 2,000 workers
         the kept files are a quarter of the fd limit)."""
+        if not self._schedstat:
+            return
         try:
             sched = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY)
-        except OSError:  # a kernel without schedstat: always the full read
+        except FileNotFoundError:  # a kernel without schedstat: always the full read
+            self._schedstat = os.path.exists(f"/proc/{pid}")  # or the process just went
+            return
+        except OSError:
             return
         kept.sched = sched
         kids = kept.kids.pop(str(pid), None)

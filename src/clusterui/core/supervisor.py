@@ -197,8 +197,7 @@ class Supervisor:
             else:
                 cpu, rss = NO_SAMPLE.cpu, NO_SAMPLE.memory
             slot.cpu, slot.memory = cpu, rss
-            if slot.metrics_gate.held:
-                slot.metrics_gate.settle(slot.metrics)  # values held over the rate
+            slot.metrics_gate.settle(slot.metrics)  # values held over the rate
             conns = slot.connections
             rate = (conns - slot.last_connections) / TICK if conns > slot.last_connections else 0.0
             slot.conn_rate, slot.last_connections = rate, conns
@@ -209,7 +208,7 @@ class Supervisor:
             h.cpu.append(round(cpu, 1) if cpu else 0.0)
             h.memory.append(rss)
             h.conn_rate.append(round(rate, 2) if rate else 0.0)
-            req_rate = slot.req_rate if slot.metrics else None
+            req_rate = slot.req_rate
             h.req_rate.append(round(req_rate, 1) if req_rate else 0.0)
             limit = app.spec.max_memory_restart
             # max_memory_restart compares PSS, not RSS: a tree of forks shares most of

@@ -222,12 +222,12 @@ class History:
             return  # the same snapshot twice (initial state() then the first event)
         self._last_tick[wid] = tick
         series = self._series.setdefault(wid, {})
-        past = {name: v for name, v in (worker.get("history") or {}).items() if v}
-        if past and not series:
+        past = None if series else worker.get("history")
+        if past and any(past.values()):
             # The supervisor's series end with this snapshot's figures: take them as
             # they are (custom metrics start from here).
             for name in self.SEEDED:
-                values = past.get(name, ())
+                values = past.get(name) or ()
                 series[name] = deque((float(v or 0) for v in values), maxlen=HISTORY)
             self._record_metrics(worker, series)
             return

@@ -335,8 +335,8 @@ class ProcessTable(ScrollView, can_focus=True):
 
         changed: set[str] = set()
         order = list(desired)
-        # Cells are made now only for the rows on screen (where the cursor row will be
-        # is not known yet: a margin of a screen either side of it covers a move).
+        # Cells are made now only for the rows on screen and the cursor's neighbours (a
+        # row either side: an insertion above moves them by one); the others when drawn.
         top = int(self.scroll_y)
         shown = set(order[max(0, top - 1) : top + self._body_height() + 1])
         if self._order:
