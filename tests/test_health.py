@@ -524,3 +524,38 @@ apps:
             old.cron_restart,
         )
     assert back[1].health_check.timeout == 2000 and back[2].health_check.command[0] == "test"
+
+
+def test_an_exec_probe_that_outlasts_a_tick_is_not_swept_as_an_orphan(cu: Env) -> None:
+    """With the subreaper (no cgroups, or a `preload` app), every second the supervisor
+    kills children it did not start as workers; a running exec probe is its own."""
+    cu.env["CLUSTERUI_NO_CGROUPS"] = "1"
+    cu.write("idle.py", "import time\ntime.sleep(600)\n")
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: idle
+            script: idle.py
+            interpreter: {PY}
+            health_check:
+              type: exec
+              command: sleep 2.5
+              interval: 3s
+              timeout: 3s
+              failures: 1
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    ctl = Control(cu.home)
+    try:
+        wait_for(
+            lambda: (w := ctl.workers("idle")) and w[0].get("health") and w[0]["health"].get("ok"),
+            15,
+            "a passing probe",
+        )
+        assert [w["restarts"] for w in ctl.workers("idle")] == [0]
+    finally:
+        ctl.close()
+    log = (cu.home / "supervisor.log").read_text()
+    assert "left behind" not in log

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from clusterui.core import reaper
 from clusterui.core.spec import HealthCheck
 from clusterui.vocab import events, states
 
@@ -461,6 +462,7 @@ class HealthMonitor:
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # its own group: a timeout kills all of it
         )
+        reaper.spare(child.pid)  # a child of ours, but not an orphan to sweep
         try:
             code = await child.wait()
         except BaseException:
@@ -469,6 +471,8 @@ class HealthMonitor:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(child.wait())
             raise
+        finally:
+            reaper.unspare(child.pid)
         if code != 0:
             raise ProbeFailed(f"exit code {code}" if code > 0 else f"killed by signal {-code}")
         return "exit code 0"

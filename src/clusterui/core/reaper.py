@@ -18,6 +18,16 @@ from collections.abc import Iterable
 
 _PR_SET_CHILD_SUBREAPER = 36
 _active = False
+# Short-lived children of the supervisor's own (exec health probes): never swept.
+_spared: set[int] = set()
+
+
+def spare(pid: int) -> None:
+    _spared.add(pid)
+
+
+def unspare(pid: int) -> None:
+    _spared.discard(pid)
 
 
 def become_subreaper() -> bool:
@@ -47,7 +57,7 @@ def children(pid: int | None = None) -> set[int]:
 
 def sweep(known: Iterable[int]) -> list[int]:
     """SIGKILL (with its group) and reap every child of ours not in `known`."""
-    keep = set(known)
+    keep = set(known) | _spared
     killed = []
     for pid in children() - keep:
         with contextlib.suppress(OSError):
