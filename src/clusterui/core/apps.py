@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterui.core import diagnose, environ, nodeapp
+from clusterui.core import diagnose, environ, nodeapp, zygote
 from clusterui.core.accepting import accepting, socket_inode
 from clusterui.core.expand import ExpandError, expand_argv
 from clusterui.core.listener import Listener, free_port
@@ -188,6 +188,8 @@ class App:
         self.reloads = {"ok": 0, "failed": 0}  # rolling reloads and how they ended
         # The timeline (vocab.events): served by the `events` op, not in the snapshot.
         self.events: deque[events.Event] = deque(maxlen=events.KEPT)
+        # `preload: true`: the zygote workers are forked from (core.zygote).
+        self.preload = zygote.Preload(spec, ctx.notice) if spec.preload else None
 
     # ---- lifecycle of the whole app -------------------------------------------------
 
@@ -294,6 +296,20 @@ class App:
         """How long a worker outlives a killed supervisor (see Listener.orphan_grace)."""
         return self.listener.orphan_grace if self.listener is not None else 0.0
 
+    def _zygote_output(self, out_r: int, err_r: int) -> None:
+        """What the zygote prints (while importing the app) goes to the first worker's log."""
+        slot = self.slots[min(self.slots)] if self.slots else self.ensure_slots(1)[0]
+        self.ctx.logs.attach(slot.id, self.name, slot.instance, self.spec, out_r, err_r)
+
+    async def fresh_code(self) -> None:
+        """Workers about to start should run the code as it is now on disk: with
+        `preload`, a new zygote imports it before they are forked."""
+        if self.preload is not None:
+            self.preload.new_code()
+            own = {"CLUSTERUI_APP": self.name, "CLUSTERUI_HOME": self.ctx.home}
+            env = environ.compose(os.environ, self.spec.caller_env, self.spec.env, own)
+            await self.preload.warm(env, self._zygote_output)
+
     def _spawn(self, slot: Slot) -> Proc | None:
         spec = self.spec
         grace = self._orphan_grace()
@@ -311,19 +327,23 @@ class App:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            pid = spawn(
-                SpawnSpec(
-                    argv=_expanded_argv(spec, wiring.env, node=wiring.node),
-                    cwd=spec.cwd,
-                    env=wiring.env,
-                    stdout=out_w,
-                    stderr=err_w,
-                    fds=wiring.fds,
-                    listen_pid=wiring.listen_pid,
-                    orphan_grace=grace,
-                    cgroup=cgroup,
-                )
+            argv = _expanded_argv(spec, wiring.env, node=wiring.node)
+            sspec = SpawnSpec(
+                argv=argv,
+                cwd=spec.cwd,
+                env=wiring.env,
+                stdout=out_w,
+                stderr=err_w,
+                fds=wiring.fds,
+                listen_pid=wiring.listen_pid,
+                orphan_grace=grace,
+                cgroup=cgroup,
             )
+            pid = None
+            if self.preload is not None:
+                pid = self.preload.spawn(sspec, argv, self._zygote_output)
+            if pid is None:
+                pid = spawn(sspec)
         except SpawnError as exc:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -581,6 +601,8 @@ class App:
         for p in procs:
             self.request_stop(p)  # now, not when gather gets round to it
         await asyncio.gather(*(self.stop_proc(p) for p in procs))
+        if self.preload is not None and not any(s.proc for s in self.slots.values()):
+            self.preload.close()  # nothing runs: the next start imports the code anew
 
     async def restart_slot(
         self, slot: Slot, reason: str = "manual", after_watch: bool = False
@@ -640,6 +662,7 @@ class App:
             if self.listener is not None and self.spec.exec_mode == "cluster":
                 await self.rolling_reload(reason="watch", after_watch=True)
             else:
+                await self.fresh_code()
                 await asyncio.gather(
                     *(
                         self.restart_slot(s, reason="watch", after_watch=True)
@@ -702,6 +725,7 @@ class App:
         async with self.reload_lock:
             if not self.slots:
                 raise OpError(f"{self.name} has no workers to reload")
+            await self.fresh_code()
             replaced = 0
             for instance in sorted(self.slots):
                 slot = self.slots.get(instance)

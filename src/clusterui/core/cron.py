@@ -89,6 +89,7 @@ class CronRestart:
             if app.listener is not None and app.spec.dispatch != "shared":
                 await app.rolling_reload(reason="cron")
             else:
+                await app.fresh_code()
                 for slot in [app.slots[i] for i in sorted(app.slots)]:
                     if slot.proc is not None:
                         await app.restart_slot(slot, reason="cron")

@@ -103,6 +103,8 @@ class AppSpec:
     wait_ready: bool = field(default=False, metadata=BOOL)
     # PM2: a drained Node worker is stopped with a 'shutdown' message, not kill_signal.
     shutdown_with_message: bool = field(default=False, metadata=BOOL)
+    # Fork Python workers from a process that imported the app once (core.zygote).
+    preload: bool = field(default=False, metadata=BOOL)
     listen_timeout: int = field(default=3000, metadata=DURATION)
     max_memory_restart: int | None = field(default=None, metadata=key("memory"))
     out_file: str | None = field(default=None, metadata=key("log_path"))

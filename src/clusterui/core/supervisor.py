@@ -165,6 +165,7 @@ class Supervisor:
         pids |= {
             app.listener.pid for app in self.apps.values() if app.listener and app.listener.pid
         }
+        pids |= {app.preload.pid for app in self.apps.values() if app.preload and app.preload.pid}
         if guardian.pid() is not None:
             pids.add(guardian.pid())
         return pids
@@ -390,9 +391,26 @@ class Supervisor:
             waiter = asyncio.ensure_future(deps.start_when_ready(app, self.apps.get, app.start_all))
             self._waiters.add(waiter)
             waiter.add_done_callback(self._waiters.discard)
+        elif app.preload is not None:
+            # Its zygote imports the app first; apps in the same file do so side by side.
+            for slot in app.ensure_slots(spec.instances):
+                slot.idle.to(states.PENDING)
+            app.waiting_for = "preloading the app's modules"
+            waiter = asyncio.ensure_future(self._start_preloaded(app))
+            self._waiters.add(waiter)
+            waiter.add_done_callback(self._waiters.discard)
         else:
             app.start_all()
         return app
+
+    async def _start_preloaded(self, app: App) -> None:
+        await app.fresh_code()
+        app.waiting_for = None
+        if app.removed or any(s.idle.value != states.PENDING for s in app.slots.values()):
+            return  # started or stopped by hand meanwhile
+        for slot in app.slots.values():
+            slot.idle.to(states.STOPPED)
+        app.start_all()
 
     async def op_start_script(
         self, spec: dict[str, Any], base_dir: str = "/", caller_env: Any = None
@@ -442,6 +460,7 @@ class Supervisor:
 
     async def op_start(self, targets: list[str]) -> dict[str, Any]:
         async with self._serialized(targets) as groups:
+            await asyncio.gather(*(app.fresh_code() for app, _ in groups))
             return self._start(groups)
 
     def _start(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
@@ -480,6 +499,7 @@ class Supervisor:
         async with self._serialized(targets) as groups:
             warnings = self._update_env(groups, caller_env)
             ids = [s.id for _, slots in groups for s in slots]
+            await asyncio.gather(*(app.fresh_code() for app, _ in groups))
             await asyncio.gather(
                 *(app.restart_slot(s, reason="manual") for app, slots in groups for s in slots)
             )

@@ -162,6 +162,12 @@ def check_app(spec: Any) -> list[tuple[str, tuple[Any, ...], str]]:
             )
     if check is not None and check.timeout > check.interval:
         problems.append(("health_check", ("timeout",), "timeout must not exceed interval"))
+    if spec.preload:
+        from clusterui.core.zygote import preloadable
+
+        why = preloadable(spec)
+        if why is not None:
+            problems.append(("preload", (), why))
     return problems
 
 

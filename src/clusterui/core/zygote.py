@@ -1,0 +1,359 @@
+"""The supervisor's side of `preload: true`: one zygote per app (clusterui.zygote.server),
+started with the app's interpreter, which has imported the app's modules and forks
+each worker from itself when asked.
+
+New code means a new zygote: the app replaces it on every reload, restart and watch
+trigger (App.new_code); a worker that crashes, or fails its health or memory check,
+comes back from the same one, which is what makes recovery fast.
+
+Anything wrong with the zygote itself (it died, hangs, or was never ready) makes
+`spawn` raise Unavailable, and the app starts that worker the ordinary way.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clusterui.core import guardian, reaper
+from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
+from clusterui.core.spec import AppSpec
+from clusterui.vocab.safetext import escape
+from clusterui.zygote import server
+from clusterui.zygote.server import CONTROL_FD_ENV, MAX_MESSAGE, PRELOAD_ENV
+
+SERVER = server.__file__
+CONTROL_FD = 3
+READY_TIMEOUT = 30.0  # s for the imports: an app's may be slow, never endless
+REPLY_TIMEOUT = 5.0  # s for one fork: the worker's setup included
+# A worker's own variables, which the zygote (one for all of them) must not have.
+_PER_WORKER = frozenset(
+    {"CLUSTERUI_CHANNEL_FD", "CLUSTERUI_INSTANCE", "CLUSTERUI_DISPATCH", "NODE_APP_INSTANCE"}
+)
+
+
+class Unavailable(Exception):
+    """The zygote cannot fork this worker (gone, hung, not ready); exec it instead."""
+
+
+def command_of(spec: AppSpec, argv: list[str]) -> list[str]:
+    """What follows the interpreter and its arguments in a worker's argv: a script and
+    its arguments, or `-m MODULE ...` (an asgi/wsgi app's host)."""
+    return argv[1 + len(spec.interpreter_args) :]
+
+
+def preloadable(spec: AppSpec) -> str | None:
+    """Why `preload` cannot apply to this app (None: it can)."""
+    if spec.web is None and spec.interpreter is None:
+        return "needs a Python script (an interpreter to import it with) or asgi/wsgi"
+    if spec.web is None and not os.path.basename(spec.interpreter or "").startswith("python"):
+        return f"works for Python apps only, not {os.path.basename(spec.interpreter or '')!r}"
+    if any(a in ("-c", "-m") for a in spec.interpreter_args):
+        return "cannot preload a command given with interpreter_args -c or -m"
+    return None
+
+
+class Zygote:
+    """One running zygote of one app."""
+
+    def __init__(
+        self,
+        spec: AppSpec,
+        env: dict[str, str],
+        command: list[str],
+        on_output: Callable[[int, int], Any],
+        on_exit: Callable[[Zygote], None],
+    ) -> None:
+        self.spec = spec
+        self.pid = 0
+        self.ready = False
+        self.broken: str | None = None  # why it may not be asked again
+        self.failed: list[list[str]] = []  # [module, why] of imports that failed
+        self.preloaded = 0
+        self._on_exit = on_exit
+        self._watcher: ExitWatcher | None = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = ours
+        extra = [spec.web[1].partition(":")[0]] if spec.web is not None else []
+        env = {k: v for k, v in env.items() if k not in _PER_WORKER and not k.startswith("LISTEN_")}
+        env[CONTROL_FD_ENV] = str(CONTROL_FD)
+        env[PRELOAD_ENV] = json.dumps(extra)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        interpreter = spec.interpreter or command_interpreter(spec)
+        try:
+            self.pid = spawn(
+                SpawnSpec(
+                    argv=[interpreter, *spec.interpreter_args, SERVER, *command],
+                    cwd=spec.cwd,
+                    env=env,
+                    stdout=out_w,
+                    stderr=err_w,
+                    fds={CONTROL_FD: theirs.fileno()},
+                )
+            )
+        except SpawnError:
+            ours.close()
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            theirs.close()
+            os.close(out_w)
+            os.close(err_w)
+        # Only a subreaper adopts the workers the zygote's intermediates leave behind.
+        if not reaper.active():
+            reaper.become_subreaper()
+        on_output(out_r, err_r)
+
+    def watch(self, loop: Any) -> None:
+        self._watcher = ExitWatcher(loop, self.pid, self._exited)
+
+    def _exited(self, code: int | None, sig: str | None) -> None:
+        self._watcher = None
+        if self.broken is None:
+            self.broken = f"exited ({sig or f'exit code {code}'})"
+        self._sock.close()
+        self._on_exit(self)
+
+    def _wait(self, timeout: float) -> dict[str, Any]:
+        if self.broken is not None:
+            raise Unavailable(self.broken)
+        if not select.select([self._sock], [], [], timeout)[0]:
+            self._break(f"did not answer within {timeout:g} s")
+        try:
+            data = self._sock.recv(MAX_MESSAGE)
+        except OSError as exc:
+            self._break(f"its channel failed: {exc.strerror or exc}")
+        if not data:
+            self._break("exited")
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            self._break("sent something that is not JSON")
+        if not isinstance(msg, dict):
+            self._break("sent something that is not a message")
+        return msg
+
+    def _break(self, why: str) -> None:
+        self.broken = why
+        self.close()
+        raise Unavailable(why)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Block until the zygote has imported what it preloads (raises Unavailable)."""
+        if self.ready:
+            return
+        deadline = time.monotonic() + timeout
+        msg = self._wait(max(0.0, deadline - time.monotonic()))
+        if msg.get("t") != "ready":
+            self._break(f"said {msg.get('t')!r} before it was ready")
+        self.ready = True
+        self.preloaded = int(msg.get("preloaded") or 0)
+        failed = msg.get("failed")
+        # Written by a process that ran the app's imports: text, cut short, made safe.
+        self.failed = [
+            [escape(str(part))[:300] for part in f[:2]]
+            for f in (failed if isinstance(failed, list) else [])
+            if isinstance(f, list) and len(f) == 2
+        ]
+
+    def poll_ready(self) -> bool:
+        """Whether it is ready, without waiting (a message already there is read)."""
+        if not self.ready and self.broken is None and select.select([self._sock], [], [], 0)[0]:
+            self.wait_ready(0)
+        return self.ready
+
+    async def ready_soon(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait for the ready message without blocking the event loop; then as
+        wait_ready, except that a zygote that failed is left broken, not raised."""
+        import asyncio
+
+        if self.ready or self.broken is not None:
+            return
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(self._sock, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(self._sock)
+        with contextlib.suppress(Unavailable):
+            self.wait_ready(0)
+
+    def spawn(self, sspec: SpawnSpec, command: list[str]) -> int:
+        """Fork a worker as `sspec` says; returns its pid (our child by then).
+
+        Raises SpawnError for what would fail an exec'd worker too (a bad cwd), and
+        Unavailable for the zygote's own trouble, or while it is still importing.
+        """
+        if not self.poll_ready():
+            raise Unavailable("still importing")
+        null = os.open(os.devnull, os.O_RDWR) if None in (sspec.stdout, sspec.stderr) else -1
+        try:
+            out = sspec.stdout if sspec.stdout is not None else null
+            err = sspec.stderr if sspec.stderr is not None else null
+            targets = list(sspec.fds)
+            request = {
+                "t": "spawn",
+                "command": command,
+                "cwd": sspec.cwd,
+                "env": dict(sspec.env),
+                "fds": targets,
+                "listen_pid": sspec.listen_pid,
+                "orphan_grace": sspec.orphan_grace,
+                "cgroup": sspec.cgroup,
+                "parent": os.getpid(),
+            }
+            fds = array.array("i", [out, err, *(sspec.fds[t] for t in targets)])
+            try:
+                self._sock.sendmsg(
+                    [json.dumps(request).encode()],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
+                )
+            except OSError as exc:
+                self._break(f"cannot send to it: {exc.strerror or exc}")
+        finally:
+            if null >= 0:
+                os.close(null)
+        msg = self._wait(REPLY_TIMEOUT)
+        pid = msg.get("pid")
+        if msg.get("t") != "spawned" or not isinstance(pid, int) or pid <= 0:
+            self._break(str(msg.get("error") or "could not fork"))
+        # The zygote runs the app's code: the pid it names must be a child of ours, or
+        # the supervisor would watch and later signal a process it never started.
+        if _parent_of(pid) != os.getpid():
+            self._break(f"named process {pid}, which is not a child of the supervisor")
+        if msg.get("error"):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            raise SpawnError(escape(str(msg["error"]))[:500])
+        guardian.track(pid, sspec.orphan_grace)
+        return pid
+
+    def close(self) -> None:
+        """Stop the zygote (its workers are the supervisor's children, and stay)."""
+        if self.broken is None:
+            self.broken = "replaced"
+        if self.pid:
+            signal_group(self.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    return int(data[data.rindex(b")") + 2 :].split()[1])
+
+
+def command_interpreter(spec: AppSpec) -> str:
+    """The interpreter of a hosted app (asgi/wsgi), which has none of its own."""
+    return spec.argv()[0]
+
+
+class Preload:
+    """An app's zygote over time: started on demand, replaced with new code, given up
+    (until the next new code) when it fails, which the supervisor's notices say."""
+
+    def __init__(self, spec: AppSpec, notice: Callable[[str, str], None]) -> None:
+        self.spec = spec
+        self.notice = notice
+        self.zygote: Zygote | None = None
+        self.gave_up: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.zygote.pid if self.zygote is not None and self.zygote.broken is None else 0
+
+    def _current(self, env: dict[str, str], attach: Callable[[int, int], Any]) -> Zygote | None:
+        z = self.zygote
+        if z is not None and z.broken is None:
+            return z
+        if self.gave_up is not None:
+            return None
+        import asyncio
+
+        try:
+            command = command_of(self.spec, self.spec.argv())
+            z = Zygote(self.spec, env, command, attach, self._exited)
+        except SpawnError as exc:
+            self._give_up(f"could not start ({exc})")
+            return None
+        z.watch(asyncio.get_running_loop())
+        self.zygote = z
+        return z
+
+    def _exited(self, z: Zygote) -> None:
+        if z is self.zygote and z.broken != "replaced":
+            self._give_up(str(z.broken))
+
+    def _give_up(self, why: str) -> None:
+        self.gave_up = why
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+        self.notice(
+            "warning",
+            f"{self.spec.name}: the preload zygote {why}; workers start without it "
+            "until the next start, restart or reload",
+        )
+
+    def _report(self, z: Zygote) -> None:
+        for module, why in z.failed[:3]:
+            self.notice("warning", f"{self.spec.name}: preload could not import {module}: {why}")
+        z.failed = []
+
+    def new_code(self) -> None:
+        """The next worker runs new code: the zygote that imported the old one goes."""
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+        self.gave_up = None
+
+    async def warm(self, env: dict[str, str], attach: Callable[[int, int], Any]) -> None:
+        """Start the zygote if there is none, and wait until it has imported the app."""
+        z = self._current(env, attach)
+        if z is not None:
+            await z.ready_soon()
+            if z.broken is not None and z is self.zygote:
+                self._give_up(z.broken)
+            else:
+                self._report(z)
+
+    def spawn(
+        self,
+        sspec: SpawnSpec,
+        argv: list[str],
+        attach: Callable[[int, int], Any],
+    ) -> int | None:
+        """A worker forked by the zygote (its pid), or None: exec it the ordinary way.
+        Raises SpawnError for what would fail an exec'd worker too."""
+        z = self._current(dict(sspec.env), attach)
+        if z is None:
+            return None
+        try:
+            pid = z.spawn(sspec, command_of(self.spec, argv))
+        except Unavailable as exc:
+            if z.broken is not None:
+                self._give_up(str(exc))
+            return None
+        self._report(z)
+        return pid
+
+    def close(self) -> None:
+        self.new_code()

@@ -1,0 +1,258 @@
+"""`preload: true`: workers forked from a zygote that imported the app once (core.zygote).
+
+Real supervisors, real forks: what a worker sees (its parent, environment, argv, cwd,
+__main__), that the app's modules are imported once per code generation (a marker
+module appends the importing pid to a file), that new code means a new zygote, and
+that nothing of it outlives `down`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import support
+from support import free_port, get, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+# The marker module logs each import; the script reports what its process saw.
+MARKER = """
+import os
+with open(os.environ["MARKS"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+"""
+SCRIPT = """
+import sys
+PRELOADED = "marker" in sys.modules  # before the import below runs
+import json
+import os
+import time
+import marker
+report = {
+    "pid": os.getpid(),
+    "ppid": os.getppid(),
+    "preloaded": PRELOADED,
+    "name": __name__,
+    "argv": sys.argv,
+    "cwd": os.getcwd(),
+    "instance": os.environ.get("CLUSTERUI_INSTANCE"),
+    "path0": sys.path[0],
+    "sigint": repr(__import__("signal").getsignal(2)),
+}
+with open(os.environ["REPORTS"], "a") as f:
+    f.write(json.dumps(report) + "\\n")
+while True:
+    time.sleep(1)
+"""
+
+
+def _fork_app(cu, instances: int = 3, **keys) -> tuple[Path, Path]:
+    marks, reports = cu.root / "marks", cu.root / "reports"
+    (cu.root / "work").mkdir(exist_ok=True)
+    cu.write("app/marker.py", MARKER)
+    cu.write("app/main.py", SCRIPT)
+    more = "".join(f"\n            {k}: {v}" for k, v in keys.items())
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: job
+            script: {cu.root / "app" / "main.py"}
+            args: [one, "two words"]
+            instances: {instances}
+            preload: true
+            env:
+              MARKS: {marks}
+              REPORTS: {reports}{more}
+        """,
+    )
+    r = cu.run("up", "-d")
+    assert r.returncode == 0, r.stderr
+    return marks, reports
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _reports(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _zygotes(cu) -> list[psutil.Process]:
+    """The app's zygote (its workers have the same command line, and are listed)."""
+    workers = {w["pid"] for w in cu.ls()}
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        try:
+            env_home = proc.environ().get("CLUSTERUI_HOME")
+        except psutil.Error:
+            continue
+        ours = env_home == str(cu.home) and proc.ppid() == cu.supervisor_pid()
+        zygote = any(a.endswith("zygote/server.py") for a in cmd[:4])
+        if ours and zygote and proc.pid not in workers:
+            found.append(proc)
+    return found
+
+
+def test_workers_are_forked_from_one_import_and_see_what_an_exec_would_give(cu):
+    marks, reports = _fork_app(cu)
+    seen = wait_for(lambda: len(r := _reports(reports)) == 3 and r, 20, "3 workers report")
+    zygotes = _zygotes(cu)
+    assert len(zygotes) == 1
+    # Imported once, by the zygote, not by any worker.
+    assert _lines(marks) == [str(zygotes[0].pid)]
+    supervisor = cu.supervisor_pid()
+    app_dir = str((cu.root / "app").resolve())
+    assert sorted(r["instance"] for r in seen) == ["0", "1", "2"]
+    for r in seen:
+        assert r["preloaded"] is True
+        assert r["ppid"] == supervisor  # adopted: the supervisor waits for it like any child
+        assert r["name"] == "__main__"
+        assert r["argv"][1:] == ["one", "two words"]
+        assert r["argv"][0].endswith("app/main.py")
+        assert r["cwd"] == str(cu.root.resolve())  # the file's folder, as without preload
+        assert r["path0"] == app_dir
+        assert "default_int_handler" in r["sigint"]
+        assert psutil.Process(r["pid"]).ppid() == supervisor
+        assert os.getsid(r["pid"]) == r["pid"]  # its own session, as an exec'd worker has
+    assert sorted(w["pid"] for w in cu.ls()) == sorted(r["pid"] for r in seen)
+
+
+def test_a_crashed_worker_comes_back_from_the_same_zygote_and_new_code_makes_a_new_one(cu):
+    marks, reports = _fork_app(cu, instances=2)
+    wait_for(lambda: len(_reports(reports)) == 2, 20, "2 workers")
+    time.sleep(2.5)  # two supervisor ticks: the zygote is known, not swept as an orphan
+    (zygote,) = _zygotes(cu)
+    victim = cu.ls()[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(_reports(reports)) == 3, 20, "a replacement")
+    assert _lines(marks) == [str(zygote.pid)]  # no new import for a crash
+    assert [z.pid for z in _zygotes(cu)] == [zygote.pid]
+
+    for verb in ("restart", "reload"):
+        before = len(_lines(marks))
+        assert cu.run(verb, "job").returncode == 0
+        wait_for(lambda b=before: len(_lines(marks)) == b + 1, 20, f"a new import on {verb}")
+        (new,) = wait_for(lambda: len(z := _zygotes(cu)) == 1 and z, 10, "one zygote")
+        assert _lines(marks)[-1] == str(new.pid) != str(zygote.pid)
+        old = zygote.pid
+        wait_for(lambda o=old: not psutil.pid_exists(o), 10, "the old zygote gone")
+        zygote = new
+        rows = wait_for(lambda: support.online_rows(cu, 2), 20, "2 online")
+        assert all(psutil.Process(w["pid"]).ppid() == cu.supervisor_pid() for w in rows)
+
+    assert cu.run("stop", "job").returncode == 0
+    wait_for(lambda: not _zygotes(cu), 10, "no zygote once every worker is stopped")
+
+
+def test_a_cluster_app_serves_from_preloaded_workers_and_recovers(cu):
+    port = support.web_app(cu, free_port(), instances=2, preload="true")
+    rows = wait_for(lambda: support.online_rows(cu, 2), 20, "2 online")
+    (zygote,) = _zygotes(cu)
+    pids = {w["pid"] for w in rows}
+    answered = {int(get(port).split("pid ")[1]) for _ in range(6)}
+    assert answered == pids
+    os.kill(rows[0]["pid"], signal.SIGKILL)
+    new = wait_for(
+        lambda: (r := support.online_rows(cu, 2)) and {w["pid"] for w in r} - pids, 20, "replaced"
+    )
+    (replacement,) = new
+    assert psutil.Process(replacement).ppid() == cu.supervisor_pid()
+    assert [z.pid for z in _zygotes(cu)] == [zygote.pid]
+    answered = {int(get(port).split("pid ")[1]) for _ in range(6)}
+    assert replacement in answered
+
+
+def test_down_leaves_no_zygote_and_no_worker(cu):
+    _fork_app(cu, instances=2)
+    wait_for(lambda: len(_zygotes(cu)) == 1, 20, "a zygote")
+    (zygote,) = _zygotes(cu)
+    assert cu.run("down").returncode == 0
+    wait_for(lambda: not psutil.pid_exists(zygote.pid), 10, "the zygote gone")
+    # cu's cleanup fails the test on anything else left with this home
+
+
+def test_a_fork_that_cannot_enter_its_directory_fails_as_an_exec_would(cu):
+    marks, reports = _fork_app(cu, instances=1, cwd="work")
+    wait_for(lambda: len(_reports(reports)) == 1, 20, "one worker")
+    (zygote,) = _zygotes(cu)
+    (cu.root / "work").rmdir()  # under the running app: the next fork cannot chdir
+    os.kill(cu.ls()[0]["pid"], signal.SIGKILL)
+    log = wait_for(
+        lambda: "does not exist" in (t := cu.run("logs", "job", "--lines", "50").stdout) and t,
+        20,
+        "the failed start in the app's log",
+    )
+    assert "failed to start: working directory" in log
+    assert [z.pid for z in _zygotes(cu)] == [zygote.pid]  # the zygote itself is fine
+
+
+def test_preload_is_refused_for_an_app_that_is_not_python(cu):
+    cu.write("run.sh", "#!/bin/sh\nsleep 60\n").chmod(0o755)
+    path = cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - name: sh
+            script: run.sh
+            preload: true
+        """,
+    )
+    r = cu.run("up", "-d")
+    assert r.returncode != 0
+    assert f"{path}:5" in r.stderr or f"{path.name}:5" in r.stderr, r.stderr
+    assert "preload" in r.stderr and "Python" in r.stderr
+
+
+def test_the_zygote_forks_a_hosted_wsgi_app_it_imported(cu):
+    marks = cu.root / "marks"
+    cu.write(
+        "site/hello.py",
+        MARKER
+        + """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"hello from {os.getpid()}".encode()]
+""",
+    )
+    port = free_port()
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: site
+            wsgi: hello:app
+            cwd: site
+            instances: 2
+            exec_mode: cluster
+            listen: 127.0.0.1:{port}
+            preload: true
+            env:
+              MARKS: {marks}
+        """,
+    )
+    r = cu.run("up", "-d")
+    assert r.returncode == 0, r.stderr
+    rows = wait_for(lambda: support.online_rows(cu, 2), 30, "2 online")
+    (zygote,) = _zygotes(cu)
+    assert _lines(marks) == [str(zygote.pid)]
+    answered = {get(port) for _ in range(4)}
+    assert answered == {f"hello from {w['pid']}" for w in rows}
+
+
+def test_the_zygote_reports_a_failed_start_with_the_exec_paths_exit_code():
+    """The zygote cannot import clusterui.vocab (it runs under the app's interpreter),
+    so its copy of the code must stay the same as the exec path's."""
+    from clusterui.vocab.exits import Exit
+    from clusterui.zygote import server
+
+    assert server.FAILED_START == Exit.EXEC_FAILED
