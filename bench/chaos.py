@@ -112,7 +112,9 @@ class Supervisor:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def web_ecosystem(port: int, workers: int, name: str = "web", extra: str = "") -> str:
+def web_ecosystem(
+    port: int, workers: int, name: str = "web", extra: str = "", preload: bool = False
+) -> str:
     return f"""
     apps:
       - name: {name}
@@ -120,6 +122,7 @@ def web_ecosystem(port: int, workers: int, name: str = "web", extra: str = "") -
         exec_mode: cluster
         instances: {workers}
         listen: 127.0.0.1:{port}
+        preload: {str(preload).lower()}
     {extra}
     """
 
@@ -351,18 +354,22 @@ def main() -> int:
     parser.add_argument("--anchor", type=int, default=20, help="standalone starts to time")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", help="write the raw figures here")
+    parser.add_argument(
+        "--preload", action="store_true", help="fork the workers from a zygote (preload: true)"
+    )
     opts = parser.parse_args()
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     report: dict[str, Any] = {"seed": seed, "workers": opts.workers}
     print(
         f"clusterui chaos: {opts.workers} × examples/web.py, round-robin, "
+        f"{'preload (zygote), ' if opts.preload else ''}"
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, seed {seed}"
     )
     sup = Supervisor()
     try:
         port = free_port()
-        sup.up(web_ecosystem(port, opts.workers))
+        sup.up(web_ecosystem(port, opts.workers, preload=opts.preload))
         with bench_lock("the anchors"):
             bare = exec_time(opts.anchor, "pass")
             imports = exec_time(opts.anchor, WEB_IMPORTS)

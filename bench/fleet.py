@@ -18,7 +18,7 @@ manager:
 - `down`: from `clusterui down` / `pm2 kill` until every worker process is gone.
 
     .venv/bin/python bench/fleet.py [--apps 200] [--per-app 10] [--settle 10]
-        [--seconds 20] [--ls-runs 5] [--only clusterui,pm2] [--json FILE]
+        [--seconds 20] [--ls-runs 5] [--only clusterui,clusterui-preload,pm2] [--json FILE]
 
 PM2 comes from bench/package.json (`npm install --prefix bench`, done on first use).
 Each manager gets a fresh private home under /tmp (CLUSTERUI_HOME, PM2_HOME). Every
@@ -93,8 +93,13 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
-def write_ecosystem(directory: Path, apps: int, per_app: int) -> Path:
-    """One YAML file with PM2's keys only, so both managers read the very same file."""
+PRELOAD = "clusterui-preload"  # the same apps with `preload: true` (core.zygote)
+MANAGERS = ("clusterui", PRELOAD, "pm2")
+
+
+def write_ecosystem(directory: Path, apps: int, per_app: int, preload: bool = False) -> Path:
+    """One YAML file with PM2's keys only, so both managers read the very same file
+    (`preload`: the same with clusterui's `preload: true` on every app)."""
     sleeper = directory / "sleeper.py"
     server = directory / "idle_http.py"
     sleeper.write_text(SLEEPER)
@@ -110,8 +115,9 @@ def write_ecosystem(directory: Path, apps: int, per_app: int) -> Path:
             "    exec_mode: fork",
             f"    instances: {per_app}",
             "    autorestart: true",
+            *(["    preload: true"] if preload else []),
         ]
-    path = directory / "fleet.yaml"
+    path = directory / ("fleet-preload.yaml" if preload else "fleet.yaml")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -303,32 +309,34 @@ def print_table(rows: list[Row], workers: int, apps: int) -> None:
             f"{r.manager:<16} {r.up:>12.1f} {r.up_cpu:>10.1f} {r.cpu:>11.2f} {r.rss:>8.1f} "
             f"{r.ls * 1e3:>7.0f} {r.down:>7.1f}" + (f"   ({'; '.join(r.notes)})" if r.notes else "")
         )
-    if len(rows) == 2:
-        cu, pm = rows
-        print(
-            f"{'clusterui / PM2':<16} {ratio(cu.up, pm.up):>12} {ratio(cu.up_cpu, pm.up_cpu):>10} "
-            f"{ratio(cu.cpu, pm.cpu):>11} "
-            f"{ratio(cu.rss, pm.rss):>8} {ratio(cu.ls, pm.ls):>7} {ratio(cu.down, pm.down):>7}"
-        )
-    cu = next((r for r in rows if r.manager == "clusterui"), None)
-    pm = next((r for r in rows if r.manager != "clusterui"), None)
-    if cu is None:
-        return
+    pm = next((r for r in rows if r.manager == "pm2"), None)
+    ours = [r for r in rows if r.manager != "pm2"]
+    if pm is not None:
+        for cu in ours:
+            print(
+                f"{cu.manager + ' / PM2':<16} {ratio(cu.up, pm.up):>12} "
+                f"{ratio(cu.up_cpu, pm.up_cpu):>10} {ratio(cu.cpu, pm.cpu):>11} "
+                f"{ratio(cu.rss, pm.rss):>8} {ratio(cu.ls, pm.ls):>7} {ratio(cu.down, pm.down):>7}"
+            )
 
     def mark(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    print("targets (issue 18):")
-    print(f"  supervisor idle CPU < {CPU_TARGET:g}% of a core: {cu.cpu:.2f}%  {mark(cu.cpu < 2)}")
-    print(f"  supervisor RSS < {RSS_TARGET:g} MiB: {cu.rss:.1f}  {mark(cu.rss < RSS_TARGET)}")
-    print(f"  ls < {LS_TARGET * 1e3:g} ms: {cu.ls * 1e3:.0f} ms  {mark(cu.ls < LS_TARGET)}")
-    if pm is not None:
-        speed = pm.up / cu.up if cu.up else 0.0
+    for cu in ours:
+        print(f"targets (issue 18), {cu.manager}:")
         print(
-            f"  up→online >= {UP_RATIO_TARGET:g}x faster than PM2: {speed:.2f}x  "
-            f"{mark(speed >= UP_RATIO_TARGET)}"
+            f"  supervisor idle CPU < {CPU_TARGET:g}% of a core: {cu.cpu:.2f}%  {mark(cu.cpu < 2)}"
         )
-        print(f"  down ahead of PM2: {cu.down:.1f} s vs {pm.down:.1f} s  {mark(cu.down < pm.down)}")
+        print(f"  supervisor RSS < {RSS_TARGET:g} MiB: {cu.rss:.1f}  {mark(cu.rss < RSS_TARGET)}")
+        print(f"  ls < {LS_TARGET * 1e3:g} ms: {cu.ls * 1e3:.0f} ms  {mark(cu.ls < LS_TARGET)}")
+        if pm is not None:
+            speed = pm.up / cu.up if cu.up else 0.0
+            print(
+                f"  up→online >= {UP_RATIO_TARGET:g}x faster than PM2: {speed:.2f}x  "
+                f"{mark(speed >= UP_RATIO_TARGET)}"
+            )
+            down = f"{cu.down:.1f} s vs {pm.down:.1f} s"
+            print(f"  down ahead of PM2: {down}  {mark(cu.down < pm.down)}")
 
 
 def host_processes() -> int:
@@ -346,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--down-limit", type=float, default=300, help="give up timing down after (s)"
     )
-    parser.add_argument("--only", default="clusterui,pm2", help="clusterui,pm2 or one of them")
+    parser.add_argument(
+        "--only",
+        default="clusterui,pm2",
+        help=f"which of {','.join(MANAGERS)} to run, in that order",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument(
         "--profile",
@@ -355,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     opts = parser.parse_args(argv)
     which = [w.strip() for w in opts.only.split(",") if w.strip()]
-    if not which or set(which) - {"clusterui", "pm2"}:
-        parser.error("--only takes clusterui, pm2 or both")
+    if not which or set(which) - set(MANAGERS):
+        parser.error(f"--only takes some of {', '.join(MANAGERS)}")
     if "pm2" in which and (why := ensure_pm2()):
         raise BenchError(f"PM2 is needed for its row: {why}")
 
@@ -378,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                 home = Path(tempfile.mkdtemp(prefix=f"{name[:3]}-fleet-", dir="/tmp"))
                 if name == "clusterui":
                     manager = clusterui_manager(home, file, opts.profile)
+                elif name == PRELOAD:
+                    preloaded = write_ecosystem(workdir, opts.apps, opts.per_app, preload=True)
+                    manager = clusterui_manager(home, preloaded, opts.profile)
+                    manager.name = PRELOAD
                 else:
                     manager = pm2_manager(home, file)
                 print(f"- {name}: {workers} workers ...", flush=True)
