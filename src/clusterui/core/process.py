@@ -113,9 +113,13 @@ def _child_setup(spec: SpawnSpec, parent_pid: int, env: dict[str, str]) -> None:
         env["LISTEN_PID"] = str(os.getpid())
 
 
+def missing_cwd(cwd: str) -> str:
+    return f"working directory {cwd} does not exist"
+
+
 def _describe_exec_error(exc: BaseException, spec: SpawnSpec) -> str:
     if isinstance(exc, FileNotFoundError) and exc.filename == spec.cwd:
-        return f"working directory {spec.cwd} does not exist"
+        return missing_cwd(spec.cwd)
     if isinstance(exc, FileNotFoundError):
         return f"{spec.argv[0]}: command not found"
     if isinstance(exc, PermissionError):

@@ -404,8 +404,13 @@ class Supervisor:
         return app
 
     async def _start_preloaded(self, app: App) -> None:
-        await app.fresh_code()
-        app.waiting_for = None
+        try:
+            await app.fresh_code()
+        finally:  # whatever happened to the zygote, the workers start (without it if need be)
+            app.waiting_for = None
+            self._start_pending(app)
+
+    def _start_pending(self, app: App) -> None:
         if app.removed or any(s.idle.value != states.PENDING for s in app.slots.values()):
             return  # started or stopped by hand meanwhile
         for slot in app.slots.values():

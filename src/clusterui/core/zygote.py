@@ -24,7 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterui.core import guardian, reaper
-from clusterui.core.process import ExitWatcher, SpawnError, SpawnSpec, signal_group, spawn
+from clusterui.core.process import (
+    ExitWatcher,
+    SpawnError,
+    SpawnSpec,
+    missing_cwd,
+    signal_group,
+    spawn,
+)
 from clusterui.core.spec import AppSpec
 from clusterui.vocab.safetext import escape
 from clusterui.zygote import server
@@ -127,7 +134,7 @@ class Zygote:
     def _wait(self, timeout: float) -> dict[str, Any]:
         if self.broken is not None:
             raise Unavailable(self.broken)
-        if not select.select([self._sock], [], [], timeout)[0]:
+        if not _readable(self._sock, timeout):
             self._break(f"did not answer within {timeout:g} s")
         try:
             data = self._sock.recv(MAX_MESSAGE)
@@ -168,7 +175,7 @@ class Zygote:
 
     def poll_ready(self) -> bool:
         """Whether it is ready, without waiting (a message already there is read)."""
-        if not self.ready and self.broken is None and select.select([self._sock], [], [], 0)[0]:
+        if not self.ready and self.broken is None and _readable(self._sock, 0):
             self.wait_ready(0)
         return self.ready
 
@@ -195,11 +202,13 @@ class Zygote:
     def spawn(self, sspec: SpawnSpec, command: list[str]) -> int:
         """Fork a worker as `sspec` says; returns its pid (our child by then).
 
-        Raises SpawnError for what would fail an exec'd worker too (a bad cwd), and
+        Raises SpawnError for what would fail an exec'd worker too (a missing cwd), and
         Unavailable for the zygote's own trouble, or while it is still importing.
         """
         if not self.poll_ready():
             raise Unavailable("still importing")
+        if not os.path.isdir(sspec.cwd):  # what the worker's chdir would fail on
+            raise SpawnError(missing_cwd(sspec.cwd))
         null = os.open(os.devnull, os.O_RDWR) if None in (sspec.stdout, sspec.stderr) else -1
         try:
             out = sspec.stdout if sspec.stdout is not None else null
@@ -230,15 +239,11 @@ class Zygote:
         msg = self._wait(REPLY_TIMEOUT)
         pid = msg.get("pid")
         if msg.get("t") != "spawned" or not isinstance(pid, int) or pid <= 0:
-            self._break(str(msg.get("error") or "could not fork"))
+            self._break(escape(str(msg.get("error") or "could not fork"))[:300])
         # The zygote runs the app's code: the pid it names must be a child of ours, or
         # the supervisor would watch and later signal a process it never started.
         if _parent_of(pid) != os.getpid():
             self._break(f"named process {pid}, which is not a child of the supervisor")
-        if msg.get("error"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            raise SpawnError(escape(str(msg["error"]))[:500])
         guardian.track(pid, sspec.orphan_grace)
         return pid
 
@@ -250,6 +255,13 @@ class Zygote:
             signal_group(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """poll(), not select(): a supervisor of thousands of workers has fds past 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _parent_of(pid: int) -> int:

@@ -35,6 +35,7 @@ MAX_FDS = 253  # SCM_MAX_FD
 REPARENT_TIMEOUT = 2.0
 _PR_SET_PDEATHSIG = 1
 FAILED_START = 127  # clusterui.vocab.exits.Exit.EXEC_FAILED, the exec path's code
+_LIBC = ctypes.CDLL(None)
 
 
 def main_file(command: list[str]) -> str | None:
@@ -139,8 +140,10 @@ def _close_all(fds: list[int]) -> None:
 
 
 def _fork(ctl: socket.socket, req: dict, fds: list[int]) -> dict | None:
+    """Fork a worker through an intermediate; answer with its pid once the intermediate
+    is gone (so the supervisor has adopted it). The worker's own setup goes on meanwhile:
+    if it fails, the worker says why on its stderr and exits with FAILED_START."""
     pid_r, pid_w = os.pipe()
-    err_r, err_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     middle = os.fork()
@@ -148,44 +151,38 @@ def _fork(ctl: socket.socket, req: dict, fds: list[int]) -> dict | None:
         worker = -1
         try:
             os.close(pid_r)
-            os.close(err_r)
             worker = os.fork()
             if worker == 0:
                 os.close(pid_w)
-                _become_worker(ctl, req, fds, err_w)
+                _become_worker(ctl, req, fds)
                 return req
             os.write(pid_w, str(worker).encode())
         finally:
             if worker != 0:
                 os._exit(0)
     os.close(pid_w)
-    os.close(err_w)
     _close_all(fds)
     os.waitpid(middle, 0)
     with os.fdopen(pid_r, "rb") as f:
         text = f.read()
-    with os.fdopen(err_r, "rb") as f:
-        error = f.read().decode(errors="replace")
-    if not text:
-        send(ctl, {"t": "failed", "error": "the zygote could not fork"})
+    if text:
+        send(ctl, {"t": "spawned", "pid": int(text)})
     else:
-        send(ctl, {"t": "spawned", "pid": int(text), "error": error or None})
+        send(ctl, {"t": "failed", "error": "the zygote could not fork"})
     return None
 
 
-def _become_worker(ctl: socket.socket, req: dict, fds: list[int], err_w: int) -> None:
-    """What process.spawn does between fork and exec, for a worker that will not exec.
-    Any failure is written to err_w and ends the process."""
-    report = [err_w]  # _setup moves it
+def _become_worker(ctl: socket.socket, req: dict, fds: list[int]) -> None:
+    """What process.spawn does between fork and exec, for a worker that will not exec."""
+    report = [fds[1] if len(fds) > 1 else 2]  # where a failure is told: its stderr
     try:
         ctl.detach()  # its fd is closed below with the rest; the object must not close it later
         _setup(req, fds, report)
-    except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, then exit
+    except BaseException as exc:  # noqa: BLE001 - said on its stderr, then exit as exec would
         try:
-            os.write(report[0], _describe(exc, req).encode()[:4000])
+            os.write(report[0], f"clusterui: failed to start: {_describe(exc, req)}\n".encode())
         finally:
             os._exit(FAILED_START)
-    os.close(report[0])  # the supervisor now hears: started
 
 
 def _setup(req: dict, fds: list[int], report: list[int]) -> None:
@@ -203,7 +200,7 @@ def _setup(req: dict, fds: list[int], report: list[int]) -> None:
         except OSError:
             pass  # as in process.spawn: the subreaper still applies
     if not req.get("orphan_grace"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             raise RuntimeError("the supervisor exited")
     # What a fresh interpreter starts with.
@@ -223,15 +220,14 @@ def _setup(req: dict, fds: list[int], report: list[int]) -> None:
 
     devnull = os.open(os.devnull, os.O_RDWR)
     out, err, *extra = [lift(fd) for fd in fds]
-    report[0] = lift(report[0])
-    err_w = report[0]
     null = lift(devnull)
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(err, 2)
+    report[0] = 2
     for i, target in enumerate(targets):
         os.dup2(extra[i], target)
-    keep = {0, 1, 2, err_w, *targets}
+    keep = {0, 1, 2, *targets}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd not in keep:
@@ -273,6 +269,8 @@ def main() -> None:
         sys.path[0] = os.getcwd()
     else:
         sys.path[0] = os.path.dirname(os.path.realpath(command[0]))
+    import pkgutil  # noqa: F401 - runpy imports it lazily: once here, not in every worker
+
     try:
         done, failed = preload(command, extra)
     except BaseException:  # noqa: BLE001 - say what, then serve plain forks anyway
