@@ -309,8 +309,8 @@ def print_table(rows: list[Row], workers: int, apps: int) -> None:
             f"{r.manager:<16} {r.up:>12.1f} {r.up_cpu:>10.1f} {r.cpu:>11.2f} {r.rss:>8.1f} "
             f"{r.ls * 1e3:>7.0f} {r.down:>7.1f}" + (f"   ({'; '.join(r.notes)})" if r.notes else "")
         )
-    pm = next((r for r in rows if r.manager == "pm2"), None)
-    ours = [r for r in rows if r.manager != "pm2"]
+    pm = next((r for r in rows if not r.manager.startswith("clusterui")), None)
+    ours = [r for r in rows if r.manager.startswith("clusterui")]
     if pm is not None:
         for cu in ours:
             print(

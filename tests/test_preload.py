@@ -256,3 +256,27 @@ def test_the_zygote_reports_a_failed_start_with_the_exec_paths_exit_code():
     from clusterui.zygote import server
 
     assert server.FAILED_START == Exit.EXEC_FAILED
+
+
+def test_a_crash_prints_the_traceback_an_exec_would(cu):
+    cu.write("boom.py", 'def fail():\n    raise RuntimeError("boom")\n\n\nfail()\n')
+    cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - name: boom
+            script: boom.py
+            preload: true
+            autorestart: false
+        """,
+    )
+    cu.run("up", "-d")
+    log = wait_for(
+        lambda: "RuntimeError: boom" in (t := cu.run("logs", "boom", "--lines", "50").stdout) and t,
+        20,
+        "the traceback",
+    )
+    frames = [line for line in log.splitlines() if '  File "' in line]
+    assert frames and all("boom.py" in f for f in frames), log
+    assert len(frames) == 2  # <module>, then fail
+    assert [w["exit_code"] for w in cu.ls()] == [1]

@@ -247,6 +247,18 @@ def _describe(exc: BaseException, req: dict) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _app_excepthook(kind: type, value: BaseException, tb) -> None:  # noqa: ANN001
+    """Python's own report of an uncaught exception, without the zygote's and runpy's
+    frames above the app's: the traceback an exec'd worker would print."""
+    ours = {os.path.realpath(__file__), os.path.realpath(runpy.__file__)}
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")
+        or os.path.realpath(tb.tb_frame.f_code.co_filename) in ours
+    ):
+        tb = tb.tb_next
+    sys.__excepthook__(kind, value.with_traceback(tb), tb)  # it prints __traceback__
+
+
 def run(command: list[str]) -> None:
     """Run the worker's command as `python COMMAND` would, in this process."""
     if command[0] == "-m":
@@ -281,8 +293,10 @@ def main() -> None:
     job = serve(ctl)
     if job is None:
         return
-    gc.unfreeze()
+    # What the zygote imported stays frozen: a collection never walks it, so the worker
+    # does not copy the pages it shares with the zygote just to look at them.
     del ctl
+    sys.excepthook = _app_excepthook
     run(job["command"])
 
 
