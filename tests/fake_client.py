@@ -135,6 +135,7 @@ def make_app(name: str, **over: Any) -> AppRow:
         "cron_next": None,
         "health_check": None,
         "reloads": {"ok": 0, "failed": 0},
+        "preload": None,
     }
     app.update(over)
     return app

@@ -125,6 +125,8 @@ def test_workers_are_forked_from_one_import_and_see_what_an_exec_would_give(cu):
         assert psutil.Process(r["pid"]).ppid() == supervisor
         assert os.getsid(r["pid"]) == r["pid"]  # its own session, as an exec'd worker has
     assert sorted(w["pid"] for w in cu.ls()) == sorted(r["pid"] for r in seen)
+    described = cu.run("describe", "job", check=True).stdout
+    assert f"preload    zygote pid {zygotes[0].pid}, 5 module(s) imported" in described
 
 
 def test_a_crashed_worker_comes_back_from_the_same_zygote_and_new_code_makes_a_new_one(cu):

@@ -146,6 +146,15 @@ def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         lines.append(f"depends on {deps}")
     if app.get("waiting_for"):
         lines.append(f"waiting    {escape(str(app['waiting_for']))}")
+    preload = app.get("preload")
+    if preload:
+        if preload.get("gave_up"):
+            said = f"not in use: the zygote {preload['gave_up']}"
+        elif preload.get("pid"):
+            said = f"zygote pid {preload['pid']}, {preload.get('modules', 0)} module(s) imported"
+        else:
+            said = "no zygote now (started with the next worker)"
+        lines.append(f"preload    {escape(said)}")
     if app.get("cron_restart"):
         nxt = app.get("cron_next")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(nxt)) if nxt else "-"

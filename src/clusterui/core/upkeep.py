@@ -47,4 +47,5 @@ def app_fields(app: App) -> dict[str, Any]:
         "cron_next": cron.next.timestamp() if cron is not None and cron.next else None,
         "health_check": app.spec.health_check.kind if app.spec.health_check else None,
         "reloads": dict(app.reloads),
+        "preload": app.preload.info() if app.preload is not None else None,
     }

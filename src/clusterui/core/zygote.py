@@ -288,6 +288,15 @@ class Preload:
         self.zygote: Zygote | None = None
         self.gave_up: str | None = None
 
+    def info(self) -> dict[str, Any]:
+        """The snapshot's view (vocab.snapshot.PreloadInfo)."""
+        z = self.zygote if self.pid else None
+        return {
+            "pid": z.pid if z is not None else None,
+            "modules": z.preloaded if z is not None else 0,
+            "gave_up": self.gave_up,
+        }
+
     @property
     def pid(self) -> int:
         return self.zygote.pid if self.zygote is not None and self.zygote.broken is None else 0

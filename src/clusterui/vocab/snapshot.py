@@ -100,6 +100,15 @@ class AppRow(TypedDict):
     cron_next: float | None  # epoch seconds
     health_check: str | None  # its kind: http, tcp or exec
     reloads: dict[str, int]  # rolling reloads: {"ok": n, "failed": m}
+    preload: PreloadInfo | None  # None without `preload: true`
+
+
+class PreloadInfo(TypedDict):
+    """An app's zygote (`preload: true`, core.zygote)."""
+
+    pid: int | None  # None while there is none (stopped, or given up)
+    modules: int  # the top-level imports it has imported
+    gave_up: str | None  # why workers start without it until the next start/reload
 
 
 class HostInfo(TypedDict):
