@@ -282,3 +282,41 @@ def test_a_crash_prints_the_traceback_an_exec_would(cu):
     assert frames and all("boom.py" in f for f in frames), log
     assert len(frames) == 2  # <module>, then fail
     assert [w["exit_code"] for w in cu.ls()] == [1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a cgroup per worker needs root here")
+def test_with_cgroups_an_orphan_the_worker_leaves_lives_as_long_as_its_worker(cu):
+    """The supervisor adopts zygote-forked workers as a subreaper, so it also adopts what a
+    worker daemonizes; with cgroups that must change nothing: the orphan is not swept while
+    its worker runs (as without preload), and goes with the worker's cgroup."""
+    orphans = cu.root / "orphans"
+    cu.write(
+        "daemonizes.py",
+        f"""
+        import os, subprocess, time
+        # sh starts sleep in the background and exits at once: sleep is an orphan.
+        subprocess.run(["sh", "-c", "sleep 600 & echo $! >> {orphans}"], check=True)
+        while True:
+            time.sleep(1)
+        """,
+    )
+    cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - name: d
+            script: daemonizes.py
+            preload: true
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    (orphan,) = wait_for(lambda: _lines(orphans) and [int(p) for p in _lines(orphans)], 20, "pid")
+    assert psutil.Process(orphan).ppid() == cu.supervisor_pid()  # adopted
+    time.sleep(2.5)  # two ticks of the sweep
+    assert psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE
+    assert cu.run("stop", "d").returncode == 0
+
+    def gone() -> bool:  # killed with the worker's cgroup, and reaped (no zombie)
+        return not psutil.pid_exists(orphan)
+
+    wait_for(gone, 10, "the orphan killed and reaped")

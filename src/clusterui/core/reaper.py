@@ -18,6 +18,10 @@ from collections.abc import Iterable
 
 _PR_SET_CHILD_SUBREAPER = 36
 _active = False
+# With cgroups the subreaper is only there to adopt zygote-forked workers (core.zygote):
+# what else is re-parented to us lives on in its worker's cgroup, which ends it with the
+# worker, so the sweep then only reaps the children that have exited.
+_kill_orphans = True
 # Short-lived children of the supervisor's own (exec health probes): never swept.
 _spared: set[int] = set()
 
@@ -30,10 +34,13 @@ def unspare(pid: int) -> None:
     _spared.discard(pid)
 
 
-def become_subreaper() -> bool:
-    global _active
+def become_subreaper(kill_orphans: bool = True) -> bool:
+    """kill_orphans: the fallback without cgroups (sweep kills what it adopts); else only
+    adopt, and reap what exits."""
+    global _active, _kill_orphans
     libc = ctypes.CDLL(None, use_errno=True)
     _active = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    _kill_orphans = kill_orphans
     return _active
 
 
@@ -56,9 +63,15 @@ def children(pid: int | None = None) -> set[int]:
 
 
 def sweep(known: Iterable[int]) -> list[int]:
-    """SIGKILL (with its group) and reap every child of ours not in `known`."""
+    """SIGKILL (with its group) and reap every child of ours not in `known`; returns them.
+    Adopting only (cgroups): reap those of them that have exited, and return none."""
     keep = set(known) | _spared
     killed = []
+    if not _kill_orphans:
+        for pid in children() - keep:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        return killed
     for pid in children() - keep:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)

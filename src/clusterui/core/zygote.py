@@ -118,7 +118,7 @@ class Zygote:
             os.close(err_w)
         # Only a subreaper adopts the workers the zygote's intermediates leave behind.
         if not reaper.active():
-            reaper.become_subreaper()
+            reaper.become_subreaper(kill_orphans=False)
         on_output(out_r, err_r)
 
     def watch(self, loop: Any) -> None:
