@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -320,3 +322,57 @@ def test_with_cgroups_an_orphan_the_worker_leaves_lives_as_long_as_its_worker(cu
         return not psutil.pid_exists(orphan)
 
     wait_for(gone, 10, "the orphan killed and reaped")
+
+
+HOSTILE = """
+import json, os, socket
+ctl = socket.socket(fileno=int(os.environ["CLUSTERUI_ZYGOTE_FD"]))
+evil = [["\\x1b[2J", "\\x1b]0;x\\x07"]]  # a module name and a reason: escape sequences
+ctl.send(json.dumps({"t": "ready", "preloaded": 0, "failed": evil}).encode())
+while ctl.recvmsg(1 << 20, 4096)[0]:
+    ctl.send(json.dumps({"t": "spawned", "pid": 1}).encode())
+"""
+PROBE = """
+import asyncio, os, sys
+from clusterui.core import zygote
+from clusterui.core.process import SpawnSpec
+from clusterui.core.spec import AppSpec
+zygote.SERVER = sys.argv[1]
+
+async def main():
+    spec = AppSpec(name="h", script=sys.argv[2], interpreter=sys.executable, cwd=os.getcwd())
+    z = zygote.Zygote(spec, dict(os.environ), [sys.argv[2]], lambda o, e: None, lambda z: None)
+    z.watch(asyncio.get_running_loop())
+    await z.ready_soon()
+    print("failed:", *z.failed[0])  # as the notice would show them
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        ask = SpawnSpec(argv=spec.argv(), cwd=os.getcwd(), env={}, stdout=null, stderr=null)
+        z.spawn(ask, [sys.argv[2]])
+    except zygote.Unavailable as exc:
+        print("refused:", exc)
+    print("broken:", z.broken)
+
+asyncio.run(main())
+"""
+
+
+def test_a_zygote_that_names_a_process_not_ours_is_refused(tmp_path):
+    """The zygote runs the app's code: a pid it names that is not the supervisor's own
+    child (here pid 1) is refused, the zygote is dropped, and its text arrives escaped.
+    Run in a process of its own: the zygote makes it a child subreaper."""
+    hostile = tmp_path / "hostile.py"
+    hostile.write_text(HOSTILE)
+    script = tmp_path / "app.py"
+    script.write_text("")
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(hostile), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "refused: named process 1, which is not a child of the supervisor" in out.stdout
+    assert "broken: named process 1" in out.stdout
+    assert "\x1b" not in out.stdout and "\\x1b[2J" in out.stdout
