@@ -510,6 +510,7 @@ def test_a_rolling_reload_drains_the_old_workers_rather_than_signalling_them(cu)
     assert int(slow.makefile().readline()) in old
     slow.close()
     files = [cu.root / f"stopped-{pid}" for pid in old]
-    wait_for(lambda: all(f.exists() for f in files), 10, "the old workers to finish")
+    # Written whole before we read: the file exists from open() on, empty until written.
+    wait_for(lambda: all(f.exists() and f.read_text() for f in files), 10, "the old workers")
     assert [f.read_text() for f in files] == ["drained", "drained"]
     assert not set(old) & {w["pid"] for w in cu.ls()}

@@ -34,6 +34,11 @@ def unspare(pid: int) -> None:
     _spared.discard(pid)
 
 
+def kills_orphans() -> bool:
+    """Whether the sweep kills what it adopts (the fallback without cgroups)."""
+    return _active and _kill_orphans
+
+
 def become_subreaper(kill_orphans: bool = True) -> bool:
     """kill_orphans: the fallback without cgroups (sweep kills what it adopts); else only
     adopt, and reap what exits."""

@@ -41,6 +41,7 @@ from clusterui.vocab.exits import Exit, OpError
 from clusterui.vocab.snapshot import Snapshot, SupervisorInfo, WorkerTree
 
 TICK = 1.0
+ADOPTED_REAP_EVERY = 10  # ticks between reaps of adopted children that exited
 NO_SAMPLE = Sample(0.0, 0, False)
 
 
@@ -177,7 +178,10 @@ class Supervisor:
             self.notice("warning", f"killed process {pid}, left behind by an exited worker")
 
     def tick(self) -> None:
-        self.sweep_orphans()
+        # Adopting only (cgroups and a zygote), the sweep just reaps exited children:
+        # no hurry, and at 2,000 workers listing and comparing them costs every time.
+        if reaper.kills_orphans() or self._ticks % ADOPTED_REAP_EVERY == 0:
+            self.sweep_orphans()
         now = time.time()
         slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
         pids = [s.proc.pid for _, s in slots if s.proc]
