@@ -376,3 +376,20 @@ def test_a_zygote_that_names_a_process_not_ours_is_refused(tmp_path):
     assert "refused: named process 1, which is not a child of the supervisor" in out.stdout
     assert "broken: named process 1" in out.stdout
     assert "\x1b" not in out.stdout and "\\x1b[2J" in out.stdout
+
+
+def test_start_preload_on_the_command_line(cu):
+    """`clusterui start app.py -i 2 --preload`, PM2 style, without a file."""
+    marks, reports = cu.root / "marks", cu.root / "reports"
+    cu.write("app/marker.py", MARKER)
+    cu.write("app/main.py", SCRIPT)
+    cu.env.update(MARKS=str(marks), REPORTS=str(reports))
+    r = cu.run("start", "app/main.py", "-i", "2", "--preload")
+    assert r.returncode == 0, r.stderr
+    seen = wait_for(lambda: len(r := _reports(reports)) == 2 and r, 20, "2 workers report")
+    (zygote,) = _zygotes(cu)
+    assert _lines(marks) == [str(zygote.pid)]
+    assert all(r["preloaded"] for r in seen)
+    cu.write("run.sh", "#!/bin/sh\nsleep 60\n").chmod(0o755)
+    r = cu.run("start", "run.sh", "--preload")
+    assert r.returncode != 0 and "preload" in r.stderr

@@ -134,6 +134,9 @@ def _lifecycle_verbs(sub: Any) -> None:
     sp.add_argument("--dispatch", help="round-robin, least-connections, shared or proxy")
     sp.add_argument("--watch", action="store_true")
     sp.add_argument("--interpreter")
+    sp.add_argument(
+        "--preload", action="store_true", help="fork Python workers from one import of the app"
+    )
     sp.add_argument("--only", help="with FILE: comma-separated app names")
     sp.add_argument("--env", help="with FILE: use env_NAME from each app")
     for verb in ("stop", "restart", "reload", "delete"):
@@ -596,6 +599,7 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
         or opts.watch
         or opts.extra
         or opts.interpreter
+        or opts.preload
         or hosted
     )
     first = Path(what[0])
@@ -620,6 +624,8 @@ async def cmd_start(client: Client, opts: argparse.Namespace) -> int:
             mapping["watch"] = True
         if opts.interpreter:
             mapping["interpreter"] = opts.interpreter
+        if opts.preload:
+            mapping["preload"] = True
         base_dir = str(Path.cwd())
         # Checked here too (like a file), so a mistake is reported before anything starts;
         # the supervisor builds the app from the same keys with the same loader.
