@@ -27,6 +27,7 @@ MARKER = """
 import os
 with open(os.environ["MARKS"], "a") as f:
     f.write(f"{os.getpid()}\\n")
+print("marker imported by", os.getpid(), flush=True)
 """
 SCRIPT = """
 import sys
@@ -127,6 +128,9 @@ def test_workers_are_forked_from_one_import_and_see_what_an_exec_would_give(cu):
         assert psutil.Process(r["pid"]).ppid() == supervisor
         assert os.getsid(r["pid"]) == r["pid"]  # its own session, as an exec'd worker has
     assert sorted(w["pid"] for w in cu.ls()) == sorted(r["pid"] for r in seen)
+    # What the zygote prints while importing is in the app's log, once.
+    log = cu.run("logs", "job", "--lines", "100", check=True).stdout
+    assert log.count("marker imported by") == 1 and f"by {zygotes[0].pid}" in log
     described = cu.run("describe", "job", check=True).stdout
     assert f"preload    zygote pid {zygotes[0].pid}, 5 module(s) imported" in described
 
@@ -393,3 +397,32 @@ def test_start_preload_on_the_command_line(cu):
     cu.write("run.sh", "#!/bin/sh\nsleep 60\n").chmod(0o755)
     r = cu.run("start", "run.sh", "--preload")
     assert r.returncode != 0 and "preload" in r.stderr
+
+
+def test_an_app_that_waits_for_its_dependencies_is_still_forked_from_its_zygote(cu):
+    marks, reports = cu.root / "marks", cu.root / "reports"
+    cu.write("app/marker.py", MARKER)
+    cu.write("app/main.py", SCRIPT)
+    cu.write("db.py", "import time\ntime.sleep(1)\nwhile True:\n    time.sleep(1)\n")
+    cu.write(
+        "ecosystem.yaml",
+        f"""
+        apps:
+          - name: job
+            script: {cu.root / "app" / "main.py"}
+            instances: 2
+            preload: true
+            depends_on:
+              db: started
+            env:
+              MARKS: {marks}
+              REPORTS: {reports}
+          - name: db
+            script: db.py
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    seen = wait_for(lambda: len(r := _reports(reports)) == 2 and r, 20, "2 workers report")
+    (zygote,) = _zygotes(cu)
+    assert _lines(marks) == [str(zygote.pid)]
+    assert all(r["preloaded"] for r in seen)

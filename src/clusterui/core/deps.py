@@ -148,6 +148,9 @@ async def start_when_ready(
                 app.ctx.logs.emit(slot.id, app.name, slot.instance, why)
         await asyncio.sleep(POLL)
     app.waiting_for = None
+    await app.fresh_code()  # with `preload`, its zygote imports the app first
+    if app.removed:
+        return
     for slot in app.slots.values():
         if slot.idle.value == states.PENDING:
             slot.idle.to(states.STOPPED)
