@@ -2,9 +2,10 @@
 started with the app's interpreter, which has imported the app's modules and forks
 each worker from itself when asked.
 
-New code means a new zygote: the app replaces it on every reload, restart and watch
-trigger (App.new_code); a worker that crashes, or fails its health or memory check,
-comes back from the same one, which is what makes recovery fast.
+New code means a new zygote: the app replaces it on every start, restart, reload, watch
+trigger and cron restart (App.fresh_code, Preload.new_code); a worker that crashes, or
+fails its health or memory check, comes back from the same one, which is what makes
+recovery fast.
 
 Anything wrong with the zygote itself (it died, hangs, or was never ready) makes
 `spawn` raise Unavailable, and the app starts that worker the ordinary way.
@@ -13,6 +14,7 @@ Anything wrong with the zygote itself (it died, hangs, or was never ready) makes
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import json
 import os
@@ -182,8 +184,6 @@ class Zygote:
     async def ready_soon(self, timeout: float = READY_TIMEOUT) -> None:
         """Wait for the ready message without blocking the event loop; then as
         wait_ready, except that a zygote that failed is left broken, not raised."""
-        import asyncio
-
         if self.ready or self.broken is not None:
             return
         loop = asyncio.get_running_loop()
@@ -307,8 +307,6 @@ class Preload:
             return z
         if self.gave_up is not None:
             return None
-        import asyncio
-
         try:
             command = command_of(self.spec, self.spec.argv())
             z = Zygote(self.spec, env, command, attach, self._exited)
