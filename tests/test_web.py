@@ -304,3 +304,61 @@ def test_clusterui_worker_servers_report_request_metrics_too(cu):
             lambda: [w for w in cu.ls() if (w["req_rate"] or 0) > 0], 15, "req_rate from wsgiref"
         )
     assert {"req_rate", "in_flight", "p50_ms", "p99_ms"} <= set(rows[0]["metrics"])
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_fastapi_and_django_preloaded_serve_and_come_back_from_their_zygotes(cu):
+    """`preload: true` on unmodified FastAPI and Django apps: the zygote has imported the
+    app (FastAPI's pydantic_core extension is mapped in it before any worker runs), the
+    workers serve in round-robin, and a killed worker is replaced from the same zygote."""
+    api, site = free_port(), free_port()
+    up(
+        cu,
+        f"""
+        apps:
+          - name: api
+            asgi: fastapi_main:app
+            instances: 2
+            listen: 127.0.0.1:{api}
+            listen_timeout: 20s
+            preload: true
+          - name: site
+            wsgi: mysite.wsgi:application
+            instances: 2
+            listen: 127.0.0.1:{site}
+            listen_timeout: 20s
+            preload: true
+        """,
+    )
+    ctl = Control(cu.home)
+    try:
+        apps = {a["name"]: a for a in ctl.result("state")["apps"]}
+    finally:
+        ctl.close()
+    zygotes = {name: apps[name]["preload"]["pid"] for name in ("api", "site")}
+    assert all(zygotes.values()), apps
+    assert "pydantic_core" in _maps(zygotes["api"])  # FastAPI imported before the fork
+    for name, port in (("api", api), ("site", site)):
+        pids = pids_of(cu, name)
+        bodies = [get(port) for _ in range(4)]
+        assert {b.split()[1] for b in bodies} == {str(p) for p in pids}
+        assert_round_robin(bodies, 2)
+        victim = pids[0]
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        wait_for(
+            lambda n=name, v=victim: len(p := pids_of(cu, n)) == 2 and v not in p, 20, "replaced"
+        )
+        (new,) = set(pids_of(cu, name)) - set(pids)
+        assert int(Path(f"/proc/{new}/stat").read_text().split(") ")[1].split()[1]) == (
+            cu.supervisor_pid()
+        )
+        assert {get(port).split()[1] for _ in range(4)} == {str(p) for p in pids_of(cu, name)}
+    ctl = Control(cu.home)
+    try:
+        after = {a["name"]: a["preload"]["pid"] for a in ctl.result("state")["apps"]}
+    finally:
+        ctl.close()
+    assert after == zygotes  # the crashes did not start new zygotes
