@@ -49,6 +49,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from common import (  # noqa: E402
+    PID,
+    ROOT,
     WEB,
     Control,
     Load,
@@ -127,6 +129,22 @@ def web_ecosystem(
     """
 
 
+def fastapi_ecosystem(port: int, workers: int, preload: bool = False) -> str:
+    """tests/webapps/fastapi_main.py, unmodified, hosted by clusterui (asgi:), as "web"."""
+    return f"""
+    apps:
+      - name: web
+        asgi: fastapi_main:app
+        cwd: {ROOT / "tests" / "webapps"}
+        exec_mode: cluster
+        instances: {workers}
+        listen: 127.0.0.1:{port}
+        listen_timeout: 20s
+        args: --no-access-log
+        preload: {str(preload).lower()}
+    """
+
+
 def stats_ms(values: list[float]) -> dict[str, float]:
     ms = sorted(v * 1000 for v in values)
     if not ms:
@@ -171,9 +189,8 @@ def ask(port: int, timeout: float = 1.0) -> int | None:
                 data += chunk
     except OSError:
         return None
-    if not data.startswith(b"HTTP/1.1 200") or b" pid " not in data:
-        return None
-    return int(data.rsplit(b" pid ", 1)[1])
+    found = PID.search(data.decode(errors="replace")) if data.startswith(b"HTTP/1.1 200") else None
+    return int(found.group(1)) if found else None
 
 
 def answers(port: int) -> bool:
@@ -344,6 +361,35 @@ def stops(
     return out
 
 
+def measure_anchors(port: int, opts: argparse.Namespace, report: dict[str, Any]) -> list[float]:
+    """examples/web.py started alone, idle and beside the cluster's load; returns the
+    loaded starts (s)."""
+    with bench_lock("the anchors"):
+        bare = exec_time(opts.anchor, "pass")
+        imports = exec_time(opts.anchor, WEB_IMPORTS)
+        idle = anchor(opts.anchor)
+        # The same start while the cluster is under the kill phase's load: the new
+        # worker competes for the CPU with the clients and the other workers.
+        with Load(port, opts.concurrency):
+            loaded = anchor(opts.anchor)
+    report["anchor_idle"], report["anchor_loaded"] = idle, loaded
+    print("\nanchor: examples/web.py started alone (no manager), exec → first answer")
+    print(HEADER)
+    print(row("on an idle host", idle))
+    print(row(f"while {opts.concurrency} clients load the cluster", loaded))
+    print("  its parts on the idle host, each run to its end (exec → exit):")
+    print(row("python -c pass", bare))
+    print(row("python -c '<web.py's imports>'", imports))
+    report["anchor_bare"], report["anchor_imports"] = bare, imports
+    print(
+        "  medians: the interpreter alone {:.0f} ms, with web.py's imports {:.0f} ms (both "
+        "to exit), the whole start to a first answer {:.0f} ms".format(
+            *(1000 * statistics.median(x) for x in (bare, imports, idle))
+        )
+    )
+    return loaded
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=100, help="per load mode")
@@ -357,42 +403,32 @@ def main() -> int:
     parser.add_argument(
         "--preload", action="store_true", help="fork the workers from a zygote (preload: true)"
     )
+    parser.add_argument(
+        "--app",
+        choices=("web", "fastapi"),
+        default="web",
+        help="examples/web.py, or tests/webapps/fastapi_main.py (FastAPI; no anchors)",
+    )
     opts = parser.parse_args()
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     report: dict[str, Any] = {"seed": seed, "workers": opts.workers}
     print(
-        f"clusterui chaos: {opts.workers} × examples/web.py, round-robin, "
+        f"clusterui chaos: {opts.workers} × "
+        f"{'examples/web.py' if opts.app == 'web' else 'FastAPI (tests/webapps)'}, round-robin, "
         f"{'preload (zygote), ' if opts.preload else ''}"
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, seed {seed}"
     )
     sup = Supervisor()
     try:
         port = free_port()
-        sup.up(web_ecosystem(port, opts.workers, preload=opts.preload))
-        with bench_lock("the anchors"):
-            bare = exec_time(opts.anchor, "pass")
-            imports = exec_time(opts.anchor, WEB_IMPORTS)
-            idle = anchor(opts.anchor)
-            # The same start while the cluster is under the kill phase's load: the new
-            # worker competes for the CPU with the clients and the other workers.
-            with Load(port, opts.concurrency):
-                loaded = anchor(opts.anchor)
-        report["anchor_idle"], report["anchor_loaded"] = idle, loaded
-        print("\nanchor: examples/web.py started alone (no manager), exec → first answer")
-        print(HEADER)
-        print(row("on an idle host", idle))
-        print(row(f"while {opts.concurrency} clients load the cluster", loaded))
-        print("  its parts on the idle host, each run to its end (exec → exit):")
-        print(row("python -c pass", bare))
-        print(row("python -c '<web.py's imports>'", imports))
-        report["anchor_bare"], report["anchor_imports"] = bare, imports
-        print(
-            "  medians: the interpreter alone {:.0f} ms, with web.py's imports {:.0f} ms (both "
-            "to exit), the whole start to a first answer {:.0f} ms".format(
-                *(1000 * statistics.median(x) for x in (bare, imports, idle))
-            )
-        )
+        if opts.app == "fastapi":
+            sup.up(fastapi_ecosystem(port, opts.workers, preload=opts.preload))
+            loaded: list[float] = []
+            print("\nanchors: timed for examples/web.py only; none for --app fastapi")
+        else:
+            sup.up(web_ecosystem(port, opts.workers, preload=opts.preload))
+            loaded = measure_anchors(port, opts, report)
         for keep_alive in (False, True):
             mode = "keep-alive" if keep_alive else "Connection: close"
             with bench_lock(f"kills ({mode})"):
@@ -418,8 +454,9 @@ def main() -> int:
                     f"target < {TARGET_SERVING_MS} ms (median): {verdict}",
                 )
             )
-            ratio = median_ms / (statistics.median(loaded) * 1000)
-            print(f"  serving median / loaded standalone start median: {ratio:.2f}×")
+            if loaded:
+                ratio = median_ms / (statistics.median(loaded) * 1000)
+                print(f"  serving median / loaded standalone start median: {ratio:.2f}×")
             print(
                 f"  requests: {load.ok_count()} ok, {len(load.failures())} failed"
                 f" in {len(done)} kills; "

@@ -341,6 +341,8 @@ def test_fastapi_and_django_preloaded_serve_and_come_back_from_their_zygotes(cu)
     zygotes = {name: apps[name]["preload"]["pid"] for name in ("api", "site")}
     assert all(zygotes.values()), apps
     assert "pydantic_core" in _maps(zygotes["api"])  # FastAPI imported before the fork
+    # and what the host loads on its way to serving (uvicorn's protocol classes, uvloop)
+    assert "uvloop" in _maps(zygotes["api"]) and "httptools" in _maps(zygotes["site"])
     for name, port in (("api", api), ("site", site)):
         pids = pids_of(cu, name)
         bodies = [get(port) for _ in range(4)]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from clusterui import web
 from clusterui.core import guardian, reaper
 from clusterui.core.process import (
     ExitWatcher,
@@ -91,7 +92,11 @@ class Zygote:
         self._watcher: ExitWatcher | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
-        extra = [spec.web[1].partition(":")[0]] if spec.web is not None else []
+        # A hosted app: its MODULE, and what the host itself loads before serving.
+        extra = {
+            "modules": [spec.web[1].partition(":")[0]] if spec.web is not None else [],
+            "optional": list(web.PRELOAD) if spec.web is not None else [],
+        }
         env = {k: v for k, v in env.items() if k not in _PER_WORKER and not k.startswith("LISTEN_")}
         env[CONTROL_FD_ENV] = str(CONTROL_FD)
         env[PRELOAD_ENV] = json.dumps(extra)

@@ -16,6 +16,19 @@ EXTRA_HINT = "pip install 'clusterui[web]'"
 # What the host imports; the supervisor checks these exist before starting an app.
 REQUIRED = {"asgi": ("uvicorn",), "wsgi": ("uvicorn", "a2wsgi")}
 KINDS = tuple(REQUIRED)
+# What a host imports on its way to serving (its own module, and what uvicorn's config
+# loads by name: protocol classes, lifespan, the loop), for a zygote to import once
+# (`preload: true`, core.zygote); those not installed are skipped.
+PRELOAD = (
+    "clusterui.web.host",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.http.h11_impl",
+    "uvicorn.protocols.websockets.websockets_impl",
+    "uvicorn.protocols.websockets.wsproto_impl",
+    "uvicorn.lifespan.on",
+    "uvloop",
+    "a2wsgi",
+)
 
 
 def missing(kind: str) -> str | None:

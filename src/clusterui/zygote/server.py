@@ -29,7 +29,9 @@ import time
 import traceback
 
 CONTROL_FD_ENV = "CLUSTERUI_ZYGOTE_FD"
-PRELOAD_ENV = "CLUSTERUI_ZYGOTE_PRELOAD"  # JSON list of more modules to import
+# JSON {"modules": [...], "optional": [...]}: more to import; an optional one that fails
+# is skipped without a word.
+PRELOAD_ENV = "CLUSTERUI_ZYGOTE_PRELOAD"
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_FDS = 253  # SCM_MAX_FD
 REPARENT_TIMEOUT = 2.0
@@ -76,9 +78,12 @@ def top_level_imports(path: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-def preload(command: list[str], extra: list[str]) -> tuple[int, list[list[str]]]:
-    """Import what `command` imports at its top level, and `extra`; returns (count
-    imported, [[module, why]] for each that failed: the worker will try it again)."""
+def preload(
+    command: list[str], extra: list[str], optional: list[str] | None = None
+) -> tuple[int, list[list[str]]]:
+    """Import what `command` imports at its top level, `extra` and `optional`; returns
+    (count imported, [[module, why]] for each that failed but an optional one: the
+    worker will try it again)."""
     wanted: list[tuple[str, list[str]]] = []
     failed: list[list[str]] = []
     path = main_file(command)
@@ -88,15 +93,18 @@ def preload(command: list[str], extra: list[str]) -> tuple[int, list[list[str]]]
         except (OSError, SyntaxError, ValueError) as exc:
             failed.append([path, f"{type(exc).__name__}: {exc}"])
     wanted += [(name, []) for name in extra]
+    skippable = len(wanted)
+    wanted += [(name, []) for name in optional or []]
     done = 0
-    for module, names in wanted:
+    for i, (module, names) in enumerate(wanted):
         try:
             __import__(module, fromlist=names)
             done += 1
         except BaseException as exc:  # noqa: BLE001 - an app's import may raise anything
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            failed.append([module, f"{type(exc).__name__}: {exc}"])
+            if i < skippable:
+                failed.append([module, f"{type(exc).__name__}: {exc}"])
     return done, failed
 
 
@@ -274,7 +282,7 @@ def run(command: list[str]) -> None:
 def main() -> None:
     ctl = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
     os.set_inheritable(ctl.fileno(), False)
-    extra = json.loads(os.environ.pop(PRELOAD_ENV, "[]"))
+    more = json.loads(os.environ.pop(PRELOAD_ENV, "{}"))
     command = sys.argv[1:]
     # Imports resolve as they will in the worker: its sys.path[0], not this file's folder.
     if command[0] == "-m":
@@ -284,7 +292,7 @@ def main() -> None:
     import pkgutil  # noqa: F401 - runpy imports it lazily: once here, not in every worker
 
     try:
-        done, failed = preload(command, extra)
+        done, failed = preload(command, more.get("modules", []), more.get("optional", []))
     except BaseException:  # noqa: BLE001 - say what, then serve plain forks anyway
         done, failed = 0, [["preload", traceback.format_exc(limit=3)]]
     gc.collect()
