@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -54,7 +55,8 @@ while True:
 """
 
 
-def _fork_app(cu, instances: int = 3, **keys) -> tuple[Path, Path]:
+def _fork_app(cu, instances: int = 3, also: str = "", **keys) -> tuple[Path, Path]:
+    """Start `job` (SCRIPT, preloaded) with more keys, and `also` (more apps, YAML)."""
     marks, reports = cu.root / "marks", cu.root / "reports"
     (cu.root / "work").mkdir(exist_ok=True)
     cu.write("app/marker.py", MARKER)
@@ -72,7 +74,8 @@ def _fork_app(cu, instances: int = 3, **keys) -> tuple[Path, Path]:
             env:
               MARKS: {marks}
               REPORTS: {reports}{more}
-        """,
+        """
+        + textwrap.indent(textwrap.dedent(also), " " * 10),  # as "- name: job" above
     )
     r = cu.run("up", "-d")
     assert r.returncode == 0, r.stderr
@@ -400,28 +403,12 @@ def test_start_preload_on_the_command_line(cu):
 
 
 def test_an_app_that_waits_for_its_dependencies_is_still_forked_from_its_zygote(cu):
-    marks, reports = cu.root / "marks", cu.root / "reports"
-    cu.write("app/marker.py", MARKER)
-    cu.write("app/main.py", SCRIPT)
     cu.write("db.py", "import time\ntime.sleep(1)\nwhile True:\n    time.sleep(1)\n")
-    cu.write(
-        "ecosystem.yaml",
-        f"""
-        apps:
-          - name: job
-            script: {cu.root / "app" / "main.py"}
-            instances: 2
-            preload: true
-            depends_on:
-              db: started
-            env:
-              MARKS: {marks}
-              REPORTS: {reports}
-          - name: db
-            script: db.py
-        """,
-    )
-    assert cu.run("up", "-d").returncode == 0
+    db = """
+    - name: db
+      script: db.py
+    """
+    marks, reports = _fork_app(cu, instances=2, also=db, depends_on="{db: started}")
     seen = wait_for(lambda: len(r := _reports(reports)) == 2 and r, 20, "2 workers report")
     (zygote,) = _zygotes(cu)
     assert _lines(marks) == [str(zygote.pid)]
