@@ -50,7 +50,9 @@ def assert_round_robin(bodies: list[str], n: int) -> None:
         assert bodies[i] == bodies[i - n], f"not round-robin at {i}: {bodies}"
 
 
-def test_fastapi_and_django_unchanged_behind_one_port_in_round_robin(cu):
+def fastapi_and_django(cu: Env, api_instances: int, api_key: str, site_key: str = "") -> tuple:
+    """`up` the FastAPI app as `api` and the Django site as `site` (2 workers), each with
+    one more key line; returns their ports."""
     api, site = free_port(), free_port()
     up(
         cu,
@@ -58,17 +60,23 @@ def test_fastapi_and_django_unchanged_behind_one_port_in_round_robin(cu):
         apps:
           - name: api
             asgi: fastapi_main:app
-            instances: 3
+            instances: {api_instances}
             listen: 127.0.0.1:{api}
             listen_timeout: 20s
-            args: --no-access-log --root-path /api
+            {api_key}
           - name: site
             wsgi: mysite.wsgi:application
             instances: 2
             listen: 127.0.0.1:{site}
             listen_timeout: 20s
+            {site_key}
         """,
     )
+    return api, site
+
+
+def test_fastapi_and_django_unchanged_behind_one_port_in_round_robin(cu):
+    api, site = fastapi_and_django(cu, 3, "args: --no-access-log --root-path /api")
     bodies = [get(api) for _ in range(9)]
     assert {b.split()[1] for b in bodies} == {str(p) for p in pids_of(cu, "api")}
     assert_round_robin(bodies, 3)
@@ -314,25 +322,7 @@ def test_fastapi_and_django_preloaded_serve_and_come_back_from_their_zygotes(cu)
     """`preload: true` on unmodified FastAPI and Django apps: the zygote has imported the
     app (FastAPI's pydantic_core extension is mapped in it before any worker runs), the
     workers serve in round-robin, and a killed worker is replaced from the same zygote."""
-    api, site = free_port(), free_port()
-    up(
-        cu,
-        f"""
-        apps:
-          - name: api
-            asgi: fastapi_main:app
-            instances: 2
-            listen: 127.0.0.1:{api}
-            listen_timeout: 20s
-            preload: true
-          - name: site
-            wsgi: mysite.wsgi:application
-            instances: 2
-            listen: 127.0.0.1:{site}
-            listen_timeout: 20s
-            preload: true
-        """,
-    )
+    api, site = fastapi_and_django(cu, 2, "preload: true", "preload: true")
     ctl = Control(cu.home)
     try:
         apps = {a["name"]: a for a in ctl.result("state")["apps"]}
