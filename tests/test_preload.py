@@ -413,3 +413,49 @@ def test_an_app_that_waits_for_its_dependencies_is_still_forked_from_its_zygote(
     (zygote,) = _zygotes(cu)
     assert _lines(marks) == [str(zygote.pid)]
     assert all(r["preloaded"] for r in seen)
+
+
+MANY_FDS = """
+import asyncio, os, resource, signal, sys
+from clusterui.core import zygote
+from clusterui.core.process import SpawnSpec
+from clusterui.core.spec import AppSpec
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # a supervisor of 2,000 workers
+
+async def main():
+    spec = AppSpec(name="m", script=sys.argv[1], interpreter=sys.executable, cwd=os.getcwd())
+    z = zygote.Zygote(spec, dict(os.environ), [sys.argv[1]], lambda o, e: None, lambda z: None)
+    z.watch(asyncio.get_running_loop())
+    await z.ready_soon()
+    null = os.open(os.devnull, os.O_WRONLY)
+    ask = SpawnSpec(argv=spec.argv(), cwd=os.getcwd(), env={}, stdout=null, stderr=null)
+    pid = z.spawn(ask, [sys.argv[1]])
+    ppid = open(f"/proc/{pid}/stat").read().split(") ")[1].split()[1]
+    print("fd", z._sock.fileno(), "pid", pid, "ppid", ppid, "me", os.getpid())
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    z.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_zygote_past_fd_1024_still_answers(tmp_path):
+    """At 2,000 workers the supervisor holds thousands of fds: its zygote channel is
+    past select()'s 1,024, where select() raised and stranded the app's start."""
+    script = tmp_path / "app.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    out = subprocess.run(
+        [sys.executable, "-c", MANY_FDS, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    assert int(words[1]) > 1024
+    assert words[5] == words[7]  # the worker is the probe's own child
