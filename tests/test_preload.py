@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
@@ -138,10 +137,27 @@ def test_workers_are_forked_from_one_import_and_see_what_an_exec_would_give(cu):
     assert f"preload    zygote pid {zygotes[0].pid}, 5 module(s) imported" in described
 
 
+def _after_ticks(cu, n: int) -> None:
+    """Wait until the supervisor has ticked n more times (each tick stamps every worker's
+    series, and starts with the orphan sweep)."""
+    ctl = support.Control(cu.home)
+    try:
+
+        def stamps() -> list[float]:
+            return ctl.result("state")["workers"][0]["history"]["time"]
+
+        since = stamps()[-1]
+        wait_for(lambda: sum(t > since for t in stamps()) >= n, n + 10, f"{n} ticks")
+    finally:
+        ctl.close()
+
+
 def test_a_crashed_worker_comes_back_from_the_same_zygote_and_new_code_makes_a_new_one(cu):
+    # The subreaper fallback sweeps every tick, and kills what it does not know.
+    cu.env["CLUSTERUI_NO_CGROUPS"] = "1"
     marks, reports = _fork_app(cu, instances=2)
     wait_for(lambda: len(_reports(reports)) == 2, 20, "2 workers")
-    time.sleep(2.5)  # two supervisor ticks: the zygote is known, not swept as an orphan
+    _after_ticks(cu, 2)  # the zygote is known: not swept as an orphan
     (zygote,) = _zygotes(cu)
     victim = cu.ls()[0]["pid"]
     os.kill(victim, signal.SIGKILL)
@@ -303,8 +319,12 @@ def test_with_cgroups_an_orphan_the_worker_leaves_lives_as_long_as_its_worker(cu
         "daemonizes.py",
         f"""
         import os, subprocess, time
-        # sh starts sleep in the background and exits at once: sleep is an orphan.
-        subprocess.run(["sh", "-c", "sleep 600 & echo $! >> {orphans}"], check=True)
+        # sh starts two sleeps in the background and exits at once: they are orphans.
+        # The short one exits soon, and shows when the sweep has reaped it.
+        subprocess.run(
+            ["sh", "-c", "sleep 600 & echo $! >> {orphans}; sleep 0.1 & echo $! >> {orphans}"],
+            check=True,
+        )
         while True:
             time.sleep(1)
         """,
@@ -319,9 +339,12 @@ def test_with_cgroups_an_orphan_the_worker_leaves_lives_as_long_as_its_worker(cu
         """,
     )
     assert cu.run("up", "-d").returncode == 0
-    (orphan,) = wait_for(lambda: _lines(orphans) and [int(p) for p in _lines(orphans)], 20, "pid")
+    orphan, short = wait_for(
+        lambda: len(p := _lines(orphans)) == 2 and [int(x) for x in p], 20, "the pids"
+    )
     assert psutil.Process(orphan).ppid() == cu.supervisor_pid()  # adopted
-    time.sleep(2.5)  # two ticks of the sweep
+    # A sweep has run once the short orphan, exited, has been reaped (every 10 ticks).
+    wait_for(lambda: not psutil.pid_exists(short), 20, "the exited orphan reaped")
     assert psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE
     assert cu.run("stop", "d").returncode == 0
 

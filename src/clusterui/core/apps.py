@@ -297,9 +297,8 @@ class App:
         return self.listener.orphan_grace if self.listener is not None else 0.0
 
     def _zygote_output(self, out_r: int, err_r: int) -> None:
-        """What the zygote prints (while importing the app) goes to the first worker's log."""
-        slot = self.slots[min(self.slots)] if self.slots else self.ensure_slots(1)[0]
-        self.ctx.logs.attach(slot.id, self.name, slot.instance, self.spec, out_r, err_r)
+        """What the zygote prints (while importing the app) goes to instance 0's log."""
+        self.ctx.logs.attach(self.ctx.next_id(self.name, 0), self.name, 0, self.spec, out_r, err_r)
 
     async def fresh_code(self) -> None:
         """Workers about to start should run the code as it is now on disk: with

@@ -128,16 +128,15 @@ def blocked(
 async def start_when_ready(
     app: App, app_of: Callable[[str], App | None], start: Callable[[], None]
 ) -> None:
-    """Hold app's workers in `waiting` until every dependency meets its condition."""
+    """Hold app's workers in `pending` until every dependency meets its condition and,
+    with `preload`, its zygote has imported the app."""
     slots = app.ensure_slots(app.spec.instances)
     for slot in slots:
         if slot.proc is None:
             slot.idle.to(states.PENDING)
     while True:
-        if app.removed or any(
-            s.proc is not None or s.idle.value != states.PENDING for s in app.slots.values()
-        ):
-            app.waiting_for = None  # deleted, started or stopped by hand meanwhile
+        if _taken_over(app):
+            app.waiting_for = None
             return
         why = first_unmet(app, app_of)
         if why is None:
@@ -147,14 +146,23 @@ async def start_when_ready(
             for slot in app.slots.values():
                 app.ctx.logs.emit(slot.id, app.name, slot.instance, why)
         await asyncio.sleep(POLL)
+    if app.preload is not None:  # apps in one file do this side by side
+        app.waiting_for = "preloading the app's modules"
+        await app.fresh_code()
     app.waiting_for = None
-    await app.fresh_code()  # with `preload`, its zygote imports the app first
-    if app.removed:
+    if _taken_over(app):
         return
     for slot in app.slots.values():
         if slot.idle.value == states.PENDING:
             slot.idle.to(states.STOPPED)
     start()
+
+
+def _taken_over(app: App) -> bool:
+    """Deleted, started or stopped by hand while it waited."""
+    return app.removed or any(
+        s.proc is not None or s.idle.value != states.PENDING for s in app.slots.values()
+    )
 
 
 def stop_layers(apps: Mapping[str, App]) -> list[list[App]]:

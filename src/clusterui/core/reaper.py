@@ -72,12 +72,11 @@ def sweep(known: Iterable[int]) -> list[int]:
     Adopting only (cgroups): reap those of them that have exited, and return none."""
     keep = set(known) | _spared
     killed = []
-    if not _kill_orphans:
-        for pid in children() - keep:
+    for pid in children() - keep:
+        if not _kill_orphans:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
-        return killed
-    for pid in children() - keep:
+            continue
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):

@@ -389,37 +389,16 @@ class Supervisor:
         if spec.watch:  # before the workers start, so what they write is seen too
             await app.set_watch(True)
         upkeep.attach(app, self.clock)
-        if spec.depends_on and deps.first_unmet(app, self.apps.get) is not None:
+        waits = spec.depends_on and deps.first_unmet(app, self.apps.get) is not None
+        if waits or app.preload is not None:
             for slot in app.ensure_slots(spec.instances):
                 slot.idle.to(states.PENDING)
             waiter = asyncio.ensure_future(deps.start_when_ready(app, self.apps.get, app.start_all))
             self._waiters.add(waiter)
             waiter.add_done_callback(self._waiters.discard)
-        elif app.preload is not None:
-            # Its zygote imports the app first; apps in the same file do so side by side.
-            for slot in app.ensure_slots(spec.instances):
-                slot.idle.to(states.PENDING)
-            app.waiting_for = "preloading the app's modules"
-            waiter = asyncio.ensure_future(self._start_preloaded(app))
-            self._waiters.add(waiter)
-            waiter.add_done_callback(self._waiters.discard)
         else:
             app.start_all()
         return app
-
-    async def _start_preloaded(self, app: App) -> None:
-        try:
-            await app.fresh_code()
-        finally:  # whatever happened to the zygote, the workers start (without it if need be)
-            app.waiting_for = None
-            self._start_pending(app)
-
-    def _start_pending(self, app: App) -> None:
-        if app.removed or any(s.idle.value != states.PENDING for s in app.slots.values()):
-            return  # started or stopped by hand meanwhile
-        for slot in app.slots.values():
-            slot.idle.to(states.STOPPED)
-        app.start_all()
 
     async def op_start_script(
         self, spec: dict[str, Any], base_dir: str = "/", caller_env: Any = None

@@ -21,8 +21,7 @@ import os
 import select
 import signal
 import socket
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from clusterui import web
@@ -77,7 +76,7 @@ class Zygote:
     def __init__(
         self,
         spec: AppSpec,
-        env: dict[str, str],
+        env: Mapping[str, str],
         command: list[str],
         on_output: Callable[[int, int], Any],
         on_exit: Callable[[Zygote], None],
@@ -102,11 +101,11 @@ class Zygote:
         env[PRELOAD_ENV] = json.dumps(extra)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        interpreter = spec.interpreter or command_interpreter(spec)
+        interpreter = spec.argv()[: 1 + len(spec.interpreter_args)]  # and its arguments
         try:
             self.pid = spawn(
                 SpawnSpec(
-                    argv=[interpreter, *spec.interpreter_args, SERVER, *command],
+                    argv=[*interpreter, SERVER, *command],
                     cwd=spec.cwd,
                     env=env,
                     stdout=out_w,
@@ -162,12 +161,9 @@ class Zygote:
         self.close()
         raise Unavailable(why)
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Block until the zygote has imported what it preloads (raises Unavailable)."""
-        if self.ready:
-            return
-        deadline = time.monotonic() + timeout
-        msg = self._wait(max(0.0, deadline - time.monotonic()))
+    def _take_ready(self) -> None:
+        """Read the ready message, which is there to read (raises Unavailable)."""
+        msg = self._wait(0)
         if msg.get("t") != "ready":
             self._break(f"said {msg.get('t')!r} before it was ready")
         self.ready = True
@@ -183,12 +179,12 @@ class Zygote:
     def poll_ready(self) -> bool:
         """Whether it is ready, without waiting (a message already there is read)."""
         if not self.ready and self.broken is None and _readable(self._sock, 0):
-            self.wait_ready(0)
+            self._take_ready()
         return self.ready
 
     async def ready_soon(self, timeout: float = READY_TIMEOUT) -> None:
-        """Wait for the ready message without blocking the event loop; then as
-        wait_ready, except that a zygote that failed is left broken, not raised."""
+        """Wait for the ready message without blocking the event loop; a zygote that
+        failed or took too long is left broken (Preload then goes without it)."""
         if self.ready or self.broken is not None:
             return
         loop = asyncio.get_running_loop()
@@ -197,12 +193,14 @@ class Zygote:
         try:
             await asyncio.wait_for(readable, timeout)
         except TimeoutError:
-            pass
+            with contextlib.suppress(Unavailable):
+                self._break(f"had not imported the app within {timeout:g} s")
+            return
         finally:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(self._sock)
         with contextlib.suppress(Unavailable):
-            self.wait_ready(0)
+            self._take_ready()
 
     def spawn(self, sspec: SpawnSpec, command: list[str]) -> int:
         """Fork a worker as `sspec` says; returns its pid (our child by then).
@@ -278,11 +276,6 @@ def _parent_of(pid: int) -> int:
     return int(data[data.rindex(b")") + 2 :].split()[1])
 
 
-def command_interpreter(spec: AppSpec) -> str:
-    """The interpreter of a hosted app (asgi/wsgi), which has none of its own."""
-    return spec.argv()[0]
-
-
 class Preload:
     """An app's zygote over time: started on demand, replaced with new code, given up
     (until the next new code) when it fails, which the supervisor's notices say."""
@@ -306,7 +299,7 @@ class Preload:
     def pid(self) -> int:
         return self.zygote.pid if self.zygote is not None and self.zygote.broken is None else 0
 
-    def _current(self, env: dict[str, str], attach: Callable[[int, int], Any]) -> Zygote | None:
+    def _current(self, env: Mapping[str, str], attach: Callable[[int, int], Any]) -> Zygote | None:
         z = self.zygote
         if z is not None and z.broken is None:
             return z
@@ -367,7 +360,7 @@ class Preload:
     ) -> int | None:
         """A worker forked by the zygote (its pid), or None: exec it the ordinary way.
         Raises SpawnError for what would fail an exec'd worker too."""
-        z = self._current(dict(sspec.env), attach)
+        z = self._current(sspec.env, attach)
         if z is None:
             return None
         try:

@@ -188,7 +188,8 @@ def _become_worker(ctl: socket.socket, req: dict, fds: list[int]) -> None:
         _setup(req, fds, report)
     except BaseException as exc:  # noqa: BLE001 - said on its stderr, then exit as exec would
         try:
-            os.write(report[0], f"clusterui: failed to start: {_describe(exc, req)}\n".encode())
+            why = f"{type(exc).__name__}: {exc}"  # a missing cwd is the supervisor's to say
+            os.write(report[0], f"clusterui: failed to start: {why}\n".encode())
         finally:
             os._exit(FAILED_START)
 
@@ -247,12 +248,6 @@ def _setup(req: dict, fds: list[int], report: list[int]) -> None:
         env["LISTEN_PID"] = str(os.getpid())
     os.environ.clear()
     os.environ.update(env)
-
-
-def _describe(exc: BaseException, req: dict) -> str:
-    if isinstance(exc, FileNotFoundError) and exc.filename == req.get("cwd"):
-        return f"working directory {req.get('cwd')} does not exist"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _app_excepthook(kind: type, value: BaseException, tb) -> None:  # noqa: ANN001
