@@ -64,6 +64,8 @@ def test_history_keeps_metrics_once_per_tick() -> None:
     h.record(w, tick=1.0)
     h.record(w, tick=1.0)  # the same snapshot again
     h.record(dict(w, metrics={"queue": 7}), tick=2.0)
+    # An event made before the state() reply it was queued behind: nothing new in it.
+    h.record(dict(w, metrics={"queue": 9}), tick=1.5)
     assert h.get(3, "metric:queue") == [4.0, 7.0]
     h.forget(set())
     assert h.get(3, "cpu") == []

@@ -314,7 +314,9 @@ class DashboardApp(App[None]):
         snapshot.setdefault("apps", [])
         snapshot.setdefault("workers", [])
         self.snapshot = snapshot
-        tick = (snapshot.get("supervisor") or {}).get("uptime", 0.0)
+        sup = snapshot.get("supervisor") or {}
+        # When it was made: after a reconnect to a new supervisor too, later than before.
+        tick = (sup.get("started_at") or 0.0) + (sup.get("uptime") or 0.0)
         for worker in snapshot["workers"]:
             self.history.record(worker, tick)
         self.history.forget({w["id"] for w in snapshot["workers"]})

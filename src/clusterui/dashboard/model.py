@@ -217,9 +217,13 @@ class History:
         self._last_tick: dict[int, float] = {}
 
     def record(self, worker: dict[str, Any], tick: float) -> None:
+        """tick: when the snapshot was made (wall seconds). One no newer than the last
+        recorded is skipped: the same one again, or an event made before the state()
+        reply it follows, whose figures the seeded series already end with."""
         wid = worker["id"]
-        if self._last_tick.get(wid) == tick:
-            return  # the same snapshot twice (initial state() then the first event)
+        last = self._last_tick.get(wid)
+        if last is not None and tick <= last:
+            return
         self._last_tick[wid] = tick
         series = self._series.setdefault(wid, {})
         past = None if series else worker.get("history")
