@@ -217,6 +217,10 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
     monkeypatch.setattr(stats.os, "pread", spy)
     sampler = Sampler()
     pid = proc.pid
+    # The first periodic full read falls FULL_READ_EVERY - pid % FULL_READ_EVERY quiet
+    # ticks in: as few as one for some pids. Here it falls 100 ticks in, whatever the pid.
+    every = stats.FULL_READ_EVERY
+    monkeypatch.setattr(stats, "FULL_READ_EVERY", pid + 100)
 
     def tick() -> stats.Sample:
         read.clear()
@@ -242,6 +246,7 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
 
     # An idle process is still read in full every FULL_READ_EVERY ticks, the first time
     # sooner by its pid (so that workers started together spread their full reads).
+    monkeypatch.setattr(stats, "FULL_READ_EVERY", every)
     sleeper = python(procs, "import time; print('ready', flush=True); time.sleep(600)")
     assert sleeper.stdout.readline().strip() == "ready"
     sleeper = sleeper.pid
