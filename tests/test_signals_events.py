@@ -239,3 +239,84 @@ def test_the_events_op_checks_its_arguments(cu: Env) -> None:
     finally:
         ctl.close()
     assert cu.run("events", "s").stdout.strip() == "no events yet for s"
+
+
+def test_the_timeline_outlives_the_supervisor(cu: Env) -> None:
+    """`down` then `up`: each app's timeline comes back from events.jsonl (0600, in the
+    home), older events first, and new ones follow."""
+    cu.write(
+        "ecosystem.yaml",
+        "apps:\n  - name: s\n    script: /bin/sleep\n    args: ['600']\n"
+        "  - name: t\n    script: /bin/sleep\n    args: ['600']\n",
+    )
+    assert cu.run("up", "-d").returncode == 0
+    assert cu.run("restart", "s").returncode == 0
+    assert cu.run("scale", "t", "2").returncode == 0
+    before = events_json(cu)
+    assert [(e["app"], e["kind"]) for e in before] == [("s", "restart"), ("t", "scale")]
+    assert cu.run("down").returncode == 0
+    path = cu.home / "events.jsonl"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    assert cu.run("up", "-d").returncode == 0  # a new supervisor
+    assert events_json(cu) == before
+    assert cu.run("restart", "t").returncode == 0  # one worker again: the file says 1
+    after = events_json(cu, "t")
+    assert after[0] == before[1] and [e["kind"] for e in after] == ["scale", "restart"]
+    assert after[1]["time"] > before[1]["time"]
+
+
+def test_the_event_file_is_bounded_and_bad_lines_are_skipped(tmp_path: Path) -> None:
+    from clusterui.core import eventlog
+    from clusterui.vocab import events
+
+    notices: list[tuple[str, str]] = []
+    path = tmp_path / "events.jsonl"
+    good = {"time": 1.5, "kind": "restart", "app": "a", "instance": 0, "reason": "crashed"}
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                '{"time": 2, "kind": "restart", "app": "a", "inst',  # a crash's half line
+                json.dumps({**good, "kind": "no-such-kind"}),
+                json.dumps({**good, "instance": "0"}),
+                json.dumps({**good, "time": True}),
+                json.dumps([1, 2]),
+                "\xff not json",
+                json.dumps({**good, "app": "b", "instance": None, "time": 3}),
+            ]
+        )
+        + "\n"
+    )
+    log = eventlog.EventLog(path, lambda level, text: notices.append((level, text)))
+    past = log.past()
+    assert {app: list(kept) for app, kept in past.items()} == {
+        "a": [good],
+        "b": [{**good, "app": "b", "instance": None, "time": 3.0}],
+    }
+    # Appending past MAX_BYTES moves the file to events.jsonl.1: never more than two.
+    event: events.Event = {**good, "reason": "x" * 1000}  # type: ignore[typeddict-item]
+    for i in range(3 * eventlog.MAX_BYTES // 1000):
+        log.append({**event, "time": float(i)})
+    log.close()
+    assert path.stat().st_size <= eventlog.MAX_BYTES
+    assert (tmp_path / "events.jsonl.1").stat().st_size <= eventlog.MAX_BYTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "events.jsonl.1"]
+    # The newest KEPT of each app come back, in order, across the two files.
+    kept = list(eventlog.EventLog(path, print).past()["a"])
+    last = 3 * eventlog.MAX_BYTES // 1000 - 1
+    assert [e["time"] for e in kept] == [float(t) for t in range(last - events.KEPT + 1, last + 1)]
+    assert notices == []
+
+
+def test_an_unwritable_event_file_is_said_once_and_the_timeline_goes_on(tmp_path: Path) -> None:
+    from clusterui.core import eventlog
+
+    notices: list[tuple[str, str]] = []
+    (tmp_path / "events.jsonl").mkdir()  # cannot be opened as a file
+    log = eventlog.EventLog(tmp_path / "events.jsonl", lambda *n: notices.append(n))
+    event = {"time": 1.0, "kind": "scale", "app": "a", "instance": None, "reason": "1 → 2"}
+    log.append(event)  # type: ignore[arg-type]
+    log.append(event)  # type: ignore[arg-type]
+    assert len(notices) == 1 and notices[0][0] == "warning", notices
+    assert "events timeline not saved to" in notices[0][1]

@@ -57,6 +57,7 @@ class Context:
     next_serial: Callable[[], int]
     home: str = ""  # CLUSTERUI_HOME: never watched
     cgroups: Any = None  # core.cgroups.CgroupTree, or None where cgroups are unavailable
+    save_event: Callable[[events.Event], None] | None = None  # core.eventlog.EventLog.append
 
 
 class Proc:
@@ -286,6 +287,8 @@ class App:
             "reason": reason,
         }
         self.events.append(event)
+        if self.ctx.save_event is not None:
+            self.ctx.save_event(event)
 
     @property
     def mode(self) -> Mode | None:

@@ -34,6 +34,11 @@ class Home:
     def supervisor_log(self) -> Path:
         return self.root / "supervisor.log"
 
+    @property
+    def events(self) -> Path:
+        """The events timeline, kept across supervisors (core.eventlog)."""
+        return self.root / "events.jsonl"
+
     def ensure(self) -> None:
         """Create the home and logs/ 0700 (tightening ours); refuse, with an UnsafePath
         (an OSError) that says why in one sentence, a home or logs/ that another user

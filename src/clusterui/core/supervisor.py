@@ -26,6 +26,7 @@ from clusterui.core import config, deps, environ, fileops, guardian, inherit, re
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.cgroups import CgroupTree
 from clusterui.core.control import Connection, ControlServer, encode
+from clusterui.core.eventlog import EventLog
 from clusterui.core.home import Home
 from clusterui.core.logs import LogHub, LogLine, live_cut
 from clusterui.core.metrics import MetricsServer, is_loopback, parse_address, render
@@ -51,6 +52,10 @@ class Supervisor:
         self.apps: dict[str, App] = {}
         self.started_at = time.time()
         self.logs = LogHub(home.logs, notice=self.notice, sys_log=home.supervisor_log)
+        self.eventlog = EventLog(home.events, self.notice)
+        # What earlier supervisors recorded, by app: an app added under that name
+        # starts its timeline with it (add_app).
+        self._past_events = self.eventlog.past()
         self.sampler = Sampler()
         self.trees = TreeSampler()  # for op_tree only: sampled when asked, not per tick
         self.server = ControlServer(str(home.socket), self.handle)
@@ -66,6 +71,7 @@ class Supervisor:
             next_id=self._worker_id,
             next_serial=self._next_serial,
             home=str(home.root),
+            save_event=self.eventlog.append,
         )
         # Subscribed to the hub only while some client follows logs: with nobody listening
         # a flood costs no batching or decoding at all.
@@ -386,6 +392,7 @@ class Supervisor:
         app = App(spec, self.ctx)
         app.open_listener()  # raises OpError (port taken) before anything starts
         self.apps[spec.name] = app  # only now: a refused spec leaves nothing behind
+        app.events.extend(self._past_events.pop(spec.name, ()))
         if spec.watch:  # before the workers start, so what they write is seen too
             await app.set_watch(True)
         upkeep.attach(app, self.clock)
@@ -845,6 +852,7 @@ class Supervisor:
             app.close_listener()
         self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
+        self.eventlog.close()
         await self.server.close()
 
 

@@ -44,6 +44,22 @@ class Event(TypedDict):
     reason: str
 
 
+def from_json(data: object) -> Event | None:
+    """`data` as an Event when it has an event's keys and types (core.eventlog reads
+    events back from a file), else None."""
+    if not isinstance(data, dict):
+        return None
+    when, kind, app = data.get("time"), data.get("kind"), data.get("app")
+    instance, reason = data.get("instance"), data.get("reason")
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or kind not in KINDS:
+        return None
+    if not isinstance(app, str) or not app or not isinstance(reason, str):
+        return None
+    if instance is not None and (isinstance(instance, bool) or not isinstance(instance, int)):
+        return None
+    return {"time": float(when), "kind": kind, "app": app, "instance": instance, "reason": reason}
+
+
 def exit_text(code: int | None, sig: str | None) -> str:
     """How a process ended: "killed by SIGKILL", "exit code 1"."""
     if sig:
