@@ -23,6 +23,7 @@ while running:
     n += 1
     print(f"worker {instance}: processed job {n}", flush=True)
     if n % 10 == 0:
-        print(f"worker {instance}: job {n} was slow (simulated warning)", file=sys.stderr, flush=True)
+        slow = f"worker {instance}: job {n} was slow (simulated warning)"
+        print(slow, file=sys.stderr, flush=True)
     time.sleep(interval)
 print(f"worker {instance}: finishing cleanly after {n} jobs", flush=True)

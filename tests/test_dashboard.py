@@ -680,11 +680,21 @@ async def test_footer_shows_the_keys() -> None:
                 assert app.log_view.has_focus
             await pilot.pause()
             footer = screen_text(app).splitlines()[-1]
+            actions = [k.action for k in app.screen.query("FooterKey")]  # type: ignore[attr-defined]
             for key in KEYS:
                 if key.footer and not key.action.startswith("scale"):
-                    shown = f"{key.show} {key.label}" in footer
+                    assert f"{key.show} {key.label}" in footer
+                    shown = key.action in actions
                     assert shown == (pane_keys.get(key.action, pane) == pane), (pane, key.label)
             assert "+- Scale" in footer
+
+
+async def test_an_80_column_footer_has_the_filter_and_quit() -> None:
+    async with dashboard(size=(80, 24)) as (app, pilot, _):
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        assert footer.rstrip().endswith("l Logs / Filter q Quit"), footer
+        assert footer.startswith("? Help r Restart R Reload +- Scale s Stop S Start"), footer
 
 
 # -- the supervisor's events and the connection ----------------------------------------

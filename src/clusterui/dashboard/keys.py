@@ -20,9 +20,9 @@ class Key:
 
 SCALE = Binding.Group("Scale", compact=True)
 
-# Footer order is this order: help first (as htop's F1), the app verbs, quit before
-# detach, then the filter (its label names the pane it filters, so it is long), so an
-# 80-column footer loses the least needed key.
+# Footer order is this order: help first (as htop's F1), the app verbs, the filter,
+# quit, then detach: an 80-column footer has room for all but the last, and `q` leaves
+# too (asking about the apps only if this dashboard started them).
 KEYS: tuple[Key, ...] = (
     Key("question_mark", "?", "help", "Help", "Show these keys", palette=False),
     Key(
@@ -59,6 +59,15 @@ KEYS: tuple[Key, ...] = (
         footer=False,
     ),
     Key("l", "l", "logs", "Logs", "Focus the log pane; again to maximise it; again to restore"),
+    # `/` filters the focused pane: this entry the logs (and, in the footer, holds the
+    # place of the table's, at the end of KEYS: the footer shows the one that applies).
+    Key(
+        "slash",
+        "/",
+        "filter",
+        "Filter",
+        "Outside the table: filter the log lines (enter keeps it, esc clears)",
+    ),
     Key(
         "q",
         "q",
@@ -67,15 +76,6 @@ KEYS: tuple[Key, ...] = (
         "Quit (asks whether to stop the apps if this dashboard started them)",
     ),
     Key("d", "d", "detach", "Detach", "Leave the dashboard; the apps keep running"),
-    # `/` filters the focused pane: this entry the logs (and, in the footer, holds the
-    # place of the table's, at the end of KEYS: the footer shows the one that applies).
-    Key(
-        "slash",
-        "/",
-        "filter",
-        "Filter logs",
-        "Outside the table: filter the log lines (enter keeps it, esc clears)",
-    ),
     Key("enter", "enter", "details", "Details", "Show or hide the detail pane", footer=False),
     Key("a", "a", "log_scope", "Scope", "Logs of all apps, or of the selection only", footer=False),
     Key(
@@ -118,7 +118,7 @@ KEYS: tuple[Key, ...] = (
         "slash",
         "/",
         "filter_rows",
-        "Filter rows",
+        "Filter",
         "In the table: show the rows whose app, app:instance or status has this text "
         "(enter keeps it, esc clears)",
     ),
