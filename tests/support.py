@@ -238,6 +238,17 @@ async def pilot_until(
     return await wait_for_async(cond, timeout, what, step=0.01, sleep=pilot.pause)
 
 
+def burst(app: Any, keys: str) -> None:
+    """Queue `keys` (characters; "/" and "\r" as the keys they are) all at once, as a
+    terminal delivers a fast typist's burst: Pilot.press lets the app settle between
+    keys, which hides what happens to the keys read while an earlier one is handled."""
+    from textual import events
+
+    names = {"/": "slash", "\r": "enter"}
+    for ch in keys:
+        app.post_message(events.Key(names.get(ch, ch), ch))
+
+
 @contextlib.asynccontextmanager
 async def dashboard(
     client: FakeClient | None = None, *, size: tuple[int, int] = (160, 48), **kwargs: Any

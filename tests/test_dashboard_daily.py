@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from fake_client import FakeClient, demo_snapshot, screen_text
-from support import dashboard
+from support import burst, dashboard
 from support import pilot_until as until
 from textual.pilot import Pilot
 
@@ -229,3 +229,16 @@ async def test_o_cycles_the_sort_keeps_groups_and_shows_the_order_in_the_header(
         client.push_state(new)
         await until(pilot, lambda: table.row_keys == expected_order(new, live("cpu")))
         assert table.row_keys[:2] == ["app:api", f"w:{last_worker['id']}"]
+
+
+# -- keys typed in one burst with `/` --------------------------------------------------
+
+
+async def test_what_is_typed_in_one_burst_after_slash_filters_the_rows_and_the_logs() -> None:
+    async with dashboard(size=(100, 30)) as (app, pilot, _):
+        burst(app, "/api\r")
+        await until(pilot, lambda: app.table.filter_text == "api" and app.table.has_focus)
+        assert app.table.row_count == 3  # the api group row and its two workers
+        await pilot.press("l")
+        burst(app, "/a/b\r")  # in the box, `/` is a character
+        await until(pilot, lambda: app.log_view.filter_text == "a/b" and app.log_view.has_focus)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fake_client import NOW, FakeClient, FakeClientError, demo_logs, demo_snapshot, screen_text
-from support import wait_for_async
+from support import burst, wait_for_async
 from textual.pilot import Pilot
 
 from clusterui.dashboard import DashboardApp
@@ -215,6 +215,18 @@ async def test_search_moves_between_matches_with_n_and_N() -> None:
         await pilot.pause()
         assert log.search_text == "[b"
         assert "No line holds" in " ".join(str(n.message) for n in app._notifications)
+
+
+async def test_what_is_typed_in_one_burst_after_slash_is_searched_for() -> None:
+    app, _ = make()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_log(pilot, "w:4")
+        log = screen.log_view
+        burst(app, "/keyerror\r")
+        await until(pilot, lambda: log.search_text == "keyerror" and log.has_focus, "search")
+        assert "keyerror" in next(r for r in log.shown if r.seq == log.current).text.lower()
+        burst(app, "/a/b")
+        await until(pilot, lambda: log.search_text == "a/b", "a / in the search box")
 
 
 async def test_r_jumps_to_the_last_restart_and_g_G_move_to_top_and_bottom() -> None:

@@ -28,6 +28,7 @@ from textual.widgets import Footer, Input
 from clusterui.client import caller_env
 from clusterui.dashboard.detail import DetailPane
 from clusterui.dashboard.feed import Sink, follow, message_of
+from clusterui.dashboard.focus import focus_now
 from clusterui.dashboard.header import StatusHeader
 from clusterui.dashboard.keys import KEYS, bindings
 from clusterui.dashboard.logscreen import LogScreen
@@ -693,6 +694,10 @@ class DashboardApp(App[None]):
         names the one that does) and lets the key fall through to the other.
         """
         if action in ("filter", "filter_rows") and self._main is not None:
+            # Priority bindings: checked whatever has the focus, so not over another
+            # screen, and in a filter box `/` is a character.
+            if self.screen is not self.main_screen or isinstance(self.focused, Input):
+                return False
             return (action == "filter_rows") == self._table_focused()
         return True
 
@@ -705,7 +710,7 @@ class DashboardApp(App[None]):
         box = self.main_screen.query_one(RowFilterInput)
         box.value = self.table.filter_text
         box.add_class("-filtering")
-        box.focus()
+        focus_now(box)
 
     @on(Input.Changed, "#row-filter")
     def _row_filter_changed(self, event: Input.Changed) -> None:
@@ -743,7 +748,7 @@ class DashboardApp(App[None]):
         box = self.main_screen.query_one(FilterInput)
         box.value = self.log_view.filter_text
         self.main_screen.query_one(LogPane).add_class("-filtering")
-        box.focus()
+        focus_now(box)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:

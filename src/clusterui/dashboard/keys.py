@@ -16,6 +16,7 @@ class Key:
     help: str  # one line, for `?` and the palette
     footer: bool = True
     palette: bool = True
+    priority: bool = False
 
 
 SCALE = Binding.Group("Scale", compact=True)
@@ -67,6 +68,7 @@ KEYS: tuple[Key, ...] = (
         "filter",
         "Filter",
         "Outside the table: filter the log lines (enter keeps it, esc clears)",
+        priority=True,
     ),
     Key(
         "q",
@@ -121,6 +123,7 @@ KEYS: tuple[Key, ...] = (
         "Filter",
         "In the table: show the rows whose app, app:instance or status has this text "
         "(enter keeps it, esc clears)",
+        priority=True,
     ),
     Key(
         "T",
@@ -152,6 +155,7 @@ def bindings() -> list[Binding]:
                 key_display=key.show,
                 tooltip=key.help,
                 group=SCALE if key.action.startswith("scale") else None,
+                priority=key.priority,
             )
         )
     return out

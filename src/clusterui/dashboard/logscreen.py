@@ -24,6 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
 
 from clusterui.dashboard.feed import line_id, message_of
+from clusterui.dashboard.focus import focus_now
 from clusterui.dashboard.logview import LogView
 from clusterui.dashboard.model import Selection
 from clusterui.vocab.safetext import visible
@@ -57,7 +58,7 @@ class LogScreen(ModalScreen[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "close", "Back"),
-        Binding("slash", "search", "Search", key_display="/"),
+        Binding("slash", "search", "Search", key_display="/", priority=True),  # see focus.py
         Binding("n", "next_match", "Next"),
         Binding("N", "previous_match", "Prev"),
         Binding("r", "last_restart", "Restart"),
@@ -168,7 +169,10 @@ class LogScreen(ModalScreen[None]):
         box = self.query_one(SearchInput)
         box.value = self.log_view.search_text
         self.add_class("-searching")
-        box.focus()
+        focus_now(box)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action == "search" and isinstance(self.focused, SearchInput))
 
     @on(Input.Changed, "#logscreen-search")
     def _search_changed(self, event: Input.Changed) -> None:
