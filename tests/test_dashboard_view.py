@@ -229,6 +229,37 @@ async def test_what_is_typed_in_one_burst_after_slash_is_searched_for() -> None:
         await until(pilot, lambda: log.search_text == "a/b", "a / in the search box")
 
 
+async def test_after_a_reconnect_the_full_screen_log_fetches_what_it_missed() -> None:
+    """What the worker wrote while the dashboard was cut off comes from the new
+    connection's backlog, once; live lines that come first wait for it."""
+
+    def line(t: float, text: str) -> dict[str, Any]:
+        return {"worker": 4, "app": "jobs", "instance": 0, "stream": "out", "time": t,
+                "text": text}  # fmt: skip
+
+    first = FakeClient(demo_snapshot())
+    missed = [line(NOW + 1, "written while cut off"), line(NOW + 2, "so was this")]
+    second = FakeClient(demo_snapshot(), logs=demo_logs() + missed)
+    live = line(NOW + 3, "live after the reconnect")
+    second.push_logs([live])  # queued: it reaches the dashboard before the backlog does
+
+    async def factory() -> FakeClient:
+        return second
+
+    app = DashboardApp(first, tz=dt.UTC, client_factory=factory, reconnect_delay=0.01)  # type: ignore[arg-type]
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_log(pilot, "w:4")
+        log = screen.log_view
+        before = [r.text for r in log.shown]
+        first.drop()
+        await until(pilot, lambda: app.client is second and app.connected, "the reconnect")
+        await asyncio.wait_for(screen.loaded.wait(), 10)
+        await until(pilot, lambda: log.shown[-1].text == live["text"], "the live line")
+        assert second.calls_of("logs")[-1] == ("jobs:0", app.max_log_lines)
+        texts = [r.text for r in log.shown]
+        assert texts == before + [x["text"] for x in missed] + [live["text"]]
+
+
 async def test_r_jumps_to_the_last_restart_and_g_G_move_to_top_and_bottom() -> None:
     app, fake = make()
     async with app.run_test(size=(100, 30)) as pilot:

@@ -379,6 +379,12 @@ class DashboardApp(App[None]):
                 timeout=10,
                 markup=False,
             )
+        for screen in self.screen_stack:
+            if isinstance(screen, LogScreen):
+                if message.connected:
+                    screen.reconnected(self.client)
+                else:
+                    screen.disconnected()
 
     @on(ProcessTable.RowHighlighted, "#procs")
     def _row_highlighted(self) -> None:

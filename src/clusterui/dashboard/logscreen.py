@@ -23,7 +23,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
 
-from clusterui.dashboard.feed import line_id, message_of
+from clusterui.dashboard.feed import line_id, message_of, unseen
 from clusterui.dashboard.focus import focus_now
 from clusterui.dashboard.logview import LogView
 from clusterui.dashboard.model import Selection
@@ -110,6 +110,19 @@ class LogScreen(ModalScreen[None]):
             return line.get("worker") == sel.worker
         return line.get("app") == sel.app
 
+    def disconnected(self) -> None:
+        """Live lines from the next connection wait until its backlog is shown."""
+        self.loaded.clear()
+        if self._early is None:
+            self._early = []
+
+    def reconnected(self, client: Any) -> None:
+        """Connected again (perhaps to a new supervisor): what this worker wrote in
+        between is fetched, as on opening, then the live lines that waited for it."""
+        self.client = client
+        self.disconnected()  # if the disconnection was not seen
+        self._load()
+
     @work(group="backlog", exclusive=True, exit_on_error=False)
     async def _load(self) -> None:
         try:
@@ -120,8 +133,9 @@ class LogScreen(ModalScreen[None]):
             self.notify(message_of(err), severity="error", markup=False)
             lines = []
         early, self._early = self._early or [], None
+        lines = unseen([x for x in lines if self.wants(x)], self.log_view.records)
         seen = {line_id(line) for line in lines}
-        self._append([x for x in lines if self.wants(x)])
+        self._append(lines)
         self._append([x for x in early if line_id(x) not in seen])
         self.loaded.set()
 
