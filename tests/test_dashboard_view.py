@@ -229,6 +229,27 @@ async def test_what_is_typed_in_one_burst_after_slash_is_searched_for() -> None:
         await until(pilot, lambda: log.search_text == "a/b", "a / in the search box")
 
 
+async def test_wrapped_lines_continue_under_their_text() -> None:
+    long = "".join(f"{i:03d}-" for i in range(60))  # 240 cells, each 4-cell piece numbered
+    lines = demo_logs() + [
+        {"worker": 4, "app": "jobs", "instance": 0, "stream": "out", "time": NOW, "text": long}
+    ]
+    app, _ = make(FakeClient(demo_snapshot(), logs=lines))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_log(pilot, "w:4")
+        log = screen.log_view
+        await pilot.press("w")
+        await pilot.pause()
+        drawn = [log.render_line(y).text for y in range(log.size.height)]
+        at = next(i for i, row in enumerate(drawn) if "000-" in row)
+        rows = drawn[at : at + 3]  # 18 cells of time, source and marker, then 82 + 82 + 76
+        prefix = rows[0].index("000-")
+        assert prefix == 18 and rows[0][8:prefix] == " jobs:0 │ "
+        for row in rows[1:]:
+            assert row[:prefix] == " " * prefix, row  # under the text, not at column 0
+        assert "".join([rows[0][prefix:]] + [r[prefix:] for r in rows[1:]]).rstrip() == long
+
+
 async def test_after_a_reconnect_the_full_screen_log_fetches_what_it_missed() -> None:
     """What the worker wrote while the dashboard was cut off comes from the new
     connection's backlog, once; live lines that come first wait for it."""

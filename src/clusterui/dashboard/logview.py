@@ -429,12 +429,20 @@ class LogView(ScrollView, can_focus=True):
             self.virtual_size = Size(self._width, len(self._view))
             return
         width = max(10, self.size.width)
+        indent = self._indent(width)
+        step = width - indent  # cells of a line on each row after its first
         starts, row = [], 0
         for rec in self._view:
             starts.append(row)
-            row += max(1, -(-self._line_width(rec) // width))
+            row += 1 + max(0, -(-(self._line_width(rec) - width) // step))
         self._starts = starts
         self.virtual_size = Size(width, row)
+
+    def _indent(self, width: int) -> int:
+        """Wrap on: a line's later rows start under its text, past the time and source,
+        unless that would leave under 20 cells for the text."""
+        prefix = self._prefix_width()
+        return prefix if width - prefix >= 20 else 0
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -459,8 +467,13 @@ class LogView(ScrollView, can_focus=True):
                 strip = Strip(text.render(self.app.console), text.cell_len)
             self._cache[rec.seq] = strip
         if self.wrap:  # the part of the line this row shows
-            start = (row - self._starts[index]) * width
-            return strip.crop_extend(start, start + width, rich_style).apply_offsets(0, row)
+            part = row - self._starts[index]
+            if not part:
+                return strip.crop_extend(0, width, rich_style).apply_offsets(0, row)
+            indent = self._indent(max(10, width))
+            start = width + (part - 1) * (width - indent)
+            cut = strip.crop_extend(start, start + width - indent, rich_style)
+            return Strip.join([Strip.blank(indent, rich_style), cut]).apply_offsets(0, row)
         return strip.crop_extend(scroll_x, scroll_x + width, rich_style).apply_offsets(
             scroll_x, index
         )
