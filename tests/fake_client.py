@@ -534,7 +534,7 @@ class FakeClient:
         ]
         return copy.deepcopy({"app": app, "spec": app_spec(app), "workers": workers})
 
-    async def tree(self, target: str) -> list[WorkerTree]:
+    async def tree(self, target: str, settle: float = 0.0) -> list[WorkerTree]:
         """Each live worker of `target` with its processes: `trees[id]` if set, else
         demo_tree's."""
         await self._op("tree", target)

@@ -5,6 +5,7 @@ gone from the next answer."""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -155,6 +156,27 @@ def test_a_double_forked_daemon_is_marked_orphan_or_swept(cu: Env) -> None:
 
             daemon = wait_for(orphan, 30, "the daemon in the worker's cgroup")
             assert daemon["left"] == "orphan" and daemon["depth"] == 1
+    finally:
+        ctl.close()
+
+
+def test_describe_asked_first_knows_every_childs_cpu(cu: Env) -> None:
+    """CPU % takes two readings. Nobody has asked about this worker's tree before, so
+    `describe` takes the second itself (op_tree's settle), not showing `cpu -`."""
+    import psutil
+
+    start_spawner(cu)
+    worker = psutil.Process(cu.ls()[0]["pid"])
+    wait_for(lambda: len(worker.children(recursive=True)) >= 3, 30, "the worker's processes")
+    text = cu.run("describe", "spawner", check=True).stdout
+    below = [line for line in text.splitlines() if line.lstrip().startswith("pid ")]
+    assert len(below) >= 3 and all("  cpu -  " not in line for line in below), text
+    assert all(re.search(r"  cpu \d+\.\d%  ", line) for line in below), text
+    ctl = Control(cu.home)
+    try:
+        for settle in (-1, 1.5, True, "0.2"):
+            bad = ctl.call("tree", target="spawner", settle=settle)
+            assert not bad["ok"] and bad["code"] == 2, (settle, bad)
     finally:
         ctl.close()
 

@@ -227,8 +227,11 @@ class Client:
     async def describe(self, target: str) -> dict[str, Any]:
         return await self.call("describe", target=target)
 
-    async def tree(self, target: str) -> list[WorkerTree]:
-        """Each running worker of `target` with the processes below it (core/proctree.py)."""
+    async def tree(self, target: str, settle: float = 0.0) -> list[WorkerTree]:
+        """Each running worker of `target` with the processes below it (core/proctree.py);
+        `settle`: see Supervisor.op_tree."""
+        if settle:
+            return await self.call("tree", target=target, settle=settle)
         return await self.call("tree", target=target)
 
     async def shutdown(self) -> None:

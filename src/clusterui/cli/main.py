@@ -560,7 +560,7 @@ async def cmd_describe(client: Client, opts: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     try:
-        trees = await client.tree(opts.target)
+        trees = await client.tree(opts.target, settle=render.DESCRIBE_SETTLE)
     except ClientError as exc:
         if exc.code == Exit.NO_SUPERVISOR:
             raise

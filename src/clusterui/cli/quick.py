@@ -219,7 +219,7 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
                 print(json.dumps(info, indent=2))
             else:
                 try:
-                    trees = conn.call("tree", target=opts["target"])
+                    trees = conn.call("tree", target=opts["target"], settle=render.DESCRIBE_SETTLE)
                 except ClientError as exc:
                     if exc.code == Exit.NO_SUPERVISOR:
                         raise

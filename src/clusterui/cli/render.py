@@ -181,6 +181,11 @@ def health_lines(health: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+# A quarter of a second more for `describe` when the supervisor first sees a worker's
+# child, so that the child's CPU % is known (a first reading has nothing to compare
+# with): the `tree` op's settle.
+DESCRIBE_SETTLE = 0.25
+
 # What a process below a worker left (core/proctree.py), for `describe`.
 LEFT_WORDS = {"session": "left its session", "group": "left its group", "orphan": "orphan"}
 

@@ -675,12 +675,23 @@ class Supervisor:
             "workers": [worker_row(app, s) for s in slots],
         }
 
-    async def op_tree(self, target: str) -> list[WorkerTree]:
+    async def op_tree(self, target: str, settle: float = 0.0) -> list[WorkerTree]:
         """The process tree of each running worker of TARGET: its children and
         grandchildren with CPU % and memory, and what left its session, group or tree
-        (core/proctree.py). CPU % is None for a process seen for the first time."""
+        (core/proctree.py). CPU % is None for a process seen for the first time, unless
+        `settle` (seconds, at most 1; `describe` passes 0.25): then, if some process is
+        new, the trees are read again that much later, when every CPU % is known."""
         if not isinstance(target, str):
             raise OpError("target must be a string", Exit.USAGE)
+        if isinstance(settle, bool) or not isinstance(settle, int | float) or not 0 <= settle <= 1:
+            raise OpError("settle must be a number of seconds from 0 to 1", Exit.USAGE)
+        out = self._trees(target)
+        if settle and any(p["cpu"] is None for t in out for p in t["processes"]):
+            await asyncio.sleep(settle)
+            out = self._trees(target)
+        return out
+
+    def _trees(self, target: str) -> list[WorkerTree]:
         out: list[WorkerTree] = []
         for app, slots in resolve(self.apps, [target]):
             for slot in slots:
