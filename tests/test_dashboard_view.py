@@ -25,6 +25,17 @@ def make(client: FakeClient | None = None) -> tuple[DashboardApp, FakeClient]:
     return DashboardApp(fake, tz=dt.UTC), fake  # type: ignore[arg-type]
 
 
+def jobs_line(text: str, stream: str = "out", time: float = NOW) -> dict[str, Any]:
+    """A log line of jobs:0 (worker 4), as the supervisor sends it."""
+    return {"worker": 4, "app": "jobs", "instance": 0, "stream": stream, "time": time,
+            "text": text}  # fmt: skip
+
+
+def with_long_line(text: str, stream: str = "out") -> tuple[DashboardApp, FakeClient]:
+    """The demo dashboard, its logs ending with `text` from jobs:0."""
+    return make(FakeClient(demo_snapshot(), logs=demo_logs() + [jobs_line(text, stream)]))
+
+
 async def until(pilot: Pilot, check: Any, what: str) -> Any:
     return await wait_for_async(check, 10, what, sleep=pilot.pause)
 
@@ -231,10 +242,7 @@ async def test_what_is_typed_in_one_burst_after_slash_is_searched_for() -> None:
 
 async def test_wrapped_lines_continue_under_their_text() -> None:
     long = "".join(f"{i:03d}-" for i in range(60))  # 240 cells, each 4-cell piece numbered
-    lines = demo_logs() + [
-        {"worker": 4, "app": "jobs", "instance": 0, "stream": "out", "time": NOW, "text": long}
-    ]
-    app, _ = make(FakeClient(demo_snapshot(), logs=lines))
+    app, _ = with_long_line(long)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_log(pilot, "w:4")
         log = screen.log_view
@@ -248,20 +256,30 @@ async def test_wrapped_lines_continue_under_their_text() -> None:
         for row in rows[1:]:
             assert row[:prefix] == " " * prefix, row  # under the text, not at column 0
         assert "".join([rows[0][prefix:]] + [r[prefix:] for r in rows[1:]]).rstrip() == long
+        assert log.virtual_size.height == len(log.shown) + 2  # the others take one row each
+
+        # Too narrow to indent (under 20 cells would be left): the rows take the whole
+        # width but the scrollbar's, and hold the line end to end.
+        await pilot.resize_terminal(30, 30)
+        await pilot.pause()
+        wrap = log.scrollable_content_region.width
+        assert wrap < 30  # the scrollbar came with the extra rows
+        drawn = [log.render_line(y).text[:wrap] for y in range(log.size.height)]
+        at = next(i for i, row in enumerate(drawn) if "jobs:0 │ 000-" in row)
+        whole = "".join(drawn[at:]).rstrip()
+        assert whole[9:] == "jobs:0 │ " + long, whole
 
 
 async def test_after_a_reconnect_the_full_screen_log_fetches_what_it_missed() -> None:
     """What the worker wrote while the dashboard was cut off comes from the new
     connection's backlog, once; live lines that come first wait for it."""
-
-    def line(t: float, text: str) -> dict[str, Any]:
-        return {"worker": 4, "app": "jobs", "instance": 0, "stream": "out", "time": t,
-                "text": text}  # fmt: skip
-
     first = FakeClient(demo_snapshot())
-    missed = [line(NOW + 1, "written while cut off"), line(NOW + 2, "so was this")]
+    missed = [
+        jobs_line("written while cut off", time=NOW + 1),
+        jobs_line("so was this", time=NOW + 2),
+    ]
     second = FakeClient(demo_snapshot(), logs=demo_logs() + missed)
-    live = line(NOW + 3, "live after the reconnect")
+    live = jobs_line("live after the reconnect", time=NOW + 3)
     second.push_logs([live])  # queued: it reaches the dashboard before the backlog does
 
     async def factory() -> FakeClient:
@@ -299,10 +317,7 @@ async def test_r_jumps_to_the_last_restart_and_g_G_move_to_top_and_bottom() -> N
 
 async def test_w_wraps_long_lines_and_t_hides_times() -> None:
     long = "x" * 150 + " THE-END"
-    lines = demo_logs() + [
-        {"worker": 4, "app": "jobs", "instance": 0, "stream": "err", "time": NOW, "text": long}
-    ]
-    app, _ = make(FakeClient(demo_snapshot(), logs=lines))
+    app, _ = with_long_line(long, "err")
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_log(pilot, "w:4")
         log = screen.log_view

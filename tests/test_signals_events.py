@@ -283,6 +283,9 @@ def test_the_event_file_is_bounded_and_bad_lines_are_skipped(tmp_path: Path) -> 
                 json.dumps({**good, "time": True}),
                 json.dumps([1, 2]),
                 "\xff not json",
+                "[" * 5000 + "]" * 5000,  # deeper than json can go
+                '{"time": NaN, "kind": "restart", "app": "a", "instance": 0, "reason": ""}',
+                json.dumps({**good, "time": 10**400}),
                 json.dumps({**good, "app": "b", "instance": None, "time": 3}),
             ]
         )
@@ -296,17 +299,44 @@ def test_the_event_file_is_bounded_and_bad_lines_are_skipped(tmp_path: Path) -> 
     }
     # Appending past MAX_BYTES moves the file to events.jsonl.1: never more than two.
     event: events.Event = {**good, "reason": "x" * 1000}  # type: ignore[typeddict-item]
-    for i in range(3 * eventlog.MAX_BYTES // 1000):
+    i, rotations, after = 0, 0, 0
+    while rotations < 2 or after < 30:  # two rotations, then 30 events in the new file
+        size = path.stat().st_size if path.exists() else 0
         log.append({**event, "time": float(i)})
+        if path.stat().st_size < size:
+            rotations, after = rotations + 1, 0
+        after += 1
+        i += 1
     log.close()
     assert path.stat().st_size <= eventlog.MAX_BYTES
     assert (tmp_path / "events.jsonl.1").stat().st_size <= eventlog.MAX_BYTES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "events.jsonl.1"]
-    # The newest KEPT of each app come back, in order, across the two files.
+    # The newest KEPT of each app come back, in order, across the two files (the last 30
+    # from events.jsonl, the 70 before from events.jsonl.1).
     kept = list(eventlog.EventLog(path, print).past()["a"])
-    last = 3 * eventlog.MAX_BYTES // 1000 - 1
-    assert [e["time"] for e in kept] == [float(t) for t in range(last - events.KEPT + 1, last + 1)]
+    assert [e["time"] for e in kept] == [float(t) for t in range(i - events.KEPT, i)]
     assert notices == []
+
+
+def test_a_half_line_is_ended_and_an_oversized_file_is_read_from_its_tail(tmp_path: Path) -> None:
+    from clusterui.core import eventlog
+
+    path = tmp_path / "events.jsonl"
+    event = {"time": 5.0, "kind": "scale", "app": "a", "instance": None, "reason": "1 → 2"}
+    path.write_text(json.dumps({**event, "time": 4.0}) + "\n" + '{"time": 4.5, "kin')
+    log = eventlog.EventLog(path, print)
+    log.append(event)  # type: ignore[arg-type]
+    log.close()
+    assert [e["time"] for e in eventlog.EventLog(path, print).past()["a"]] == [4.0, 5.0]
+
+    # A file far past what we write (not ours whole): its newest part is what counts.
+    n = 3 * eventlog.MAX_BYTES // 250
+    path.write_text(
+        "".join(json.dumps({**event, "time": t, "reason": "y" * 170}) + "\n" for t in range(n))
+    )
+    assert path.stat().st_size > 2 * eventlog.MAX_BYTES
+    past = eventlog.EventLog(path, print).past()["a"]
+    assert [e["time"] for e in past] == [float(t) for t in range(n - 100, n)]
 
 
 def test_an_unwritable_event_file_is_said_once_and_the_timeline_goes_on(tmp_path: Path) -> None:

@@ -564,7 +564,13 @@ async def cmd_describe(client: Client, opts: argparse.Namespace) -> int:
     except ClientError as exc:
         if exc.code == Exit.NO_SUPERVISOR:
             raise
-        trees = None  # an older supervisor: no tree operation
+        trees = None  # an older supervisor: no tree operation, or no settle
+        if exc.code == Exit.USAGE:
+            try:
+                trees = await client.tree(opts.target)
+            except ClientError as again:
+                if again.code == Exit.NO_SUPERVISOR:
+                    raise
     print(render.describe(info, trees))
     return 0
 

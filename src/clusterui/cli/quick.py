@@ -223,7 +223,13 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
                 except ClientError as exc:
                     if exc.code == Exit.NO_SUPERVISOR:
                         raise
-                    trees = None  # an older supervisor: no tree operation
+                    trees = None  # an older supervisor: no tree operation, or no settle
+                    if exc.code == Exit.USAGE:
+                        try:
+                            trees = conn.call("tree", target=opts["target"])
+                        except ClientError as again:
+                            if again.code == Exit.NO_SUPERVISOR:
+                                raise
                 print(render.describe(info, trees))
         else:
             lines = conn.call("logs", target=opts["target"], lines=opts["lines"])

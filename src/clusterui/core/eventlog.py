@@ -16,6 +16,7 @@ reboot with `resurrect`, "why did it restart at 03:12" still has an answer.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections import deque
@@ -46,11 +47,9 @@ class EventLog:
         try:
             if self._fd is None:
                 self._open()
-            elif self._size + len(line) > MAX_BYTES:
+            if self._size + len(line) > MAX_BYTES:
                 self._rotate()
-            assert self._fd is not None
-            os.write(self._fd, line)
-            self._size += len(line)
+            self._write(line)
         except OSError as exc:
             self.close()
             if not self._failing:
@@ -59,17 +58,24 @@ class EventLog:
             return
         self._failing = False
 
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        written = os.write(self._fd, data)
+        self._size += written
+        if written < len(data):  # a full disk: the half line is ended on the next open
+            raise OSError(errno.ENOSPC, "short write")
+
     def _open(self) -> None:
-        self._fd = safefs.open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        # Read and write: a half line (a crash, a full disk) is ended before ours.
+        self._fd = safefs.open_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._size = os.fstat(self._fd).st_size
-        if self._size > MAX_BYTES:
-            self._rotate()
+        if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
+            self._write(b"\n")
 
     def _rotate(self) -> None:
         self.close()
         safefs.replace(self.path, self.path + ".1")
-        self._fd = safefs.open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        self._size = 0
+        self._open()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -97,13 +103,17 @@ def _read(path: str) -> Iterator[events.Event]:
     except OSError:
         return  # refused (not ours, a planted link): the timeline starts empty
     with open(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > 2 * MAX_BYTES:  # not one we wrote whole: its newest part
+            f.seek(size - 2 * MAX_BYTES)
+            f.readline()  # the rest of a line cut in two
         data = f.read(2 * MAX_BYTES)
     for raw in data.split(b"\n"):
         if not raw or len(raw) > LONGEST_LINE:
             continue
         try:
             event = events.from_json(json.loads(raw))
-        except ValueError:  # json's errors and UnicodeDecodeError are ValueErrors
+        except (ValueError, RecursionError):  # ValueError: bad JSON, bad UTF-8
             continue
         if event is not None:
             yield event

@@ -250,6 +250,7 @@ class DashboardApp(App[None]):
             reason = await self._session(self.client)
             if self._shutting_down:
                 return
+            self._pending_logs = None  # the next connection's lines start a batch of their own
             self.post_message(ConnectionChanged(False, reason))
             if self.client_factory is None:
                 return
@@ -258,7 +259,7 @@ class DashboardApp(App[None]):
                 await old.close()
             await asyncio.sleep(self.reconnect_delay)  # a flapping link must not spin
             self.client = await self._reconnect()
-            self.post_message(ConnectionChanged(True))
+            self.post_message(ConnectionChanged(True, client=self.client))
 
     async def _session(self, client: Any) -> str:
         """Follow one connection until it ends; returns why it ended."""
@@ -382,7 +383,7 @@ class DashboardApp(App[None]):
         for screen in self.screen_stack:
             if isinstance(screen, LogScreen):
                 if message.connected:
-                    screen.reconnected(self.client)
+                    screen.reconnected(message.client)
                 else:
                     screen.disconnected()
 

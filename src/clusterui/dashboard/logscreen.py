@@ -133,9 +133,9 @@ class LogScreen(ModalScreen[None]):
             self.notify(message_of(err), severity="error", markup=False)
             lines = []
         early, self._early = self._early or [], None
-        lines = unseen([x for x in lines if self.wants(x)], self.log_view.records)
+        lines = [x for x in lines if self.wants(x)]
         seen = {line_id(line) for line in lines}
-        self._append(lines)
+        self._append(unseen(lines, self.log_view.records))
         self._append([x for x in early if line_id(x) not in seen])
         self.loaded.set()
 

@@ -147,6 +147,7 @@ class LogView(ScrollView, can_focus=True):
         self._last_repaint = 0.0
         self._repaint_timer: Timer | None = None
         self._starts: list[int] = []  # wrap on: the first row of each shown record
+        self._wrapped_at = 10  # wrap on: the row width _starts was counted at
         self.current: int | None = None  # seq of the line the last jump landed on
 
     # -- data -----------------------------------------------------------------
@@ -406,6 +407,10 @@ class LogView(ScrollView, can_focus=True):
         if new < old and self.follow and round(new) < round(self.max_scroll_y):
             self.follow = False  # the reader scrolled up: stop dragging them down
 
+    def watch_show_vertical_scrollbar(self) -> None:
+        if self.wrap:  # the scrollbar came or went: the rows hold more or fewer cells
+            self._resize_virtual()
+
     def on_resize(self) -> None:
         if self.wrap:
             self._resize_virtual()  # the rows a line folds into depend on the width
@@ -422,13 +427,19 @@ class LogView(ScrollView, can_focus=True):
         return (9 if self.timestamps else 0) + self._source_width + 3
 
     def _line_width(self, rec: LogRecord) -> int:
-        return self._prefix_width() + _text_width(rec)
+        # A source longer than the column's cap is drawn whole: the line is that much longer.
+        longer = max(0, cell_len(rec.source) - self._source_width)
+        return self._prefix_width() + longer + _text_width(rec)
+
+    def _wrap_width(self) -> int:
+        """Wrap on: the cells a row holds (a vertical scrollbar takes its own)."""
+        return max(10, self.scrollable_content_region.width)
 
     def _resize_virtual(self) -> None:
         if not self.wrap:
             self.virtual_size = Size(self._width, len(self._view))
             return
-        width = max(10, self.size.width)
+        width = self._wrapped_at = self._wrap_width()
         indent = self._indent(width)
         step = width - indent  # cells of a line on each row after its first
         starts, row = [], 0
@@ -468,12 +479,15 @@ class LogView(ScrollView, can_focus=True):
             self._cache[rec.seq] = strip
         if self.wrap:  # the part of the line this row shows
             part = row - self._starts[index]
+            wrap = self._wrapped_at  # the width _starts was counted at
             if not part:
-                return strip.crop_extend(0, width, rich_style).apply_offsets(0, row)
-            indent = self._indent(max(10, width))
-            start = width + (part - 1) * (width - indent)
-            cut = strip.crop_extend(start, start + width - indent, rich_style)
-            return Strip.join([Strip.blank(indent, rich_style), cut]).apply_offsets(0, row)
+                cut = strip.crop_extend(0, wrap, rich_style)
+            else:
+                indent = self._indent(wrap)
+                start = wrap + (part - 1) * (wrap - indent)
+                cut = strip.crop_extend(start, start + wrap - indent, rich_style)
+                cut = Strip.join([Strip.blank(indent, rich_style), cut])
+            return cut.extend_cell_length(width, rich_style).apply_offsets(0, row)
         return strip.crop_extend(scroll_x, scroll_x + width, rich_style).apply_offsets(
             scroll_x, index
         )

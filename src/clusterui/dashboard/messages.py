@@ -38,7 +38,8 @@ class NoticeArrived(Message):
 class ConnectionChanged(Message):
     """The link to the supervisor went down (connected=False) or came back."""
 
-    def __init__(self, connected: bool, reason: str = "") -> None:
+    def __init__(self, connected: bool, reason: str = "", client: Any = None) -> None:
         super().__init__()
         self.connected = connected
         self.reason = reason
+        self.client = client  # connected: the new client (the app's may be gone again)

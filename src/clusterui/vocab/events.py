@@ -51,7 +51,9 @@ def from_json(data: object) -> Event | None:
         return None
     when, kind, app = data.get("time"), data.get("kind"), data.get("app")
     instance, reason = data.get("instance"), data.get("reason")
-    if isinstance(when, bool) or not isinstance(when, (int, float)) or kind not in KINDS:
+    if isinstance(when, bool) or not isinstance(when, int | float) or kind not in KINDS:
+        return None
+    if not 0 <= when < 1e11:  # an epoch time (to the year 5138): not NaN, inf or a huge int
         return None
     if not isinstance(app, str) or not app or not isinstance(reason, str):
         return None
