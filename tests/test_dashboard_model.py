@@ -71,6 +71,23 @@ def test_history_keeps_metrics_once_per_tick() -> None:
     assert h.get(3, "cpu") == []
 
 
+def test_history_seeds_from_a_state_reply_as_it_is_even_empty() -> None:
+    """A worker in a state() reply before any tick sampled it has an empty series there:
+    the dashboard keeps none either, so a dashboard attached later, seeded from the same
+    series, draws as many samples (test_ssh's reattach found one more)."""
+    h = History()
+    fresh = {"id": 1, "cpu": 2.0, "memory": 7, "conn_rate": 0}
+    empty = {"cpu": [], "memory": [], "conn_rate": [], "req_rate": []}
+    h.record(dict(fresh, history=empty), tick=1.0)
+    assert h.get(1, "memory") == []
+    h.record(dict(fresh, memory=8), tick=2.0)  # the first tick's event
+    assert h.get(1, "memory") == [8.0]
+    seeded = {"cpu": [1, 2], "memory": [5, 6], "conn_rate": [0, 0], "req_rate": [0, 0]}
+    h.record({"id": 2, "cpu": 2.0, "memory": 6, "conn_rate": 0, "history": seeded}, tick=2.5)
+    h.record({"id": 2, "cpu": 3.0, "memory": 9, "conn_rate": 0}, tick=3.0)
+    assert h.get(2, "memory") == [5.0, 6.0, 9.0]
+
+
 def test_selection_targets() -> None:
     assert Selection("web").target == "web" and Selection("web").is_app
     assert Selection("web", 3, 1).target == "web:1" and Selection("web", 3, 1).key == "w:3"

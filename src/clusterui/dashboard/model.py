@@ -227,9 +227,11 @@ class History:
         self._last_tick[wid] = tick
         series = self._series.setdefault(wid, {})
         past = None if series else worker.get("history")
-        if past and any(past.values()):
-            # The supervisor's series end with this snapshot's figures: take them as
-            # they are (custom metrics start from here).
+        if past is not None:
+            # A state() reply: the supervisor's series end with this snapshot's figures
+            # (custom metrics start from here). Taken as they are, empty too (a worker
+            # no tick has sampled yet): a sample of our own here would be one the
+            # supervisor never kept, and a dashboard attached later would draw one less.
             for name in self.SEEDED:
                 values = past.get(name) or ()
                 series[name] = deque((float(v or 0) for v in values), maxlen=HISTORY)
