@@ -110,8 +110,21 @@ def write_apps(cu, max_size: str, retain: int, web_port: int | None) -> Path:
     return result
 
 
-def wait_result(result: Path) -> dict:
-    wait_for(result.exists, SECONDS + 20, "the flood to finish")
+def wait_result(result: Path, cu) -> dict:
+    def state() -> str:
+        """What a timeout says: how far the lines got, and where the writer is."""
+        flood = [w for w in cu.ls() if w["app"] == "flood"]
+        where = ""
+        for w in flood:
+            with contextlib.suppress(OSError, TypeError):
+                wchan = Path(f"/proc/{w['pid']}/wchan").read_text()
+                where += f"; pid {w['pid']} waits in {wchan}"
+        return (
+            f"the flood to finish ({on_disk(cu.home / 'logs')} bytes of its logs on disk, "
+            f"load {os.getloadavg()[0]:.1f}; {flood}{where})"
+        )
+
+    wait_for(result.exists, SECONDS + 20, state)
     return json.loads(result.read_text())
 
 
@@ -188,7 +201,7 @@ def test_a_200k_lines_per_second_flood_is_whole_bounded_and_others_stay_responsi
     try:
         wait_for(lambda: all(p.samples for p in [*http, ls]), 10, "the probes to get going")
         cu.run("up", "-d", "--only", "flood", check=True)
-        flood = wait_result(result)
+        flood = wait_result(result, cu)
     finally:
         for p in [*http, ls]:
             p.stop.set()
@@ -284,7 +297,7 @@ def test_small_rotation_keeps_disk_bounded_at_every_sample_of_a_flood(cu):
     probe.start()
     try:
         cu.run("up", "-d", check=True)
-        flood = wait_result(result)
+        flood = wait_result(result, cu)
         # The last line is on disk within a tick or so.
         last = expected(TOTAL - 1, 1)
         wait_for(lambda: (logs / "flood-0-out.log").read_bytes().endswith(last), 10, "last line")
