@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -197,6 +198,23 @@ while True:
 """
 
 
+def asleep(pid: int) -> None:
+    """Wait until pid sleeps for good: asleep (S), its schedstat (time run, time waiting
+    to run, times run) the same 50 ms apart. Right after printing "ready" it may still be
+    running, or waiting for a CPU on a busy machine, and every tick would see it move."""
+
+    def schedstat() -> bytes:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return f.read()
+
+    def settled() -> bool:
+        before = schedstat()
+        time.sleep(0.05)
+        return read_stat(pid).state == b"S" and schedstat() == before
+
+    wait_for(settled, 10, f"process {pid} to sleep")
+
+
 def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once(
     procs, monkeypatch
 ):
@@ -207,6 +225,7 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
 
     proc = python(procs, FORKS_ON_SIGNAL)
     assert proc.stdout.readline().strip() == "ready"
+    asleep(proc.pid)
     read: list[str] = []
     real_pread = os.pread
 
@@ -250,6 +269,7 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
     sleeper = python(procs, "import time; print('ready', flush=True); time.sleep(600)")
     assert sleeper.stdout.readline().strip() == "ready"
     sleeper = sleeper.pid
+    asleep(sleeper)
     quiet = Sampler()
     full = []
     for _ in range(3 + 3 * (stats.FULL_READ_EVERY + 1)):
