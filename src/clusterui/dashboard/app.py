@@ -46,7 +46,6 @@ from clusterui.dashboard.themes import Prefs, ThemeMemory
 from clusterui.vocab.exits import Exit
 from clusterui.vocab.safetext import visible
 
-YOUNG_GC_EVERY = 5000  # objects (Python's default: 700); see _on_loaded
 ClientFactory = Callable[[], Any]  # returns a connected client, or an awaitable of one
 EVENTS_SHOWN = 15  # the newest events the detail pane asks for
 NARROW = 120  # below this many columns the detail pane leaves the side and goes on demand
@@ -283,11 +282,6 @@ class DashboardApp(App[None]):
             # moment waits for (bench/README.md, dashboard.py).
             gc.collect()
             gc.freeze()
-            # A young collection every YOUNG_GC_EVERY new objects, not 700: the strips a
-            # frame makes and drops mostly die young then, so fewer reach the oldest
-            # generation and fewer full collections run (bench/dashboard.py under its
-            # 20k lines/s flood: 1 press of 120 over 100 ms, against 2 of 80 at 700).
-            gc.set_threshold(YOUNG_GC_EVERY, *gc.get_threshold()[1:])
         self.loaded.set()
 
     def _post_logs(self, lines: list[dict[str, Any]]) -> None:
