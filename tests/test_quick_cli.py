@@ -6,9 +6,15 @@ About modules, not time: speed is measured by bench/cli.py.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,19 +183,17 @@ def test_plain_forms_are_recognised():
     )
 
 
-def test_ls_against_a_supervisor_that_knows_no_columns(tmp_path, monkeypatch, capsys):
-    """A supervisor from before `state`'s columns refuses them as bad arguments (exit 2):
-    `ls` asks again for the whole snapshot, and a column it lacks prints as empty."""
-    import json
-    import socket
-    import threading
-
-    row = {k: None for k in ("id", "app", "instance", "pid", "status", "restarts")}
-    row |= {"id": 0, "app": "old", "instance": 0, "status": "stopped", "restarts": 2}
-    row |= {"uptime": 0, "cpu": 0.0, "memory": 0, "connections": 0, "active": 0}
-    asked: list[dict] = []
+@contextlib.contextmanager
+def old_supervisor(
+    home: Path, answer: Callable[[str, dict], Any]
+) -> Iterator[list[tuple[str, dict]]]:
+    """A supervisor from before some argument, on home's socket, for one connection:
+    answer(op, args) gives each result, or raises OldSupervisorRefuses for the error an
+    old one gives to an argument it does not know (bad arguments, exit 2). Yields the
+    (op, args) asked, in order."""
+    asked: list[tuple[str, dict]] = []
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(tmp_path / "supervisor.sock"))
+    server.bind(str(home / "supervisor.sock"))
     server.listen()
 
     def serve() -> None:
@@ -197,23 +201,71 @@ def test_ls_against_a_supervisor_that_knows_no_columns(tmp_path, monkeypatch, ca
         with conn, conn.makefile("rwb") as f:
             for line in f:
                 req = json.loads(line)
-                asked.append(req["args"])
-                if "columns" in req["args"]:
-                    answer = {"id": req["id"], "ok": False, "error": "bad arguments", "code": 2}
-                else:
-                    answer = {"id": req["id"], "ok": True, "result": {"workers": [row]}}
-                f.write(json.dumps(answer).encode() + b"\n")
+                asked.append((req["op"], req["args"]))
+                try:
+                    reply = {"id": req["id"], "ok": True, "result": answer(req["op"], req["args"])}
+                except OldSupervisorRefuses:
+                    reply = {"id": req["id"], "ok": False, "error": "bad arguments", "code": 2}
+                f.write(json.dumps(reply).encode() + b"\n")
                 f.flush()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    monkeypatch.setenv("CLUSTERUI_HOME", str(tmp_path))
-    monkeypatch.setenv("NO_COLOR", "1")
     try:
-        assert quick.main(["ls"]) == 0
+        yield asked
     finally:
         server.close()
         thread.join(5)
+
+
+class OldSupervisorRefuses(Exception):
+    pass
+
+
+def test_ls_against_a_supervisor_that_knows_no_columns(tmp_path, monkeypatch, capsys):
+    """A supervisor from before `state`'s columns refuses them as bad arguments (exit 2):
+    `ls` asks again for the whole snapshot, and a column it lacks prints as empty."""
+    row = {k: None for k in ("id", "app", "instance", "pid", "status", "restarts")}
+    row |= {"id": 0, "app": "old", "instance": 0, "status": "stopped", "restarts": 2}
+    row |= {"uptime": 0, "cpu": 0.0, "memory": 0, "connections": 0, "active": 0}
+
+    def answer(op: str, args: dict) -> Any:
+        if "columns" in args:
+            raise OldSupervisorRefuses
+        return {"workers": [row]}
+
+    monkeypatch.setenv("CLUSTERUI_HOME", str(tmp_path))
+    monkeypatch.setenv("NO_COLOR", "1")
+    with old_supervisor(tmp_path, answer) as asked:
+        assert quick.main(["ls"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split() == ["0", "old", "0", "-", "stopped", "2", "-", "-", "-", "-"]
-    assert [sorted(a) for a in asked] == [["columns"], ["history"]]
+    assert [sorted(a) for _, a in asked] == [["columns"], ["history"]]
+
+
+def test_describe_against_a_supervisor_that_knows_no_settle(running, monkeypatch, capsys):
+    """A supervisor from before the tree op's `settle` refuses it (exit 2): `describe`
+    asks for the tree again without it, and still lists the processes below."""
+    info = json.loads(running.run("describe", "sleeper:0", "--json", check=True).stdout)
+    wid = info["workers"][0]["id"]
+    child = {"pid": 4242, "ppid": info["workers"][0]["pid"], "depth": 1, "name": "helper",
+             "cmdline": "helper --serve", "cpu": 1.5, "memory": 1 << 20, "status": "sleeping",
+             "left": None}  # fmt: skip
+
+    def answer(op: str, args: dict) -> Any:
+        if op == "describe":
+            return info
+        if "settle" in args:
+            raise OldSupervisorRefuses
+        return [{"id": wid, "app": "sleeper", "instance": 0, "pid": child["ppid"],
+                 "processes": [child], "more": 0}]  # fmt: skip
+
+    home = running.root / "old-home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("CLUSTERUI_HOME", str(home))
+    monkeypatch.setenv("NO_COLOR", "1")
+    with old_supervisor(home, answer) as asked:
+        assert quick.main(["describe", "sleeper:0"]) == 0
+    assert "    pid 4242  cpu 1.5%  memory 1.0M  helper --serve" in capsys.readouterr().out
+    assert [op for op, _ in asked] == ["describe", "tree", "tree"]
+    assert [a.get("settle") for op, a in asked if op == "tree"] == [0.25, None]

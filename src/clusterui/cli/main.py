@@ -559,18 +559,17 @@ async def cmd_describe(client: Client, opts: argparse.Namespace) -> int:
     if opts.json:
         print(json.dumps(info, indent=2))
         return 0
-    try:
-        trees = await client.tree(opts.target, settle=render.DESCRIBE_SETTLE)
-    except ClientError as exc:
-        if exc.code == Exit.NO_SUPERVISOR:
-            raise
-        trees = None  # an older supervisor: no tree operation, or no settle
-        if exc.code == Exit.USAGE:
-            try:
-                trees = await client.tree(opts.target)
-            except ClientError as again:
-                if again.code == Exit.NO_SUPERVISOR:
-                    raise
+    trees = None
+    # An older supervisor refuses settle (usage), or has no tree operation.
+    for settle in (render.DESCRIBE_SETTLE, 0.0):
+        try:
+            trees = await client.tree(opts.target, settle=settle)
+            break
+        except ClientError as exc:
+            if exc.code == Exit.NO_SUPERVISOR:
+                raise
+            if exc.code != Exit.USAGE:
+                break
     print(render.describe(info, trees))
     return 0
 

@@ -218,18 +218,17 @@ def run(verb: str, opts: dict[str, Any], timeout: float | None = CALL_TIMEOUT) -
 
                 print(json.dumps(info, indent=2))
             else:
-                try:
-                    trees = conn.call("tree", target=opts["target"], settle=render.DESCRIBE_SETTLE)
-                except ClientError as exc:
-                    if exc.code == Exit.NO_SUPERVISOR:
-                        raise
-                    trees = None  # an older supervisor: no tree operation, or no settle
-                    if exc.code == Exit.USAGE:
-                        try:
-                            trees = conn.call("tree", target=opts["target"])
-                        except ClientError as again:
-                            if again.code == Exit.NO_SUPERVISOR:
-                                raise
+                trees = None
+                # An older supervisor refuses settle (usage), or has no tree operation.
+                for args in ({"settle": render.DESCRIBE_SETTLE}, {}):
+                    try:
+                        trees = conn.call("tree", target=opts["target"], **args)
+                        break
+                    except ClientError as exc:
+                        if exc.code == Exit.NO_SUPERVISOR:
+                            raise
+                        if exc.code != Exit.USAGE:
+                            break
                 print(render.describe(info, trees))
         else:
             lines = conn.call("logs", target=opts["target"], lines=opts["lines"])

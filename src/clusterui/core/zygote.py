@@ -92,10 +92,9 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
         # A hosted app: its MODULE, and what the host itself loads before serving.
-        extra = {
-            "modules": [spec.web[1].partition(":")[0]] if spec.web is not None else [],
-            "optional": list(web.PRELOAD) if spec.web is not None else [],
-        }
+        extra: dict[str, list[str]] = {}
+        if spec.web is not None:
+            extra = {"modules": [spec.web[1].partition(":")[0]], "optional": list(web.PRELOAD)}
         env = {k: v for k, v in env.items() if k not in _PER_WORKER and not k.startswith("LISTEN_")}
         env[CONTROL_FD_ENV] = str(CONTROL_FD)
         env[PRELOAD_ENV] = json.dumps(extra)

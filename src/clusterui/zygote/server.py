@@ -92,18 +92,18 @@ def preload(
             wanted = top_level_imports(path)
         except (OSError, SyntaxError, ValueError) as exc:
             failed.append([path, f"{type(exc).__name__}: {exc}"])
-    wanted += [(name, []) for name in extra]
-    skippable = len(wanted)
-    wanted += [(name, []) for name in optional or []]
+    imports = [(module, names, True) for module, names in wanted]
+    imports += [(name, [], True) for name in extra]
+    imports += [(name, [], False) for name in optional or []]
     done = 0
-    for i, (module, names) in enumerate(wanted):
+    for module, names, said in imports:
         try:
             __import__(module, fromlist=names)
             done += 1
         except BaseException as exc:  # noqa: BLE001 - an app's import may raise anything
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            if i < skippable:
+            if said:
                 failed.append([module, f"{type(exc).__name__}: {exc}"])
     return done, failed
 
