@@ -192,6 +192,12 @@ class Listener:
         self._closed = False
         self._helpers: list[_Helper] = []
         self._primary_stats: dict[str, Any] = {}
+        # Open connections of dispatchers that were replaced, by worker key: a new one
+        # counts from zero, but what the old one handed is open until the worker closes
+        # it (and the closes reach the primary). What a killed dispatcher did after its
+        # last report is not known: the sum is off by that much (a shared dispatcher
+        # reports every SHARED_STATS_INTERVAL while busy, to keep it small).
+        self._open_carry: dict[str, int] = {}
         # Drains waiting for the helpers' "drained": worker key → helper pids not done.
         self._drain_acks: dict[str, set[int]] = {}
         if MODES[spec.dispatch].dispatcher:
@@ -308,6 +314,7 @@ class Listener:
     def _helper_exited(self, h: _Helper, code: int | None, sig: str | None) -> None:
         h.watcher = None
         self._drop_helper(h)
+        self._carry(h.open)
         if self._closed:
             return
         if self._may_respawn_after(h.started_at, h.heard):
@@ -327,6 +334,11 @@ class Listener:
                 )
                 return
         self._on_exit(code, sig)
+
+    def _carry(self, open_: dict[str, int]) -> None:
+        for key, n in open_.items():
+            if key in self._workers:
+                self._open_carry[key] = self._open_carry.get(key, 0) + n
 
     def _drop_helper(self, h: _Helper) -> None:
         if h in self._helpers:
@@ -389,8 +401,8 @@ class Listener:
                 row["open"] += h.open.get(key, 0)
             accepted += h.accepted
             pending += h.pending
-        for row in workers.values():
-            row["open"] = max(0, row["open"])
+        for key, row in workers.items():
+            row["open"] = max(0, row["open"] + self._open_carry.get(key, 0))
         return {"t": "stats", "workers": workers, "accepted": accepted, "pending": pending}
 
     def _drain(self, msg: dict[str, Any]) -> bool:
@@ -420,6 +432,12 @@ class Listener:
                 self._drained(key, pid)
 
     def _dispatcher_exited(self, code: int | None, sig: str | None) -> None:
+        if self._helpers:
+            figures = self._primary_stats.get("workers") or {}
+            self._carry(
+                {k: _signed(f.get("open")) for k, f in figures.items() if isinstance(f, dict)}
+            )
+        self._primary_stats = {}
         self._watcher = None
         self.pid = None
         self._close_ctl()
@@ -579,6 +597,7 @@ class Listener:
                 self._send_to(h.ctl, msg, fds)
         if kind == "remove":
             self._drain_acks.pop(str(msg.get("id")), None)
+            self._open_carry.pop(str(msg.get("id")), None)
             for h in self._helpers:
                 key = str(msg.get("id"))
                 h.handed.pop(key, None)

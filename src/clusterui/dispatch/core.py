@@ -40,6 +40,9 @@ RECHECK = 0.01  # every worker busy: look again this soon
 CHANNEL_SNDBUF = 16 * 1024
 READ_BATCH = 64  # datagrams read from one socket per wakeup, so nobody starves the loop
 STATS_INTERVAL = 1.0
+# One of several dispatchers: what a killed one did since its last report is lost to the
+# sum the supervisor keeps (core/listener.py), so they report more often while busy.
+SHARED_STATS_INTERVAL = 0.25
 PROBE_INTERVAL = 0.075
 PROBE_TAKEN_CHECK = 0.02  # while a health probe waits in a channel: look this often
 ACCEPT_BACKOFF = 0.1  # after EMFILE and friends
@@ -203,6 +206,7 @@ class Dispatcher:
         self.shared = shared
         self.helper = shared == proto.HELPER
         self.chan_mask = 0 if self.helper else IN
+        self.stats_interval = SHARED_STATS_INTERVAL if shared else STATS_INTERVAL
         self.orphan_grace = orphan_grace
         self.proxy = proto.MODES[mode].own_port
         self.strategy = _STRATEGIES[proto.MODES[mode].route]
@@ -302,7 +306,7 @@ class Dispatcher:
         now = time.monotonic()
         deadlines = []
         if self.dirty:
-            deadlines.append(self.last_stats + STATS_INTERVAL)
+            deadlines.append(self.last_stats + self.stats_interval)
         if self.accept_paused_until:
             deadlines.append(self.accept_paused_until)
         if self.recheck_at:
@@ -321,7 +325,7 @@ class Dispatcher:
 
     def _timers(self) -> None:
         now = time.monotonic()
-        if self.dirty and now >= self.last_stats + STATS_INTERVAL:
+        if self.dirty and now >= self.last_stats + self.stats_interval:
             self._push_stats(now)
         if self.accept_paused_until and now >= self.accept_paused_until:
             self.accept_paused_until = 0.0
