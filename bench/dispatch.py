@@ -7,6 +7,8 @@ ratios from the same run mean more), with wrk on loopback:
    - clusterui round-robin, examples/web.py workers (``clusterui up -d``, a real supervisor);
    - the same with ``dispatchers: 2`` (two dispatcher processes on the one listener), and
      its capacity: connections/s per core of dispatcher CPU, against one dispatcher's;
+   - with cheap workers (bench/cheap_worker.py: a fixed answer, no asyncio), one
+     dispatcher and two, so the dispatchers rather than the workers run out;
    - the same examples/web.py, N copies bound directly with SO_REUSEPORT (the kernel's limit);
    - Node's cluster module, SCHED_RR and SCHED_NONE, with bench/node/http_worker.js;
    - PM2 cluster mode (``pm2 start http_worker.js -i N``);
@@ -64,6 +66,8 @@ from common import (  # noqa: E402
 from clusterui.dispatch import protocol as proto  # noqa: E402
 
 WEB = ROOT / "examples" / "web.py"
+CHEAP = BENCH / "cheap_worker.py"
+ROUND_ROBIN_APPS = ("web", "web2", "cheap1", "cheap2")
 NODE_WORKER = BENCH / "node" / "http_worker.js"
 NODE_CLUSTER = BENCH / "node" / "cluster_rr.js"
 LOCK_PATH = "/tmp/clusterui-bench.lock"
@@ -399,6 +403,8 @@ class Clusterui:
         self.ports = {
             "web": free_port(),
             "web2": free_port(),
+            "cheap1": free_port(),
+            "cheap2": free_port(),
             "node-proxy": free_port(),
             "node-shared": free_port(),
         }
@@ -414,6 +420,12 @@ class Clusterui:
             f"  - name: web2\n    script: {q(str(WEB))}\n    exec_mode: cluster\n"
             f"    instances: {n}\n    listen: 127.0.0.1:{self.ports['web2']}\n"
             f"    dispatch: round-robin\n    dispatchers: 2\n",
+            *(
+                f"  - name: cheap{d}\n    script: {q(str(CHEAP))}\n    exec_mode: cluster\n"
+                f"    instances: {n}\n    listen: 127.0.0.1:{self.ports[f'cheap{d}']}\n"
+                f"    dispatchers: {d}\n"
+                for d in (1, 2)
+            ),
             f"  - name: flood\n    script: {q(str(self.flood_script))}\n"
             f"    args: [{q(str(opts.flood_rate))}, {q(str(self.counter))}]\n"
             f"    exec_mode: fork\n    instances: 1\n",
@@ -428,7 +440,8 @@ class Clusterui:
                 )
         self.file = workdir / "ecosystem.yaml"
         self.file.write_text("apps:\n" + "".join(apps))
-        self.apps = ["web", "web2", "flood"] + (["node-proxy", "node-shared"] if opts.node else [])
+        node_apps = ["node-proxy", "node-shared"] if opts.node else []
+        self.apps = [*ROUND_ROBIN_APPS, "flood", *node_apps]
         self.workers = n
         self.pid: int | None = None
 
@@ -600,7 +613,7 @@ class ClusteruiApp(Target):
     def start(self, workers: int) -> None:
         self.port = self.cu.ports[self.app]
         self.cu.start(self.app)
-        if self.app in ("web", "web2"):  # round-robin: fairness from the supervisor's counters
+        if self.app in ROUND_ROBIN_APPS:  # fairness from the supervisor's counters
             self.counts = lambda: self.cu.counts(self.app)
             self.dispatchers = lambda: self.cu.dispatcher_pids(self.app)
 
@@ -1036,6 +1049,7 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
     if get(BARE):
         info.insert(0, (RR, BARE, "python / python: the supervisor around the dispatcher"))
     info.insert(0, (RR2, RR, "python / python: 2 dispatchers against 1, same workers"))
+    info.insert(1, (CHEAP2, CHEAP1, "the same with cheap workers: the dispatchers' share"))
     for a, b, note in info:
         for kind, what in (("close", "new conn/s"), ("keepalive", "keep-alive req/s")):
             value = ratio(a, b, kind)
@@ -1161,6 +1175,8 @@ def print_report(
 
 RR = "clusterui round-robin"
 RR2 = "clusterui round-robin, 2 dispatchers"
+CHEAP1 = "clusterui rr, cheap workers, 1 disp."
+CHEAP2 = "clusterui rr, cheap workers, 2 disp."
 BARE = "clusterui dispatcher alone (--bare)"
 REUSE = "direct SO_REUSEPORT"
 NODE_RR = "Node cluster SCHED_RR"
@@ -1227,6 +1243,8 @@ def main(argv: list[str] | None = None) -> int:
             makers: list[Callable[[], Target]] = [
                 lambda: ClusteruiApp(RR, "python", cu, "web"),
                 lambda: ClusteruiApp(RR2, "python", cu, "web2"),
+                lambda: ClusteruiApp(CHEAP1, "python", cu, "cheap1"),
+                lambda: ClusteruiApp(CHEAP2, "python", cu, "cheap2"),
                 lambda: ReusePort(REUSE, "python"),
             ]
             if opts.bare:

@@ -853,7 +853,10 @@ class Dispatcher:
     def _on_listen(self, ev: int) -> None:
         room = min(ACCEPT_BATCH, PENDING_CAP - len(self.pending))
         if self._backlog_known:
-            room = min(room, max(1, self._accept_queue() or 0))
+            queued = self._accept_queue()
+            if queued == 0 and self.shared:
+                return  # another dispatcher took it: a failing accept costs more than this
+            room = min(room, max(1, queued or 0))
         got = 0
         pending = self.pending
         # Handoff mode uses _accept: (fd, addr), no socket object for a fd we pass on.
