@@ -34,7 +34,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,24 +350,8 @@ class Listener:
             self._drained(key, h.pid)
 
     def _read_helper(self, h: _Helper) -> None:
-        for _ in range(64):
-            try:
-                data = h.ctl.recv(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                with contextlib.suppress(ValueError, OSError):
-                    self._loop.remove_reader(h.ctl.fileno())
-                return
-            try:
-                msg = json.loads(data)
-            except (ValueError, RecursionError):
-                continue
+        for msg in self._messages(h.ctl):
             h.heard = True
-            if not isinstance(msg, dict):
-                continue
             kind = msg.get("t")
             if kind == "drained":
                 self._drained(str(msg.get("id")), h.pid)
@@ -512,31 +496,38 @@ class Listener:
 
     def _read(self) -> None:
         assert self._ctl is not None
-        for _ in range(64):  # bounded: give the rest of the loop its turn
+        for msg in self._messages(self._ctl):
+            self._heard = True
+            if msg.get("t") == "listen":
+                self._listen_request(msg)
+                continue
+            self._note_event(msg)
+            if msg.get("t") == "stats":
+                self._primary_stats = msg
+                if self._helpers:
+                    msg = self._summed()
+            self._on_event(msg)
+
+    def _messages(self, ctl: socket.socket) -> Iterator[dict[str, Any]]:
+        """The messages waiting on a dispatcher's control socket; at most 64, so the
+        rest of the loop gets its turn. At end of file it is no longer polled."""
+        for _ in range(64):
             try:
-                data = self._ctl.recv(MAX_DATAGRAM)
+                data = ctl.recv(MAX_DATAGRAM)
             except BlockingIOError:
                 return
             except OSError:
                 data = b""
             if not data:
-                self._loop.remove_reader(self._ctl.fileno())
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(ctl.fileno())
                 return
             try:
                 msg = json.loads(data)
             except (ValueError, RecursionError):
                 continue
-            self._heard = True
             if isinstance(msg, dict):
-                if msg.get("t") == "listen":
-                    self._listen_request(msg)
-                    continue
-                self._note_event(msg)
-                if msg.get("t") == "stats":
-                    self._primary_stats = msg
-                    if self._helpers:
-                        msg = self._summed()
-                self._on_event(msg)
+                yield msg
 
     def _listen_request(self, msg: dict[str, Any]) -> None:
         """A Node worker's listen() with no socket yet: bind what it asked for."""
