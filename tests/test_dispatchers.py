@@ -61,6 +61,11 @@ def test_two_dispatchers_share_the_listener_fairly_and_ls_shows_the_sum(cu):
     rows = settled(cu, total)
     accepted = [d["accepted"] for d in app_row(cu)["dispatchers"]]
     assert sum(accepted) == total and min(accepted) > 0, (accepted, total)
+    text = cu.run("describe", "web", check=True).stdout
+    assert (
+        f"dispatch   2 dispatchers: pid {primary} (accepted {accepted[0]}), "
+        f"pid {helper} (accepted {accepted[1]})"
+    ) in text, text
     # Each dispatcher keeps its own turn over all three workers, so each worker is at
     # most one connection per dispatcher from an even share: well within ±2 %.
     counts = [w["connections"] for w in rows]
