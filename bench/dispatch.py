@@ -5,6 +5,10 @@ ratios from the same run mean more), with wrk on loopback:
 
 1. Throughput: new connections/s (``Connection: close``) and keep-alive requests/s for
    - clusterui round-robin, examples/web.py workers (``clusterui up -d``, a real supervisor);
+   - the same with ``dispatchers: 2`` (two dispatcher processes on the one listener), and
+     its capacity: connections/s per core of dispatcher CPU, against one dispatcher's;
+   - with cheap workers (bench/cheap_worker.py: a fixed answer, no asyncio), one
+     dispatcher and two, so the dispatchers rather than the workers run out;
    - the same examples/web.py, N copies bound directly with SO_REUSEPORT (the kernel's limit);
    - Node's cluster module, SCHED_RR and SCHED_NONE, with bench/node/http_worker.js;
    - PM2 cluster mode (``pm2 start http_worker.js -i N``);
@@ -62,6 +66,8 @@ from common import (  # noqa: E402
 from clusterui.dispatch import protocol as proto  # noqa: E402
 
 WEB = ROOT / "examples" / "web.py"
+CHEAP = BENCH / "cheap_worker.py"
+ROUND_ROBIN_APPS = ("web", "web2", "cheap1", "cheap2")
 NODE_WORKER = BENCH / "node" / "http_worker.js"
 NODE_CLUSTER = BENCH / "node" / "cluster_rr.js"
 LOCK_PATH = "/tmp/clusterui-bench.lock"
@@ -281,7 +287,8 @@ class Wrk:
     others: float = 0.0  # cores used by other people's processes during the run
     # The dispatcher's CPU (user + system) per request of this run, in µs: in close mode
     # one request is one handed connection. Where the target has a dispatcher process.
-    dispatch_us: float | None = None
+    dispatch_us: float | None = None  # dispatcher CPU (all of them) per connection
+    dispatch_cores: float | None = None  # cores of dispatcher CPU during the run
 
     @property
     def errors(self) -> int:
@@ -393,7 +400,14 @@ class Clusterui:
         # Short on purpose: the control socket's path must fit in 108 bytes.
         self.home = Path(tempfile.mkdtemp(prefix="cu-bench-d-", dir="/tmp"))
         self.env = {**os.environ, "CLUSTERUI_HOME": str(self.home)}
-        self.ports = {"web": free_port(), "node-proxy": free_port(), "node-shared": free_port()}
+        self.ports = {
+            "web": free_port(),
+            "web2": free_port(),
+            "cheap1": free_port(),
+            "cheap2": free_port(),
+            "node-proxy": free_port(),
+            "node-shared": free_port(),
+        }
         self.counter = workdir / "flood.count"
         (workdir / "flood.py").write_text(FLOOD)
         self.flood_script = workdir / "flood.py"
@@ -403,6 +417,15 @@ class Clusterui:
             f"  - name: web\n    script: {q(str(WEB))}\n    exec_mode: cluster\n"
             f"    instances: {n}\n    listen: 127.0.0.1:{self.ports['web']}\n"
             f"    dispatch: round-robin\n",
+            f"  - name: web2\n    script: {q(str(WEB))}\n    exec_mode: cluster\n"
+            f"    instances: {n}\n    listen: 127.0.0.1:{self.ports['web2']}\n"
+            f"    dispatch: round-robin\n    dispatchers: 2\n",
+            *(
+                f"  - name: cheap{d}\n    script: {q(str(CHEAP))}\n    exec_mode: cluster\n"
+                f"    instances: {n}\n    listen: 127.0.0.1:{self.ports[f'cheap{d}']}\n"
+                f"    dispatchers: {d}\n"
+                for d in (1, 2)
+            ),
             f"  - name: flood\n    script: {q(str(self.flood_script))}\n"
             f"    args: [{q(str(opts.flood_rate))}, {q(str(self.counter))}]\n"
             f"    exec_mode: fork\n    instances: 1\n",
@@ -417,7 +440,8 @@ class Clusterui:
                 )
         self.file = workdir / "ecosystem.yaml"
         self.file.write_text("apps:\n" + "".join(apps))
-        self.apps = ["web", "flood"] + (["node-proxy", "node-shared"] if opts.node else [])
+        node_apps = ["node-proxy", "node-shared"] if opts.node else []
+        self.apps = [*ROUND_ROBIN_APPS, "flood", *node_apps]
         self.workers = n
         self.pid: int | None = None
 
@@ -469,17 +493,18 @@ class Clusterui:
             time.sleep(1.2)
         return last or {}
 
-    def listener_pid(self, app: str) -> int | None:
-        """The pid of the app's dispatcher process (the snapshot's `listener_pid`)."""
+    def dispatcher_pids(self, app: str) -> list[int]:
+        """The pids of the app's dispatcher processes (the snapshot's `dispatchers`)."""
         from clusterui.client import Client
 
-        async def ask() -> int | None:
+        async def ask() -> list[int]:
             client = await Client.connect(self.home)
             try:
                 state = await client.state(history=False)
             finally:
                 await client.close()
-            return next((a["listener_pid"] for a in state["apps"] if a["name"] == app), None)
+            row = next((a for a in state["apps"] if a["name"] == app), None)
+            return [d["pid"] for d in row["dispatchers"]] if row else []
 
         return asyncio.run(ask())
 
@@ -567,8 +592,8 @@ class Target:
     procs: list[subprocess.Popen] = field(default_factory=list)
     # Per-worker connections so far, where a round-robin dispatcher counts them (fairness).
     counts: Callable[[], dict[str, int]] | None = None
-    # The pid of the process that accepts and hands connections on (round-robin rows).
-    dispatcher: Callable[[], int | None] | None = None
+    # The pids of the processes that accept and hand connections on (round-robin rows).
+    dispatchers: Callable[[], list[int]] | None = None
 
     def start(self, workers: int) -> None:
         raise NotImplementedError
@@ -588,9 +613,9 @@ class ClusteruiApp(Target):
     def start(self, workers: int) -> None:
         self.port = self.cu.ports[self.app]
         self.cu.start(self.app)
-        if self.app == "web":  # round-robin: fairness from the supervisor's counters
+        if self.app in ROUND_ROBIN_APPS:  # fairness from the supervisor's counters
             self.counts = lambda: self.cu.counts(self.app)
-            self.dispatcher = lambda: self.cu.listener_pid(self.app)
+            self.dispatchers = lambda: self.cu.dispatcher_pids(self.app)
 
     def stop(self) -> None:
         self.cu.stop(self.app)
@@ -642,7 +667,7 @@ class Dispatched(Target):
             if msg.get("t") == "ready":
                 ready.add(msg["id"])
         self.counts = self._counts
-        self.dispatcher = lambda: self.procs[0].pid
+        self.dispatchers = lambda: [self.procs[0].pid]
 
     def _counts(self) -> dict[str, int]:
         self.ctl.setblocking(False)
@@ -749,11 +774,13 @@ def measure_throughput(
             target.start(opts.workers)
             wrk(target.port, 1, opts, False)  # warm up
             before = target.counts() if target.counts else None
-            pid = target.dispatcher() if target.dispatcher else None
-            cpu0 = cpu_seconds(pid) if pid else 0.0
+            pids = target.dispatchers() if target.dispatchers else []
+            cpu0 = sum(cpu_seconds(p) for p in pids)
             result = wrk(target.port, opts.duration, opts, True)
-            if pid and result.requests:
-                result.dispatch_us = (cpu_seconds(pid) - cpu0) / result.requests * 1e6
+            if pids and result.requests:
+                used = sum(cpu_seconds(p) for p in pids) - cpu0
+                result.dispatch_us = used / result.requests * 1e6
+                result.dispatch_cores = used / opts.duration
             row.close.append(result)
             if before is not None and target.counts:
                 after = target.counts()
@@ -968,6 +995,12 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
                 f"(rounds: {', '.join(f'{x:.1f}' for x in costs)}; {c.rps:,.0f} conn/s in the "
                 f"best round)  target <= {DISPATCH_US:g} µs  {mark(min(costs) <= DISPATCH_US)}"
             )
+            # Capacity: what one core of dispatcher CPU hands per second, and how many
+            # cores the dispatchers used in the best round (2 dispatchers can use 2).
+            print(
+                f"  capacity {1e6 / min(costs):,.0f} conn/s per dispatcher-core; "
+                f"dispatchers used {c.dispatch_cores or 0:.2f} core(s) in the best round"
+            )
 
     def get(name: str) -> Row | None:
         r = rows.get(name)
@@ -988,6 +1021,7 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
     checks = [
         (RR, REUSE, "close", CLOSE_VS_REUSEPORT, "python / python: apples-to-apples"),
         (RR, REUSE, "keepalive", KEEPALIVE_VS_REUSEPORT, "python / python: apples-to-apples"),
+        (RR2, REUSE, "close", CLOSE_VS_REUSEPORT, "python / python: 2 dispatchers"),
         (
             RR,
             NODE_RR,
@@ -1014,6 +1048,8 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
     ]
     if get(BARE):
         info.insert(0, (RR, BARE, "python / python: the supervisor around the dispatcher"))
+    info.insert(0, (RR2, RR, "python / python: 2 dispatchers against 1, same workers"))
+    info.insert(1, (CHEAP2, CHEAP1, "the same with cheap workers: the dispatchers' share"))
     for a, b, note in info:
         for kind, what in (("close", "new conn/s"), ("keepalive", "keep-alive req/s")):
             value = ratio(a, b, kind)
@@ -1138,6 +1174,9 @@ def print_report(
 
 
 RR = "clusterui round-robin"
+RR2 = "clusterui round-robin, 2 dispatchers"
+CHEAP1 = "clusterui rr, cheap workers, 1 disp."
+CHEAP2 = "clusterui rr, cheap workers, 2 disp."
 BARE = "clusterui dispatcher alone (--bare)"
 REUSE = "direct SO_REUSEPORT"
 NODE_RR = "Node cluster SCHED_RR"
@@ -1203,6 +1242,9 @@ def main(argv: list[str] | None = None) -> int:
         with Clusterui(workdir, opts) as cu:
             makers: list[Callable[[], Target]] = [
                 lambda: ClusteruiApp(RR, "python", cu, "web"),
+                lambda: ClusteruiApp(RR2, "python", cu, "web2"),
+                lambda: ClusteruiApp(CHEAP1, "python", cu, "cheap1"),
+                lambda: ClusteruiApp(CHEAP2, "python", cu, "cheap2"),
                 lambda: ReusePort(REUSE, "python"),
             ]
             if opts.bare:

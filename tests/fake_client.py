@@ -129,6 +129,7 @@ def make_app(name: str, **over: Any) -> AppRow:
         "env_names": ["PORT"],
         "reloading": False,
         "listener_pid": 40990,
+        "dispatchers": [{"pid": 40990, "accepted": 0}],
         "depends_on": {},
         "waiting_for": None,
         "cron_restart": None,
@@ -215,6 +216,7 @@ def demo_snapshot(*, api_workers: int = 2, busy: bool = False) -> Snapshot:
             instances=1,
             env_names=["QUEUE"],
             listener_pid=None,
+            dispatchers=[],
         ),
     ]
     workers = [

@@ -395,6 +395,24 @@ def test_instances(tmp_path: Path, monkeypatch, value, expected: int) -> None:
     assert spec.instances == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "dispatch", "expected"),
+    [
+        (None, "round-robin", 1),
+        (2, "round-robin", 2),
+        ("auto", "round-robin", 8),
+        ("AUTO", "round-robin", 8),
+        ("auto", "least-connections", 1),  # auto: one where the mode cannot share
+        ("auto", "proxy", 1),
+    ],
+)
+def test_dispatchers(tmp_path: Path, monkeypatch, value, dispatch: str, expected: int) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    key = f"\ndispatchers: {value}" if value is not None else ""
+    spec, _ = _load_one(tmp_path, f"script: app.py\nlisten: 8000\ndispatch: {dispatch}{key}")
+    assert spec.dispatchers == expected
+
+
 def test_script_as_command(tmp_path: Path) -> None:
     spec, result = _load_one(tmp_path, "script: python3 -m http.server\nargs: 9000")
     assert spec.name == "python3"

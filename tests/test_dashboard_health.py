@@ -1,4 +1,5 @@
-"""The dashboard shows unhealthy and pending workers, probe results and the schedule."""
+"""The dashboard shows unhealthy and pending workers, probe results, the schedule and an
+app's dispatchers."""
 
 from __future__ import annotations
 
@@ -59,3 +60,14 @@ async def test_a_pending_app_says_what_it_waits_for() -> None:
         assert "depends on  db: healthy" in text or "db: healthy" in text
         assert "waiting for db: healthy (db:0 is unhealthy)" in text
         assert "0 3 * * * · next" in text
+
+
+async def test_an_app_with_several_dispatchers_shows_what_each_accepted() -> None:
+    async with dashboard(size=(200, 60)) as (app, pilot, client):
+        snap = copy.deepcopy(client.snapshot)
+        web = snap["apps"][0]
+        web["dispatchers"] = [{"pid": 501, "accepted": 12_345}, {"pid": 502, "accepted": 678}]
+        client.push_state(snap)
+        await select(app, pilot, f"app:{web['name']}")
+        await until(pilot, lambda: "dispatchers" in screen_text(app))
+        assert "2 · accepted 12,345 / 678" in screen_text(app)

@@ -210,6 +210,15 @@ def tree_lines(tree: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def dispatcher_lines(app: dict[str, Any]) -> list[str]:
+    """The dispatcher processes of an app's listener, each with what it accepted."""
+    rows = app.get("dispatchers") or []  # an older supervisor does not say
+    if not rows:
+        return []
+    each = ", ".join(f"pid {d['pid']} (accepted {d['accepted']})" for d in rows)
+    return [f"dispatch   {len(rows)} dispatcher{'s' if len(rows) > 1 else ''}: {each}"]
+
+
 def describe(info: dict[str, Any], trees: list[dict[str, Any]] | None = None) -> str:
     """`describe`: everything about one target, as text; with `trees` (the `tree`
     operation's answer), the processes below each worker too."""
@@ -228,6 +237,7 @@ def describe(info: dict[str, Any], trees: list[dict[str, Any]] | None = None) ->
         f"source     {app['source']}",
         f"command    {command}",
         f"cwd        {spec['cwd']}",
+        *dispatcher_lines(app),
         f"env        {', '.join(app['env_names']) or '-'}",
         f"watch      {'on' if app['watch'] else 'off'}"
         + (f" ({', '.join(app['watch_paths'])})" if app["watch_paths"] else ""),

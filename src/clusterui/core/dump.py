@@ -66,6 +66,8 @@ def app_mapping(spec: AppSpec, watch_on: bool) -> dict[str, Any]:
     if spec.listen is not None:
         out["listen"] = str(spec.listen)
         out["dispatch"] = spec.dispatch
+        if spec.dispatchers != 1:
+            out["dispatchers"] = spec.dispatchers
     out["watch"] = list(spec.watch) if watch_on and spec.watch else False
     if spec.ignore_watch:
         out["ignore_watch"] = list(spec.ignore_watch)

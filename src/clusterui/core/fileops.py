@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # Bookkeeping, not behaviour.
 IGNORED = frozenset({"source", "source_line"})
-NEEDS_RESTART = ("listen", "exec_mode", "dispatch")
+NEEDS_RESTART = ("listen", "exec_mode", "dispatch", "dispatchers")
 WATCH = frozenset({"watch", "ignore_watch", "watch_delay"})
 UPKEEP = frozenset({"health_check", "cron_restart"})  # changed without a reload
 # Read by the supervisor, not by the process: a new value needs no new process.

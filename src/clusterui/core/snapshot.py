@@ -90,6 +90,7 @@ def app_row(app: App) -> AppRow:
         "env_names": sorted(spec.env),
         "reloading": app.reload_lock.locked(),
         "listener_pid": app.listener.pid if app.listener else None,
+        "dispatchers": app.listener.dispatchers() if app.listener else [],
         **upkeep.app_fields(app),
     }
 

@@ -84,6 +84,8 @@ class AppSpec:
     exec_mode: ExecMode = field(default="fork", metadata=APP)
     listen: Listen | None = field(default=None, metadata=APP)
     dispatch: DispatchMode = field(default=DEFAULT_MODE, metadata=APP)
+    # Dispatcher processes sharing the listener (a shareable mode only; see Listener).
+    dispatchers: int = field(default=1, metadata=APP)
     # Empty list means watch is off.
     watch: list[str] = field(default_factory=list, metadata=APP)
     ignore_watch: list[str] = field(default_factory=list, metadata=APP)

@@ -169,9 +169,7 @@ class Supervisor:
             for p in (s.proc, *s.retiring) if p is not None
         }  # fmt: skip
         pids |= {p.pid for app in self.apps.values() for p in app._by_serial.values()}
-        pids |= {
-            app.listener.pid for app in self.apps.values() if app.listener and app.listener.pid
-        }
+        pids |= {pid for app in self.apps.values() if app.listener for pid in app.listener.pids}
         pids |= {app.preload.pid for app in self.apps.values() if app.preload and app.preload.pid}
         if guardian.pid() is not None:
             pids.add(guardian.pid())

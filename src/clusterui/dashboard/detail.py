@@ -327,6 +327,10 @@ class DetailPane(VerticalScroll):
         listen = app.get("listen")
         grid.add_row("mode", mode_label(app, 40) + (f" on {listen}" if listen else ""))
         grid.add_row("instances", f"{len(workers)} (configured {app.get('instances', '—')})")
+        dispatchers = app.get("dispatchers") or []
+        if len(dispatchers) > 1:  # `dispatchers: N`: what each accepted (the rows show sums)
+            each = " / ".join(f"{d['accepted']:,}" for d in dispatchers)
+            grid.add_row("dispatchers", f"{len(dispatchers)} · accepted {each}")
         self._common_rows(grid, app)
         self._watch_rows(grid, app)
         if app.get("source"):

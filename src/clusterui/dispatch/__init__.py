@@ -35,12 +35,15 @@ supervisor → dispatcher
       and with ack, ``{"t":"probe",...,"ok":true}`` once W has taken it off its channel.
   ``{"t":"health","id":W,"ok":B}``: W failed (false) or passed (true) its health probe;
       while false it gets no new connections, and those still queued for it go to others.
+  With ``dispatchers: N`` (``CLUSTERUI_DISPATCH_SHARED`` is ``primary`` or ``helper``):
+  ``{"t":"ready","id":W}`` to a helper (the primary read it from W);
 
 dispatcher → supervisor
   ``{"t":"ready","id":W}``; ``{"t":"metrics","id":W,"values":{...}}``; ``{"t":"probe",...}``;
   ``{"t":"stats","workers":{"W":{"handed":n,"open":m}},"accepted":N,"pending":k}``
       (pushed at most once a second, when a figure changed, and on request);
   ``{"t":"error","id":W,"message":...}`` for a worker breaking the protocol;
+  ``{"t":"drained","id":W}`` (a helper): it routes nothing more to W.
   ``{"t":"listen","id":W,"address":A,"port":P}`` or ``{...,"path":X}``: a Node
       worker's listen() while there is no socket yet (asked once until answered).
 

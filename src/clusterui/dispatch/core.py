@@ -40,6 +40,9 @@ RECHECK = 0.01  # every worker busy: look again this soon
 CHANNEL_SNDBUF = 16 * 1024
 READ_BATCH = 64  # datagrams read from one socket per wakeup, so nobody starves the loop
 STATS_INTERVAL = 1.0
+# One of several dispatchers: what a killed one did since its last report is lost to the
+# sum the supervisor keeps (core/listener.py), so they report more often while busy.
+SHARED_STATS_INTERVAL = 0.25
 PROBE_INTERVAL = 0.075
 PROBE_TAKEN_CHECK = 0.02  # while a health probe waits in a channel: look this often
 ACCEPT_BACKOFF = 0.1  # after EMFILE and friends
@@ -94,6 +97,7 @@ class Backend:
         "probes",
         "taken",
         "probe_marks",
+        "shared",
     )
 
     def __init__(self, wid: Any, seq: int) -> None:
@@ -130,6 +134,9 @@ class Backend:
         self.taken = 0  # conn datagrams the worker has taken off its channel, in total
         # (datagram number, token) of probe connections not yet taken by the worker.
         self.probe_marks: collections.deque[tuple[int, Any]] = collections.deque()
+        # One of several dispatchers sharing the channel: `closed` counts what the others
+        # handed too, so `open` here is this dispatcher's share of a sum (may be < 0).
+        self.shared = False
 
     @property
     def routable(self) -> bool:
@@ -139,7 +146,8 @@ class Backend:
     def open(self) -> int:
         if self.port is not None:
             return self.pipes
-        return max(0, self.handed + self.probes - self.closed)
+        n = self.handed + self.probes - self.closed
+        return n if self.shared else max(0, n)
 
 
 # Routing strategies (clusterui.dispatch.protocol.Mode.route): share out every pending
@@ -185,10 +193,20 @@ class Dispatcher:
         control: socket.socket,
         mode: str,
         orphan_grace: float = 0.0,
+        shared: str = "",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown dispatch mode {mode!r} (expected one of {', '.join(MODES)})")
+        if shared and not proto.MODES[mode].shareable:
+            raise ValueError(f"{mode} runs one dispatcher per listener")
         self.mode = mode
+        # One of several dispatchers of this listener (proto.PRIMARY or proto.HELPER),
+        # or "" alone. A helper never reads a worker's channel: the primary does, and
+        # the supervisor tells the helpers what they need (ready); see Listener.
+        self.shared = shared
+        self.helper = shared == proto.HELPER
+        self.chan_mask = 0 if self.helper else IN
+        self.stats_interval = SHARED_STATS_INTERVAL if shared else STATS_INTERVAL
         self.orphan_grace = orphan_grace
         self.proxy = proto.MODES[mode].own_port
         self.strategy = _STRATEGIES[proto.MODES[mode].route]
@@ -233,7 +251,22 @@ class Dispatcher:
         self._accept = sock.accept if self.proxy else sock._accept
         self._backlog_known = self._accept_queue() is not None
         self._register(self.lfd, 0, self._on_listen)
+        if self.shared:
+            # Several dispatchers wait on this socket: wake one of them per connection,
+            # not all (EPOLLEXCLUSIVE is set at registration only, so it is re-added).
+            self.ep.unregister(self.lfd)
         self.listening = False
+
+    def _listen_on(self, want: bool) -> None:
+        """Poll the listening socket for connections, or stop."""
+        self.listening = want
+        if not self.shared:
+            self.ep.modify(self.lfd, IN if want else 0)
+        elif want:
+            self.ep.register(self.lfd, IN | select.EPOLLEXCLUSIVE)
+        else:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(self.lfd)
 
     # ---- loop -----------------------------------------------------------------
 
@@ -273,7 +306,7 @@ class Dispatcher:
         now = time.monotonic()
         deadlines = []
         if self.dirty:
-            deadlines.append(self.last_stats + STATS_INTERVAL)
+            deadlines.append(self.last_stats + self.stats_interval)
         if self.accept_paused_until:
             deadlines.append(self.accept_paused_until)
         if self.recheck_at:
@@ -292,7 +325,7 @@ class Dispatcher:
 
     def _timers(self) -> None:
         now = time.monotonic()
-        if self.dirty and now >= self.last_stats + STATS_INTERVAL:
+        if self.dirty and now >= self.last_stats + self.stats_interval:
             self._push_stats(now)
         if self.accept_paused_until and now >= self.accept_paused_until:
             self.accept_paused_until = 0.0
@@ -433,8 +466,7 @@ class Dispatcher:
         self._unregister(self.ctl.fileno())
         self.orphan_until = time.monotonic() + self.orphan_grace
         if self.lsock is not None and self.listening:
-            self.ep.modify(self.lfd, 0)
-            self.listening = False
+            self._listen_on(False)
         self._route()
 
     def _control(self, msg: dict[str, Any], fds: list[int]) -> None:
@@ -459,6 +491,13 @@ class Dispatcher:
             self._emit(self.stats(), droppable=False)
             return
         w = self.workers.get(wid)
+        if kind == "drain" and self.helper:
+            # Nothing more goes to it from here on: the supervisor waits for this before
+            # the primary tells the worker, so no connection reaches it after its drain.
+            if w is not None:
+                self._drain(w)
+            self._emit({"t": "drained", "id": wid}, droppable=False)
+            return
         if kind in ("drain", "remove", "health") and w is None:
             return  # already gone: harmless
         if kind == "drain":
@@ -467,6 +506,8 @@ class Dispatcher:
             self._remove(w)
         elif kind == "health":
             self._set_health(w, msg.get("ok") is not False)
+        elif kind == "ready" and self.helper:
+            self._set_ready(w)  # the primary read it from the worker
         else:
             raise proto.ProtocolError(f"unknown control message type {kind!r}")
 
@@ -494,6 +535,10 @@ class Dispatcher:
             proto.close_fds(fds)
             raise proto.ProtocolError(f'"add" needs 2 fds (channel ends), got {len(fds)}')
         w.node = msg.get("framing") == "node"
+        if w.node and self.shared:
+            proto.close_fds(fds)
+            raise proto.ProtocolError("a Node worker's channel is a stream: it cannot be shared")
+        w.shared = bool(self.shared)
         w.dend = socket.socket(fileno=fds[0])
         # Never change flags on wend: its open file is shared with the worker's fd.
         w.wend = socket.socket(fileno=fds[1])
@@ -502,14 +547,14 @@ class Dispatcher:
             with contextlib.suppress(OSError):
                 w.dend.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
         self.workers[wid] = w
-        self._register(w.dend.fileno(), IN, lambda ev: self._on_worker(w, ev))
+        self._register(w.dend.fileno(), self.chan_mask, lambda ev: self._on_worker(w, ev))
 
     def _drain(self, w: Backend) -> None:
         if w.draining:
             return
         w.draining = True
         self.rlist = None
-        if w.dend is not None:
+        if w.dend is not None and not self.helper:
             w.drain_pending = True
             self._send_drain(w)
         self._update_listen()
@@ -530,7 +575,7 @@ class Dispatcher:
 
     def _want_writable(self, w: Backend) -> None:
         if w.dend is not None:
-            self.ep.modify(w.dend.fileno(), IN | OUT)
+            self.ep.modify(w.dend.fileno(), self.chan_mask | OUT)
 
     def _remove(self, w: Backend) -> None:
         """The worker is gone: take back what it never received and route it elsewhere."""
@@ -570,7 +615,7 @@ class Dispatcher:
         if ev & OUT and w.obuf and not self._node_flush(w):
             ev &= ~OUT  # still more to write: stay polled for OUT
         if ev & OUT:
-            self.ep.modify(w.dend.fileno(), IN)
+            self.ep.modify(w.dend.fileno(), self.chan_mask)
             if w.drain_pending:
                 self._send_drain(w)
             if w.full:
@@ -578,7 +623,7 @@ class Dispatcher:
                 self.rlist = None
                 self._route()
                 self._update_listen()
-        if not ev & (IN | HUP | ERR):
+        if not ev & (IN | HUP | ERR) or self.helper:
             return
         if w.node:
             self._node_read(w)
@@ -623,7 +668,7 @@ class Dispatcher:
             n = msg.get("n", 1)
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise proto.ProtocolError(f'"closed" needs a count "n" >= 0, got {n!r}')
-            w.closed = min(w.closed + n, w.handed + w.probes)
+            w.closed = w.closed + n if w.shared else min(w.closed + n, w.handed + w.probes)
             self.dirty = True
         elif kind == "ready":
             self._set_ready(w)
@@ -633,6 +678,8 @@ class Dispatcher:
             seq, got = msg.get("seq"), msg.get("got")
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in (seq, got)):
                 raise proto.ProtocolError('"lost" needs whole numbers "seq" and "got"')
+            if w.shared:
+                return  # seq counts every dispatcher's datagrams: this one cannot place it
             first = w.sent_conns - len(w.sent_sizes) + 1
             if first <= seq <= w.sent_conns:
                 n = w.sent_sizes[seq - first] - got
@@ -664,7 +711,8 @@ class Dispatcher:
             return
         w.ready = True
         self.rlist = None
-        self._emit({"t": "ready", "id": w.id}, droppable=False)
+        if not self.helper:
+            self._emit({"t": "ready", "id": w.id}, droppable=False)
         self._route()
         self._update_listen()
 
@@ -785,8 +833,7 @@ class Dispatcher:
             and bool(self._routable())
         )
         if want != self.listening:
-            self.listening = want
-            self.ep.modify(self.lfd, IN if want else 0)
+            self._listen_on(want)
 
     def _accept_queue(self) -> int | None:
         """Connections waiting in the kernel's accept queue (TCP only; else None).
@@ -806,7 +853,10 @@ class Dispatcher:
     def _on_listen(self, ev: int) -> None:
         room = min(ACCEPT_BATCH, PENDING_CAP - len(self.pending))
         if self._backlog_known:
-            room = min(room, max(1, self._accept_queue() or 0))
+            queued = self._accept_queue()
+            if queued == 0 and self.shared:
+                return  # another dispatcher took it: a failing accept costs more than this
+            room = min(room, max(1, queued or 0))
         got = 0
         pending = self.pending
         # Handoff mode uses _accept: (fd, addr), no socket object for a fd we pass on.
@@ -1386,7 +1436,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return Exit.USAGE
-    dispatcher = Dispatcher(lsock, ctl, mode, orphan_grace)
+    shared = os.environ.get("CLUSTERUI_DISPATCH_SHARED", "")
+    if shared not in ("", proto.PRIMARY, proto.HELPER) or (
+        shared and not proto.MODES[mode].shareable
+    ):
+        print(f"clusterui.dispatch: {mode} cannot be shared ({shared!r})", file=sys.stderr)
+        return Exit.USAGE
+    dispatcher = Dispatcher(lsock, ctl, mode, orphan_grace, shared)
     import gc
 
     gc.freeze()  # everything so far is long-lived; keep collections short

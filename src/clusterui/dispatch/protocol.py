@@ -46,6 +46,9 @@ class Mode:
     route: the dispatcher's strategy for picking a worker: "rotate" (the next ready
       worker in turn) or "fewest-open" (the fewest open connections, ties in turn).
     short: a shorter name for narrow columns (the dashboard's mode); empty: the name.
+    shareable: several dispatcher processes may serve one listener (`dispatchers: N`):
+      each hands connections in turn to every worker over the same channels, so the
+      turn stays fair without one dispatcher knowing what the others handed.
     """
 
     name: str
@@ -55,18 +58,30 @@ class Mode:
     listen_fd: bool = False
     route: Literal["rotate", "fewest-open"] | None = None
     short: str = ""
+    shareable: bool = False
 
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("round-robin", dispatcher=True, handoff=True, route="rotate", short="rr"),
+        Mode(
+            "round-robin",
+            dispatcher=True,
+            handoff=True,
+            route="rotate",
+            short="rr",
+            shareable=True,
+        ),
         Mode("least-connections", dispatcher=True, handoff=True, route="fewest-open"),
         Mode("shared", dispatcher=False, listen_fd=True),
         Mode("proxy", dispatcher=True, own_port=True, route="rotate"),
     )
 }
 DEFAULT_MODE = "round-robin"
+# CLUSTERUI_DISPATCH_SHARED for one of several dispatchers of a listener: the one that
+# reads the workers' channels (their ready, closed and metrics messages; health probes
+# go to it), and the helpers that only hand connections and are told the rest.
+PRIMARY, HELPER = "primary", "helper"
 # The modes a dispatcher process runs.
 DISPATCHER_MODES: tuple[str, ...] = tuple(name for name, m in MODES.items() if m.dispatcher)
 

@@ -93,7 +93,8 @@ class AppRow(TypedDict):
     interpreter: str | None
     env_names: list[str]
     reloading: bool
-    listener_pid: int | None
+    listener_pid: int | None  # the (primary) dispatcher
+    dispatchers: list[DispatcherRow]  # every dispatcher of the listener, the primary first
     depends_on: dict[str, str]  # app name -> condition
     waiting_for: str | None  # "waiting for db: healthy (db:0 is unhealthy)" while pending
     cron_restart: str | None
@@ -101,6 +102,13 @@ class AppRow(TypedDict):
     health_check: str | None  # its kind: http, tcp or exec
     reloads: dict[str, int]  # rolling reloads: {"ok": n, "failed": m}
     preload: PreloadInfo | None  # None without `preload: true`
+
+
+class DispatcherRow(TypedDict):
+    """One dispatcher process of an app's listener (`dispatchers: N`)."""
+
+    pid: int
+    accepted: int  # connections it accepted, as it last reported (from zero if replaced)
 
 
 class PreloadInfo(TypedDict):

@@ -13,6 +13,7 @@ from typing import Any
 from clusterui.core import environ, hosted, nodeapp
 from clusterui.core.config import upkeep
 from clusterui.core.config.convert import (
+    MAX_DISPATCHERS,
     MAX_INSTANCES,
     Bad,
     as_account,
@@ -108,6 +109,7 @@ class AppBuilder:
 
         instances = self.get("instances", self.instances, 1)
         exec_mode, listen, dispatch = self.placement(instances, script, interpreter)
+        dispatchers = self.dispatcher_count(listen, dispatch, script, interpreter)
         watch = self.get("watch", self.watch, [])
         ignore_watch = self.get("ignore_watch", self.ignore_watch, [])
         env = self.env()
@@ -127,6 +129,7 @@ class AppBuilder:
             exec_mode=exec_mode,
             listen=listen,
             dispatch=dispatch,
+            dispatchers=dispatchers,
             watch=watch,
             ignore_watch=ignore_watch,
             env=env,
@@ -188,6 +191,35 @@ class AppBuilder:
         if "dispatch" in self.values and listen is None and not learned:
             self.warn("dispatch", "'dispatch' has no effect without 'listen'")
         return exec_mode, listen, dispatch
+
+    def dispatcher_count(
+        self, listen: Listen | None, dispatch: str, script: str | None, interpreter: str | None
+    ) -> int:
+        """`dispatchers`: a number, or 'auto' (one per CPU where it can share, else 1)."""
+        raw = self.values["dispatchers"][1] if "dispatchers" in self.values else 1
+        auto = isinstance(raw, str) and raw.strip().lower() == "auto"
+        count = 1 if auto else self.get("dispatchers", self.dispatchers, 1)
+        node = script is not None and nodeapp.is_node_script(script, interpreter)
+        if listen is None or not MODES[dispatch].shareable or node:
+            if count > 1:
+                why = (
+                    "needs 'listen'"
+                    if listen is None
+                    else "cannot be shared by a Node app's workers (Node's IPC is a stream)"
+                    if node
+                    else f"needs dispatch round-robin ({dispatch} runs one dispatcher)"
+                )
+                self.error("dispatchers", f"{count} dispatchers {why}")
+            return 1
+        return min(os.cpu_count() or 1, MAX_DISPATCHERS) if auto else count
+
+    def dispatchers(self, value: Any) -> int:
+        value = numeric(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise Bad(f"must be a whole number from 1 or 'auto', not {show(value)}")
+        if value > MAX_DISPATCHERS:
+            raise Bad(f"must be at most {MAX_DISPATCHERS}, not {show(value)}")
+        return value
 
     def plain_fields(self) -> dict[str, Any]:
         """The keys given that need only a converter; absent ones keep AppSpec's default."""

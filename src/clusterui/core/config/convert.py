@@ -13,6 +13,7 @@ from clusterui.core.config.problems import quote, show, suggest
 from clusterui.core.units import parse_duration, parse_size
 
 MAX_INSTANCES = 1024
+MAX_DISPATCHERS = 64  # dispatcher processes per listener (`dispatchers`)
 # Node's setTimeout limit; PM2 users know it, and it keeps timers sane.
 MAX_DURATION_MS = 2**31 - 1
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
