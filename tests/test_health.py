@@ -155,7 +155,10 @@ def test_hung_worker_is_unhealthy_gets_nothing_and_is_replaced(cu: Env) -> None:
 
         new = wait_for(replaced, timeout=20, what="the hung worker replaced")
         assert new["restarts"] == 1
-        assert new["restart_history"][-1]["reason"].startswith("unhealthy: 16 failed probes")
+        assert new["restart_history"][-1]["reason"].startswith("unhealthy: 16 failed probes"), (
+            new["restart_history"],
+            (cu.home / "supervisor.log").read_text()[-3000:],
+        )
         # Between "unhealthy" and the replacement the others kept serving everyone: what
         # was queued for the hung worker was taken back, and nothing new went to it
         # (without that, each client would soon be stuck behind the hung worker).
