@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -234,3 +236,31 @@ async def test_no_connection_reaches_a_worker_after_its_drain():
     after = kinds[kinds.index("drain") + 1 :]
     assert kinds.count("conn") > 10 and after == [], (kinds.count("conn"), after[:5])
     assert not [e for e in events if "exit" in e], events
+
+
+def test_a_helper_told_of_a_worker_it_no_longer_has_carries_on():
+    """`ready` for a worker already removed (the messages crossed) is harmless, as a
+    `drain` or `remove` for one is: the helper keeps answering."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = {**os.environ, "CLUSTERUI_DISPATCH_SHARED": proto.HELPER}
+    env.update(CLUSTERUI_LISTEN_FD=str(lsock.fileno()), CLUSTERUI_CONTROL_FD=str(theirs.fileno()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusterui.dispatch", "round-robin"],
+        env=env,
+        pass_fds=(lsock.fileno(), theirs.fileno()),
+    )
+    try:
+        theirs.close()
+        proto.send(ours, {"t": "ready", "id": 99}, block=True)
+        proto.send(ours, {"t": "stats"}, block=True)
+        ours.settimeout(10)
+        got = proto.recv(ours, block=True)
+        assert got is not None, proc.poll()
+        assert proto.decode(got[0])["t"] == "stats"
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+        ours.close()
+        lsock.close()

@@ -587,10 +587,10 @@ class Listener:
             for h in self._helpers:
                 self._send_to(h.ctl, msg, fds)
         if kind == "remove":
-            self._drain_acks.pop(str(msg.get("id")), None)
-            self._open_carry.pop(str(msg.get("id")), None)
+            key = str(msg.get("id"))
+            self._drain_acks.pop(key, None)
+            self._open_carry.pop(key, None)
             for h in self._helpers:
-                key = str(msg.get("id"))
                 h.handed.pop(key, None)
                 h.open.pop(key, None)
                 h.base.pop(key, None)

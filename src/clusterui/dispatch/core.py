@@ -498,7 +498,7 @@ class Dispatcher:
                 self._drain(w)
             self._emit({"t": "drained", "id": wid}, droppable=False)
             return
-        if kind in ("drain", "remove", "health") and w is None:
+        if kind in ("drain", "remove", "health", "ready") and w is None:
             return  # already gone: harmless
         if kind == "drain":
             self._drain(w)
