@@ -21,6 +21,7 @@ import pytest
 from support import WEB, Env, wait_for
 
 from clusterui.core.apps import PIPE_GRACE
+from clusterui.core.cgroups import folder_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,11 +126,11 @@ def test_a_sigkilled_supervisor_takes_the_grandchild_along(cu: Env) -> None:
     port = escaper_app(cu, fallback=False)
     [grandchild] = grandchildren(cu)
     sup = cu.supervisor_pid()
-    assert os.path.isdir(os.path.join(_cgroup_base(), f"clusterui-{sup}"))
+    folder = os.path.join(_cgroup_base(), folder_name(sup))
+    assert os.path.isdir(folder)
     os.kill(sup, signal.SIGKILL)
     wait_for(lambda: not alive(grandchild), 10, "the guardian to kill the worker's cgroup")
     wait_for(lambda: bindable(port), 10, "the port to be free")
-    folder = os.path.join(_cgroup_base(), f"clusterui-{sup}")
     wait_for(lambda: not os.path.exists(folder), 40, f"the guardian to remove {folder}")
 
 

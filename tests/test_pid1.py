@@ -5,6 +5,7 @@ to stdout/stderr prefixed app:instance (or raw with --raw)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -160,6 +161,41 @@ def test_pid1_reaps_orphans_and_stops_gracefully_on_sigterm(env: Env) -> None:
     assert "polite:0 | polite: stopping" in out
     assert "polite:0 ! polite on stderr" in err
     assert kill_ours(env.home) == []  # nothing outlived the namespace
+
+
+@needs_namespaces
+@pytest.mark.skipif(os.geteuid() != 0, reason="worker cgroups need root here")
+def test_a_supervisor_in_a_pid_namespace_leaves_other_supervisors_workers_alone(
+    env: Env, cu: Env
+) -> None:
+    """A container's supervisor shares our cgroup but sees none of our pids: it must not
+    take the other supervisors' worker cgroups for stale ones and kill them (it did,
+    when they were named by pid alone)."""
+    cu.write("ecosystem.yaml", "apps:\n  - name: host\n    script: /bin/sleep\n    args: ['600']\n")
+    cu.run("up", "-d", check=True)
+    [before] = cu.ls()
+    assert before["status"] == "online"
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable]
+        + ["-m", "clusterui", "up", ecosystem(env)],
+        env=env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: "polite" in online(env), timeout=30, what="the namespaced apps")
+        time.sleep(1.5)  # a killed worker would be restarted by now: its pid would differ
+        [after] = cu.ls()
+        psutil.Process(proc.pid).children()[0].send_signal(signal.SIGTERM)  # its PID 1
+        proc.wait(timeout=KILL_TIMEOUT_MS / 1000 + STOP_SLACK + 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert psutil.pid_exists(before["pid"])
+    assert (after["pid"], after["restarts"], after["status"]) == (before["pid"], 0, "online")
 
 
 def online(env: Env) -> set[str]:

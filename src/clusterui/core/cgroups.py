@@ -3,10 +3,16 @@
 A process group is not enough: a worker's child can call setsid() and leave it, and
 then outlives `stop`, `down` and even a SIGKILLed supervisor, keeping ports and pipes.
 A cgroup cannot be left. Each worker is put into its own cgroup,
-`<our cgroup2>/clusterui-<supervisor pid>/w<serial>`, between fork and exec; when the
+`<our cgroup2>/clusterui-<owner>/w<serial>`, between fork and exec; when the
 worker's main process exits, `cgroup.kill` ends everything still in it, and the folder
 is removed once empty. If the supervisor dies, the guardian kills the whole
 `clusterui-<pid>` subtree with one write (see guardian.py).
+
+The supervisor's folder is named for its owner beyond doubt: `<pid namespace>-<pid>-<start
+time>`. Another supervisor removes it as stale only when it sees the same PID namespace
+and no process with that pid and start time. A pid alone is not enough: a supervisor in
+a container's PID namespace shares our cgroup but sees none of our pids, and a pid can be
+reused.
 
 Where cgroup v2 is not mounted or not writable (not root, no delegation), `CgroupTree.open`
 returns None and says why; the supervisor then falls back to being a child subreaper
@@ -55,7 +61,8 @@ class CgroupTree:
 
     @classmethod
     def open(cls, owner_pid: int) -> tuple[CgroupTree | None, str]:
-        """Create `clusterui-<owner_pid>` under our cgroup; (tree, "") or (None, why)."""
+        """Create `clusterui-<owner>` for `owner_pid` under our cgroup; (tree, "") or
+        (None, why)."""
         mount = cgroup2_mount()
         if mount is None:
             return None, "cgroup v2 is not mounted"
@@ -64,7 +71,10 @@ class CgroupTree:
             return None, "this process is in no cgroup v2 (no 0:: line in /proc/self/cgroup)"
         base = os.path.join(mount, mine.lstrip("/"))
         _remove_stale(base)
-        root = os.path.join(base, f"{PREFIX}{owner_pid}")
+        name = folder_name(owner_pid)
+        if name is None:
+            return None, f"cannot read the PID namespace or start time of pid {owner_pid}"
+        root = os.path.join(base, name)
         try:
             os.mkdir(root, 0o755)
         except FileExistsError:
@@ -123,18 +133,55 @@ class CgroupTree:
         self.remove(self.root)
 
 
+def folder_name(pid: int) -> str | None:
+    """`clusterui-<pid namespace inode>-<pid>-<start time>`: one process, across
+    namespaces and pid reuse; None if /proc cannot say."""
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+    start = _start_time(pid)
+    inode = ns.partition("[")[2].rstrip("]")
+    if start is None or not inode.isdigit():
+        return None
+    return f"{PREFIX}{inode}-{pid}-{start}"
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot), after the command's
+    parentheses, which may hold spaces."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _stale(name: str, our_ns: str) -> bool:
+    """Whether the folder `name` is a supervisor's that is gone. Folders of other PID
+    namespaces, and names we do not know, are never ours to judge."""
+    ns, _, rest = name[len(PREFIX) :].partition("-")
+    pid, _, start = rest.partition("-")
+    if not name.startswith(PREFIX) or ns != our_ns or not pid.isdigit() or not start:
+        return False
+    return _start_time(int(pid)) != start
+
+
 def _remove_stale(base: str) -> None:
     """Folders of supervisors that are gone (their guardian could not remove them while
     killed processes waited to be reaped): kill what is left, remove what is empty."""
+    ours = folder_name(os.getpid())
     try:
         names = os.listdir(base)
     except OSError:
         return
+    if ours is None:
+        return
     for name in names:
-        pid = name[len(PREFIX) :]
-        if not name.startswith(PREFIX) or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
-            continue
-        CgroupTree(os.path.join(base, name)).close()
+        if _stale(name, ours[len(PREFIX) :].partition("-")[0]):
+            CgroupTree(os.path.join(base, name)).close()
 
 
 def enter(path: str) -> None:
