@@ -567,8 +567,10 @@ class FakeClient:
         logs: bool = True,
         live_lines: int | None = None,
         history: bool = True,
+        delta: bool = False,
     ) -> None:
-        await self._op("subscribe", state, logs, live_lines, history)
+        # Whole state events only: a delta subscriber must take those too.
+        await self._op("subscribe", state, logs, live_lines, history, delta)
         self.subscribed = True
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

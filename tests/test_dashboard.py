@@ -52,7 +52,7 @@ async def select(app: DashboardApp, pilot: Pilot, key: str) -> None:
 async def test_first_snapshot_and_log_backlog_are_shown() -> None:
     async with dashboard() as (app, pilot, client):
         assert client.calls[:3] == [
-            ("subscribe", (True, True, LIVE_LINES, False)),
+            ("subscribe", (True, True, LIVE_LINES, False, True)),
             ("state", ()),
             ("logs", (None, 1000)),
         ]

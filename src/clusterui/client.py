@@ -243,15 +243,20 @@ class Client:
         logs: bool = True,
         live_lines: int | None = None,
         history: bool = True,
+        delta: bool = False,
     ) -> None:
         """history=False: state events without the workers' series (call state() once for
-        them). A supervisor too old to know that sends them anyway."""
+        them). delta=True (with history=False): `state_delta` events after the first
+        whole one (apply them with vocab.delta.apply). A supervisor too old to know
+        either sends whole events with the series anyway."""
         args: dict[str, Any] = {"state": state, "logs": logs}
         if live_lines is not None:
             args["live_lines"] = live_lines
-        if not history:
+        tries = [{"history": False, "delta": True}] if delta and not history else []
+        tries += [{"history": False}] if not history else []
+        for extra in tries:
             try:
-                await self.call("subscribe", **args, history=False)
+                await self.call("subscribe", **args, **extra)
                 return
             except ClientError as exc:
                 if exc.code != Exit.USAGE:

@@ -2,7 +2,7 @@
 
 Request  {"id": 1, "op": "ls", "args": {...}}
 Response {"id": 1, "ok": true, "result": ...}  or  {"id": 1, "ok": false, "error": "...", "code": 1}
-Event    {"event": "state" | "logs" | "notice", ...}   (after a "subscribe" request)
+Event    {"event": "state" | "state_delta" | "logs" | "notice", ...}   (after "subscribe")
 
 Only the socket's owner may talk to it: the file is 0600 inside a 0700 home, and
 every connection's peer uid (SO_PEERCRED) is checked as well.
@@ -18,6 +18,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from clusterui.vocab.delta import DELTA, WHOLE, Mirror
 from clusterui.vocab.exits import Exit, OpError
 
 __all__ = ["OpError", "ControlServer", "encode"]
@@ -52,6 +53,10 @@ class Connection:
         # State events with each worker's history (the series the dashboard draws), or
         # without: a client that keeps its own from one state() call needs them once.
         self.state_history = True
+        # State as deltas (vocab/delta.py): one whole event first (`delta_whole`), then
+        # only what changed.
+        self.state_delta = False
+        self.delta_whole = False
         self.subscribed_logs = False
         self.live_lines: int | None = None  # most log lines per event this client wants
         self.closed = False
@@ -84,6 +89,7 @@ class ControlServer:
         self.handler = handler
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._mirror: Mirror | None = None  # what the delta subscribers hold
 
     async def start(self) -> None:
         if len(os.fsencode(self.path)) > SUN_PATH_MAX:
@@ -107,16 +113,41 @@ class ControlServer:
         if self._server:
             self._server.close()
 
-    def broadcast_state(self, make: Callable[[bool], Any]) -> None:
-        """A state event to each state subscriber: make(history) builds it, at most once
-        per kind, encoded once for every subscriber that wants that kind."""
+    def broadcast_state(self, make: Callable[[bool], dict[str, Any]]) -> None:
+        """A state event to each state subscriber: make(history) builds the snapshot, at
+        most once per kind, encoded once for every subscriber that wants that kind; the
+        delta subscribers share one delta (vocab/delta.py)."""
+        subscribers = [c for c in self.connections if c.subscribed_state and not c.closed]
+        if not any(c.state_delta for c in subscribers):
+            self._mirror = None  # nobody holds what it mirrors
+        made: dict[bool, dict[str, Any]] = {}
         encoded: dict[bool, bytes] = {}
-        for conn in list(self.connections):
-            if conn.subscribed_state and not conn.closed:
-                kind = conn.state_history
-                if kind not in encoded:
-                    encoded[kind] = encode(make(kind))
-                conn.send_encoded(encoded[kind])
+
+        def snapshot(history: bool) -> dict[str, Any]:
+            if history not in made:
+                made[history] = make(history)
+            return made[history]
+
+        def whole(history: bool) -> bytes:
+            if history not in encoded:
+                encoded[history] = encode({"event": WHOLE, "data": snapshot(history)})
+            return encoded[history]
+
+        delta: bytes | None = None
+        for conn in subscribers:
+            if not conn.state_delta:
+                conn.send_encoded(whole(conn.state_history))
+                continue
+            if delta is None:
+                if self._mirror is None:
+                    self._mirror = Mirror()
+                changes = self._mirror.delta(snapshot(False))
+                delta = encode({"event": DELTA, "data": changes})
+            if conn.delta_whole:
+                conn.delta_whole = False
+                conn.send_encoded(whole(False))
+            else:
+                conn.send_encoded(delta)
 
     def broadcast(self, obj: Any, *, logs: bool = False) -> None:
         data = None  # encoded once, for every subscriber

@@ -237,7 +237,7 @@ class Supervisor:
                 )
                 asyncio.ensure_future(app.restart_for_memory(slot, proc))
         self._conn_rate = total_rate
-        self.server.broadcast_state(lambda history: {"event": "state", "data": self.state(history)})
+        self.server.broadcast_state(self.state)
 
     def _set_suspended(self, app: App, slot: Slot, stopped: bool) -> None:
         """A display overlay only: dispatch and the restart policy do not change."""
@@ -282,19 +282,25 @@ class Supervisor:
         logs: bool = True,
         live_lines: Any = None,
         history: bool = True,
+        delta: bool = False,
     ) -> None:
         """live_lines: at most this many log lines per event (the newest; a "sys" line per
         worker counts the rest), for a viewer that cannot use more than that.
         history: false for state events without each worker's series (the dashboard
         takes them once from `state` and keeps them itself: at 2,000 workers they are
-        3 MB a second)."""
+        3 MB a second).
+        delta: with history false, one whole state event and then `state_delta` events,
+        only what changed (vocab/delta.py; at 2,000 idle workers a whole one is 1 MB)."""
         if live_lines is not None and (
             not isinstance(live_lines, int) or isinstance(live_lines, bool) or live_lines < 1
         ):
             raise OpError("live_lines must be a whole number of at least 1", Exit.USAGE)
+        if delta and history:
+            raise OpError("delta needs history: false (series are not sent as deltas)", Exit.USAGE)
         conn.live_lines = live_lines
         conn.subscribed_state = bool(state)
         conn.state_history = bool(history)
+        conn.state_delta = conn.delta_whole = bool(delta)
         conn.subscribed_logs = bool(logs)
         if logs:
             self._follow_logs()

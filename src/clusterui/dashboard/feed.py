@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from clusterui.vocab import delta
+
 # Log lines per supervisor batch (20 a second) the dashboard asks for: 10,000 lines/s is
 # more than anyone reads; past it a "sys" line counts what the files have and the view
 # skipped, and the CPU a key press needs is not spent decoding lines nobody sees (at
@@ -64,8 +66,11 @@ async def follow(
     for cancellation)."""
     try:
         # The workers' series come once, with state(); the dashboard keeps them from
-        # there (model.History), so the events every second carry only current figures.
-        await client.subscribe(state=True, logs=True, live_lines=LIVE_LINES, history=False)
+        # there (model.History), so the events every second carry only current figures,
+        # and only those that changed (vocab/delta.py).
+        await client.subscribe(
+            state=True, logs=True, live_lines=LIVE_LINES, history=False, delta=True
+        )
         sink.state(await client.state())
         lines = list(await client.logs(None, backlog)) if backlog else []
         lines = unseen(lines, shown())
@@ -85,10 +90,15 @@ async def _events(client: Any, sink: Sink, backlog: list[dict[str, Any]]) -> Non
     # the stream passes the newest backlog line.
     seen = {line_id(line) for line in backlog}
     newest = max((float(line.get("time", 0)) for line in backlog), default=0.0)
+    held: dict[str, Any] | None = None  # the last state event's snapshot, for deltas
     async for event in client.events():
         kind = event.get("event")
-        if kind == "state":
-            sink.state(event.get("data") or {})
+        if kind == delta.WHOLE:
+            held = event.get("data") or {}
+            sink.state(held)
+        elif kind == delta.DELTA:
+            held = delta.apply(held, event.get("data") or {})  # ValueError: reconnect
+            sink.state(held)
         elif kind == "logs":
             lines = list(event.get("lines") or [])
             if seen:
