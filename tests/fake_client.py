@@ -13,7 +13,8 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from clusterui.vocab import events, signals, states
+from clusterui.vocab import delta, events, signals, states
+from clusterui.vocab.delta import Mirror
 from clusterui.vocab.snapshot import (
     HISTORY,
     AppRow,
@@ -391,6 +392,8 @@ class FakeClient:
         self._gates: dict[str, asyncio.Event] = {}
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self.trees: dict[int, list[TreeProcess]] = {}  # worker id -> what tree() lists
+        self._mirror: Mirror | None = None  # what a delta subscriber holds
+        self._fresh = True  # its next state event is a whole one
 
     # -- scripting --------------------------------------------------------------
 
@@ -404,9 +407,20 @@ class FakeClient:
         self._gates.pop(op).set()
 
     def push_state(self, snapshot: dict[str, Any] | None = None) -> None:
+        """A state event; to a delta subscriber, as the supervisor sends it (the first
+        whole, then what changed, made by the supervisor's own vocab.delta.Mirror)."""
         if snapshot is not None:
             self.snapshot = snapshot
-        self._events.put_nowait({"event": "state", "data": copy.deepcopy(self.snapshot)})
+        data = copy.deepcopy(self.snapshot)
+        if self._mirror is None:
+            self._events.put_nowait({"event": delta.WHOLE, "data": data})
+            return
+        change = self._mirror.delta(copy.deepcopy(data))
+        if self._fresh:
+            self._fresh = False
+            self._events.put_nowait({"event": delta.WHOLE, "data": data})
+        else:
+            self._events.put_nowait({"event": delta.DELTA, "data": copy.deepcopy(change)})
 
     def push_logs(self, lines: list[dict[str, Any]]) -> None:
         self._events.put_nowait({"event": "logs", "lines": list(lines)})
@@ -569,8 +583,8 @@ class FakeClient:
         history: bool = True,
         delta: bool = False,
     ) -> None:
-        # Whole state events only: a delta subscriber must take those too.
         await self._op("subscribe", state, logs, live_lines, history, delta)
+        self._mirror, self._fresh = (Mirror() if delta else None), True
         self.subscribed = True
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

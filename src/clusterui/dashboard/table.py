@@ -208,6 +208,9 @@ class ProcessTable(ScrollView, can_focus=True):
         self._counts = (0, 0)  # workers shown, workers in the snapshot
         self._lost: str | None = None  # the row a filter took the cursor from
         self._look: tuple[Style, ...] = ()  # the cell styles the cells were made with
+        # The last update's rows and what they were made from (`_shape`).
+        self._last_shape: tuple[Any, ...] | None = None
+        self._last_desired: dict[str, tuple[Selection, Callable[[], tuple[Text, ...]]]] = {}
 
     def set_filter(self, text: str) -> None:
         """Show only the rows matching `text` (see row_matches); "" shows them all.
@@ -323,18 +326,21 @@ class ProcessTable(ScrollView, can_focus=True):
             self._rate_label = label
             self._labels_of = None
             self._header = None
-        desired = self._desired_rows(snapshot)
-        layout = self._fit_layout(desired)
+        shape = self._shape(snapshot)
+        reused = shape is not None and shape == self._last_shape and not relabel
+        desired = self._last_desired if reused else self._desired_rows(snapshot)
+        self._last_shape, self._last_desired = shape, desired
+        layout = self._layout if reused else self._fit_layout(desired)
         relayout = layout != self._layout
         self._layout = layout
 
-        gone = [key for key in self._order if key not in desired]
+        gone = [] if reused else [key for key in self._order if key not in desired]
         for key in gone:
             self.remove_row(key)
             del self._meta[key]
 
         changed: set[str] = set()
-        order = list(desired)
+        order = self._order if reused else list(desired)
         # Cells are made now only for the rows on screen and the cursor's neighbours (a
         # row either side: an insertion above moves them by one); the others when drawn.
         top = int(self.scroll_y)
@@ -342,7 +348,16 @@ class ProcessTable(ScrollView, can_focus=True):
         if self._order:
             cursor = self.cursor_row
             shown.update(self._order[max(0, cursor - 1) : cursor + 2])
-        for key, (sel, cells_fn) in desired.items():
+        if reused:
+            # The same rows, the same row dicts (updated in place by a state delta): an
+            # off-screen row not drawn since the last update still has the maker it
+            # needs. Only the rows on screen, and those drawn meanwhile, are looked at:
+            # at 2,000 rows the rest was most of an update's time.
+            visit = shown | (self._index.keys() - self._lazy.keys())
+            rows = [(key, desired[key]) for key in visit if key in desired]
+        else:
+            rows = list(desired.items())
+        for key, (sel, cells_fn) in rows:
             self._meta[key] = sel
             if key not in self._cells:
                 self.add_row(key=key)
@@ -377,6 +392,7 @@ class ProcessTable(ScrollView, can_focus=True):
         """Re-fit the columns after a resize (cells are re-rendered, rows stay)."""
         self._header = None
         self._strips.clear()
+        self._last_shape = None  # made again: the layout, filter or order changed
         if self._snapshot["apps"] or self._snapshot["workers"]:
             self.update_snapshot(self._snapshot, self._history)
 
@@ -571,6 +587,21 @@ class ProcessTable(ScrollView, can_focus=True):
             # over the figure (right-aligned), not over the sparkline
             return _cell(label.rjust(6), width)
         return _cell(label, width, justify=justify)
+
+    def _shape(self, snapshot: dict[str, Any]) -> tuple[Any, ...] | None:
+        """What `_desired_rows` depends on besides the rows' figures: the row dicts
+        themselves (a delta updates them in place; new ones come with a whole state), the
+        filter and the width (`relayout` makes them again anyway). None while sorted: the
+        order then follows the figures. The previous rows are kept alive by the reused
+        makers, so an id here is never a new dict's."""
+        if self.sort_by:
+            return None
+        return (
+            self.filter_text,
+            self.scrollable_content_region.width,
+            tuple(map(id, snapshot.get("apps", ()))),
+            tuple(map(id, snapshot.get("workers", ()))),
+        )
 
     def _desired_rows(
         self, snapshot: dict[str, Any]

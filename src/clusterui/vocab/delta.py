@@ -13,7 +13,7 @@ only when it differs from the last one. A worker's `uptime` is not sent while it
 stays the same: the subscriber adds the supervisor's own uptime increase to it. The
 supervisor keeps a mirror of what its subscribers hold (`Mirror`), so each delta is
 made and encoded once for all of them and applying it gives back the snapshot exactly
-(up to `UPTIME_SLACK` seconds of uptime).
+(a worker's uptime within `UPTIME_SLACK` seconds).
 
 At 2,000 idle workers a whole state event is about 1 MB of JSON each second; a delta
 is the few rows that moved.
@@ -29,9 +29,10 @@ DELTA = "state_delta"
 # The two row lists and the field that keys each.
 KEYS = {"apps": "name", "workers": "id"}
 # How far a worker's uptime may drift from the subscriber's running sum before it is
-# sent again: the two are read a few microseconds apart in one snapshot, so in practice
-# it is sent only with a new pid.
-UPTIME_SLACK = 0.05
+# sent again. The rows of one snapshot are made over tens of milliseconds at 2,000
+# workers, after the supervisor's own uptime, so the sum drifts by that much; at 50 ms
+# a thousand rows were sent again every ten-odd ticks. Uptime is shown in seconds.
+UPTIME_SLACK = 0.5
 
 Row = dict[str, Any]
 
