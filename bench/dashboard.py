@@ -66,6 +66,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip install -e`
 
 CPU_TARGET = 5.0  # % of one core, the dashboard at idle with 16 workers
+FLEET_CPU_TARGET = 8.0  # the same with 2,000 rows (issue 18), any --fleet
 KEY_TARGET_MS = 100.0
 FILLER = "the quick brown fox jumps over the lazy dog"
 
@@ -625,10 +626,11 @@ def print_report(result: Result, opts: argparse.Namespace) -> None:
     print("targets (docs/targets.md):")
     dash = result.idle.get("dashboard")
     if dash:
-        ok = dash.cpu < CPU_TARGET
+        target = FLEET_CPU_TARGET if opts.fleet else CPU_TARGET
+        ok = dash.cpu < target
         print(
-            f"  dashboard idle CPU < {CPU_TARGET:g}% of a core, {opts.workers} workers: "
-            f"{dash.cpu:.2f}%  {'ok' if ok else 'MISSED'}"
+            f"  dashboard idle CPU < {target:g}% of a core, "
+            f"{opts.workers + opts.fleet} workers: {dash.cpu:.2f}%  {'ok' if ok else 'MISSED'}"
         )
     groups = (
         ("under the flood", lambda label: label.startswith("flood") and "client" not in label),
