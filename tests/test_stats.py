@@ -281,3 +281,65 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
     assert at[0] == 3 + first, (at, sleeper)
     assert [b - a for a, b in itertools.pairwise(at)] == [stats.FULL_READ_EVERY + 1] * (len(at) - 1)
     assert len(at) >= 2, at
+
+
+def test_an_idle_app_folder_skips_the_schedstat_read_until_something_runs_in_it(procs, monkeypatch):
+    """With worker cgroups, a tick first asks whether anything ran in each app's folder
+    (core/cgroups.py CpuUse): an idle worker in a still folder is not read at all; a
+    stop makes it run, the folder moves, and that very tick reads it again."""
+    import clusterui.core.stats as stats
+    from clusterui.core import cgroups
+
+    if os.geteuid() != 0 or cgroups.cgroup2_mount() is None:
+        pytest.skip("worker cgroups need root and cgroup v2 here")
+    tree, why = cgroups.CgroupTree.open(os.getpid())
+    assert tree is not None, why
+    try:
+        folder = tree.create(1, "app")
+        assert folder is not None and os.path.dirname(folder) == tree.app_folder("app")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(600)"],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: cgroups.enter(folder),
+        )
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        asleep(proc.pid)
+        read: list[str] = []
+        real_pread = os.pread
+
+        def spy(fd: int, n: int, offset: int) -> bytes:
+            read.append(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
+            return real_pread(fd, n, offset)
+
+        monkeypatch.setattr(stats.os, "pread", spy)
+        monkeypatch.setattr(cgroups.os, "pread", spy)
+        monkeypatch.setattr(stats, "FULL_READ_EVERY", proc.pid + 100)
+        use, sampler = cgroups.CpuUse(), Sampler()
+
+        def tick() -> tuple[bool, stats.Sample]:
+            read.clear()
+            still = use.still(tree.app_folder("app"))
+            return still, sampler.sample_all([proc.pid], {proc.pid} if still else ())[proc.pid]
+
+        for _ in range(4):
+            still, first = tick()
+        assert still and read == ["cpu.stat"], read  # the folder's figure only
+        assert tick() == (True, (0.0, first.memory, False)) and read == ["cpu.stat"]
+
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_for(lambda: read_stat(proc.pid).state == b"T", 10, "the stop")
+        still, sample = tick()
+        assert not still and sample.stopped and "stat" in read
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: read_stat(proc.pid).state != b"T", 10, "the continue")
+        still, sample = tick()
+        assert not still and not sample.stopped
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        procs.clear()
+        tree.close()
+        assert not os.path.exists(tree.root)

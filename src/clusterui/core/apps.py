@@ -325,7 +325,8 @@ class App:
             node=self.node,
         )
         serial = self.ctx.next_serial()
-        cgroup = self.ctx.cgroups.create(serial) if self.ctx.cgroups is not None else None
+        tree = self.ctx.cgroups
+        cgroup = tree.create(serial, self.name) if tree is not None else None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:

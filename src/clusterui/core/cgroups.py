@@ -3,7 +3,8 @@
 A process group is not enough: a worker's child can call setsid() and leave it, and
 then outlives `stop`, `down` and even a SIGKILLed supervisor, keeping ports and pipes.
 A cgroup cannot be left. Each worker is put into its own cgroup,
-`<our cgroup2>/clusterui-<owner>/w<serial>`, between fork and exec; when the
+`<our cgroup2>/clusterui-<owner>/a<n>/w<serial>` (a folder per app, a cgroup per
+worker process), between fork and exec; when the
 worker's main process exits, `cgroup.kill` ends everything still in it, and the folder
 is removed once empty. If the supervisor dies, the guardian kills the whole
 `clusterui-<pid>` subtree with one write (see guardian.py).
@@ -54,10 +55,27 @@ def own_cgroup2() -> str | None:
 
 
 class CgroupTree:
-    """The supervisor's folder of worker cgroups."""
+    """The supervisor's folder of worker cgroups, one folder per app inside it. The app
+    folders stay for the supervisor's life (an app deleted and loaded again gets its
+    folder back), and go with the tree."""
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._apps: dict[str, str] = {}  # app name -> its folder
+
+    def app_folder(self, app: str, *, make: bool = True) -> str | None:
+        """The folder of `app`'s worker cgroups (made on first use with `make`), or None."""
+        path = self._apps.get(app)
+        if path is None and make:
+            path = os.path.join(self.root, f"a{len(self._apps)}")
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                pass
+            except OSError:
+                return None
+            self._apps[app] = path
+        return path
 
     @classmethod
     def open(cls, owner_pid: int) -> tuple[CgroupTree | None, str]:
@@ -87,9 +105,12 @@ class CgroupTree:
             return None, f"{root} has no writable cgroup.kill (kernel older than 5.14?)"
         return cls(root), ""
 
-    def create(self, serial: int) -> str | None:
-        """The folder for one worker process (made now), or None if that failed."""
-        path = os.path.join(self.root, f"w{serial}")
+    def create(self, serial: int, app: str) -> str | None:
+        """The folder for one worker process of `app` (made now), or None if that failed."""
+        folder = self.app_folder(app)
+        if folder is None:
+            return None
+        path = os.path.join(folder, f"w{serial}")
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
@@ -124,13 +145,60 @@ class CgroupTree:
         return True
 
     def close(self) -> None:
-        """Clean shutdown: every worker is stopped; kill stragglers, remove the folders."""
+        """Clean shutdown: every worker is stopped; kill stragglers, remove the folders
+        (deepest first: a cgroup with cgroups inside cannot be removed)."""
         self.kill(self.root)
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.root):
-                if name.startswith("w"):
-                    self.remove(os.path.join(self.root, name))
+        for folder in _subfolders(self.root):
+            for worker in _subfolders(folder):
+                self.remove(worker)
+            self.remove(folder)
         self.remove(self.root)
+
+
+def _subfolders(path: str) -> list[str]:
+    """The cgroups directly inside `path`."""
+    try:
+        with os.scandir(path) as entries:
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+class CpuUse:
+    """Whether anything in a cgroup has run since the last look: its `cpu.stat`
+    usage_usec (kept open, read with pread), which the kernel keeps whether or not the
+    cpu controller is enabled. The sampler then skips reading each idle worker's own
+    figures (core/stats.py)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, bytes]] = {}  # folder -> (fd, last usage line)
+
+    def still(self, folder: str) -> bool:
+        """True if nothing in `folder` has used the CPU since the last call for it; False
+        the first time, and when it cannot be read."""
+        entry = self._seen.get(folder)
+        try:
+            if entry is None:
+                fd = os.open(os.path.join(folder, "cpu.stat"), os.O_RDONLY | os.O_CLOEXEC)
+                entry = (fd, b"")
+            line = os.pread(entry[0], 64, 0).partition(b"\n")[0]
+        except OSError:
+            if entry is not None:
+                self.forget(folder)
+            return False
+        self._seen[folder] = (entry[0], line)
+        return line == entry[1]
+
+    def forget(self, folder: str) -> None:
+        entry = self._seen.pop(folder, None)
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                os.close(entry[0])
+
+    def keep(self, folders: set[str]) -> None:
+        """Close what is kept for folders no longer asked about."""
+        for folder in [f for f in self._seen if f not in folders]:
+            self.forget(folder)
 
 
 def folder_name(pid: int) -> str | None:

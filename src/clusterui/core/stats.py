@@ -20,6 +20,7 @@ import contextlib
 import os
 import resource
 import time
+from collections.abc import Container
 from typing import NamedTuple
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -168,8 +169,10 @@ class Sampler:
         self._schedstat = True  # False once the kernel is seen without /proc/PID/schedstat
         self._host_cpu = _host_cpu_times()
 
-    def sample_all(self, pids: list[int]) -> dict[int, Sample]:
-        """{pid: Sample} for each pid and its descendants together."""
+    def sample_all(self, pids: list[int], still: Container[int] = ()) -> dict[int, Sample]:
+        """{pid: Sample} for each pid and its descendants together. `still`: pids whose
+        cgroup nothing has run in since the last call (core/cgroups.py CpuUse): an idle
+        one among them is taken as idle without reading its schedstat."""
         now = time.monotonic()
         seen: dict[int, tuple[int, int, float]] = {}
         out: dict[int, Sample] = {}
@@ -181,7 +184,7 @@ class Sampler:
             line = None
             if kept is not None and kept.quiet is not None:
                 try:
-                    line = pread(kept.sched, 64, 0)
+                    line = kept.sched_line if pid in still else pread(kept.sched, 64, 0)
                 except OSError:
                     line = None
                 if line == kept.sched_line and kept.last_full < FULL_READ_EVERY:

@@ -24,7 +24,7 @@ from typing import Any
 from clusterui import __version__
 from clusterui.core import config, deps, environ, fileops, guardian, inherit, reaper, upkeep
 from clusterui.core.apps import App, Context, Slot
-from clusterui.core.cgroups import CgroupTree
+from clusterui.core.cgroups import CgroupTree, CpuUse
 from clusterui.core.control import Connection, ControlServer, encode
 from clusterui.core.eventlog import EventLog
 from clusterui.core.home import Home
@@ -57,6 +57,7 @@ class Supervisor:
         # starts its timeline with it (add_app).
         self._past_events = self.eventlog.past()
         self.sampler = Sampler()
+        self._cpu_use = CpuUse()  # which worker cgroups are idle (see _still_pids)
         self.trees = TreeSampler()  # for op_tree only: sampled when asked, not per tick
         self.server = ControlServer(str(home.socket), self.handle)
         self.stopping = asyncio.Event()
@@ -189,7 +190,7 @@ class Supervisor:
         now = time.time()
         slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
         pids = [s.proc.pid for _, s in slots if s.proc]
-        figures = self.sampler.sample_all(pids)
+        figures = self.sampler.sample_all(pids, self._still_pids())
         self._ticks += 1
         if self._ticks % 2:  # host figures move slowly; /proc/meminfo is not free
             self._host = self.sampler.host()
@@ -238,6 +239,25 @@ class Supervisor:
                 asyncio.ensure_future(app.restart_for_memory(slot, proc))
         self._conn_rate = total_rate
         self.server.broadcast_state(self.state)
+
+    def _still_pids(self) -> set[int]:
+        """The workers whose cgroups nothing has run in since the last tick: the whole
+        tree's first (one read for a fleet that is all idle), else each app's folder."""
+        tree = self.ctx.cgroups
+        if tree is None:
+            return set()
+        folders = {name: tree.app_folder(name, make=False) for name in self.apps}
+        self._cpu_use.keep({tree.root, *(f for f in folders.values() if f)})
+        # Each read comes before this tick's reads of the workers' own figures, so "no
+        # change since the last read" covers everything since their last look. An app's
+        # folder not read while the whole tree was still had no change meanwhile either.
+        whole = self._cpu_use.still(tree.root)
+        still: set[int] = set()
+        for name, app in self.apps.items():
+            folder = folders[name]
+            if folder is not None and (whole or self._cpu_use.still(folder)):
+                still.update(s.proc.pid for s in app.slots.values() if s.proc)
+        return still
 
     def _set_suspended(self, app: App, slot: Slot, stopped: bool) -> None:
         """A display overlay only: dispatch and the restart policy do not change."""
