@@ -292,7 +292,10 @@ class Listener:
 
     def _start_helper(self, base: dict[str, int] | None = None) -> _Helper:
         pid, ctl = self._spawn(proto.HELPER)
-        h = _Helper(pid, ctl, time.monotonic(), base=dict(base or {}))
+        # Its predecessors' counts are in the sum from the start: a new helper reports
+        # only once it has handed something, and until then the app's count was short by
+        # them (a read in between, then one after, saw connections that were never made).
+        h = _Helper(pid, ctl, time.monotonic(), handed=dict(base or {}), base=dict(base or {}))
         self._helpers.append(h)
         self._loop.add_reader(ctl.fileno(), self._read_helper, h)
         h.watcher = ExitWatcher(self._loop, pid, lambda c, s: self._helper_exited(h, c, s))
@@ -356,7 +359,7 @@ class Listener:
             if kind == "drained":
                 self._drained(str(msg.get("id")), h.pid)
             elif kind == "stats" and isinstance(msg.get("workers"), dict):
-                h.handed, h.open = {}, {}
+                h.handed, h.open = dict(h.base), {}
                 for key, figures in msg["workers"].items():
                     if isinstance(figures, dict):
                         h.handed[key] = _count(figures.get("handed")) + h.base.get(key, 0)
