@@ -215,6 +215,20 @@ def asleep(pid: int) -> None:
     wait_for(settled, 10, f"process {pid} to sleep")
 
 
+def spy_reads(monkeypatch) -> list[str]:
+    """The names of the files the sampler and the cgroup reader pread, in order (every
+    os.pread of this process, which is theirs here)."""
+    read: list[str] = []
+    real_pread = os.pread
+
+    def spy(fd: int, n: int, offset: int) -> bytes:
+        read.append(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", spy)
+    return read
+
+
 def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once(
     procs, monkeypatch
 ):
@@ -226,14 +240,7 @@ def test_an_idle_process_costs_one_schedstat_read_and_any_change_is_seen_at_once
     proc = python(procs, FORKS_ON_SIGNAL)
     assert proc.stdout.readline().strip() == "ready"
     asleep(proc.pid)
-    read: list[str] = []
-    real_pread = os.pread
-
-    def spy(fd: int, n: int, offset: int) -> bytes:
-        read.append(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
-        return real_pread(fd, n, offset)
-
-    monkeypatch.setattr(stats.os, "pread", spy)
+    read = spy_reads(monkeypatch)
     sampler = Sampler()
     pid = proc.pid
     # The first periodic full read falls FULL_READ_EVERY - pid % FULL_READ_EVERY quiet
@@ -306,15 +313,7 @@ def test_an_idle_app_folder_skips_the_schedstat_read_until_something_runs_in_it(
         procs.append(proc)
         assert proc.stdout.readline().strip() == "ready"
         asleep(proc.pid)
-        read: list[str] = []
-        real_pread = os.pread
-
-        def spy(fd: int, n: int, offset: int) -> bytes:
-            read.append(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
-            return real_pread(fd, n, offset)
-
-        monkeypatch.setattr(stats.os, "pread", spy)
-        monkeypatch.setattr(cgroups.os, "pread", spy)
+        read = spy_reads(monkeypatch)
         monkeypatch.setattr(stats, "FULL_READ_EVERY", proc.pid + 100)
         use, sampler = cgroups.CpuUse(), Sampler()
 

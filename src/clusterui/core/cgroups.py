@@ -67,14 +67,9 @@ class CgroupTree:
         """The folder of `app`'s worker cgroups (made on first use with `make`), or None."""
         path = self._apps.get(app)
         if path is None and make:
-            path = os.path.join(self.root, f"a{len(self._apps)}")
-            try:
-                os.mkdir(path, 0o755)
-            except FileExistsError:
-                pass
-            except OSError:
-                return None
-            self._apps[app] = path
+            path = _made(os.path.join(self.root, f"a{len(self._apps)}"))
+            if path is not None:
+                self._apps[app] = path
         return path
 
     @classmethod
@@ -108,16 +103,7 @@ class CgroupTree:
     def create(self, serial: int, app: str) -> str | None:
         """The folder for one worker process of `app` (made now), or None if that failed."""
         folder = self.app_folder(app)
-        if folder is None:
-            return None
-        path = os.path.join(folder, f"w{serial}")
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            pass
-        except OSError:
-            return None
-        return path
+        return None if folder is None else _made(os.path.join(folder, f"w{serial}"))
 
     @staticmethod
     def kill(path: str) -> None:
@@ -153,6 +139,17 @@ class CgroupTree:
                 self.remove(worker)
             self.remove(folder)
         self.remove(self.root)
+
+
+def _made(path: str) -> str | None:
+    """`path`, a cgroup made now if it was not there; None if it cannot be made."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    return path
 
 
 def _subfolders(path: str) -> list[str]:
