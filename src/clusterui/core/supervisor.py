@@ -190,7 +190,7 @@ class Supervisor:
         now = time.time()
         slots = [(app, s) for app in self.apps.values() for s in app.slots.values()]
         pids = [s.proc.pid for _, s in slots if s.proc]
-        figures = self.sampler.sample_all(pids, self._still_pids(pids))
+        figures = self.sampler.sample_all(pids, self._still_pids())
         self._ticks += 1
         if self._ticks % 2:  # host figures move slowly; /proc/meminfo is not free
             self._host = self.sampler.host()
@@ -240,10 +240,9 @@ class Supervisor:
         self._conn_rate = total_rate
         self.server.broadcast_state(self.state)
 
-    def _still_pids(self, pids: list[int]) -> set[int]:
-        """Of `pids` (every worker's), those whose cgroups nothing has run in since the
-        last tick: the whole tree's first (one read for a fleet that is all idle), else
-        each app's folder."""
+    def _still_pids(self) -> set[int]:
+        """The workers whose cgroups nothing has run in since the last tick: the whole
+        tree's first (one read for a fleet that is all idle), else each app's folder."""
         tree = self.ctx.cgroups
         if tree is None:
             return set()
@@ -253,14 +252,12 @@ class Supervisor:
         # change since the last read" covers everything since their last look. An app's
         # folder not read while the whole tree was still had no change meanwhile either.
         whole = self._cpu_use.still(tree.root)
-        if whole and all(folders.values()):
-            return set(pids)
         return {
             s.proc.pid
             for name, app in self.apps.items()
             if (folder := folders[name]) is not None and (whole or self._cpu_use.still(folder))
             for s in app.slots.values()
-            if s.proc
+            if s.proc and s.proc.cgroup  # one whose cgroup could not be made is outside
         }
 
     def _set_suspended(self, app: App, slot: Slot, stopped: bool) -> None:

@@ -1,6 +1,6 @@
 """State deltas: what changed between two snapshots, and how a subscriber applies it.
 
-A subscriber that asks for deltas (`subscribe` with `delta: true`, docs/protocol.md)
+A subscriber that asks for deltas (`subscribe` with `delta: true`, README "Protocol additions")
 gets one whole `state` event first, then a `state_delta` event each tick:
 
     {"supervisor": {...whole...},
