@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from clusterui.core.stats import read_stat
+
 PREFIX = "clusterui-"
 
 
@@ -213,15 +215,9 @@ def folder_name(pid: int) -> str | None:
 
 
 def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot), after the command's
-    parentheses, which may hold spaces."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
+    """When `pid` started (clock ticks since boot), as the folder name writes it."""
+    st = read_stat(pid)
+    return None if st is None else str(st.start)
 
 
 def _stale(name: str, our_ns: str) -> bool:
