@@ -7,7 +7,8 @@ Measures, with a real supervisor and examples/web.py workers in cluster mode:
 2. kill -9 of a random worker, N times, under Connection: close load, then under
    keep-alive load. Per kill: kill → the supervisor has spawned the replacement (a new
    pid in its state), → the replacement is `online` (it said ready), → the
-   replacement has answered an HTTP request. Target: serving < 300 ms. Failed
+   replacement has answered an HTTP request. Targets: serving < 300 ms (the design's),
+   < 120 ms for examples/web.py (issue 18's, which preload: true is for). Failed
    requests per kill, and whether each was in flight at a kill instant (the only
    failures there should be).
 3. SIGSTOP of one worker under load with more clients than it can swallow: answers/s
@@ -59,7 +60,8 @@ from common import (  # noqa: E402
     wait_for,
 )
 
-TARGET_SERVING_MS = 300
+TARGET_SERVING_MS = 300  # the design's
+TARGET_WEB_MS = 120  # examples/web.py (issue 18), with or without preload
 QUEUE_CAP = 64  # clusterui.dispatch.core.QUEUE_CAP
 
 
@@ -442,7 +444,10 @@ def main() -> int:
             }
             serving = [k.serving for k in done]
             median_ms = statistics.median(serving) * 1000
-            verdict = "OK" if median_ms < TARGET_SERVING_MS else "MISSED"
+            verdicts = ", ".join(
+                f"< {t} ms: {'OK' if median_ms < t else 'MISSED'}"
+                for t in (TARGET_SERVING_MS, TARGET_WEB_MS)
+            )
             print(f"\nkill -9 of a random worker under load, {opts.concurrency} clients, {mode}")
             print(HEADER)
             print(row("kill → replacement spawned", [k.spawned for k in done]))
@@ -451,7 +456,7 @@ def main() -> int:
                 row(
                     "kill → replacement serving",
                     serving,
-                    f"target < {TARGET_SERVING_MS} ms (median): {verdict}",
+                    f"targets (median) {verdicts}",
                 )
             )
             if loaded:

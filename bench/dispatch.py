@@ -64,6 +64,7 @@ from common import (  # noqa: E402
 )
 
 from clusterui.dispatch import protocol as proto  # noqa: E402
+from clusterui.dispatch.core import PURE_ENV  # noqa: E402
 
 WEB = ROOT / "examples" / "web.py"
 CHEAP = BENCH / "cheap_worker.py"
@@ -621,15 +622,37 @@ class ClusteruiApp(Target):
         self.cu.stop(self.app)
 
 
+def bare_listener() -> tuple[socket.socket, int]:
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4096)
+    return lsock, lsock.getsockname()[1]
+
+
+def channel_worker(script: Path, wid: int) -> tuple[socket.socket, socket.socket, subprocess.Popen]:
+    """A protocol v1 worker on a new channel: (our end, its end, the process)."""
+    ours, wend = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = spawn(
+        [sys.executable, str(script)],
+        {"CLUSTERUI_CHANNEL_FD": str(wend.fileno()), "CLUSTERUI_INSTANCE": str(wid)},
+        pass_fds=(wend.fileno(),),
+    )
+    return ours, wend, proc
+
+
 class Dispatched(Target):
-    """The dispatcher process alone, no supervisor (`--bare`): exactly as the supervisor runs it."""
+    """The dispatcher process alone, no supervisor (`--bare`): exactly as the supervisor
+    runs it, with `script` workers and `env` (the Python path: PURE_ENV)."""
+
+    def __init__(
+        self, name: str, worker: str, script: Path = WEB, env: dict[str, str] | None = None
+    ):
+        super().__init__(name, worker)
+        self.script, self.env = script, env or {}
 
     def start(self, workers: int) -> None:
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(4096)
-        self.port = self.lsock.getsockname()[1]
+        self.lsock, self.port = bare_listener()
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.procs.append(
             spawn(
@@ -637,20 +660,15 @@ class Dispatched(Target):
                 {
                     "CLUSTERUI_LISTEN_FD": str(self.lsock.fileno()),
                     "CLUSTERUI_CONTROL_FD": str(theirs.fileno()),
+                    **self.env,
                 },
                 pass_fds=(self.lsock.fileno(), theirs.fileno()),
             )
         )
         theirs.close()
         for wid in range(workers):
-            ours, wend = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self.procs.append(
-                spawn(
-                    [sys.executable, str(WEB)],
-                    {"CLUSTERUI_CHANNEL_FD": str(wend.fileno()), "CLUSTERUI_INSTANCE": str(wid)},
-                    pass_fds=(wend.fileno(),),
-                )
-            )
+            ours, wend, proc = channel_worker(self.script, wid)
+            self.procs.append(proc)
             proto.send(
                 self.ctl, {"t": "add", "id": wid}, [ours.fileno(), wend.fileno()], block=True
             )
@@ -685,6 +703,54 @@ class Dispatched(Target):
         super().stop()
         self.ctl.close()
         self.lsock.close()
+
+
+class Floor(Target):
+    """bench/handoff_floor.c: the kernel's floor for handing connections over (no
+    bookkeeping at all), with the same workers; compiled with gcc for the run."""
+
+    def __init__(self, name: str, worker: str, binary: Path, script: Path = CHEAP):
+        super().__init__(name, worker)
+        self.binary, self.script = binary, script
+
+    def start(self, workers: int) -> None:
+        self.lsock, self.port = bare_listener()
+        self.ends: list[socket.socket] = []
+        for wid in range(workers):
+            ours, wend, proc = channel_worker(self.script, wid)
+            self.procs.append(proc)
+            wend.close()
+            ours.settimeout(15)
+            if proto.decode(ours.recv(proto.MAX_MESSAGE)).get("t") != "ready":
+                raise BenchError("a floor worker did not say ready first")
+            ours.settimeout(None)
+            self.ends.append(ours)
+        fds = [self.lsock.fileno(), *(e.fileno() for e in self.ends)]
+        self.procs.insert(0, spawn([str(self.binary), *map(str, fds)], pass_fds=fds))
+        self.dispatchers = lambda: [self.procs[0].pid]
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        super().stop()
+        for e in self.ends:
+            e.close()
+        self.lsock.close()
+
+
+def build_floor(workdir: Path) -> Path | str:
+    """Compile bench/handoff_floor.c: its path, or why not."""
+    binary = workdir / "handoff_floor"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return "no C compiler"
+    done = subprocess.run(
+        [cc, "-O2", "-o", str(binary), str(BENCH / "handoff_floor.c")],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        return f"cannot compile bench/handoff_floor.c: {done.stderr.strip()[-200:]}"
+    return binary
 
 
 class ReusePort(Target):
@@ -1006,6 +1072,23 @@ def print_throughput(rows: dict[str, Row], opts) -> None:
         r = rows.get(name)
         return r if r and r.close and not r.skipped else None
 
+    def cost(name: str) -> float | None:
+        r = get(name)
+        costs = [w.dispatch_us for w in r.close if w.dispatch_us is not None] if r else []
+        return min(costs) if costs else None
+
+    if (floor := cost(FLOOR)) is not None:
+        print()
+        print(
+            f"dispatcher CPU per connection against the floor ({FLOOR}: {floor:.1f} µs, "
+            f"itself {'under' if floor <= DISPATCH_US else 'over'} the {DISPATCH_US:g} µs target):"
+        )
+        for name in (CHEAP1, BARE_CHEAP_C, BARE_CHEAP_PY):
+            if (mine := cost(name)) is not None:
+                print(f"  {name}: {mine:.1f} µs = {mine / floor:.2f}× the floor")
+    elif FLOOR in rows:
+        print(f"\n{FLOOR}: skipped: {rows[FLOOR].skipped}")
+
     def ratio(a: str, b: str, kind: str) -> float | None:
         ra, rb = get(a), get(b)
         if not ra or not rb:
@@ -1177,6 +1260,9 @@ RR = "clusterui round-robin"
 RR2 = "clusterui round-robin, 2 dispatchers"
 CHEAP1 = "clusterui rr, cheap workers, 1 disp."
 CHEAP2 = "clusterui rr, cheap workers, 2 disp."
+BARE_CHEAP_C = "dispatcher alone, cheap workers, C path"
+BARE_CHEAP_PY = "dispatcher alone, cheap workers, Python path"
+FLOOR = "hand-off loop in C alone (the floor)"
 BARE = "clusterui dispatcher alone (--bare)"
 REUSE = "direct SO_REUSEPORT"
 NODE_RR = "Node cluster SCHED_RR"
@@ -1248,7 +1334,17 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: ReusePort(REUSE, "python"),
             ]
             if opts.bare:
-                makers.append(lambda: Dispatched(BARE, "python"))
+                pure = {PURE_ENV: "1"}
+                makers += [
+                    lambda: Dispatched(BARE, "python"),
+                    lambda: Dispatched(BARE_CHEAP_C, "python", CHEAP),
+                    lambda: Dispatched(BARE_CHEAP_PY, "python", CHEAP, pure),
+                ]
+                floor = build_floor(workdir)
+                if isinstance(floor, Path):
+                    makers.append(lambda: Floor(FLOOR, "python", floor))
+                else:
+                    rows[FLOOR] = Row(FLOOR, "python", skipped=floor)
             if opts.node:
                 makers += [
                     lambda: NodeCluster(NODE_RR, "rr"),

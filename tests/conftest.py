@@ -35,18 +35,26 @@ def cu():
         env.cleanup()
 
 
-@pytest.fixture
-def make(tmp_path):
-    """Dispatcher harnesses (tests/dispatch_harness.py), every one closed after the test."""
+@pytest.fixture(params=["c-path", "python-path"])
+def make(tmp_path, request):
+    """Dispatcher harnesses (tests/dispatch_harness.py), every one closed after the test.
+
+    Each test runs twice: with the C hot path (dispatch/_handoff.c, built at install)
+    and with the same logic in Python (CLUSTERUI_DISPATCH_PURE), so that both stay right.
+    """
     from dispatch_harness import Harness
 
+    from clusterui.dispatch.core import PURE_ENV
+
     made: list[Harness] = []
+    path_env = {PURE_ENV: "1"} if request.param == "python-path" else {}
 
     def factory(mode: str = "round-robin", env: dict[str, str] | None = None) -> Harness:
-        h = Harness(mode, tmp_path, env)
+        h = Harness(mode, tmp_path, {**path_env, **(env or {})})
         made.append(h)
         return h
 
+    factory.path = request.param  # type: ignore[attr-defined]
     yield factory
     for h in made:
         h.close()

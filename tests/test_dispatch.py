@@ -82,6 +82,9 @@ def test_round_robin_exact_order_and_counters(make):
     )
     assert stats["workers"] == {str(w): {"handed": 10, "open": 0} for w in (1, 2, 3)}
     assert stats["pending"] == 0
+    # Which path handed them: all by C where it is asked for (each came to ready workers
+    # with room), none where the Python path is.
+    assert stats["accepted_c"] == (30 if make.path == "c-path" else 0)
 
 
 def test_open_connections_are_counted(make):

@@ -41,7 +41,8 @@ supervisor → dispatcher
 dispatcher → supervisor
   ``{"t":"ready","id":W}``; ``{"t":"metrics","id":W,"values":{...}}``; ``{"t":"probe",...}``;
   ``{"t":"stats","workers":{"W":{"handed":n,"open":m}},"accepted":N,"pending":k}``
-      (pushed at most once a second, when a figure changed, and on request);
+      (pushed at most once a second, when a figure changed, and on request); N counts
+      every accepted connection, ``"accepted_c"`` those the C hot path accepted;
   ``{"t":"error","id":W,"message":...}`` for a worker breaking the protocol;
   ``{"t":"drained","id":W}`` (a helper): it routes nothing more to W.
   ``{"t":"listen","id":W,"address":A,"port":P}`` or ``{...,"path":X}``: a Node

@@ -18,12 +18,19 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from clusterui.dispatch import node as nodeproto
 from clusterui.dispatch import protocol as proto
 from clusterui.vocab.exits import Exit
+
+try:  # the hot path in C (_handoff.c), built where a compiler was at install time
+    from clusterui.dispatch import _handoff
+except ImportError:  # pragma: no cover - depends on the install
+    _handoff = None  # type: ignore[assignment]
+# Run the Python path even where the C one is built: for tests and A/B benchmarks.
+PURE_ENV = "CLUSTERUI_DISPATCH_PURE"
 
 MODES = proto.DISPATCHER_MODES
 
@@ -220,11 +227,20 @@ class Dispatcher:
         # Accepted connections waiting for a worker: fds (handoff) or sockets (proxy).
         self.pending: collections.deque[Any] = collections.deque()
         self.accepted = 0
+        self.accepted_c = 0  # of which by the C hot path: tests check which path ran
         self.listening = False
         self.accept_paused_until = 0.0
         self.recheck_at = 0.0
         self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
         self.rlist: list[Backend] | None = None  # routable workers; None: recompute
+        # The C hot path (accept_hand) serves protocol v1 channels in turn: set per rlist.
+        self.c_path = (
+            _handoff is not None
+            and not self.proxy
+            and self.strategy is _rotate
+            and not os.environ.get(PURE_ENV)
+        )
+        self.rfast = False  # rlist is all protocol v1 channels: the C path may serve it
         # The listening socket; None until the supervisor sends it (a Node app whose
         # port comes from its own listen()): workers asking for it wait in listen_waiters.
         self.lsock: socket.socket | None = None
@@ -398,6 +414,7 @@ class Dispatcher:
                 str(w.id): {"handed": w.handed, "open": w.open} for w in self.workers.values()
             },
             "accepted": self.accepted,
+            "accepted_c": self.accepted_c,
             "pending": len(self.pending),
         }
 
@@ -822,6 +839,7 @@ class Dispatcher:
                     if w.ready and not w.draining and not w.full and w.unhealthy
                 ]
             self.rlist = rlist
+            self.rfast = self.c_path and not any(w.node for w in rlist)
         return rlist
 
     def _update_listen(self) -> None:
@@ -851,6 +869,11 @@ class Dispatcher:
         return _TCPI_UNACKED.unpack_from(info, _TCPI_UNACKED_OFFSET)[0]
 
     def _on_listen(self, ev: int) -> None:
+        if self.rfast and not self.pending and self.rlist:
+            targets = self._targets()
+            if targets:  # else every worker is at its cap: the Python path queues
+                self._accept_hand(targets)
+                return
         room = min(ACCEPT_BATCH, PENDING_CAP - len(self.pending))
         if self._backlog_known:
             queued = self._accept_queue()
@@ -869,11 +892,7 @@ class Dispatcher:
             except OSError as exc:
                 if exc.errno in _ACCEPT_RETRY:
                     continue
-                if exc.errno in _ACCEPT_BACKOFF:
-                    self._error(None, f"cannot accept: {exc.strerror}; pausing briefly")
-                else:
-                    self._error(None, f"accept failed: {exc.strerror or exc}")
-                self.accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
+                self._accept_failed(exc.errno)
                 break
             pending.append(conn)
             got += 1
@@ -883,6 +902,51 @@ class Dispatcher:
             self._route()
         if pending or self.accept_paused_until or not self.listening:
             self._update_listen()
+
+    def _accept_hand(self, targets: list[Backend]) -> None:
+        """_on_listen, _route and _hand in one C call (_handoff.accept_hand), for the
+        common case; what it could not hand goes the Python way (_route)."""
+        start = self._turn_start(targets)
+        # Stay in C over later wakeups until a timer is due (stats once something changed).
+        deadline = self.last_stats + self.stats_interval
+        if self.next_timer:
+            deadline = min(deadline, self.next_timer)
+        got, sent, sizes, last, leftover, failed, send_errno, accept_errno = _handoff.accept_hand(
+            self.lfd,
+            ACCEPT_BATCH,
+            [w.dend.fileno() for w in targets],  # type: ignore[union-attr]
+            [QUEUE_CAP - w.queued_fds for w in targets],
+            start,
+            proto.CONN,
+            self.ep.fileno(),
+            deadline,
+        )
+        if got:
+            self.accepted += got
+            self.accepted_c += got
+            self.dirty = True
+            for w, n, datagrams in zip(targets, sent, sizes, strict=True):
+                if n:
+                    self._sent(w, n, datagrams)
+            if last >= 0:
+                self.rr_seq = targets[last].seq
+        if failed >= 0:
+            self._send_failed(targets[failed], send_errno)
+        if accept_errno:
+            self._accept_failed(accept_errno)
+        if leftover:
+            self.pending.extend(leftover)
+            self._route()
+        if self.pending or self.accept_paused_until or not self.listening:
+            self._update_listen()
+
+    def _accept_failed(self, err: int) -> None:
+        why = os.strerror(err)
+        if err in _ACCEPT_BACKOFF:
+            self._error(None, f"cannot accept: {why}; pausing briefly")
+        else:
+            self._error(None, f"accept failed: {why}")
+        self.accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
 
     def _queued(self, w: Backend) -> int:
         """How many connections w has not taken off its channel yet.
@@ -917,12 +981,7 @@ class Dispatcher:
                 if self._routable():
                     self.recheck_at = time.monotonic() + RECHECK  # all busy, none gone
                 return
-            # Continue the rotation after the worker that got the last connection.
-            start = 0
-            for i, w in enumerate(targets):
-                if w.seq > self.rr_seq:
-                    start = i
-                    break
+            start = self._turn_start(targets)
             groups: list[list[Any]] = [[] for _ in targets]
             last = self.strategy(targets, start, pending, groups)
             self.rr_seq = targets[last].seq
@@ -932,6 +991,14 @@ class Dispatcher:
                     if unsent:
                         pending.extendleft(reversed(unsent))
             self.dirty = True
+
+    def _turn_start(self, targets: list[Backend]) -> int:
+        """Continue the rotation after the worker that got the last connection."""
+        rr_seq = self.rr_seq
+        for i, w in enumerate(targets):
+            if w.seq > rr_seq:
+                return i
+        return 0
 
     def _hand(self, w: Backend, conns: list[Any]) -> list[Any]:
         """Give conns to w; return those it could not take (its channel is full)."""
@@ -960,23 +1027,31 @@ class Dispatcher:
                     socket.MSG_DONTWAIT,
                 )
             except OSError as exc:
-                # Full (EAGAIN, or ETOOMANYREFS: too many fds in flight): skip it until
-                # the channel is writable again. Anything else: it is broken.
-                w.full = True
-                self.rlist = None
-                if exc.errno in (errno.EAGAIN, errno.ETOOMANYREFS):
-                    self._want_writable(w)
-                else:
-                    self._error(w, f"cannot send to the worker: {exc.strerror or exc}")
+                self._send_failed(w, exc.errno)
                 return conns[i:]
             for fd in chunk:
                 os.close(fd)
-            w.handed += len(chunk)
-            w.sent_sizes.append(len(chunk))
-            w.sent_conns += 1
-            w.queued.append(len(chunk))
-            w.queued_fds += len(chunk)
+            self._sent(w, len(chunk), (len(chunk),))
         return []
+
+    @staticmethod
+    def _sent(w: Backend, n: int, datagrams: Sequence[int]) -> None:
+        """Conn datagrams went out to w: n connections, each datagram's count in order."""
+        w.handed += n
+        w.sent_sizes.extend(datagrams)
+        w.sent_conns += len(datagrams)
+        w.queued.extend(datagrams)
+        w.queued_fds += n
+
+    def _send_failed(self, w: Backend, err: int) -> None:
+        """Full (EAGAIN, or ETOOMANYREFS: too many fds in flight): skip w until its
+        channel is writable again. Anything else: it is broken."""
+        w.full = True
+        self.rlist = None
+        if err in (errno.EAGAIN, errno.ETOOMANYREFS):
+            self._want_writable(w)
+        else:
+            self._error(w, f"cannot send to the worker: {os.strerror(err)}")
 
     # ---- Node workers (dispatch.node framing) ------------------------------------
 
