@@ -101,13 +101,20 @@ def test_sigstop_worker_is_carried_by_the_others(cu):
     ctl = web_app(cu, port)
     pids = wait_for(lambda: serving_pids(ctl), 10, "online")
     frozen = pids[0]
-    # More clients than the frozen worker can swallow (QUEUE_CAP), so the others are
-    # seen carrying the load rather than every client waiting on the frozen one.
+    # More clients than the frozen worker can swallow, so the others are seen carrying
+    # the load rather than every client waiting on the frozen one. The load pauses while
+    # the worker is stopped: a worker takes every connection its channel holds, so one
+    # stopped mid-load keeps any number of clients (165 of 192 in one run; all of
+    # QUEUE_CAP + 40 in a run that then waited for answers that could not come).
+    # Stopped idle, it strands only what the dispatcher queues for it afterwards:
+    # QUEUE_CAP at most, leaving 40 clients free.
     with Load(port, QUEUE_CAP + 40, timeout=30) as load:
+        load.pause()
         os.kill(frozen, signal.SIGSTOP)
         try:
             t_stop = time.monotonic()
             ok_before = load.ok_count()
+            load.resume()
             # A window of 2 s at least, long enough to see the others carry on.
             wait_for(
                 lambda: load.ok_count() > ok_before + 500 and time.monotonic() - t_stop > 2,
@@ -138,9 +145,11 @@ def test_sigstop_worker_is_carried_by_the_others(cu):
     carried = Counter(r.pid for r in results if t_stop < r.start and r.end < t_cont)
     assert set(carried) == others, (carried, others, frozen)
     # Once its channel holds QUEUE_CAP connections it is skipped: of the clients that
-    # came after the SIGSTOP, at most QUEUE_CAP wait for it (the others had already been
-    # handed to it and were inside the worker when it stopped).
-    late = [r for r in stranded if r.start > t_stop]
+    # came after the SIGSTOP, at most QUEUE_CAP wait for it. Not counted: requests begun
+    # in the last 0.1 s before t_cont, which can reach it once it runs again (SIGCONT is
+    # sent after t_cont is read); 1-5 of them did in a third of the runs, each
+    # within 0.1 s of t_cont, while exactly QUEUE_CAP came in the first 0.2 s.
+    late = [r for r in stranded if t_stop < r.start < t_cont - 0.1]
     assert len(late) <= QUEUE_CAP, len(late)
     assert load.failures() == [], load.failures()[:3]
     assert {w["pid"] for w in ctl.workers("web")} == set(pids.values())  # nobody replaced
