@@ -193,6 +193,14 @@ def _fewest_open(
 _STRATEGIES = {"rotate": _rotate, "fewest-open": _fewest_open}
 
 
+def _c_path_serves(proxy: bool, strategy: Callable[..., int]) -> bool:
+    """Whether the C hot path (_handoff.accept_hand) may hand this dispatcher's
+    connections: handoff in turn, where it was built and not turned off (PURE_ENV)."""
+    return (
+        _handoff is not None and not proxy and strategy is _rotate and not os.environ.get(PURE_ENV)
+    )
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -233,13 +241,7 @@ class Dispatcher:
         self.recheck_at = 0.0
         self.next_timer = 0.0  # earliest deadline in _timeout's list (0: none)
         self.rlist: list[Backend] | None = None  # routable workers; None: recompute
-        # The C hot path (accept_hand) serves protocol v1 channels in turn: set per rlist.
-        self.c_path = (
-            _handoff is not None
-            and not self.proxy
-            and self.strategy is _rotate
-            and not os.environ.get(PURE_ENV)
-        )
+        self.c_path = _c_path_serves(self.proxy, self.strategy)
         self.rfast = False  # rlist is all protocol v1 channels: the C path may serve it
         # The listening socket; None until the supervisor sends it (a Node app whose
         # port comes from its own listen()): workers asking for it wait in listen_waiters.
