@@ -21,7 +21,7 @@
 
 /* ACCEPT_BATCH in core.py bounds `room`; one datagram carries a target's whole group. */
 #define MAX_CONNS 64
-#define MAX_TARGETS_BATCH 4096
+#define MAX_TARGETS (1 << 20) /* a sanity bound: workers of one listener */
 
 static int accept_retry(int e) {
     /* core._ACCEPT_RETRY: the connection went away, or a firewall said no: try the next. */
@@ -65,6 +65,7 @@ struct batch {
     long *sent;          /* fds per target, over every batch */
     unsigned char *sizes; /* per target, MAX_CONNS slots: the datagrams' fd counts */
     long *ndgrams;       /* datagrams per target so far */
+    long *share;         /* scratch: connections per target in the current batch */
     const void *msg;
     size_t msglen;
     long start;          /* the turn: the next connection goes to this target */
@@ -78,7 +79,7 @@ struct batch {
 
 static int one_batch(struct batch *b) {
     int conns[MAX_CONNS], got = 0;
-    long share[MAX_TARGETS_BATCH];
+    long *share = b->share;
     for (int tries = 0; tries < b->room; tries++) {
         int c = accept4(b->lfd, NULL, NULL, SOCK_CLOEXEC);
         if (c >= 0) {
@@ -95,7 +96,7 @@ static int one_batch(struct batch *b) {
     b->accepted += got;
     Py_ssize_t count = b->count;
     int fits = 1;
-    for (Py_ssize_t t = 0; t < count && t < MAX_TARGETS_BATCH; t++) share[t] = 0;
+    for (Py_ssize_t t = 0; t < count; t++) share[t] = 0;
     for (int k = 0; k < got; k++) share[(b->start + k) % count]++;
     for (Py_ssize_t t = 0; t < count; t++)
         if (share[t] > b->caps[t]) fits = 0;
@@ -142,18 +143,16 @@ static int one_batch(struct batch *b) {
     return b->accept_errno ? 1 : 0;
 }
 
-/* In loop mode: wait on the dispatcher's epoll set until the deadline; 1 when only the
-   listening socket is ready (another batch), 0 when anything else is, or time is up. */
+/* In loop mode: wait on the dispatcher's epoll set until the deadline (busy: only look,
+   the last batch was full); 1 when only the listening socket is ready (another batch),
+   0 when anything else is, or the deadline has come, full batches or not. */
 static int only_listen_ready(int epfd, int lfd, double deadline, int busy) {
     struct epoll_event evs[8];
-    int timeout = 0;
-    if (!busy) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double left = deadline - ((double)now.tv_sec + (double)now.tv_nsec / 1e9);
-        if (left <= 0) return 0;
-        timeout = (int)(left * 1000.0) + 1;
-    }
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double left = deadline - ((double)now.tv_sec + (double)now.tv_nsec / 1e9);
+    if (left <= 0) return 0;
+    int timeout = busy ? 0 : (int)(left * 1000.0) + 1;
     int n = epoll_wait(epfd, evs, 8, timeout);
     if (n <= 0) return busy && n == 0 ? only_listen_ready(epfd, lfd, deadline, 0) : 0;
     for (int i = 0; i < n; i++)
@@ -169,7 +168,7 @@ PyDoc_STRVAR(accept_hand_doc,
 "len(dends), each target's share in one datagram `message` with the fds as\n"
 "SCM_RIGHTS, sent with MSG_DONTWAIT; a handed fd is closed here.\n"
 "\n"
-"caps[t] (at most 64) is how many more connections target t may queue: if a share\n"
+"room is 1..64; caps[t] (at most 64) is how many more connections target t may queue: if a share\n"
 "would pass it, nothing of that batch is sent. A send that fails stops the handing\n"
 "there. Either way the fds not handed come back in `leftover`, in the order they\n"
 "were accepted, for the caller to route.\n"
@@ -198,24 +197,25 @@ static PyObject *accept_hand(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     PyObject *dends = PySequence_Tuple(dends_arg);
     PyObject *caps_t = dends ? PySequence_Tuple(caps_arg) : NULL;
-    long *fds = NULL, *caps = NULL, *sent = NULL, *ndgrams = NULL;
+    long *fds = NULL, *caps = NULL, *sent = NULL, *ndgrams = NULL, *share = NULL;
     unsigned char *sizes = NULL;
     if (caps_t == NULL) goto done;
     Py_ssize_t count = PyTuple_GET_SIZE(dends);
-    if (count < 1 || count > MAX_TARGETS_BATCH || PyTuple_GET_SIZE(caps_t) != count) {
-        PyErr_SetString(PyExc_ValueError, "dends and caps: one entry per target, 1..4096");
+    if (count < 1 || count > MAX_TARGETS || PyTuple_GET_SIZE(caps_t) != count) {
+        PyErr_SetString(PyExc_ValueError, "dends and caps: one entry per target, at least one");
         goto done;
     }
-    if (room < 0 || room > MAX_CONNS || start < 0) {
-        PyErr_SetString(PyExc_ValueError, "room must be 0..64 and start >= 0");
+    if (room < 1 || room > MAX_CONNS || start < 0) {
+        PyErr_SetString(PyExc_ValueError, "room must be 1..64 and start >= 0");
         goto done;
     }
     fds = PyMem_Calloc((size_t)count, sizeof(long));
     caps = PyMem_Calloc((size_t)count, sizeof(long));
     sent = PyMem_Calloc((size_t)count, sizeof(long));
     ndgrams = PyMem_Calloc((size_t)count, sizeof(long));
+    share = PyMem_Calloc((size_t)count, sizeof(long));
     sizes = PyMem_Calloc((size_t)count * MAX_CONNS, 1);
-    if (!fds || !caps || !sent || !ndgrams || !sizes) {
+    if (!fds || !caps || !sent || !ndgrams || !share || !sizes) {
         PyErr_NoMemory();
         goto done;
     }
@@ -231,7 +231,7 @@ static PyObject *accept_hand(PyObject *self, PyObject *args) {
 
     struct batch b = {
         .lfd = lfd, .room = room, .count = count, .fds = fds, .caps = caps, .sent = sent,
-        .sizes = sizes, .ndgrams = ndgrams, .msg = message.buf, .msglen = (size_t)message.len,
+        .sizes = sizes, .ndgrams = ndgrams, .share = share, .msg = message.buf, .msglen = (size_t)message.len,
         .start = start % count, .last = -1, .failed = -1,
     };
     Py_BEGIN_ALLOW_THREADS
@@ -266,12 +266,15 @@ static PyObject *accept_hand(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("(lNNlNiii)", b.accepted, sent_t, sizes_t, b.last, left_l,
                            b.failed, b.send_errno, b.accept_errno);
+    if (result == NULL) /* out of memory: the caller cannot take these fds, so close them */
+        for (int i = 0; i < b.nleft; i++) close(b.left[i]);
 
 done:
     PyMem_Free(fds);
     PyMem_Free(caps);
     PyMem_Free(sent);
     PyMem_Free(ndgrams);
+    PyMem_Free(share);
     PyMem_Free(sizes);
     Py_XDECREF(dends);
     Py_XDECREF(caps_t);

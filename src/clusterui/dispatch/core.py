@@ -910,6 +910,9 @@ class Dispatcher:
         common case; what it could not hand goes the Python way (_route)."""
         start = self._turn_start(targets)
         # Stay in C over later wakeups until a timer is due (stats once something changed).
+        # Timers are worked out again: a handler earlier in this round may have set one
+        # (a probe to check in 20 ms), which the loop's own reckoning does not have.
+        self._timeout()
         deadline = self.last_stats + self.stats_interval
         if self.next_timer:
             deadline = min(deadline, self.next_timer)
