@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support import wait_for
 
 from clusterui.dispatch import _handoff
 from clusterui.dispatch import protocol as proto
+from clusterui.dispatch.core import _TCPI_UNACKED, _TCPI_UNACKED_OFFSET
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,7 +44,13 @@ def connect(lsock: socket.socket, clients: list[socket.socket], n: int) -> None:
         c = socket.create_connection(lsock.getsockname())
         c.sendall(f"{len(clients)}\n".encode())
         clients.append(c)
-    time.sleep(0.05)  # the handshakes are done by the kernel; let them land
+    wait_for(lambda: accept_queue(lsock) >= n, 5, f"{n} connections in the accept queue")
+
+
+def accept_queue(lsock: socket.socket) -> int:
+    """Connections waiting to be accepted, read as the dispatcher reads them."""
+    info = lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    return _TCPI_UNACKED.unpack_from(info, _TCPI_UNACKED_OFFSET)[0]
 
 
 def channels(n: int) -> list[tuple[socket.socket, socket.socket]]:

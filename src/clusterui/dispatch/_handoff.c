@@ -4,10 +4,11 @@
    _route and _hand do in Python for the common case (protocol v1 channels, "rotate"):
    the per-connection work (accept4, the SCM_RIGHTS datagram, close) runs without the
    interpreter, and while the listening socket is the only thing ready it goes on to
-   the next wakeup without coming back to Python. Everything that is not that common case (a full channel, a worker at
-   its queue cap, an accept error) goes back to the Python code, which stays the one
-   place that decides what such a case means. Built as an optional extension: without
-   a compiler the dispatcher runs the same logic in Python (clusterui.dispatch.core).
+   the next wakeup without coming back to Python. Everything that is not that common
+   case (a full channel, a worker at its queue cap, an accept error) goes back to the
+   Python code, which stays the one place that decides what such a case means. Built
+   as an optional extension: without a compiler the dispatcher runs the same logic in
+   Python (clusterui.dispatch.core).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -53,10 +54,7 @@ static int read_ints(PyObject *seq, const char *what, long *out, Py_ssize_t n) {
     return 0;
 }
 
-/* One wakeup's worth: accept up to room, share out in turn from *start, send each
-   target's share as one datagram. Returns 0 when all of it went out (or nothing was
-   accepted), 1 when some did not (its fds are in `left`, *nleft of them). Runs without
-   the GIL. */
+/* What one accept_hand call works with, batch after batch. Used without the GIL. */
 struct batch {
     int lfd, room;
     Py_ssize_t count;
@@ -77,6 +75,9 @@ struct batch {
     int nleft;
 };
 
+/* One wakeup's worth: accept up to room, share out in turn from b->start, send each
+   target's share as one datagram. Returns 0 when all of it went out (or nothing was
+   accepted), 1 when some did not (its fds in b->left) or accepting failed. */
 static int one_batch(struct batch *b) {
     int conns[MAX_CONNS], got = 0;
     long *share = b->share;
@@ -168,10 +169,10 @@ PyDoc_STRVAR(accept_hand_doc,
 "len(dends), each target's share in one datagram `message` with the fds as\n"
 "SCM_RIGHTS, sent with MSG_DONTWAIT; a handed fd is closed here.\n"
 "\n"
-"room is 1..64; caps[t] (at most 64) is how many more connections target t may queue: if a share\n"
-"would pass it, nothing of that batch is sent. A send that fails stops the handing\n"
-"there. Either way the fds not handed come back in `leftover`, in the order they\n"
-"were accepted, for the caller to route.\n"
+"room is 1..64; caps[t] (at most 64) is how many more connections target t may\n"
+"queue: if a share would pass it, nothing of that batch is sent. A send that fails\n"
+"stops the handing there. Either way the fds not handed come back in `leftover`,\n"
+"in the order they were accepted, for the caller to route.\n"
 "\n"
 "With epfd (the caller's epoll set, which holds lfd), after a batch that all went out\n"
 "it waits on epfd until the CLOCK_MONOTONIC deadline and takes the next batch as long\n"
@@ -231,7 +232,8 @@ static PyObject *accept_hand(PyObject *self, PyObject *args) {
 
     struct batch b = {
         .lfd = lfd, .room = room, .count = count, .fds = fds, .caps = caps, .sent = sent,
-        .sizes = sizes, .ndgrams = ndgrams, .share = share, .msg = message.buf, .msglen = (size_t)message.len,
+        .sizes = sizes, .ndgrams = ndgrams, .share = share,
+        .msg = message.buf, .msglen = (size_t)message.len,
         .start = start % count, .last = -1, .failed = -1,
     };
     Py_BEGIN_ALLOW_THREADS
