@@ -37,6 +37,7 @@ from clusterui.vocab.states import (
     ERRORED,
     LAUNCHING,
     ONLINE,
+    PENDING,
     STOPPED,
     STOPPING,
     WAITING_RESTART,
@@ -128,6 +129,8 @@ class Slot:
         self.app = app
         self.instance = instance
         self.proc: Proc | None = None
+        # A zygote is forking this slot's next process (App._fork): its future.
+        self.forking: asyncio.Future[Proc | None] | None = None
         self.retiring: list[Proc] = []
         self.idle = Lifecycle(STOPPED)  # the status while there is no process
         self.restarts = 0
@@ -239,20 +242,53 @@ class App:
             self.start_slot(slot, manual=True)
         return slots
 
+    async def launch_all(self) -> list[Slot]:
+        """start_all, with a `preload` app's workers forked side by side (launch)."""
+        self.open_listener()
+        slots = self.ensure_slots(self.spec.instances)
+        await asyncio.gather(*[self.launch_soon(slot, manual=True) for slot in slots])
+        return slots
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop_slot(s) for s in list(self.slots.values())))
 
     # ---- one slot ------------------------------------------------------------------
 
     def start_slot(self, slot: Slot, *, manual: bool = False, reason: str = "") -> Proc | None:
-        slot.cancel_restart()
-        if slot.proc is not None:
+        if not self._may_start(slot, manual):
             return slot.proc
+        return self._took_over(slot, self._spawn(slot), reason)
+
+    async def launch(self, slot: Slot, *, manual: bool = False, reason: str = "") -> Proc | None:
+        return await asyncio.shield(self.launch_soon(slot, manual=manual, reason=reason))
+
+    def launch_soon(
+        self, slot: Slot, *, manual: bool = False, reason: str = ""
+    ) -> asyncio.Future[Proc | None]:
+        """start_slot, but a `preload` app's worker is forked by its zygote while the
+        loop goes on, so workers launched together are forked side by side (without
+        a ready zygote: start_slot, at once). The future gets the slot's process."""
+        if slot.forking is not None:
+            return slot.forking
+        if self.preload is not None and self.preload.ready() and self._may_start(slot, manual):
+            return self._fork(slot, reason)
+        done: asyncio.Future[Proc | None] = asyncio.get_running_loop().create_future()
+        done.set_result(self.start_slot(slot, manual=manual, reason=reason))
+        return done
+
+    def _may_start(self, slot: Slot, manual: bool) -> bool:
+        """Whether a new process may start in the slot (none runs, none is on its way,
+        the slot is still the app's); the slot's restart timer is cancelled either way."""
+        slot.cancel_restart()
+        if slot.proc is not None or slot.forking is not None:
+            return False
         if self.slots.get(slot.instance) is not slot:
-            return None  # scaled away meanwhile: a process here would be listed nowhere
+            return False  # scaled away meanwhile: a process here would be listed nowhere
         if manual:
             slot.tracker.reset()
-        proc = self._spawn(slot)
+        return True
+
+    def _took_over(self, slot: Slot, proc: Proc | None, reason: str) -> Proc | None:
         if proc is None:
             return None
         slot.proc = proc
@@ -313,11 +349,75 @@ class App:
             await self.preload.warm(env, self._zygote_output)
 
     def _spawn(self, slot: Slot) -> Proc | None:
-        spec = self.spec
+        launch = self._prepare(slot)
+        try:
+            sspec, argv = launch.command(self.spec)
+            pid = None
+            if self.preload is not None:
+                pid = self.preload.spawn(sspec, argv, self._zygote_output)
+            if pid is None:
+                pid = spawn(sspec)
+        except SpawnError as exc:
+            self._not_started(slot, launch, exc)
+            return None
+        return self._started(slot, launch, pid)
+
+    def _fork(self, slot: Slot, reason: str) -> asyncio.Future[Proc | None]:
+        """_spawn for a slot of a `preload` app whose zygote is ready, without waiting
+        for the fork: workers started together are forked side by side while the loop
+        goes on. The future gets the slot's new process (None: it did not start, or
+        was no longer wanted: stopped, scaled away or deleted meanwhile, which
+        `slot.forking` going away says, and then the worker is stopped at once)."""
+        assert self.preload is not None
+        launch = self._prepare(slot)
+        started: asyncio.Future[Proc | None] = asyncio.get_running_loop().create_future()
+        try:
+            asked = self.preload.request(*launch.command(self.spec))
+        except SpawnError as exc:
+            self._not_started(slot, launch, exc)
+            started.set_result(None)
+            return started
+        slot.forking = started
+        slot.idle.to(PENDING)  # not started yet: no process until the zygote answers
+
+        def forked(asked: asyncio.Future[int | None]) -> None:
+            wanted = slot.forking is started
+            if wanted:
+                slot.forking = None
+            try:
+                started.set_result(self._forked(slot, launch, asked.result(), wanted, reason))
+            except Exception as exc:  # said to whoever waits on it (an op's error), not lost
+                started.set_exception(exc)
+
+        asked.add_done_callback(forked)
+        return started
+
+    def _forked(
+        self, slot: Slot, launch: _Launch, pid: int | None, wanted: bool, reason: str
+    ) -> Proc | None:
+        """The zygote answered for the slot (pid None: it could not fork)."""
+        wanted = wanted and not self.removed and self.slots.get(slot.instance) is slot
+        if pid is None and wanted:  # exec it instead
+            try:
+                pid = spawn(launch.command(self.spec)[0])
+            except SpawnError as exc:
+                self._not_started(slot, launch, exc)
+                return None
+        if pid is None:
+            launch.close()
+            return None
+        proc = self._started(slot, launch, pid)
+        if wanted:
+            return self._took_over(slot, proc, reason)
+        slot.retiring.append(proc)  # stopped like a worker being replaced
+        self.request_stop(proc)
+        return None
+
+    def _prepare(self, slot: Slot) -> _Launch:
         grace = self._orphan_grace()
         wiring = _Wiring.for_mode(
             self.mode,
-            spec,
+            self.spec,
             slot,
             self.listener,
             self.ctx.home,
@@ -327,49 +427,32 @@ class App:
         serial = self.ctx.next_serial()
         tree = self.ctx.cgroups
         cgroup = tree.create(serial, self.name) if tree is not None else None
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            argv = _expanded_argv(spec, wiring.env, node=wiring.node)
-            sspec = SpawnSpec(
-                argv=argv,
-                cwd=spec.cwd,
-                env=wiring.env,
-                stdout=out_w,
-                stderr=err_w,
-                fds=wiring.fds,
-                listen_pid=wiring.listen_pid,
-                orphan_grace=grace,
-                cgroup=cgroup,
-            )
-            pid = None
-            if self.preload is not None:
-                pid = self.preload.spawn(sspec, argv, self._zygote_output)
-            if pid is None:
-                pid = spawn(sspec)
-        except SpawnError as exc:
-            for fd in (out_r, out_w, err_r, err_w):
+        return _Launch(wiring, serial, cgroup, grace, *os.pipe(), *os.pipe(), tree)
+
+    def _not_started(self, slot: Slot, launch: _Launch, exc: SpawnError) -> None:
+        launch.close()
+        slot.idle.to(ERRORED)
+        slot.last_error = str(exc)
+        self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
+        self.ctx.notice("error", f"{self.name}:{slot.instance} failed to start: {exc}")
+
+    def _started(self, slot: Slot, launch: _Launch, pid: int) -> Proc:
+        """The process is there: watch it, read its output, introduce it."""
+        for fd in (launch.out_w, launch.err_w):
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            wiring.close()
-            if cgroup is not None:
-                self.ctx.cgroups.remove(cgroup)
-            slot.idle.to(ERRORED)
-            slot.last_error = str(exc)
-            self.ctx.logs.emit(slot.id, self.name, slot.instance, f"failed to start: {exc}")
-            self.ctx.notice("error", f"{self.name}:{slot.instance} failed to start: {exc}")
-            return None
-        finally:
-            for fd in (out_w, err_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        proc = Proc(serial, pid, wiring.port)
-        proc.cgroup = cgroup
+        wiring = launch.wiring
+        proc = Proc(launch.serial, pid, wiring.port)
+        proc.cgroup = launch.cgroup
         proc.env = dict(wiring.env, LISTEN_PID=str(pid)) if wiring.listen_pid else wiring.env
         slot.last_error = None
-        proc.logs = self.ctx.logs.attach(slot.id, self.name, slot.instance, spec, out_r, err_r)
+        logs = self.ctx.logs
+        proc.logs = logs.attach(
+            slot.id, self.name, slot.instance, self.spec, launch.out_r, launch.err_r
+        )
         loop = asyncio.get_running_loop()
         proc.watcher = ExitWatcher(
-            loop, pid, lambda c, s: self._on_exit(slot, proc, c, s), cgroup=cgroup
+            loop, pid, lambda c, s: self._on_exit(slot, proc, c, s), cgroup=launch.cgroup
         )
         self._by_serial[proc.serial] = proc
         self._connect(slot, proc, wiring)
@@ -598,6 +681,7 @@ class App:
 
     async def stop_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
+        await self._unwanted_fork(slot)
         if slot.proc is None and slot.idle.value != STOPPED:
             slot.idle.to(STOPPED)
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
@@ -607,14 +691,23 @@ class App:
         if self.preload is not None and not any(s.proc for s in self.slots.values()):
             self.preload.close()  # nothing runs: the next start imports the code anew
 
+    async def _unwanted_fork(self, slot: Slot) -> None:
+        """A process being forked for the slot is not wanted: wait until it is there, and
+        stopping like a replaced one (in slot.retiring)."""
+        forking, slot.forking = slot.forking, None
+        if forking is not None:
+            with contextlib.suppress(Exception):  # the launch says what went wrong
+                await asyncio.shield(forking)
+
     async def restart_slot(
         self, slot: Slot, reason: str = "manual", after_watch: bool = False
     ) -> None:
         slot.cancel_restart()
+        await self._unwanted_fork(slot)
         if slot.proc is not None:
             await self.stop_proc(slot.proc)
         if not self.removed:
-            proc = self.start_slot(slot, manual=True, reason=reason)
+            proc = await self.launch(slot, manual=True, reason=reason)
             if proc is not None:
                 proc.after_watch = after_watch
 
@@ -689,19 +782,21 @@ class App:
         self.spec.instances = count
         for i in range(count):
             if i not in self.slots:
-                slot = self.ensure_slots(i + 1)[-1]
-                self.start_slot(slot, manual=True)
-                added.append(slot)
+                added.append(self.ensure_slots(i + 1)[-1])
         victims = [self.slots[i] for i in current if i >= count]
         for slot in victims:
             removed.append(slot)
-        await asyncio.gather(*(self._retire_slot(s) for s in victims))
+        await asyncio.gather(
+            *[self.launch_soon(s, manual=True) for s in added],
+            *(self._retire_slot(s) for s in victims),
+        )
         for slot in victims:
             self.slots.pop(slot.instance, None)
         return added, removed
 
     async def _retire_slot(self, slot: Slot) -> None:
         slot.cancel_restart()
+        await self._unwanted_fork(slot)
         procs = [p for p in (slot.proc, *slot.retiring) if p is not None]
         await asyncio.gather(*(self.stop_proc(p, drain=self.handoff) for p in procs))
 
@@ -980,6 +1075,47 @@ class _Wiring:
         for s in (*(self.dispatcher_pair or ()), self.our_channel, self.worker_end):
             if s is not None:
                 s.close()
+
+
+@dataclass
+class _Launch:
+    """A worker process on its way: what is made for it before the spawn."""
+
+    wiring: _Wiring
+    serial: int
+    cgroup: str | None
+    orphan_grace: float
+    out_r: int
+    out_w: int
+    err_r: int
+    err_w: int
+    cgroups: Any  # core.cgroups.CgroupTree the cgroup is in
+
+    def command(self, spec: AppSpec) -> tuple[SpawnSpec, list[str]]:
+        """What to spawn, and its argv (raises SpawnError if it cannot be expanded)."""
+        w = self.wiring
+        argv = _expanded_argv(spec, w.env, node=w.node)
+        sspec = SpawnSpec(
+            argv=argv,
+            cwd=spec.cwd,
+            env=w.env,
+            stdout=self.out_w,
+            stderr=self.err_w,
+            fds=w.fds,
+            listen_pid=w.listen_pid,
+            orphan_grace=self.orphan_grace,
+            cgroup=self.cgroup,
+        )
+        return sspec, argv
+
+    def close(self) -> None:
+        """Nothing was started: undo what was made for it."""
+        for fd in (self.out_r, self.out_w, self.err_r, self.err_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.wiring.close()
+        if self.cgroup is not None:
+            self.cgroups.remove(self.cgroup)
 
 
 def _expanded_argv(spec: AppSpec, env: dict[str, str], *, node: bool = False) -> list[str]:

@@ -15,8 +15,8 @@ While it waits, an app's workers show ``pending`` and the app says why, e.g.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from clusterui.core.health import is_healthy
 from clusterui.vocab import states
@@ -126,7 +126,7 @@ def blocked(
 
 
 async def start_when_ready(
-    app: App, app_of: Callable[[str], App | None], start: Callable[[], None]
+    app: App, app_of: Callable[[str], App | None], start: Callable[[], Awaitable[Any]]
 ) -> None:
     """Hold app's workers in `pending` until every dependency meets its condition and,
     with `preload`, its zygote has imported the app."""
@@ -155,7 +155,7 @@ async def start_when_ready(
     for slot in app.slots.values():
         if slot.idle.value == states.PENDING:
             slot.idle.to(states.STOPPED)
-    start()
+    await start()
 
 
 def _taken_over(app: App) -> bool:

@@ -425,7 +425,8 @@ class Supervisor:
         if waits or app.preload is not None:
             for slot in app.ensure_slots(spec.instances):
                 slot.idle.to(states.PENDING)
-            waiter = asyncio.ensure_future(deps.start_when_ready(app, self.apps.get, app.start_all))
+            waiting = deps.start_when_ready(app, self.apps.get, app.launch_all)
+            waiter = asyncio.ensure_future(waiting)
             self._waiters.add(waiter)
             waiter.add_done_callback(self._waiters.discard)
         else:
@@ -481,10 +482,11 @@ class Supervisor:
     async def op_start(self, targets: list[str]) -> dict[str, Any]:
         async with self._serialized(targets) as groups:
             await asyncio.gather(*(app.fresh_code() for app, _ in groups))
-            return self._start(groups)
+            return await self._start(groups)
 
-    def _start(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
+    async def _start(self, groups: list[tuple[App, list[Slot]]]) -> dict[str, Any]:
         ids = []
+        launches = []
         for app, slots in groups:
             app.removed = False
             if not app.slots:
@@ -494,8 +496,9 @@ class Supervisor:
             except OpError as exc:
                 raise OpError(f"{app.name}: {exc.message}") from None
             for slot in slots:
-                app.start_slot(slot, manual=True)
+                launches.append(app.launch_soon(slot, manual=True))
                 ids.append(slot.id)
+        await asyncio.gather(*launches)  # a preload app's workers are forked side by side
         return {"message": f"started {len(ids)} worker(s)", "workers": ids}
 
     async def op_stop(self, targets: list[str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,6 +90,10 @@ class Zygote:
         self.preloaded = 0
         self._on_exit = on_exit
         self._watcher: ExitWatcher | None = None
+        # Forks asked for and not answered yet (request), in the order the answers come,
+        # each with its worker's orphan_grace.
+        self._owed: deque[tuple[asyncio.Future[int], float]] = deque()
+        self._late: asyncio.TimerHandle | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
         # A hosted app: its MODULE, and what the host itself loads before serving.
@@ -133,6 +138,7 @@ class Zygote:
         self._watcher = None
         if self.broken is None:
             self.broken = f"exited ({sig or f'exit code {code}'})"
+        self._fail_owed()
         self._sock.close()
         self._on_exit(self)
 
@@ -159,6 +165,15 @@ class Zygote:
         self.broken = why
         self.close()
         raise Unavailable(why)
+
+    def _fail_owed(self) -> None:
+        """Every fork still owed fails (the worker is then exec'd); no more answers."""
+        if self._owed:
+            self._stop_listening()
+        while self._owed:
+            owed, _grace = self._owed.popleft()
+            if not owed.done():
+                owed.set_exception(Unavailable(self.broken or "closed"))
 
     def _take_ready(self) -> None:
         """Read the ready message, which is there to read (raises Unavailable)."""
@@ -207,6 +222,65 @@ class Zygote:
         Raises SpawnError for what would fail an exec'd worker too (a missing cwd), and
         Unavailable for the zygote's own trouble, or while it is still importing.
         """
+        self._send(sspec, command)
+        if self._owed:  # the answers to earlier requests come first
+            self._stop_listening()
+            while self._owed:
+                owed, grace = self._owed[0]
+                msg = self._wait(REPLY_TIMEOUT)  # breaking fails every owed fork
+                self._owed.popleft()
+                self._answer(owed, grace, msg)
+        return self._pid_in(self._wait(REPLY_TIMEOUT), sspec.orphan_grace)
+
+    def request(self, sspec: SpawnSpec, command: list[str]) -> asyncio.Future[int]:
+        """spawn, without waiting: the future gets the pid when the zygote answers, or
+        Unavailable. Requests queue in the zygote, which forks them one after another
+        while the supervisor goes on. Raises as spawn does for what fails at once."""
+        self._send(sspec, command)
+        loop = asyncio.get_running_loop()
+        owed: asyncio.Future[int] = loop.create_future()
+        if not self._owed:
+            loop.add_reader(self._sock, self._on_answer)
+            self._late = loop.call_later(REPLY_TIMEOUT, self._too_late)
+        self._owed.append((owed, sspec.orphan_grace))
+        return owed
+
+    def _on_answer(self) -> None:
+        try:
+            msg = self._wait(0)
+        except Unavailable:
+            return  # _break failed every owed fork
+        owed, grace = self._owed.popleft()
+        self._stop_listening()
+        if self._owed:  # the next answer has its own REPLY_TIMEOUT
+            loop = asyncio.get_running_loop()
+            loop.add_reader(self._sock, self._on_answer)
+            self._late = loop.call_later(REPLY_TIMEOUT, self._too_late)
+        self._answer(owed, grace, msg)
+
+    def _stop_listening(self) -> None:
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            asyncio.get_running_loop().remove_reader(self._sock)
+
+    def _answer(self, owed: asyncio.Future[int], grace: float, msg: dict[str, Any]) -> None:
+        try:
+            pid = self._pid_in(msg, grace)
+        except Unavailable as exc:
+            if not owed.done():
+                owed.set_exception(exc)
+            return
+        if not owed.done():
+            owed.set_result(pid)
+
+    def _too_late(self) -> None:
+        self._late = None
+        with contextlib.suppress(Unavailable):
+            self._break(f"did not answer within {REPLY_TIMEOUT:g} s")
+
+    def _send(self, sspec: SpawnSpec, command: list[str]) -> None:
         if not self.poll_ready():
             raise Unavailable("still importing")
         if not os.path.isdir(sspec.cwd):  # what the worker's chdir would fail on
@@ -238,7 +312,10 @@ class Zygote:
         finally:
             if null >= 0:
                 os.close(null)
-        msg = self._wait(REPLY_TIMEOUT)
+
+    def _pid_in(self, msg: dict[str, Any], orphan_grace: float) -> int:
+        """The pid a `spawned` answer names, once it is known to be our child (and the
+        guardian knows it)."""
         pid = msg.get("pid")
         if msg.get("t") != "spawned" or not isinstance(pid, int) or pid <= 0:
             self._break(escape(str(msg.get("error") or "could not fork"))[:300])
@@ -246,13 +323,14 @@ class Zygote:
         # the supervisor would watch and later signal a process it never started.
         if _parent_of(pid) != os.getpid():
             self._break(f"named process {pid}, which is not a child of the supervisor")
-        guardian.track(pid, sspec.orphan_grace)
+        guardian.track(pid, orphan_grace)
         return pid
 
     def close(self) -> None:
         """Stop the zygote (its workers are the supervisor's children, and stay)."""
         if self.broken is None:
             self.broken = "replaced"
+        self._fail_owed()
         if self.pid:
             signal_group(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
@@ -365,11 +443,45 @@ class Preload:
         try:
             pid = z.spawn(sspec, command_of(self.spec, argv))
         except Unavailable as exc:
-            if z.broken is not None:
-                self._give_up(str(exc))
+            self._unavailable(z, exc)
             return None
         self._report(z)
         return pid
+
+    def ready(self) -> bool:
+        """Whether a zygote has imported the app and can fork now (request may be used)."""
+        z = self.zygote
+        return z is not None and z.broken is None and z.poll_ready()
+
+    def request(self, sspec: SpawnSpec, argv: list[str]) -> asyncio.Future[int | None]:
+        """spawn, without waiting for the fork: the future gets the pid, or None when
+        the worker must be exec'd. Raises SpawnError as spawn does."""
+        z = self.zygote
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int | None] = loop.create_future()
+        try:
+            if z is None:
+                raise Unavailable("no zygote")
+            asked = z.request(sspec, command_of(self.spec, argv))
+        except Unavailable as exc:
+            self._unavailable(z, exc)
+            done.set_result(None)
+            return done
+
+        def answered(asked: asyncio.Future[int]) -> None:
+            exc = asked.exception()
+            if exc is not None:
+                self._unavailable(z, exc)
+            else:
+                self._report(z)
+            done.set_result(None if exc is not None else asked.result())
+
+        asked.add_done_callback(answered)
+        return done
+
+    def _unavailable(self, z: Zygote | None, exc: BaseException) -> None:
+        if z is not None and z.broken is not None and z is self.zygote:
+            self._give_up(str(exc))
 
     def close(self) -> None:
         self.new_code()

@@ -5,10 +5,11 @@ A worker slot is in exactly one status. While it has a process the status is tha
 process's (`launching` → `online` → `stopping`/`draining`); once the process is gone the
 slot rests in one of the idle statuses (`stopped`, `errored`, `waiting-restart`,
 `pending`), which may follow each other freely (a manual stop ends a pending restart, a
-failed spawn makes a stopped slot errored, ...). `pending` is a slot whose app waits for
-its `depends_on`. `suspended` and `unhealthy` are never stored: the snapshot shows them
-instead of `online` (`suspended` also instead of `launching`) while the kernel has the
-process stopped (SIGSTOP, a debugger), or while its health probe fails.
+failed spawn makes a stopped slot errored, ...). `pending` is a slot not started yet: its
+app waits for its `depends_on` or its zygote's imports, or the zygote is forking it.
+`suspended` and `unhealthy` are never stored: the snapshot shows them instead of `online`
+(`suspended` also instead of `launching`) while the kernel has the process stopped
+(SIGSTOP, a debugger), or while its health probe fails.
 
 Every change goes through `Lifecycle.to`, which refuses a transition the table below does
 not list, so a new code path that would put a worker in an impossible status fails loudly
@@ -75,7 +76,7 @@ LOOKS: Final[dict[str, Look]] = {
     SUSPENDED: Look("‖", "suspended", "paused", "alert"),
     # Alive, but failing its health probe: it gets no new connections.
     UNHEALTHY: Look("⊘", "unhealthy", "failing", "failing"),
-    # Not started yet: its app waits for its depends_on.
+    # Not started yet: its app waits for its depends_on or preload, or it is being forked.
     PENDING: Look("◌", "pending", "pending", "held"),
     STOPPED: Look("○", "stopped", "stopped", "idle"),
     ERRORED: Look("✖", "errored", "errored", "bad"),
