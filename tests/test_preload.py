@@ -91,20 +91,27 @@ def _reports(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _state_apps(cu) -> list[dict]:
+    ctl = support.Control(cu.home)
+    try:
+        return ctl.result("state")["apps"]
+    finally:
+        ctl.close()
+
+
 def _zygotes(cu) -> list[psutil.Process]:
-    """The app's zygote (its workers have the same command line, and are listed)."""
-    workers = {w["pid"] for w in cu.ls()}
+    """The apps' zygotes, as the supervisor names them, each checked to be a zygote
+    process of this supervisor's."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        try:
-            env_home = proc.environ().get("CLUSTERUI_HOME")
-        except psutil.Error:
+    for app in _state_apps(cu):
+        pid = (app.get("preload") or {}).get("pid")
+        if not pid:
             continue
-        ours = env_home == str(cu.home) and proc.ppid() == cu.supervisor_pid()
-        zygote = any(a.endswith("zygote/server.py") for a in cmd[:4])
-        if ours and zygote and proc.pid not in workers:
-            found.append(proc)
+        proc = psutil.Process(pid)
+        assert proc.ppid() == cu.supervisor_pid()
+        assert any(a.endswith("zygote/server.py") for a in proc.cmdline()[:4])
+        assert proc.environ().get("CLUSTERUI_HOME") == str(cu.home)
+        found.append(proc)
     return found
 
 
@@ -135,6 +142,54 @@ def test_workers_are_forked_from_one_import_and_see_what_an_exec_would_give(cu):
     assert log.count("marker imported by") == 1 and f"by {zygotes[0].pid}" in log
     described = cu.run("describe", "job", check=True).stdout
     assert f"preload    zygote pid {zygotes[0].pid}, 5 module(s) imported" in described
+
+
+def test_apps_on_one_interpreter_share_a_root_zygote_and_keep_their_own_code(cu):
+    """One interpreter start (the root zygote) forks the app zygotes of every preload
+    app with the same interpreter, folder and start-up environment; another
+    PYTHONHASHSEED gets a root of its own; a reload gives the app a new zygote (new
+    code) from the same root; nothing of it outlives down."""
+    loop = "import time\nwhile True:\n    time.sleep(1)\n"
+    for name in ("a", "b", "c"):
+        cu.write(f"{name}.py", loop)
+    cu.write(
+        "ecosystem.yaml",
+        """
+        apps:
+          - {name: a, script: a.py, instances: 2, preload: true}
+          - {name: b, script: b.py, instances: 2, preload: true}
+          - {name: c, script: c.py, instances: 1, preload: true, env: {PYTHONHASHSEED: "7"}}
+        """,
+    )
+    assert cu.run("up", "-d").returncode == 0
+    wait_for(lambda: support.online_rows(cu, 5), 20, "5 online")
+
+    def preloads() -> dict[str, dict]:
+        return {a["name"]: a["preload"] for a in _state_apps(cu)}
+
+    first = wait_for(lambda: all((p := preloads())[n]["pid"] for n in "abc") and p, 10, "zygotes")
+    assert first["a"]["root"] and first["a"]["root"] == first["b"]["root"]
+    assert first["c"]["root"] and first["c"]["root"] != first["a"]["root"]
+    assert len({first[n]["pid"] for n in "abc"}) == 3
+    supervisor = cu.supervisor_pid()
+    for root in {first["a"]["root"], first["c"]["root"]}:
+        proc = psutil.Process(root)
+        assert proc.ppid() == supervisor and proc.cmdline()[-1] == "--root"
+    assert all(z.ppid() == supervisor for z in _zygotes(cu))
+    described = cu.run("describe", "a", check=True).stdout
+    assert f"forked by root zygote {first['a']['root']}" in described
+
+    assert cu.run("reload", "a").returncode == 0
+    after = wait_for(
+        lambda: (p := preloads())["a"]["pid"] not in (None, first["a"]["pid"]) and p, 20, "new"
+    )
+    assert after["a"]["root"] == first["a"]["root"]
+    assert after["b"]["pid"] == first["b"]["pid"]
+    wait_for(lambda: not psutil.pid_exists(first["a"]["pid"]), 10, "the old zygote gone")
+
+    roots = [psutil.Process(first[n]["root"]) for n in "ac"]
+    assert cu.run("down").returncode == 0
+    wait_for(lambda: not any(r.is_running() for r in roots), 10, "the roots gone")
 
 
 def _after_ticks(cu, n: int) -> None:
@@ -372,7 +427,6 @@ zygote.SERVER = sys.argv[1]
 async def main():
     spec = AppSpec(name="h", script=sys.argv[2], interpreter=sys.executable, cwd=os.getcwd())
     z = zygote.Zygote(spec, dict(os.environ), [sys.argv[2]], lambda o, e: None, lambda z: None)
-    z.watch(asyncio.get_running_loop())
     await z.ready_soon()
     print("failed:", *z.failed[0])  # as the notice would show them
     null = os.open(os.devnull, os.O_WRONLY)
@@ -451,7 +505,6 @@ held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # a supervisor o
 async def main():
     spec = AppSpec(name="m", script=sys.argv[1], interpreter=sys.executable, cwd=os.getcwd())
     z = zygote.Zygote(spec, dict(os.environ), [sys.argv[1]], lambda o, e: None, lambda z: None)
-    z.watch(asyncio.get_running_loop())
     await z.ready_soon()
     null = os.open(os.devnull, os.O_WRONLY)
     ask = SpawnSpec(argv=spec.argv(), cwd=os.getcwd(), env={}, stdout=null, stderr=null)

@@ -152,6 +152,8 @@ def upkeep_lines(app: dict[str, Any], spec: dict[str, Any]) -> list[str]:
             said = f"not in use: the zygote {preload['gave_up']}"
         elif preload.get("pid"):
             said = f"zygote pid {preload['pid']}, {preload.get('modules', 0)} module(s) imported"
+            if preload.get("root"):
+                said += f", forked by root zygote {preload['root']}"
         else:
             said = "no zygote now (started with the next worker)"
         lines.append(f"preload    {escape(said)}")

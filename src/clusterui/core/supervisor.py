@@ -22,7 +22,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from clusterui import __version__
-from clusterui.core import config, deps, environ, fileops, guardian, inherit, reaper, upkeep
+from clusterui.core import config, deps, environ, fileops, guardian, inherit, reaper, upkeep, zygote
 from clusterui.core.apps import App, Context, Slot
 from clusterui.core.cgroups import CgroupTree, CpuUse
 from clusterui.core.control import Connection, ControlServer, encode
@@ -889,6 +889,7 @@ class Supervisor:
         for app in self.apps.values():
             await app.set_watch(False)
             app.close_listener()
+        zygote.ROOTS.close()
         self.sweep_orphans()  # what the workers left behind is ours now: end it too
         await self.logs.aclose()
         self.eventlog.close()

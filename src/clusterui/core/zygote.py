@@ -79,9 +79,12 @@ class Zygote:
         spec: AppSpec,
         env: Mapping[str, str],
         command: list[str],
-        on_output: Callable[[int, int], Any],
+        on_output: Callable[[int, int], Any] | None,
         on_exit: Callable[[Zygote], None],
+        root: Zygote | None = None,
     ) -> None:
+        """Started at once: forked by `root` (a root zygote that is ready), else exec'd.
+        on_output gets the read ends of its stdout and stderr (None: /dev/null)."""
         self.spec = spec
         self.pid = 0
         self.ready = False
@@ -103,36 +106,69 @@ class Zygote:
         env = {k: v for k, v in env.items() if k not in _PER_WORKER and not k.startswith("LISTEN_")}
         env[CONTROL_FD_ENV] = str(CONTROL_FD)
         env[PRELOAD_ENV] = json.dumps(extra)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        out_r, out_w = os.pipe() if on_output is not None else (-1, -1)
+        err_r, err_w = os.pipe() if on_output is not None else (-1, -1)
         interpreter = spec.argv()[: 1 + len(spec.interpreter_args)]  # and its arguments
+        self._sspec = SpawnSpec(
+            argv=[*interpreter, SERVER, *command],
+            cwd=spec.cwd,
+            env=env,
+            stdout=out_w if out_w >= 0 else None,
+            stderr=err_w if err_w >= 0 else None,
+            fds={CONTROL_FD: theirs.fileno()},
+        )
+        self._theirs = [theirs.detach(), out_w, err_w]  # closed once it has started
+        self._starting: asyncio.Future[int] | None = None
+        self._waiting: asyncio.Future[None] | None = None  # ready_soon's
+        self.root_pid = 0  # the root zygote that forked it (0: exec'd)
         try:
-            self.pid = spawn(
-                SpawnSpec(
-                    argv=[*interpreter, SERVER, *command],
-                    cwd=spec.cwd,
-                    env=env,
-                    stdout=out_w,
-                    stderr=err_w,
-                    fds={CONTROL_FD: theirs.fileno()},
-                )
-            )
+            if root is not None:
+                with contextlib.suppress(Unavailable):  # else exec'd, below
+                    self._starting = root.request(self._sspec, command)
+                    self.root_pid = root.pid
+                    self._starting.add_done_callback(self._forked)
+            if self._starting is None:
+                self._began(spawn(self._sspec))
         except SpawnError:
             ours.close()
+            self._close_theirs()
             for fd in (out_r, err_r):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             raise
-        finally:
-            theirs.close()
-            os.close(out_w)
-            os.close(err_w)
         # Only a subreaper adopts the workers the zygote's intermediates leave behind.
         if not reaper.active():
             reaper.become_subreaper(kill_orphans=False)
-        on_output(out_r, err_r)
+        if on_output is not None:
+            on_output(out_r, err_r)
 
-    def watch(self, loop: Any) -> None:
-        self._watcher = ExitWatcher(loop, self.pid, self._exited)
+    def _close_theirs(self) -> None:
+        for fd in self._theirs:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._theirs = []
+
+    def _began(self, pid: int) -> None:
+        self.pid = pid
+        self._close_theirs()
+        self._watcher = ExitWatcher(asyncio.get_running_loop(), pid, self._exited)
+
+    def _forked(self, starting: asyncio.Future[int]) -> None:
+        """The root zygote answered: the pid, or Unavailable (then it is exec'd)."""
+        self._starting = None
+        exc = starting.exception()
+        try:
+            pid = starting.result() if exc is None else spawn(self._sspec)
+        except SpawnError as err:
+            self._close_theirs()
+            self.broken = f"could not start ({err})"
+            self._sock.close()
+            self._on_exit(self)
+            return
+        self._began(pid)
+        if self.broken is not None:  # closed while it was being forked
+            signal_group(pid, signal.SIGKILL)
 
     def _exited(self, code: int | None, sig: str | None) -> None:
         self._watcher = None
@@ -192,13 +228,22 @@ class Zygote:
 
     def poll_ready(self) -> bool:
         """Whether it is ready, without waiting (a message already there is read)."""
-        if not self.ready and self.broken is None and _readable(self._sock, 0):
+        if not self.ready and self.broken is None and self.pid and _readable(self._sock, 0):
             self._take_ready()
         return self.ready
 
     async def ready_soon(self, timeout: float = READY_TIMEOUT) -> None:
         """Wait for the ready message without blocking the event loop; a zygote that
-        failed or took too long is left broken (Preload then goes without it)."""
+        failed or took too long is left broken (Preload then goes without it). Any
+        number may wait at once (a root zygote's apps)."""
+        if self._waiting is None:
+            self._waiting = asyncio.ensure_future(self._ready_soon(timeout))
+        await asyncio.shield(self._waiting)
+
+    async def _ready_soon(self, timeout: float) -> None:
+        if self._starting is not None:  # being forked by a root zygote
+            with contextlib.suppress(Exception):  # _forked says how it went
+                await asyncio.shield(self._starting)  # _forked has run by then
         if self.ready or self.broken is not None:
             return
         loop = asyncio.get_running_loop()
@@ -368,6 +413,7 @@ class Preload:
         z = self.zygote if self.pid else None
         return {
             "pid": z.pid if z is not None else None,
+            "root": z.root_pid if z is not None and z.root_pid else None,
             "modules": z.preloaded if z is not None else 0,
             "gave_up": self.gave_up,
         }
@@ -376,7 +422,12 @@ class Preload:
     def pid(self) -> int:
         return self.zygote.pid if self.zygote is not None and self.zygote.broken is None else 0
 
-    def _current(self, env: Mapping[str, str], attach: Callable[[int, int], Any]) -> Zygote | None:
+    def _current(
+        self,
+        env: Mapping[str, str],
+        attach: Callable[[int, int], Any],
+        root: Zygote | None = None,
+    ) -> Zygote | None:
         z = self.zygote
         if z is not None and z.broken is None:
             return z
@@ -384,11 +435,11 @@ class Preload:
             return None
         try:
             command = command_of(self.spec, self.spec.argv())
-            z = Zygote(self.spec, env, command, attach, self._exited)
+            root = root or ROOTS.get(self.spec, env)
+            z = Zygote(self.spec, env, command, attach, self._exited, root)
         except SpawnError as exc:
             self._give_up(f"could not start ({exc})")
             return None
-        z.watch(asyncio.get_running_loop())
         self.zygote = z
         return z
 
@@ -421,7 +472,8 @@ class Preload:
 
     async def warm(self, env: dict[str, str], attach: Callable[[int, int], Any]) -> None:
         """Start the zygote if there is none, and wait until it has imported the app."""
-        z = self._current(env, attach)
+        root = await ROOTS.ready(self.spec, env) if self.pid == 0 else None
+        z = self._current(env, attach, root)
         if z is not None:
             await z.ready_soon()
             if z.broken is not None and z is self.zygote:
@@ -485,3 +537,66 @@ class Preload:
 
     def close(self) -> None:
         self.new_code()
+
+
+# What a Python interpreter reads from its environment as it starts (sys.path, hashing,
+# stdio, locale, the user site), and so what apps must agree on to share a root zygote;
+# and CLUSTERUI_HOME, which says whose processes they are (/proc/PID/environ).
+_START_UP_VARS = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "CLUSTERUI_HOME")
+_START_UP_PREFIXES = ("PYTHON", "LC_")
+
+
+class Roots:
+    """The root zygotes (clusterui.zygote.server, ROOT): one per interpreter, its
+    arguments, working directory and start-up environment, each forking the app
+    zygotes of every `preload` app that agrees on those. They import no app's code, so
+    new code still means a new app zygote; a root that fails is replaced on next use,
+    and meanwhile app zygotes are exec'd as before."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[Any, ...], Zygote] = {}
+
+    @staticmethod
+    def _key(spec: AppSpec, env: Mapping[str, str]) -> tuple[Any, ...]:
+        interpreter = tuple(spec.argv()[: 1 + len(spec.interpreter_args)])
+        start_up = tuple(
+            sorted(
+                (k, v)
+                for k, v in env.items()
+                if k in _START_UP_VARS or k.startswith(_START_UP_PREFIXES)
+            )
+        )
+        return interpreter, spec.cwd, start_up
+
+    def get(self, spec: AppSpec, env: Mapping[str, str]) -> Zygote | None:
+        """The ready root for this app, if there is one."""
+        root = self._by_key.get(self._key(spec, env))
+        return root if root is not None and root.broken is None and root.poll_ready() else None
+
+    async def ready(self, spec: AppSpec, env: Mapping[str, str]) -> Zygote | None:
+        """The root for this app, started if there is none, once it is ready (None if
+        it cannot be)."""
+        key = self._key(spec, env)
+        root = self._by_key.get(key)
+        if root is None or root.broken is not None:
+            try:
+                root = Zygote(spec, dict(key[2]), [server.ROOT], None, self._exited)
+            except SpawnError:
+                return None
+            self._by_key[key] = root
+        await root.ready_soon()
+        return root if root.broken is None else None
+
+    def _exited(self, root: Zygote) -> None:
+        for key, known in list(self._by_key.items()):
+            if known is root:
+                del self._by_key[key]
+
+    def close(self) -> None:
+        """Stop every root (the app zygotes and workers they forked stay)."""
+        for root in self._by_key.values():
+            root.close()
+        self._by_key.clear()
+
+
+ROOTS = Roots()

@@ -115,6 +115,7 @@ class PreloadInfo(TypedDict):
     """An app's zygote (`preload: true`, core.zygote)."""
 
     pid: int | None  # None while there is none (stopped, or given up)
+    root: int | None  # the root zygote that forked it (None: it was exec'd)
     modules: int  # the top-level imports it has imported
     gave_up: str | None  # why workers start without it until the next start/reload
 

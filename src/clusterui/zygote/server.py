@@ -6,9 +6,14 @@ It runs by path under the app's own interpreter and arguments, which may not be 
 to import clusterui: the standard library only. The supervisor's side, and what each
 message holds, is clusterui.core.zygote; docs/protocol.md describes the exchange.
 
-Each worker is forked twice (zygote → intermediate → worker) and the intermediate exits
-at once, so the worker is re-parented to the supervisor, a child subreaper: to the
-supervisor it is a child like any other (waitpid, pidfd, its own session).
+Started with ROOT as its only argument, it is a root zygote instead: it imports nothing
+of any app, and forks app zygotes, so apps that share an interpreter and its start-up
+settings pay for one interpreter start and these imports between them, not one each.
+
+Each worker (and app zygote) is forked twice (zygote → intermediate → worker) and the
+intermediate exits at once, so the worker is re-parented to the supervisor, a child
+subreaper: to the supervisor it is a child like any other (waitpid, pidfd, its own
+session).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 import traceback
 
 CONTROL_FD_ENV = "CLUSTERUI_ZYGOTE_FD"
+ROOT = "--root"  # the only argument of a root zygote
 # JSON {"modules": [...], "optional": [...]}: more to import; an optional one that fails
 # is skipped without a word.
 PRELOAD_ENV = "CLUSTERUI_ZYGOTE_PRELOAD"
@@ -274,9 +280,33 @@ def run(command: list[str]) -> None:
         runpy.run_path(command[0], run_name="__main__")
 
 
-def main() -> None:
+def _control() -> socket.socket:
     ctl = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
     os.set_inheritable(ctl.fileno(), False)
+    return ctl
+
+
+def _root(ctl: socket.socket) -> bool:
+    """Fork app zygotes until the supervisor hangs up (False); True in a forked one,
+    set up as an exec'd app zygote would be (argv, fds, cwd, environment)."""
+    import pkgutil  # noqa: F401 - what the app zygotes' workers need, imported once
+
+    gc.collect()
+    gc.freeze()
+    send(ctl, {"t": "ready", "preloaded": 0, "failed": []})
+    job = serve(ctl)
+    if job is None:
+        return False
+    sys.argv = [sys.argv[0], *job["command"]]
+    return True
+
+
+def main() -> None:
+    ctl = _control()
+    if sys.argv[1:] == [ROOT]:
+        if not _root(ctl):
+            return
+        ctl = _control()  # the app zygote's own, which the supervisor sent with the job
     more = json.loads(os.environ.pop(PRELOAD_ENV, "{}"))
     command = sys.argv[1:]
     # Imports resolve as they will in the worker: its sys.path[0], not this file's folder.
