@@ -192,6 +192,51 @@ def test_apps_on_one_interpreter_share_a_root_zygote_and_keep_their_own_code(cu)
     wait_for(lambda: not any(r.is_running() for r in roots), 10, "the roots gone")
 
 
+def test_a_stop_while_workers_are_being_forked_stops_them_all(cu):
+    """`stop` while the zygote is still forking the first start's workers (some have a
+    process, the rest are pending): each worker forked after the stop began is stopped
+    too, and the supervisor is left with its root zygote alone."""
+    cu.write("sleep.py", "import time\nwhile True:\n    time.sleep(1)\n")
+    cu.write(
+        "ecosystem.yaml",
+        "apps:\n  - {name: many, script: sleep.py, instances: 150, preload: true}\n",
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "clusterui", "up", "-d"],
+        env=cu.env,
+        cwd=cu.root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: (cu.home / "supervisor.sock").exists(), 20, "the supervisor")
+        ctl = support.Control(cu.home)
+        try:
+
+            def midway() -> dict | None:
+                state = ctl.result("state", history=False)
+                rows = state["workers"]
+                some = any(w["pid"] for w in rows)
+                return state if some and any(w["status"] == "pending" for w in rows) else None
+
+            state = wait_for(midway, 30, "some workers forked and some pending", step=0.001)
+        finally:
+            ctl.close()
+        assert cu.run("stop", "many").returncode == 0
+    finally:
+        up.wait(timeout=30)
+    rows = cu.ls()
+    assert len(rows) == 150 and all(w["status"] == "stopped" and not w["pid"] for w in rows)
+    (root,) = {a["preload"]["root"] for a in state["apps"]}
+    supervisor = psutil.Process(cu.supervisor_pid())
+
+    def forked() -> list[int]:  # the supervisor's children but its guardian
+        return [c.pid for c in supervisor.children() if "--daemonize" not in c.cmdline()]
+
+    wait_for(lambda: forked() == [root], 10, lambda: f"only the root {root} left: {forked()}")
+
+
 def _after_ticks(cu, n: int) -> None:
     """Wait until the supervisor has ticked n more times (each tick stamps every worker's
     series, and starts with the orphan sweep)."""

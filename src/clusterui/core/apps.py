@@ -260,18 +260,19 @@ class App:
         return self._took_over(slot, self._spawn(slot), reason)
 
     async def launch(self, slot: Slot, *, manual: bool = False, reason: str = "") -> Proc | None:
-        return await asyncio.shield(self.launch_soon(slot, manual=manual, reason=reason))
+        return await self.launch_soon(slot, manual=manual, reason=reason)
 
     def launch_soon(
         self, slot: Slot, *, manual: bool = False, reason: str = ""
     ) -> asyncio.Future[Proc | None]:
         """start_slot, but a `preload` app's worker is forked by its zygote while the
         loop goes on, so workers launched together are forked side by side (without
-        a ready zygote: start_slot, at once). The future gets the slot's process."""
+        a ready zygote: start_slot, at once). The future gets the slot's process; a
+        waiter cancelled (a shutdown) does not cancel the fork."""
         if slot.forking is not None:
-            return slot.forking
+            return asyncio.shield(slot.forking)
         if self.preload is not None and self.preload.ready() and self._may_start(slot, manual):
-            return self._fork(slot, reason)
+            return asyncio.shield(self._fork(slot, reason))
         done: asyncio.Future[Proc | None] = asyncio.get_running_loop().create_future()
         done.set_result(self.start_slot(slot, manual=manual, reason=reason))
         return done
@@ -692,8 +693,8 @@ class App:
             self.preload.close()  # nothing runs: the next start imports the code anew
 
     async def _unwanted_fork(self, slot: Slot) -> None:
-        """A process being forked for the slot is not wanted: wait until it is there, and
-        stopping like a replaced one (in slot.retiring)."""
+        """A process being forked for the slot is not wanted: wait until it is there
+        and being stopped, as a replaced one is (in slot.retiring)."""
         forking, slot.forking = slot.forking, None
         if forking is not None:
             with contextlib.suppress(Exception):  # the launch says what went wrong

@@ -121,6 +121,7 @@ class Zygote:
         self._starting: asyncio.Future[int] | None = None
         self._waiting: asyncio.Future[None] | None = None  # ready_soon's
         self.root_pid = 0  # the root zygote that forked it (0: exec'd)
+        self._closing = False  # closed, but answers are still due (close)
         try:
             if root is not None:
                 with contextlib.suppress(Unavailable):  # else exec'd, below
@@ -158,6 +159,10 @@ class Zygote:
         """The root zygote answered: the pid, or Unavailable (then it is exec'd)."""
         self._starting = None
         exc = starting.exception()
+        if exc is not None and self.broken is not None:  # closed meanwhile: not wanted
+            self._close_theirs()
+            self._sock.close()
+            return
         try:
             pid = starting.result() if exc is None else spawn(self._sspec)
         except SpawnError as err:
@@ -179,7 +184,7 @@ class Zygote:
         self._on_exit(self)
 
     def _wait(self, timeout: float) -> dict[str, Any]:
-        if self.broken is not None:
+        if self.broken is not None and not self._closing:
             raise Unavailable(self.broken)
         if not _readable(self._sock, timeout):
             self._break(f"did not answer within {timeout:g} s")
@@ -199,7 +204,7 @@ class Zygote:
 
     def _break(self, why: str) -> None:
         self.broken = why
-        self.close()
+        self.close(now=True)
         raise Unavailable(why)
 
     def _fail_owed(self) -> None:
@@ -302,6 +307,8 @@ class Zygote:
             loop.add_reader(self._sock, self._on_answer)
             self._late = loop.call_later(REPLY_TIMEOUT, self._too_late)
         self._answer(owed, grace, msg)
+        if self._closing and not self._owed:
+            self.close()
 
     def _stop_listening(self) -> None:
         if self._late is not None:
@@ -326,6 +333,8 @@ class Zygote:
             self._break(f"did not answer within {REPLY_TIMEOUT:g} s")
 
     def _send(self, sspec: SpawnSpec, command: list[str]) -> None:
+        if self.broken is not None:
+            raise Unavailable(self.broken)
         if not self.poll_ready():
             raise Unavailable("still importing")
         if not os.path.isdir(sspec.cwd):  # what the worker's chdir would fail on
@@ -371,10 +380,15 @@ class Zygote:
         guardian.track(pid, orphan_grace)
         return pid
 
-    def close(self) -> None:
-        """Stop the zygote (its workers are the supervisor's children, and stay)."""
+    def close(self, *, now: bool = False) -> None:
+        """Stop the zygote (its workers are the supervisor's children, and stay). With
+        forks asked for and not answered yet, not before their answers are in (unless
+        `now`): each names a worker the app must know of, if only to stop it."""
         if self.broken is None:
             self.broken = "replaced"
+        self._closing = bool(self._owed) and not now
+        if self._closing:
+            return
         self._fail_owed()
         if self.pid:
             signal_group(self.pid, signal.SIGKILL)
