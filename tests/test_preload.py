@@ -486,6 +486,53 @@ asyncio.run(main())
 """
 
 
+DRAIN = """
+import asyncio, os, signal, sys, time
+from clusterui.core import zygote
+from clusterui.core.process import SpawnSpec
+from clusterui.core.spec import AppSpec
+
+async def main():
+    spec = AppSpec(name="d", script=sys.argv[1], interpreter=sys.executable, cwd=os.getcwd())
+    z = zygote.Zygote(spec, dict(os.environ), [sys.argv[1]], None, lambda z: None)
+    await z.ready_soon()
+    null = os.open(os.devnull, os.O_WRONLY)
+    ask = SpawnSpec(argv=spec.argv(), cwd=os.getcwd(), env={}, stdout=null, stderr=null)
+    owed = [z.request(ask, [sys.argv[1]]) for _ in range(3)]
+    time.sleep(2)  # the loop does not run: the three answers wait in the socket
+    z.close(now=True)
+    pids = [f.result() for f in owed]  # raises Unavailable if one was dropped
+    for pid in pids:
+        ppid = open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()[1]
+        print("worker", pid, "ppid", ppid, "me", os.getpid())
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+asyncio.run(main())
+"""
+
+
+def test_a_zygote_dropped_with_answers_waiting_still_names_those_workers(tmp_path):
+    """A zygote closed at once (it broke) while forks were owed: the answers it had
+    already sent are taken, so the app knows (and can stop) each worker it forked,
+    instead of leaving them running unknown. Run in a process of its own."""
+    script = tmp_path / "app.py"
+    script.write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    out = subprocess.run(
+        [sys.executable, "-c", DRAIN, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")[:3]
+    assert len(lines) == 3 and all(ln.startswith("worker ") for ln in lines), out.stdout
+    for line in lines:
+        _, pid, _, ppid, _, me = line.split()
+        assert ppid == me  # forked, adopted: ours
+
+
 def test_a_zygote_that_names_a_process_not_ours_is_refused(tmp_path):
     """The zygote runs the app's code: a pid it names that is not the supervisor's own
     child (here pid 1) is refused, the zygote is dropped, and its text arrives escaped.

@@ -208,13 +208,29 @@ class Zygote:
         raise Unavailable(why)
 
     def _fail_owed(self) -> None:
-        """Every fork still owed fails (the worker is then exec'd); no more answers."""
+        """No more answers: of the forks still owed, those already answered get their
+        pid (each names a worker that exists, which the app must know of); the rest
+        fail (the worker is then exec'd)."""
         if self._owed:
             self._stop_listening()
         while self._owed:
-            owed, _grace = self._owed.popleft()
-            if not owed.done():
+            owed, grace = self._owed.popleft()
+            msg = self._queued()
+            if msg is not None and self._why_not(msg) is None and not owed.done():
+                guardian.track(msg["pid"], grace)
+                owed.set_result(msg["pid"])
+            elif not owed.done():
                 owed.set_exception(Unavailable(self.broken or "closed"))
+
+    def _queued(self) -> Any:
+        """A message already in the socket, without waiting (None: none, or not JSON)."""
+        try:
+            if not _readable(self._sock, 0):
+                return None
+            data = self._sock.recv(MAX_MESSAGE)
+            return json.loads(data) if data else None
+        except (OSError, ValueError):
+            return None
 
     def _take_ready(self) -> None:
         """Read the ready message, which is there to read (raises Unavailable)."""
@@ -370,15 +386,25 @@ class Zygote:
     def _pid_in(self, msg: dict[str, Any], orphan_grace: float) -> int:
         """The pid a `spawned` answer names, once it is known to be our child (and the
         guardian knows it)."""
+        why = self._why_not(msg)
+        if why is not None:
+            self._break(why)
+        guardian.track(msg["pid"], orphan_grace)
+        return msg["pid"]
+
+    @staticmethod
+    def _why_not(msg: Any) -> str | None:
+        """Why an answer names no worker of ours (None: it names one)."""
+        if not isinstance(msg, dict):
+            return "sent something that is not a message"
         pid = msg.get("pid")
         if msg.get("t") != "spawned" or not isinstance(pid, int) or pid <= 0:
-            self._break(escape(str(msg.get("error") or "could not fork"))[:300])
+            return escape(str(msg.get("error") or "could not fork"))[:300]
         # The zygote runs the app's code: the pid it names must be a child of ours, or
         # the supervisor would watch and later signal a process it never started.
         if _parent_of(pid) != os.getpid():
-            self._break(f"named process {pid}, which is not a child of the supervisor")
-        guardian.track(pid, orphan_grace)
-        return pid
+            return f"named process {pid}, which is not a child of the supervisor"
+        return None
 
     def close(self, *, now: bool = False) -> None:
         """Stop the zygote (its workers are the supervisor's children, and stay). With
