@@ -67,6 +67,32 @@ def test_reload_under_load_fails_no_request(cu):
         assert load.ok > 100
 
 
+def test_a_worker_on_uvloop_takes_handed_connections_and_reloads_losing_nothing(cu):
+    """uvloop's loop has no _make_socket_transport, so the worker helper turns a handed
+    fd into a connection through connect_accepted_socket instead (worker.Server
+    ._serve_fd): the same round-robin, the same counts, the same lossless reload."""
+    script = support.web_wrapper(
+        cu,
+        """
+        import asyncio, uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        probe = asyncio.new_event_loop()
+        assert not hasattr(probe, "_make_socket_transport"), "uvloop has it now"
+        probe.close()
+        """,
+    )
+    port = free_port()
+    web_app(cu, port, script=script)
+    pids = {w["pid"] for w in all_online(cu, 2)}
+    assert {int(get(port).split("pid ")[1]) for _ in range(10)} == pids
+    with Load(port, keep_alive=False) as load:
+        r = cu.run("reload", "web")
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.3)
+    assert load.failed == [], load.failed[:5]
+    assert load.ok > 100
+
+
 def test_a_reload_starts_a_stopped_worker_and_records_it_as_a_reload(cu):
     """A slot with nothing serving is started by the reload (a plain start is its
     reload), and its restart is recorded with the reload's reason, like the others."""

@@ -423,6 +423,11 @@ class Server:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()  # handed fds becoming connections
         self._sock_args: tuple[int, int, int] | None = None
+        # How asyncio's selector loops make the transport of a socket they accepted
+        # (their accept path calls it): a handed fd becomes a connection the same way,
+        # without connect_accepted_socket's coroutine and task per connection. Other
+        # loops (uvloop) do not have it and take that public path.
+        self._make_transport = getattr(self._loop, "_make_socket_transport", None)
         self._signals: list[int] = []
         self.mode = "standalone"
 
@@ -511,10 +516,13 @@ class Server:
                     self._signals.append(sig)
 
     def _protocol(self, handed: bool) -> asyncio.BaseProtocol:
+        return self._connection(handed)[1]
+
+    def _connection(self, handed: bool) -> tuple[_Conn, asyncio.BaseProtocol]:
         conn = _Conn(handed)
         if self._streams:
             # Our own protocol class reports to us itself: nothing to patch.
-            return self._make_protocol(self, conn)  # type: ignore[call-arg]
+            return conn, self._make_protocol(self, conn)  # type: ignore[call-arg]
         protocol = self._make_protocol()
         conn.protocol = protocol
         made, lost = protocol.connection_made, protocol.connection_lost
@@ -543,7 +551,7 @@ class Server:
             inner(*args)
 
         setattr(protocol, name, received)
-        return protocol
+        return conn, protocol
 
     def _made(self, conn: _Conn, transport: asyncio.BaseTransport) -> None:
         conn.transport = transport
@@ -603,10 +611,23 @@ class Server:
             if self._chan is not None:
                 self._chan.closed += 1
             return
-        coro = self._loop.connect_accepted_socket(lambda: self._protocol(True), sock)
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._connected)
+        if self._make_transport is None:
+            coro = self._loop.connect_accepted_socket(lambda: self._protocol(True), sock)
+            task = self._loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._connected)
+            return
+        conn, protocol = self._connection(True)
+        try:
+            sock.setblocking(False)
+            transport = self._make_transport(sock, protocol)
+        except Exception:  # as the task path: it never became a connection
+            sock.close()
+            if self._chan is not None:
+                self._chan.closed += 1
+                self._flush()
+            return
+        self._made(conn, transport)  # now, not when connection_made runs: a drain counts it
 
     def _connected(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
