@@ -97,6 +97,18 @@ class Env:
             )
         return proc
 
+    def popen(self, *args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
+        """`clusterui ARGS` started in the background (the caller waits for it)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "clusterui", *args],
+            env=self.env,
+            cwd=self.root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+
     def ls(self) -> list[dict]:
         return json.loads(self.run("ls", "--json", check=True).stdout)
 

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import leaks
@@ -315,15 +314,7 @@ def test_an_old_worker_that_dies_during_a_failed_reload_is_replaced(cu):
     assert cu.run("up", "-d").returncode == 0
     [old] = [w["pid"] for w in cu.ls()]
     (cu.root / "broken").write_text("")
-    reload = subprocess.Popen(
-        [sys.executable, "-m", "clusterui", "reload", "web"],
-        env=cu.env,
-        cwd=cu.root,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    reload = cu.popen("reload", "web", stderr=subprocess.PIPE)
     try:
         # The replacement started: the old worker is listed as draining from then on.
         wait_for(lambda: cu.ls()[0]["draining_pids"] == [old], 30, "the reload to start")

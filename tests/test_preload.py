@@ -91,6 +91,17 @@ def _reports(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _probe(tmp_path: Path, code: str, *args: object) -> subprocess.CompletedProcess:
+    """`code` run by a Python of its own (a zygote makes its parent a child subreaper)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
 def _state_apps(cu) -> list[dict]:
     ctl = support.Control(cu.home)
     try:
@@ -201,14 +212,7 @@ def test_a_stop_while_workers_are_being_forked_stops_them_all(cu):
         "ecosystem.yaml",
         "apps:\n  - {name: many, script: sleep.py, instances: 150, preload: true}\n",
     )
-    up = subprocess.Popen(
-        [sys.executable, "-m", "clusterui", "up", "-d"],
-        env=cu.env,
-        cwd=cu.root,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    up = cu.popen("up", "-d")
     try:
         wait_for(lambda: (cu.home / "supervisor.sock").exists(), 20, "the supervisor")
         ctl = support.Control(cu.home)
@@ -518,13 +522,7 @@ def test_a_zygote_dropped_with_answers_waiting_still_names_those_workers(tmp_pat
     instead of leaving them running unknown. Run in a process of its own."""
     script = tmp_path / "app.py"
     script.write_text("import time\nwhile True:\n    time.sleep(1)\n")
-    out = subprocess.run(
-        [sys.executable, "-c", DRAIN, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    out = _probe(tmp_path, DRAIN, str(script))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")[:3]
     assert len(lines) == 3 and all(ln.startswith("worker ") for ln in lines), out.stdout
@@ -541,13 +539,7 @@ def test_a_zygote_that_names_a_process_not_ours_is_refused(tmp_path):
     hostile.write_text(HOSTILE)
     script = tmp_path / "app.py"
     script.write_text("")
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(hostile), str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    out = _probe(tmp_path, PROBE, str(hostile), str(script))
     assert out.returncode == 0, out.stderr
     assert "refused: named process 1, which is not a child of the supervisor" in out.stdout
     assert "broken: named process 1" in out.stdout
@@ -616,13 +608,7 @@ def test_a_zygote_past_fd_1024_still_answers(tmp_path):
     past select()'s 1,024, where select() raised and stranded the app's start."""
     script = tmp_path / "app.py"
     script.write_text("import time\ntime.sleep(60)\n")
-    out = subprocess.run(
-        [sys.executable, "-c", MANY_FDS, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    out = _probe(tmp_path, MANY_FDS, str(script))
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
     assert int(words[1]) > 1024

@@ -71,6 +71,29 @@ def preloadable(spec: AppSpec) -> str | None:
     return None
 
 
+def _zygote_spec(
+    spec: AppSpec, env: Mapping[str, str], command: list[str], channel: int, out: int, err: int
+) -> SpawnSpec:
+    """How a zygote of `spec` starts: its channel as fd 3, `out` and `err` its stdout
+    and stderr (-1: /dev/null)."""
+    # A hosted app: its MODULE, and what the host itself loads before serving.
+    extra: dict[str, list[str]] = {}
+    if spec.web is not None:
+        extra = {"modules": [spec.web[1].partition(":")[0]], "optional": list(web.PRELOAD)}
+    env = {k: v for k, v in env.items() if k not in _PER_WORKER and not k.startswith("LISTEN_")}
+    env[CONTROL_FD_ENV] = str(CONTROL_FD)
+    env[PRELOAD_ENV] = json.dumps(extra)
+    interpreter = spec.argv()[: 1 + len(spec.interpreter_args)]  # and its arguments
+    return SpawnSpec(
+        argv=[*interpreter, SERVER, *command],
+        cwd=spec.cwd,
+        env=env,
+        stdout=out if out >= 0 else None,
+        stderr=err if err >= 0 else None,
+        fds={CONTROL_FD: channel},
+    )
+
+
 class Zygote:
     """One running zygote of one app."""
 
@@ -99,24 +122,9 @@ class Zygote:
         self._late: asyncio.TimerHandle | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
-        # A hosted app: its MODULE, and what the host itself loads before serving.
-        extra: dict[str, list[str]] = {}
-        if spec.web is not None:
-            extra = {"modules": [spec.web[1].partition(":")[0]], "optional": list(web.PRELOAD)}
-        env = {k: v for k, v in env.items() if k not in _PER_WORKER and not k.startswith("LISTEN_")}
-        env[CONTROL_FD_ENV] = str(CONTROL_FD)
-        env[PRELOAD_ENV] = json.dumps(extra)
         out_r, out_w = os.pipe() if on_output is not None else (-1, -1)
         err_r, err_w = os.pipe() if on_output is not None else (-1, -1)
-        interpreter = spec.argv()[: 1 + len(spec.interpreter_args)]  # and its arguments
-        self._sspec = SpawnSpec(
-            argv=[*interpreter, SERVER, *command],
-            cwd=spec.cwd,
-            env=env,
-            stdout=out_w if out_w >= 0 else None,
-            stderr=err_w if err_w >= 0 else None,
-            fds={CONTROL_FD: theirs.fileno()},
-        )
+        self._sspec = _zygote_spec(spec, env, command, theirs.fileno(), out_w, err_w)
         self._theirs = [theirs.detach(), out_w, err_w]  # closed once it has started
         self._starting: asyncio.Future[int] | None = None
         self._waiting: asyncio.Future[None] | None = None  # ready_soon's
