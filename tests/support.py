@@ -97,14 +97,16 @@ class Env:
             )
         return proc
 
-    def popen(self, *args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    def popen(
+        self, *args: str, stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.DEVNULL
+    ) -> subprocess.Popen:
         """`clusterui ARGS` started in the background (the caller waits for it)."""
         return subprocess.Popen(
             [sys.executable, "-m", "clusterui", *args],
             env=self.env,
             cwd=self.root,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=stderr,
             text=True,
         )

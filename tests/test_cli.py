@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import psutil
 import pytest
@@ -228,12 +227,7 @@ def test_logs_json_and_follow(cu):
     assert len(lines) == 6
     assert {x["stream"] for x in lines} >= {"out", "err"}
     assert all(x["app"] == "ticker" and x["instance"] == 0 for x in lines)
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "clusterui", "logs", "ticker", "-f", "--lines", "0"],
-        env=cu.env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    follow = cu.popen("logs", "ticker", "-f", "--lines", "0", stdout=subprocess.PIPE, stderr=None)
     try:
         seen = [follow.stdout.readline() for _ in range(6)]
         assert all(line.startswith("ticker:0 ") for line in seen), seen
@@ -304,14 +298,7 @@ def test_up_detached_fails_when_a_worker_cannot_start(cu):
 
 def test_up_foreground_prints_prefixed_logs_and_sigterm_stops_everything(cu):
     two_apps(cu)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "clusterui", "up"],
-        cwd=cu.root,
-        env=cu.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    up = cu.popen("up", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         seen = set()
         while len(seen) < 3:

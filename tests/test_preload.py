@@ -491,7 +491,7 @@ asyncio.run(main())
 
 
 DRAIN = """
-import asyncio, os, signal, sys, time
+import array, asyncio, fcntl, os, signal, sys, termios, time
 from clusterui.core import zygote
 from clusterui.core.process import SpawnSpec
 from clusterui.core.spec import AppSpec
@@ -503,7 +503,14 @@ async def main():
     null = os.open(os.devnull, os.O_WRONLY)
     ask = SpawnSpec(argv=spec.argv(), cwd=os.getcwd(), env={}, stdout=null, stderr=null)
     owed = [z.request(ask, [sys.argv[1]]) for _ in range(3)]
-    time.sleep(2)  # the loop does not run: the three answers wait in the socket
+    # The loop does not run, so the answers wait in the socket. FIONREAD counts every
+    # byte queued on a SOCK_SEQPACKET socket; an answer, '{"t": "spawned", "pid": N}',
+    # is 26 to 32 bytes, so 78 bytes or more are all three.
+    queued = array.array("i", [0])
+    deadline = time.monotonic() + 30
+    while queued[0] < 78 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        fcntl.ioctl(z._sock.fileno(), termios.FIONREAD, queued)
     z.close(now=True)
     pids = [f.result() for f in owed]  # raises Unavailable if one was dropped
     for pid in pids:

@@ -608,8 +608,7 @@ class Server:
                 sock = socket.socket(*self._sock_args, fileno=fd)
         except OSError:
             os.close(fd)
-            if self._chan is not None:
-                self._chan.closed += 1
+            self._never_connected()
             return
         if self._make_transport is None:
             coro = self._loop.connect_accepted_socket(lambda: self._protocol(True), sock)
@@ -623,19 +622,23 @@ class Server:
             transport = self._make_transport(sock, protocol)
         except Exception:  # as the task path: it never became a connection
             sock.close()
-            if self._chan is not None:
-                self._chan.closed += 1
-                self._flush()
+            self._never_connected()
             return
         self._made(conn, transport)  # now, not when connection_made runs: a drain counts it
 
     def _connected(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and self._chan is not None:
-            self._chan.closed += 1  # it never became a connection; the count must still add up
-            self._flush()
+        if not task.cancelled() and task.exception() is not None:
+            self._never_connected()
         if self._draining:
             self._maybe_finish()
+
+    def _never_connected(self) -> None:
+        """A handed fd that never became a connection: the dispatcher's count of what
+        this worker holds must still add up, so it is reported closed."""
+        if self._chan is not None:
+            self._chan.closed += 1
+            self._flush()
 
     def _on_eof(self) -> None:
         assert self._chan is not None

@@ -271,10 +271,13 @@ class App:
         waiter cancelled (a shutdown) does not cancel the fork."""
         if slot.forking is not None:
             return asyncio.shield(slot.forking)
-        if self.preload is not None and self.preload.ready() and self._may_start(slot, manual):
-            return asyncio.shield(self._fork(slot, reason))
         done: asyncio.Future[Proc | None] = asyncio.get_running_loop().create_future()
-        done.set_result(self.start_slot(slot, manual=manual, reason=reason))
+        if self.preload is None or not self.preload.ready():
+            done.set_result(self.start_slot(slot, manual=manual, reason=reason))
+        elif not self._may_start(slot, manual):
+            done.set_result(slot.proc)
+        else:
+            return asyncio.shield(self._fork(slot, reason))
         return done
 
     def _may_start(self, slot: Slot, manual: bool) -> bool:
@@ -373,7 +376,8 @@ class App:
         launch = self._prepare(slot)
         started: asyncio.Future[Proc | None] = asyncio.get_running_loop().create_future()
         try:
-            asked = self.preload.request(*launch.command(self.spec))
+            sspec, argv = launch.command(self.spec)
+            asked = self.preload.request(sspec, argv)
         except SpawnError as exc:
             self._not_started(slot, launch, exc)
             started.set_result(None)
@@ -386,7 +390,8 @@ class App:
             if wanted:
                 slot.forking = None
             try:
-                started.set_result(self._forked(slot, launch, asked.result(), wanted, reason))
+                pid = asked.result()
+                started.set_result(self._forked(slot, launch, sspec, pid, wanted, reason))
             except Exception as exc:  # said to whoever waits on it (an op's error), not lost
                 started.set_exception(exc)
 
@@ -394,13 +399,19 @@ class App:
         return started
 
     def _forked(
-        self, slot: Slot, launch: _Launch, pid: int | None, wanted: bool, reason: str
+        self,
+        slot: Slot,
+        launch: _Launch,
+        sspec: SpawnSpec,
+        pid: int | None,
+        wanted: bool,
+        reason: str,
     ) -> Proc | None:
         """The zygote answered for the slot (pid None: it could not fork)."""
         wanted = wanted and not self.removed and self.slots.get(slot.instance) is slot
         if pid is None and wanted:  # exec it instead
             try:
-                pid = spawn(launch.command(self.spec)[0])
+                pid = spawn(sspec)
             except SpawnError as exc:
                 self._not_started(slot, launch, exc)
                 return None

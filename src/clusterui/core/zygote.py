@@ -325,11 +325,12 @@ class Zygote:
         except Unavailable:
             return  # _break failed every owed fork
         owed, grace = self._owed.popleft()
-        self._stop_listening()
-        if self._owed:  # the next answer has its own REPLY_TIMEOUT
-            loop = asyncio.get_running_loop()
-            loop.add_reader(self._sock, self._on_answer)
-            self._late = loop.call_later(REPLY_TIMEOUT, self._too_late)
+        if self._owed:  # the next answer has its own REPLY_TIMEOUT; the reader stays
+            if self._late is not None:
+                self._late.cancel()
+            self._late = asyncio.get_running_loop().call_later(REPLY_TIMEOUT, self._too_late)
+        else:
+            self._stop_listening()
         self._answer(owed, grace, msg)
         if self._closing and not self._owed:
             self.close()

@@ -26,6 +26,7 @@ import fcntl
 import gc
 import json
 import os
+import pkgutil  # noqa: F401 - runpy imports it lazily: once here, not in every worker
 import runpy
 import signal
 import socket
@@ -289,8 +290,6 @@ def _control() -> socket.socket:
 def _root(ctl: socket.socket) -> bool:
     """Fork app zygotes until the supervisor hangs up (False); True in a forked one,
     set up as an exec'd app zygote would be (argv, fds, cwd, environment)."""
-    import pkgutil  # noqa: F401 - what the app zygotes' workers need, imported once
-
     gc.collect()
     gc.freeze()
     send(ctl, {"t": "ready", "preloaded": 0, "failed": []})
@@ -314,8 +313,6 @@ def main() -> None:
         sys.path[0] = os.getcwd()
     else:
         sys.path[0] = os.path.dirname(os.path.realpath(command[0]))
-    import pkgutil  # noqa: F401 - runpy imports it lazily: once here, not in every worker
-
     try:
         done, failed = preload(command, more.get("modules", []), more.get("optional", []))
     except BaseException:  # noqa: BLE001 - say what, then serve plain forks anyway
